@@ -1,0 +1,156 @@
+"""The metadata store interface, shaped like Oxia's primitives (DESIGN.md section 4).
+
+Keys sort hierarchically, as in Oxia: segment by segment, a key with fewer '/' after the current segment sorts
+first. Keep each key family at one depth so that a range within a directory is contiguous.
+Every multi-key protocol is built from these single-key operations; there are no transactions.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass
+from typing import AsyncIterator, Sequence
+
+# expected_version for a put that must create the key.
+MUST_NOT_EXIST = -1
+
+
+class Comparison(enum.Enum):
+    EQUAL = 0
+    FLOOR = 1  # the greatest key <= the given key
+    CEILING = 2  # the smallest key >= the given key
+    LOWER = 3  # the greatest key < the given key
+    HIGHER = 4  # the smallest key > the given key
+
+
+class NotificationType(enum.Enum):
+    CREATED = 0
+    MODIFIED = 1
+    DELETED = 2
+    RANGE_DELETED = 3
+
+
+class MetadataError(Exception):
+    """A backend failure; the caller may retry."""
+
+
+class VersionMismatchError(MetadataError):
+    """A conditional put or delete found another version (or the key exists when it must not)."""
+
+
+class KeyNotFoundError(MetadataError):
+    """A conditional delete or put found no key."""
+
+
+class SessionExpiredError(MetadataError):
+    """The session that ephemeral keys belong to is gone."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    value: bytes
+    version: int  # changes on every write of the key; compare with expected_version
+    ephemeral: bool = False
+
+
+@dataclass(frozen=True)
+class Notification:
+    key: str
+    type: NotificationType
+    version: int | None  # None for deletions
+    key_range_end: str | None = None  # for RANGE_DELETED: [key, key_range_end)
+
+
+class MetadataStore(abc.ABC):
+    """partition_key routes a key to a shard (Oxia); keys of one partition must share it. Backends that do
+    not shard ignore it. Comparisons other than EQUAL search the whole shard: check the returned key's prefix."""
+
+    @abc.abstractmethod
+    async def get(
+        self,
+        key: str,
+        comparison: Comparison = Comparison.EQUAL,
+        *,
+        partition_key: str | None = None,
+    ) -> Entry | None: ...
+
+    @abc.abstractmethod
+    async def put(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        expected_version: int | None = None,
+        ephemeral: bool = False,
+        partition_key: str | None = None,
+    ) -> Entry:
+        """Write key. expected_version None = unconditional, MUST_NOT_EXIST = create only, n = compare-and-set.
+
+        Raise VersionMismatchError when the condition fails. An ephemeral key belongs to this store's session and
+        disappears when the session closes or expires."""
+
+    @abc.abstractmethod
+    async def put_sequential(
+        self, prefix: str, value: bytes, deltas: Sequence[int], *, partition_key: str
+    ) -> Entry:
+        """Append under prefix: the store adds deltas to the running sums taken from the newest existing key
+        'prefix-%020d-%020d...' and writes the new key with the sums. Atomic: concurrent callers never get the same
+        sums. Deleting the newest key rewinds the sums."""
+
+    @abc.abstractmethod
+    async def delete(
+        self, key: str, *, expected_version: int | None = None, partition_key: str | None = None
+    ) -> bool:
+        """Delete key; return whether it existed. Raise VersionMismatchError if expected_version differs."""
+
+    @abc.abstractmethod
+    async def delete_range(self, start: str, end: str, *, partition_key: str | None = None) -> None:
+        """Delete every key in [start, end) (hierarchical order)."""
+
+    @abc.abstractmethod
+    async def list(self, start: str, end: str, *, partition_key: str | None = None) -> list[str]:
+        """Keys in [start, end), in hierarchical order."""
+
+    @abc.abstractmethod
+    async def range_scan(
+        self, start: str, end: str, *, partition_key: str | None = None
+    ) -> list[Entry]:
+        """Entries in [start, end), in hierarchical order."""
+
+    @abc.abstractmethod
+    def watch(self, prefix: str) -> AsyncIterator[Notification]:
+        """Every change to keys starting with prefix, from the moment the iterator is created, in order.
+
+        The iterator is ready when watch() returns: changes made after that are seen. Close it with aclose()."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the session (its ephemeral keys go) and release connections."""
+
+
+def hierarchical_sort_key(key: str) -> bytes:
+    """A byte string that sorts like Oxia's hierarchical key order (compare.CompareWithSlash).
+
+    Per segment: a segment followed by '/' sorts after a final segment at the same position."""
+    parts = key.encode().split(b"/")
+    out = bytearray()
+    for part in parts[:-1]:
+        out += b"\x01" + part + b"\x00"
+    out += b"\x00" + parts[-1]
+    return bytes(out)
+
+
+def sequence_key(prefix: str, sums: Sequence[int]) -> str:
+    return prefix + "".join(f"-{s:020d}" for s in sums)
+
+
+def parse_sequence_key(prefix: str, key: str) -> list[int] | None:
+    """The sums in a key written by put_sequential under prefix, or None if key is not one."""
+    if not key.startswith(prefix + "-"):
+        return None
+    rest = key[len(prefix) + 1 :].split("-")
+    if not all(len(p) == 20 and p.isdigit() for p in rest):
+        return None
+    return [int(p) for p in rest]
