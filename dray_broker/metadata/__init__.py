@@ -15,6 +15,7 @@ from dray_broker.metadata.base import (
     NotificationType,
     SessionExpiredError,
     VersionMismatchError,
+    Watch,
 )
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "NotificationType",
     "SessionExpiredError",
     "VersionMismatchError",
+    "Watch",
     "open_metadata_store",
 ]
 

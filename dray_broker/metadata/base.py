@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
-from typing import AsyncIterator, Sequence
+from typing import Sequence
 
 # expected_version for a put that must create the key.
 MUST_NOT_EXIST = -1
@@ -61,6 +61,19 @@ class Notification:
     type: NotificationType
     version: int | None  # None for deletions
     key_range_end: str | None = None  # for RANGE_DELETED: [key, key_range_end)
+
+
+class Watch(abc.ABC):
+    """An async iterator of notifications; aclose() ends it (iteration then stops)."""
+
+    def __aiter__(self) -> "Watch":
+        return self
+
+    @abc.abstractmethod
+    async def __anext__(self) -> Notification: ...
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
 
 
 class MetadataStore(abc.ABC):
@@ -120,10 +133,9 @@ class MetadataStore(abc.ABC):
         """Entries in [start, end), in hierarchical order."""
 
     @abc.abstractmethod
-    def watch(self, prefix: str) -> AsyncIterator[Notification]:
-        """Every change to keys starting with prefix, from the moment the iterator is created, in order.
-
-        The iterator is ready when watch() returns: changes made after that are seen. Close it with aclose()."""
+    async def watch(self, prefix: str) -> "Watch":
+        """Every change to keys starting with prefix, in order, from the moment this call returns: a change
+        made after the await completes is always seen. Close the watch with aclose()."""
 
     @abc.abstractmethod
     async def close(self) -> None:
