@@ -1,0 +1,59 @@
+"""The `dray` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from dray_broker.config import ConfigError, add_flags, load_settings
+from dray_broker.logs import setup_logging
+
+log = logging.getLogger("dray")
+
+
+def _settings_or_exit(args):
+    try:
+        return load_settings(args)
+    except ConfigError as e:
+        print(f"dray: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+async def _run_broker(settings) -> None:
+    from dray_broker.server.broker import Broker
+
+    broker = Broker(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await broker.start()
+    await stop.wait()
+    log.info("signal received: draining")
+    await broker.stop()
+
+
+def cmd_broker(args) -> int:
+    settings = _settings_or_exit(args)
+    setup_logging(settings.log_level, settings.log_json)
+    asyncio.run(_run_broker(settings))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dray", description="Kafka-compatible streaming on object storage")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run a broker")
+    add_flags(p)
+    p.set_defaults(func=cmd_broker)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

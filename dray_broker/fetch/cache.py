@@ -1,0 +1,77 @@
+"""Bounded caches for the fetch path: committed chunks (offsets already patched in) and index entries."""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+
+from dray_broker.index.offsets import IndexEntry, PartitionRef
+
+
+class ChunkCache:
+    """Patched chunk bytes by index entry key, least recently used out first, bounded in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, bytearray] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> bytearray | None:
+        data = self._items.get(key)
+        if data is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return data
+
+    def put(self, key: str, data: bytearray) -> None:
+        if len(data) > self.max_bytes:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old)
+        self._items[key] = data
+        self._bytes += len(data)
+        while self._bytes > self.max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self._bytes -= len(dropped)
+
+
+class EntryCache:
+    """Recent index entries per partition, sorted by end offset, for lookups without a store round trip.
+
+    Only WAL entries are cached: they never change once committed. A partition keeps its newest entries."""
+
+    def __init__(self, per_partition: int = 1024):
+        self.per_partition = per_partition
+        self._ends: dict[PartitionRef, list[int]] = {}
+        self._entries: dict[PartitionRef, list[IndexEntry]] = {}
+
+    def add(self, p: PartitionRef, entry: IndexEntry) -> None:
+        ends = self._ends.setdefault(p, [])
+        entries = self._entries.setdefault(p, [])
+        i = bisect.bisect_left(ends, entry.end)
+        if i < len(ends) and ends[i] == entry.end:
+            return
+        ends.insert(i, entry.end)
+        entries.insert(i, entry)
+        if len(ends) > self.per_partition:
+            del ends[0], entries[0]
+
+    def find(self, p: PartitionRef, offset: int) -> IndexEntry | None:
+        ends = self._ends.get(p)
+        if not ends:
+            return None
+        i = bisect.bisect_right(ends, offset)
+        if i < len(ends):
+            entry = self._entries[p][i]
+            if entry.start <= offset:
+                return entry
+        return None
+
+    def forget(self, p: PartitionRef) -> None:
+        self._ends.pop(p, None)
+        self._entries.pop(p, None)

@@ -1,0 +1,80 @@
+"""The Fetch API: read each partition from its offset, long-poll until min_bytes or max_wait."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from kio.schema.errors import ErrorCode
+
+from dray_broker.fetch.reader import OffsetOutOfRange
+from dray_broker.protocol.codec import Request, make, ms, response_module
+
+
+async def handle_fetch(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+    deadline = time.monotonic() + max(ms(body.max_wait), 0) / 1000
+    min_bytes = body.min_bytes
+    max_bytes = getattr(body, "max_bytes", 0x7FFFFFFF)
+
+    # Resolve topics once: (topic_key, topic or None, [(partition request, PartitionRef or None)])
+    wanted = []
+    for t in body.topics:
+        name = getattr(t, "topic", None)
+        topic_id = getattr(t, "topic_id", None)
+        topic = await broker.topics.get(name) if name is not None else broker.topics.by_id(topic_id)
+        wanted.append((t, topic, [(p, topic.partition(p.partition) if topic and 0 <= p.partition < topic.partitions else None)
+                                  for p in t.partitions]))
+
+    while True:
+        events = [broker.reader.signals.event(ref) for _, _, parts in wanted for _, ref in parts if ref is not None]
+        topics, total, any_error = await _read_all(broker, M, wanted, max_bytes)
+        remaining = deadline - time.monotonic()
+        if total >= min_bytes or any_error or remaining <= 0 or not events:
+            break
+        waiters = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        if time.monotonic() >= deadline and not any(e.is_set() for e in events):
+            break
+    return make(M.FetchResponse, throttle_time=0, error_code=ErrorCode.none, session_id=0, responses=tuple(topics),
+                node_endpoints=())
+
+
+async def _read_all(broker, M, wanted, max_bytes):
+    topics = []
+    total = 0
+    any_error = False
+    for t, topic, parts in wanted:
+        partitions = []
+        for p, ref in parts:
+            error = ErrorCode.none
+            records = None
+            hw = lso = -1
+            if topic is None:
+                error = ErrorCode.unknown_topic_id if getattr(t, "topic", None) is None else ErrorCode.unknown_topic_or_partition
+            elif ref is None:
+                error = ErrorCode.unknown_topic_or_partition
+            else:
+                budget = min(p.partition_max_bytes, max(max_bytes - total, 0))
+                try:
+                    result = await broker.reader.read(ref, p.fetch_offset, budget if total else max(budget, 1))
+                    records, hw, lso = result.records, result.high_watermark, result.log_start_offset
+                    total += len(records)
+                except OffsetOutOfRange:
+                    error = ErrorCode.offset_out_of_range
+                    hw = await broker.reader.log_end_offset(ref)
+                    lso = await broker.reader.log_start_offset(ref)
+            any_error = any_error or error != ErrorCode.none
+            partitions.append(make(
+                M.PartitionData, partition_index=p.partition, error_code=error, high_watermark=hw,
+                last_stable_offset=hw, log_start_offset=lso, aborted_transactions=None if error else (),
+                preferred_read_replica=-1, records=records if records is not None else b"",
+            ))
+        topics.append(make(M.FetchableTopicResponse, topic=getattr(t, "topic", None),
+                           topic_id=getattr(t, "topic_id", None), partitions=tuple(partitions)))
+    return topics, total, any_error

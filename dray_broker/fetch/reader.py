@@ -1,0 +1,184 @@
+"""Reads committed batches of a partition from a given offset: index lookup (cached), chunk range read
+(cached, with offsets patched in), no per-record work."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from dray_broker.fetch.cache import ChunkCache, EntryCache
+from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef, WalLocation
+from dray_broker.metadata.base import parse_sequence_key
+from dray_broker.objectstore import ObjectStore
+from dray_broker.records.batch import patch_base_offsets
+from dray_broker.wal import format as wal
+
+log = logging.getLogger(__name__)
+
+LOG_START_TTL_S = 2.0
+
+
+class OffsetOutOfRange(Exception):
+    pass
+
+
+@dataclass
+class ReadResult:
+    records: bytes | memoryview
+    high_watermark: int
+    log_start_offset: int
+
+
+class PartitionSignals:
+    """Wakes long-polling fetches when a partition's log end moves (local commits or other brokers')."""
+
+    def __init__(self):
+        self._events: dict[PartitionRef, asyncio.Event] = {}
+
+    def notify(self, p: PartitionRef) -> None:
+        event = self._events.pop(p, None)
+        if event is not None:
+            event.set()
+
+    def event(self, p: PartitionRef) -> asyncio.Event:
+        event = self._events.get(p)
+        if event is None:
+            event = self._events[p] = asyncio.Event()
+        return event
+
+
+class PartitionReader:
+    def __init__(self, objects: ObjectStore, index: OffsetIndex, cache_bytes: int):
+        self.objects = objects
+        self.index = index
+        self.chunks = ChunkCache(cache_bytes)
+        self.entries = EntryCache()
+        self.signals = PartitionSignals()
+        self._log_end: dict[PartitionRef, int] = {}
+        self._log_start: dict[PartitionRef, tuple[float, int]] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+
+    # --- what the produce path and the index watch tell us ----------------------------------------------------
+
+    def committed(self, p: PartitionRef, entry: IndexEntry, buffers: list) -> None:
+        """A local commit: cache its bytes with offsets patched, move the log end, wake fetchers."""
+        data = bytearray().join(buffers)
+        patch_base_offsets(data, entry.start, entry.location.batch_records)
+        self.chunks.put(entry.key, data)
+        self.entries.add(p, entry)
+        self._advance(p, entry.end)
+
+    def index_changed(self, p: PartitionRef, key: str) -> None:
+        """A notification from the metadata store: another broker may have appended."""
+        sums = parse_sequence_key(p.dir + "wal", key)
+        if sums is not None:
+            self._advance(p, sums[0])
+
+    def _advance(self, p: PartitionRef, end: int) -> None:
+        if end > self._log_end.get(p, -1):
+            self._log_end[p] = end
+            self.signals.notify(p)
+
+    def forget(self, p: PartitionRef) -> None:
+        self.entries.forget(p)
+        self._log_end.pop(p, None)
+        self._log_start.pop(p, None)
+
+    # --- offsets ----------------------------------------------------------------------------------------------
+
+    async def log_end_offset(self, p: PartitionRef, *, fresh: bool = False) -> int:
+        if fresh or p not in self._log_end:
+            self._advance(p, await self.index.log_end_offset(p))
+        return self._log_end.get(p, 0)
+
+    async def log_start_offset(self, p: PartitionRef) -> int:
+        cached = self._log_start.get(p)
+        now = time.monotonic()
+        if cached is None or now - cached[0] > LOG_START_TTL_S:
+            cached = (now, await self.index.log_start_offset(p))
+            self._log_start[p] = cached
+        return cached[1]
+
+    # --- reading ----------------------------------------------------------------------------------------------
+
+    async def read(self, p: PartitionRef, offset: int, max_bytes: int) -> ReadResult:
+        """Batches from the one holding offset, up to max_bytes (at least one whole batch when any exists)."""
+        start = await self.log_start_offset(p)
+        if offset < start:
+            raise OffsetOutOfRange(f"offset {offset} is before the log start {start}")
+        end = self._log_end.get(p)
+        if end is None or offset >= end:
+            # Maybe another broker appended since we last heard: ask the store (read-your-writes).
+            end = await self.log_end_offset(p, fresh=True)
+        if offset > end:
+            raise OffsetOutOfRange(f"offset {offset} is after the log end {end}")
+        pieces: list = []
+        size = 0
+        position = offset
+        while position < end and size < max_bytes:
+            entry = await self._entry(p, position)
+            if entry is None:
+                break
+            data = await self._chunk_bytes(p, entry)
+            piece = _slice_from(entry, data, position, max_bytes - size, first=not pieces)
+            if not piece:
+                break
+            pieces.append(piece)
+            size += len(piece)
+            position = entry.end
+        records = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return ReadResult(records, max(end, self._log_end.get(p, 0)), start)
+
+    async def _entry(self, p: PartitionRef, offset: int) -> IndexEntry | None:
+        entry = self.entries.find(p, offset)
+        if entry is None:
+            entry = await self.index.lookup(p, offset)
+            if entry is not None and entry.is_wal:
+                self.entries.add(p, entry)
+                self._advance(p, entry.end)
+        return entry
+
+    async def _chunk_bytes(self, p: PartitionRef, entry: IndexEntry) -> bytearray:
+        data = self.chunks.get(entry.key)
+        if data is not None:
+            return data
+        # Coalesce concurrent misses on the same chunk into one read.
+        loading = self._loading.get(entry.key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(entry))
+            self._loading[entry.key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(entry.key, None))
+        return await asyncio.shield(loading)
+
+    async def _load(self, entry: IndexEntry) -> bytearray:
+        loc = entry.location
+        if not isinstance(loc, WalLocation):
+            raise NotImplementedError("reading Parquet entries is not available yet")
+        raw = await self.objects.get(loc.object_key, loc.data_offset, loc.data_offset + loc.data_length)
+        chunk = wal.Chunk(None, 0, loc.data_offset, loc.data_length, len(loc.batch_records),
+                          sum(loc.batch_records), loc.min_timestamp, loc.max_timestamp, loc.data_crc)
+        wal.verify_chunk(chunk, raw)
+        data = bytearray(raw)
+        patch_base_offsets(data, entry.start, loc.batch_records)
+        self.chunks.put(entry.key, data)
+        return data
+
+
+def _slice_from(entry: IndexEntry, data: bytearray, offset: int, budget: int, first: bool) -> memoryview:
+    """The whole batches of entry from the one holding offset, within budget bytes (one batch at least if first)."""
+    loc = entry.location
+    batch_start = entry.start
+    pos = 0
+    i = 0
+    n = len(loc.batch_records)
+    while i < n and batch_start + loc.batch_records[i] <= offset:
+        batch_start += loc.batch_records[i]
+        pos += loc.batch_sizes[i]
+        i += 1
+    begin = pos
+    while i < n and (pos - begin + loc.batch_sizes[i] <= budget or (first and pos == begin)):
+        pos += loc.batch_sizes[i]
+        i += 1
+    return memoryview(data)[begin:pos]

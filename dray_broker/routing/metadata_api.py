@@ -1,0 +1,69 @@
+"""The Metadata API: topics, partitions and the brokers a client should talk to."""
+
+from __future__ import annotations
+
+import logging
+
+from kio.schema.errors import ErrorCode
+
+from dray_broker.protocol.codec import NULL_UUID, Request, make, response_module
+from dray_broker.topics.catalog import TopicError
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_AUTHORIZED_OPERATIONS = -2147483648
+
+
+async def handle_metadata(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+    brokers = broker.registry.live()
+    auto_create = broker.settings.auto_create_topics and getattr(body, "allow_auto_topic_creation", True)
+
+    if body.topics is None or (req.version == 0 and not body.topics):
+        # v0 uses an empty list for "all topics"; later versions use null.
+        requested = [(t.name, None) for t in broker.topics.all()]
+    else:
+        requested = [(getattr(t, "name", None), getattr(t, "topic_id", None)) for t in body.topics]
+
+    topics = []
+    for name, topic_id in requested:
+        topic = None
+        error = ErrorCode.none
+        if name is None and topic_id not in (None, NULL_UUID):
+            topic = broker.topics.by_id(topic_id)
+            if topic is None:
+                error = ErrorCode.unknown_topic_id
+        elif name is not None:
+            topic = await broker.topics.get(name)
+            if topic is None and auto_create:
+                try:
+                    topic = await broker.topics.create(name, broker.settings.default_partitions)
+                except TopicError as e:
+                    if e.kafka_error == 36:  # created meanwhile by someone else
+                        topic = await broker.topics.get(name)
+                    else:
+                        error = ErrorCode(e.kafka_error)
+            if topic is None and error == ErrorCode.none:
+                error = ErrorCode.unknown_topic_or_partition
+        else:
+            error = ErrorCode.invalid_topic_exception
+        partitions = []
+        if topic is not None:
+            for i in range(topic.partitions):
+                leader = broker.registry.leader(topic.id, i, brokers)
+                partitions.append(make(
+                    M.MetadataResponsePartition, error_code=ErrorCode.none, partition_index=i, leader_id=leader.id,
+                    leader_epoch=0, replica_nodes=(leader.id,), isr_nodes=(leader.id,), offline_replicas=(),
+                ))
+        topics.append(make(
+            M.MetadataResponseTopic, error_code=error, name=topic.name if topic else name,
+            topic_id=topic.id if topic else (topic_id or NULL_UUID), is_internal=False,
+            partitions=tuple(partitions), topic_authorized_operations=UNKNOWN_AUTHORIZED_OPERATIONS,
+        ))
+    return make(
+        M.MetadataResponse, throttle_time=0, error_code=ErrorCode.none,
+        brokers=tuple(make(M.MetadataResponseBroker, node_id=b.id, host=b.host, port=b.port, rack=b.zone) for b in brokers),
+        cluster_id=broker.cluster_id, controller_id=brokers[0].id, topics=tuple(topics),
+        cluster_authorized_operations=UNKNOWN_AUTHORIZED_OPERATIONS,
+    )

@@ -1,0 +1,173 @@
+"""The broker: opens the stores, wires the data plane together, and serves Kafka connections."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import uuid
+from typing import Any, Awaitable, Callable
+
+from dray_broker.config import Settings
+from dray_broker.fetch.handler import handle_fetch
+from dray_broker.fetch.reader import PartitionReader
+from dray_broker.index.offsets import OffsetIndex, PartitionRef
+from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, VersionMismatchError, open_metadata_store
+from dray_broker.objectstore import ObjectStore, open_object_store
+from dray_broker.produce.handler import handle_produce
+from dray_broker.produce.wal_writer import WalWriter
+from dray_broker.protocol import apis
+from dray_broker.protocol.api_versions import api_versions_response, unsupported_api_versions_frame
+from dray_broker.protocol.codec import (
+    Request,
+    UnsupportedVersionError,
+    decode_request,
+    encode_response,
+    peek_header,
+)
+from dray_broker.routing.metadata_api import handle_metadata
+from dray_broker.routing.registry import BrokerInfo, BrokerRegistry, allocate_broker_id
+from dray_broker.server.connection import NO_RESPONSE, Connection
+from dray_broker.topics.catalog import TopicCatalog
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["Broker", Request], Awaitable[Any]]
+CLUSTER_KEY = "/dray/cluster"
+INDEX_PREFIX = "/dray/idx/"
+
+
+def default_handlers() -> dict[int, Handler]:
+    from dray_broker.topics import handlers as topic_handlers
+
+    handlers: dict[int, Handler] = {
+        apis.API_VERSIONS: handle_api_versions,
+        apis.METADATA: handle_metadata,
+        apis.PRODUCE: handle_produce,
+        apis.FETCH: handle_fetch,
+    }
+    handlers.update(topic_handlers.HANDLERS)
+    return handlers
+
+
+async def handle_api_versions(broker: "Broker", req: Request):
+    return api_versions_response(req.version, broker.handled)
+
+
+class Broker:
+    def __init__(self, settings: Settings, handlers: dict[int, Handler] | None = None):
+        self.settings = settings
+        self.handlers = handlers if handlers is not None else default_handlers()
+        self.handled = set(self.handlers)
+        self.metadata: MetadataStore | None = None
+        self.objects: ObjectStore | None = None
+        self.connections: set[Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._index_watch_task: asyncio.Task | None = None
+        self.cluster_id = ""
+        self.broker_id = -1
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.metadata is None or s.object_store is None:
+            s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.metadata = await open_metadata_store(s.metadata_url)
+        self.objects = open_object_store(s.object_store_url)
+        self.cluster_id = await self._cluster_id()
+        self.broker_id = s.broker_id if s.broker_id is not None else await allocate_broker_id(self.metadata)
+        self.index = OffsetIndex(self.metadata)
+        self.topics = TopicCatalog(self.metadata)
+        await self.topics.start()
+        self.reader = PartitionReader(self.objects, self.index, s.fetch_cache_bytes)
+        self.wal_writer = WalWriter(
+            self.objects, self.index, broker_id=self.broker_id, flush_ms=s.flush_ms, flush_bytes=s.flush_bytes,
+            on_commit=self.reader.committed,
+        )
+        index_watch = await self.metadata.watch(INDEX_PREFIX)
+        self._index_watch_task = asyncio.create_task(self._follow_index(index_watch), name="index-watch")
+        host, port = s.listen.rsplit(":", 1)
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: Connection(self.handle_frame, s.max_request_bytes, self.connections.discard),
+            host, int(port), reuse_address=True,
+        )
+        bound_port = self._server.sockets[0].getsockname()[1]
+        adv_host, adv_port = s.advertised
+        self.registry = BrokerRegistry(self.metadata, BrokerInfo(self.broker_id, adv_host, adv_port or bound_port, s.zone))
+        await self.registry.start()
+        self.port = bound_port
+        log.info("dray broker %d ready on %s:%d (advertised %s:%d, zone %s, cluster %s, metadata %s, objects %s)",
+                 self.broker_id, host, bound_port, adv_host, adv_port or bound_port, s.zone, self.cluster_id,
+                 s.metadata_url, s.object_store_url)
+
+    async def stop(self) -> None:
+        """Drain: stop accepting, commit and ack what is buffered, then close everything."""
+        if self._server is not None:
+            self._server.close()
+        await self.wal_writer.close()
+        # Let the connections write the responses of the last flush before closing them.
+        await asyncio.sleep(0)
+        for c in list(self.connections):
+            c.close("broker shutting down")
+        if self._index_watch_task:
+            self._index_watch_task.cancel()
+        await self.registry.stop()
+        await self.topics.stop()
+        await self.objects.close()
+        await self.metadata.close()
+        log.info("dray broker %d stopped", self.broker_id)
+
+    async def _cluster_id(self) -> str:
+        try:
+            await self.metadata.put(CLUSTER_KEY, str(uuid.uuid4()).encode(), expected_version=MUST_NOT_EXIST)
+        except VersionMismatchError:
+            pass
+        return (await self.metadata.get(CLUSTER_KEY)).value.decode()
+
+    async def _follow_index(self, watch) -> None:
+        """Index changes from every broker: move log ends and wake long-polling fetches."""
+        try:
+            async for n in watch:
+                parts = n.key[len(INDEX_PREFIX):].split("/")
+                if len(parts) == 3:
+                    try:
+                        ref = PartitionRef(uuid.UUID(parts[0]), int(parts[1]))
+                    except ValueError:
+                        continue
+                    self.reader.index_changed(ref, n.key)
+        except asyncio.CancelledError:
+            await watch.aclose()
+            raise
+        except Exception:
+            log.exception("index watch failed")
+
+    # --- requests ---------------------------------------------------------------------------------------------
+
+    async def handle_frame(self, frame: bytes, conn: Connection):
+        api_key, version, correlation_id = peek_header(frame)
+        if api_key == apis.API_VERSIONS and not apis.supports(api_key, version, self.handled):
+            return unsupported_api_versions_frame(correlation_id, self.handled)
+        if not apis.supports(api_key, version, self.handled):
+            conn.close(f"API key {api_key} version {version} is not supported")
+            return NO_RESPONSE
+        try:
+            req = decode_request(frame)
+        except UnsupportedVersionError as e:
+            conn.close(str(e))
+            return NO_RESPONSE
+        conn.client_id = req.client_id
+        result = await self.handlers[api_key](self, req)
+        if result is NO_RESPONSE:
+            return NO_RESPONSE
+        if inspect.isawaitable(result):
+            return self._encode_later(req, result)
+        return encode_response(api_key, version, correlation_id, result)
+
+    async def _encode_later(self, req: Request, pending) -> list | None:
+        try:
+            response = await pending
+        except Exception:
+            log.exception("request %d v%d from %s failed", req.api_key, req.version, req.client_id)
+            return None
+        return encode_response(req.api_key, req.version, req.correlation_id, response)

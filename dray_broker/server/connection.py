@@ -1,0 +1,135 @@
+"""One client connection: frames in, responses out in request order.
+
+Requests are handled one after another, as Kafka does, but a handler may return an awaitable (a produce that
+waits for its WAL flush): the connection then reads and handles the next request while that one waits, and the
+writer sends responses strictly in request order. Malformed frames close this connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections import deque
+from typing import Any, Awaitable, Callable
+
+from dray_broker.protocol.codec import MalformedRequestError
+
+log = logging.getLogger(__name__)
+
+_SIZE = struct.Struct(">i")
+
+# A handler's answer: response chunks, an awaitable of them, or NO_RESPONSE (acks=0 produce).
+NO_RESPONSE = object()
+FrameHandler = Callable[[bytes, "Connection"], Awaitable[Any]]
+
+# Pause reading while this many requests wait for their responses.
+MAX_IN_FLIGHT = 64
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, handle_frame: FrameHandler, max_frame_bytes: int, on_close: Callable[["Connection"], None]):
+        self._handle_frame = handle_frame
+        self._max_frame = max_frame_bytes
+        self._on_close = on_close
+        self._buffer = bytearray()
+        self._frames: deque[bytes] = deque()
+        self._frame_ready = asyncio.Event()
+        self._responses: asyncio.Queue = asyncio.Queue()
+        self._transport: asyncio.Transport | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._paused = False
+        self._closing = False
+        self.peer = "?"
+        self.client_id: str | None = None
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._tasks = [
+            asyncio.create_task(self._process(), name=f"conn-process-{self.peer}"),
+            asyncio.create_task(self._write(), name=f"conn-write-{self.peer}"),
+        ]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buffer
+        buf += data
+        pos = 0
+        while len(buf) - pos >= 4:
+            (size,) = _SIZE.unpack_from(buf, pos)
+            if size < 0 or size > self._max_frame:
+                self.close(f"frame of {size} bytes is outside 0..{self._max_frame}")
+                return
+            if len(buf) - pos - 4 < size:
+                break
+            self._frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
+        if pos:
+            del buf[:pos]
+            self._frame_ready.set()
+            if len(self._frames) + self._responses.qsize() > MAX_IN_FLIGHT and not self._paused:
+                self._paused = True
+                self._transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        for t in self._tasks:
+            t.cancel()
+        self._on_close(self)
+
+    # --- processing -------------------------------------------------------------------------------------------
+
+    async def _process(self) -> None:
+        try:
+            while True:
+                if not self._frames:
+                    self._frame_ready.clear()
+                    await self._frame_ready.wait()
+                    continue
+                frame = self._frames.popleft()
+                try:
+                    result = await self._handle_frame(frame, self)
+                except MalformedRequestError as e:
+                    self.close(str(e))
+                    return
+                if result is not NO_RESPONSE:
+                    await self._responses.put(result)
+                self._maybe_resume()
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("connection %s failed", self.peer)
+            self.close("internal error")
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                result = await self._responses.get()
+                if not isinstance(result, list):
+                    result = await result
+                if result is None:  # the handler decided the connection must close
+                    self.close("request refused")
+                    return
+                self._transport.writelines(result)
+                self._maybe_resume()
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("connection %s failed while answering", self.peer)
+            self.close("internal error")
+
+    def _maybe_resume(self) -> None:
+        if self._paused and len(self._frames) + self._responses.qsize() <= MAX_IN_FLIGHT // 2:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def close(self, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        log.warning("closing connection from %s (client %s): %s", self.peer, self.client_id, reason)
+        if self._transport is not None:
+            self._transport.close()

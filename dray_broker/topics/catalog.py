@@ -1,0 +1,261 @@
+"""Topics in the metadata store, cached by every broker and kept fresh by a watch.
+
+    /dray/topics/<name>   JSON {"id": uuid, "partitions": n, "configs": {...}, "created_ms": t}
+
+A cache miss reads the store, so a topic created through one broker is usable at once through another."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from dray_broker.index.offsets import PartitionRef
+from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, NotificationType, VersionMismatchError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/dray/topics/"
+_LEGAL_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    default: str
+    kind: type  # int or str
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+
+
+# Topic configs that mean something here. Others are refused (INVALID_CONFIG) rather than silently ignored.
+TOPIC_CONFIGS: dict[str, ConfigSpec] = {
+    "retention.ms": ConfigSpec("604800000", int, minimum=-1),
+    "retention.bytes": ConfigSpec("-1", int, minimum=-1),
+    "max.message.bytes": ConfigSpec("1048588", int, minimum=0),
+    "cleanup.policy": ConfigSpec("delete", str, choices=("delete",)),
+}
+
+
+class TopicError(Exception):
+    """A request about topics that cannot be done; kafka_error names the Kafka error code."""
+
+    def __init__(self, message: str, kafka_error: int):
+        super().__init__(message)
+        self.kafka_error = kafka_error
+
+
+# Kafka error codes used here.
+UNKNOWN_TOPIC_OR_PARTITION = 3
+INVALID_TOPIC_EXCEPTION = 17
+TOPIC_ALREADY_EXISTS = 36
+INVALID_PARTITIONS = 37
+INVALID_REPLICATION_FACTOR = 38
+INVALID_CONFIG = 40
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    id: uuid.UUID
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+    created_ms: int = 0
+    version: int = -1  # of its store key
+
+    def config(self, name: str) -> str:
+        return self.configs.get(name, TOPIC_CONFIGS[name].default)
+
+    def int_config(self, name: str) -> int:
+        return int(self.config(name))
+
+    def partition(self, index: int) -> PartitionRef:
+        return PartitionRef(self.id, index)
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"id": str(self.id), "partitions": self.partitions, "configs": self.configs, "created_ms": self.created_ms}
+        ).encode()
+
+    @classmethod
+    def decode(cls, name: str, value: bytes, version: int) -> "Topic":
+        doc = json.loads(value)
+        return cls(name, uuid.UUID(doc["id"]), doc["partitions"], doc.get("configs", {}), doc.get("created_ms", 0), version)
+
+
+def validate_configs(configs: dict[str, str | None]) -> dict[str, str]:
+    """Check topic config values; None means 'reset to default' and is dropped. Raise TopicError."""
+    out = {}
+    for name, value in configs.items():
+        spec = TOPIC_CONFIGS.get(name)
+        if spec is None:
+            raise TopicError(f"topic config {name!r} is not supported (supported: {', '.join(TOPIC_CONFIGS)})", INVALID_CONFIG)
+        if value is None:
+            continue
+        if spec.kind is int:
+            try:
+                number = int(value)
+            except ValueError:
+                raise TopicError(f"{name} must be an integer, not {value!r}", INVALID_CONFIG) from None
+            if spec.minimum is not None and number < spec.minimum:
+                raise TopicError(f"{name} must be at least {spec.minimum}", INVALID_CONFIG)
+        if spec.choices and value not in spec.choices:
+            raise TopicError(f"{name} must be one of {', '.join(spec.choices)}", INVALID_CONFIG)
+        out[name] = str(value)
+    return out
+
+
+def validate_name(name: str) -> None:
+    if not _LEGAL_NAME.match(name or "") or name in (".", ".."):
+        raise TopicError(f"topic name {name!r} is illegal: use up to 249 of [a-zA-Z0-9._-]", INVALID_TOPIC_EXCEPTION)
+
+
+class TopicCatalog:
+    def __init__(self, store: MetadataStore):
+        self.store = store
+        self._by_name: dict[str, Topic] = {}
+        self._by_id: dict[uuid.UUID, Topic] = {}
+        self._watch_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        watch = await self.store.watch(PREFIX)
+        for e in await self.store.range_scan(PREFIX, PREFIX + "~"):
+            self._remember(Topic.decode(e.key[len(PREFIX):], e.value, e.version))
+        self._watch_task = asyncio.create_task(self._follow(watch), name="topic-catalog-watch")
+
+    async def stop(self) -> None:
+        if self._watch_task:
+            self._watch_task.cancel()
+
+    async def _follow(self, watch) -> None:
+        try:
+            async for n in watch:
+                name = n.key[len(PREFIX):]
+                if n.type in (NotificationType.DELETED, NotificationType.RANGE_DELETED):
+                    self._forget(name)
+                else:
+                    await self.refresh(name)
+        except asyncio.CancelledError:
+            await watch.aclose()
+            raise
+        except Exception:
+            log.exception("topic watch failed")
+
+    def _remember(self, topic: Topic) -> None:
+        old = self._by_name.get(topic.name)
+        if old is not None and old.version > topic.version:
+            return
+        if old is not None and old.id != topic.id:
+            self._by_id.pop(old.id, None)
+        self._by_name[topic.name] = topic
+        self._by_id[topic.id] = topic
+
+    def _forget(self, name: str) -> None:
+        old = self._by_name.pop(name, None)
+        if old is not None:
+            self._by_id.pop(old.id, None)
+
+    async def refresh(self, name: str) -> Topic | None:
+        e = await self.store.get(PREFIX + name)
+        if e is None:
+            self._forget(name)
+            return None
+        topic = Topic.decode(name, e.value, e.version)
+        self._remember(topic)
+        return topic
+
+    # --- reads ------------------------------------------------------------------------------------------------
+
+    def cached(self, name: str) -> Topic | None:
+        return self._by_name.get(name)
+
+    async def get(self, name: str) -> Topic | None:
+        """The topic, from the cache or else from the store."""
+        return self._by_name.get(name) or await self.refresh(name)
+
+    def by_id(self, topic_id: uuid.UUID) -> Topic | None:
+        return self._by_id.get(topic_id)
+
+    def all(self) -> list[Topic]:
+        return sorted(self._by_name.values(), key=lambda t: t.name)
+
+    # --- writes -----------------------------------------------------------------------------------------------
+
+    async def create(self, name: str, partitions: int, configs: dict[str, str | None] | None = None, *,
+                     validate_only: bool = False) -> Topic:
+        validate_name(name)
+        if partitions <= 0:
+            raise TopicError("the number of partitions must be positive", INVALID_PARTITIONS)
+        topic = Topic(name, uuid.uuid4(), partitions, validate_configs(configs or {}), int(time.time() * 1000))
+        if validate_only:
+            if await self.get(name) is not None:
+                raise TopicError(f"topic {name!r} already exists", TOPIC_ALREADY_EXISTS)
+            return topic
+        try:
+            e = await self.store.put(PREFIX + name, topic.encode(), expected_version=MUST_NOT_EXIST)
+        except VersionMismatchError:
+            raise TopicError(f"topic {name!r} already exists", TOPIC_ALREADY_EXISTS) from None
+        topic = Topic(topic.name, topic.id, topic.partitions, topic.configs, topic.created_ms, e.version)
+        self._remember(topic)
+        log.info("created topic %s with %d partitions (id %s)", name, partitions, topic.id)
+        return topic
+
+    async def delete(self, name: str) -> Topic:
+        topic = await self.get(name)
+        if topic is None:
+            raise TopicError(f"topic {name!r} does not exist", UNKNOWN_TOPIC_OR_PARTITION)
+        await self.store.delete(PREFIX + name)
+        self._forget(name)
+        log.info("deleted topic %s (id %s)", name, topic.id)
+        return topic
+
+    async def _update(self, name: str, change) -> Topic:
+        while True:
+            topic = await self.refresh(name)
+            if topic is None:
+                raise TopicError(f"topic {name!r} does not exist", UNKNOWN_TOPIC_OR_PARTITION)
+            new = change(topic)
+            try:
+                e = await self.store.put(PREFIX + name, new.encode(), expected_version=topic.version)
+            except VersionMismatchError:
+                continue
+            new = Topic(new.name, new.id, new.partitions, new.configs, new.created_ms, e.version)
+            self._remember(new)
+            return new
+
+    async def add_partitions(self, name: str, count: int, *, validate_only: bool = False) -> Topic:
+        def grow(t: Topic) -> Topic:
+            if count <= t.partitions:
+                raise TopicError(f"topic {name!r} has {t.partitions} partitions; a new count must be larger",
+                                 INVALID_PARTITIONS)
+            return Topic(t.name, t.id, count, t.configs, t.created_ms, t.version)
+
+        if validate_only:
+            topic = await self.get(name)
+            if topic is None:
+                raise TopicError(f"topic {name!r} does not exist", UNKNOWN_TOPIC_OR_PARTITION)
+            return grow(topic)
+        return await self._update(name, grow)
+
+    async def set_configs(self, name: str, configs: dict[str, str | None], *, replace: bool,
+                          validate_only: bool = False) -> Topic:
+        """replace: AlterConfigs (the given set is the whole set); else IncrementalAlterConfigs (None = delete)."""
+        checked = validate_configs(configs)
+
+        def apply(t: Topic) -> Topic:
+            merged = {} if replace else dict(t.configs)
+            for k, v in configs.items():
+                if v is None:
+                    merged.pop(k, None)
+            merged.update(checked)
+            return Topic(t.name, t.id, t.partitions, merged, t.created_ms, t.version)
+
+        if validate_only:
+            topic = await self.get(name)
+            if topic is None:
+                raise TopicError(f"topic {name!r} does not exist", UNKNOWN_TOPIC_OR_PARTITION)
+            return apply(topic)
+        return await self._update(name, apply)

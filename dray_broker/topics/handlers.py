@@ -1,0 +1,4 @@
+"""Topic admin APIs: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs, AlterConfigs,
+IncrementalAlterConfigs."""
+
+HANDLERS: dict = {}
