@@ -1,0 +1,841 @@
+"""The embedded metadata store: one SQLite file, shared safely by several processes on one machine.
+
+Layout:
+- kv: one row per key, with `sk` = hierarchical_sort_key(key) as the unique, indexed sort column, so ranges and
+  floor/ceiling/lower/higher follow Oxia's hierarchical order exactly. `session_id` marks ephemeral keys.
+- changes: an append-only log of every modification (AUTOINCREMENT id, so ids are never reused). The id of the
+  change row written in the same transaction is the key's new version: versions are global and monotonic across
+  keys and processes. Watches read this log; entries older than about an hour are pruned.
+- sessions: one row per open store with an expiry time, refreshed by a keepalive task every timeout/3. Any live
+  store's reaper removes the ephemeral keys of expired sessions (with DELETED notifications).
+
+Concurrency: every SQLite call runs on one dedicated thread per store (the event loop never blocks on SQLite).
+Writes use BEGIN IMMEDIATE with a busy timeout; writes queued while the thread is busy share one transaction
+(group commit), each with its own condition check and savepoint, so one failing op never affects another (as an
+Oxia write request: one unit, conditions per operation, no rollback of the others).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import queue
+import random
+import sqlite3
+import threading
+import time
+import weakref
+from typing import Any, Callable, Sequence
+
+from dray_broker.metadata.base import (
+    MUST_NOT_EXIST,
+    Comparison,
+    Entry,
+    KeyNotFoundError,
+    MetadataError,
+    MetadataStore,
+    Notification,
+    NotificationType,
+    SessionExpiredError,
+    VersionMismatchError,
+    Watch,
+    hierarchical_sort_key,
+    parse_sequence_key,
+    sequence_key,
+)
+
+log = logging.getLogger(__name__)
+
+_MAX_SEQUENCE = 2**64 - 1  # as Oxia: sums are uint64, printed with %020d
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    id INTEGER PRIMARY KEY,
+    sk BLOB NOT NULL UNIQUE,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    version INTEGER NOT NULL,
+    session_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS kv_session ON kv (session_id) WHERE session_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    type INTEGER NOT NULL,
+    range_end TEXT,
+    ts REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    expires_at REAL NOT NULL,
+    timeout_ms INTEGER NOT NULL,
+    pid INTEGER,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expires_at);
+"""
+
+_CREATED = NotificationType.CREATED.value
+_MODIFIED = NotificationType.MODIFIED.value
+_DELETED = NotificationType.DELETED.value
+_RANGE_DELETED = NotificationType.RANGE_DELETED.value
+
+
+def _prefix_successor(b: bytes) -> bytes | None:
+    """The smallest byte string greater than every string that starts with b (None: no bound)."""
+    b = b.rstrip(b"\xff")
+    if not b:
+        return None
+    return b[:-1] + bytes([b[-1] + 1])
+
+
+def _prefix_intervals(prefix: str) -> list[tuple[bytes, bytes | None]]:
+    """The sort-key intervals [lo, hi) that hold exactly the keys starting with prefix (hierarchical order).
+
+    A key starting with 'd1/d2/s' continues the segment s either as its final segment or as a directory: two
+    contiguous intervals."""
+    parts = prefix.encode().split(b"/")
+    dirs = b"".join(b"\x01" + p + b"\x00" for p in parts[:-1])
+    out = []
+    for marker in (b"\x00", b"\x01"):
+        lo = dirs + marker + parts[-1]
+        out.append((lo, _prefix_successor(lo)))
+    return out
+
+
+class _WatchFilter:
+    __slots__ = ("prefix", "start", "intervals")
+
+    def __init__(self, prefix: str, start: int) -> None:
+        self.prefix = prefix
+        self.start = start
+        self.intervals = _prefix_intervals(prefix)
+
+    def matches(self, change_id: int, key: str, type_: int, range_end: str | None) -> bool:
+        if change_id <= self.start:
+            return False
+        if type_ != _RANGE_DELETED:
+            return key.startswith(self.prefix)
+        lo_r, hi_r = hierarchical_sort_key(key), hierarchical_sort_key(range_end or "")
+        return any((hi is None or lo_r < hi) and lo < hi_r for lo, hi in self.intervals)
+
+
+class _SqliteWatch(Watch):
+    def __init__(self, store: "SqliteMetadataStore", watch_id: int) -> None:
+        self._store = store
+        self._id = watch_id
+        self._items: collections.deque[Notification] = collections.deque()
+        self._event = asyncio.Event()
+        self._closed = False  # aclose(): stop at once
+        self._ended = False  # the store closed: stop after what is queued
+
+    def _push(self, notes: list[Notification]) -> None:
+        if not self._closed:
+            self._items.extend(notes)
+            self._event.set()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._event.set()
+
+    async def __anext__(self) -> Notification:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._items:
+                return self._items.popleft()
+            if self._ended:
+                raise StopAsyncIteration
+            self._event.clear()
+            await self._event.wait()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._items.clear()
+        self._event.set()
+        self._store._unregister_watch(self._id)
+
+
+class _Op:
+    __slots__ = ("fn", "write", "fut", "loop")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], write: bool, fut, loop) -> None:
+        self.fn = fn
+        self.write = write
+        self.fut = fut
+        self.loop = loop
+
+
+_STOP = object()
+_POLL = object()
+
+# Stores of this process by database file: a commit in one wakes the watch pollers of the others at once.
+_LOCAL_STORES: dict[str, "weakref.WeakSet[SqliteMetadataStore]"] = {}
+_LOCAL_LOCK = threading.Lock()
+
+
+def _deliver(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    for fut, result, exc in results:
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+
+class SqliteMetadataStore(MetadataStore):
+    WATCH_POLL_S = 0.03  # how often other processes' changes are looked for while watches exist
+    REAPER_INTERVAL_S = 0.25  # how often expired sessions are looked for
+    PRUNE_INTERVAL_S = 60.0
+    CHANGE_RETENTION_S = 3600.0  # the change log (watch notifications) keeps about an hour, as Oxia
+    BUSY_TIMEOUT_MS = 10_000
+    MAX_GROUP = 256  # ops per group-commit transaction
+
+    def __init__(self, path: str, session_timeout_ms: int) -> None:
+        self._path = path
+        self._timeout_s = session_timeout_ms / 1000.0
+        self._timeout_ms = session_timeout_ms
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._session_id: int | None = None
+        self._session_expired = False
+        self._closed = False
+        self._keepalive_task: asyncio.Task | None = None
+        # Watch state, touched only by the store thread (except _watch_objs, touched only by the loop).
+        self._watch_filters: dict[int, tuple[_WatchFilter, asyncio.AbstractEventLoop, _SqliteWatch]] = {}
+        self._watch_seq = 0
+        self._cursor = 0
+        self._watch_objs: dict[int, _SqliteWatch] = {}
+        self._next_reap = 0.0
+        self._next_prune = 0.0
+        self._next_poll = 0.0
+        self._thread_exited: asyncio.Future | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def open(cls, path: str, *, session_timeout_ms: int = 10_000) -> "SqliteMetadataStore":
+        if session_timeout_ms <= 0:
+            raise ValueError("session_timeout_ms must be positive")
+        path = os.path.abspath(path)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        store = cls(path, session_timeout_ms)
+        loop = asyncio.get_running_loop()
+        store._thread_exited = loop.create_future()
+        ready: asyncio.Future = loop.create_future()
+        store._thread = threading.Thread(
+            target=store._thread_main, args=(loop, ready), name=f"dray-sqlite-meta:{os.path.basename(path)}", daemon=True
+        )
+        store._thread.start()
+        await ready  # the connection is open and the schema exists (or the error is raised here)
+        try:
+            store._session_id = await store._submit(store._op_create_session, write=True)
+        except BaseException:
+            await store._stop_thread()
+            raise
+        with _LOCAL_LOCK:
+            _LOCAL_STORES.setdefault(path, weakref.WeakSet()).add(store)
+        store._keepalive_task = asyncio.create_task(store._keepalive(), name="dray-sqlite-meta-keepalive")
+        return store
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            try:
+                await self._keepalive_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        with _LOCAL_LOCK:
+            stores = _LOCAL_STORES.get(self._path)
+            if stores is not None:
+                stores.discard(self)
+                if not stores:
+                    _LOCAL_STORES.pop(self._path, None)
+        try:
+            if self._session_id is not None:
+                await self._submit(self._op_close_session, write=True, allow_closed=True)
+        except MetadataError as e:
+            log.warning("closing metadata session %s failed: %s", self._session_id, e)
+        finally:
+            await self._stop_thread()
+            for w in list(self._watch_objs.values()):
+                w._end()
+            self._watch_objs.clear()
+
+    async def _stop_thread(self) -> None:
+        self._q.put(_STOP)
+        if self._thread_exited is not None:
+            await self._thread_exited
+
+    # ------------------------------------------------------------------ the store thread
+
+    def _thread_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
+        try:
+            self._conn = self._connect()
+        except BaseException as e:  # noqa: BLE001 - reported to open()
+            err = MetadataError(f"cannot open metadata database {self._path}: {e}")
+            loop.call_soon_threadsafe(lambda: ready.done() or ready.set_exception(err))
+            loop.call_soon_threadsafe(lambda: self._thread_exited.done() or self._thread_exited.set_result(None))
+            return
+        loop.call_soon_threadsafe(lambda: ready.done() or ready.set_result(None))
+        try:
+            self._serve()
+        finally:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            try:
+                loop.call_soon_threadsafe(
+                    lambda: self._thread_exited.done() or self._thread_exited.set_result(None)
+                )
+            except RuntimeError:  # the loop is closed
+                pass
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, timeout=self.BUSY_TIMEOUT_MS / 1000.0, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.BUSY_TIMEOUT_MS)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise MetadataError(f"cannot put {self._path} in WAL mode (got {mode})")
+        # In WAL mode, synchronous=NORMAL keeps the database consistent after a crash of the process or the
+        # machine; a power loss may lose the last commits (not yet checkpointed), never corrupt the file. That is
+        # acceptable for the embedded (single machine) store, and commits then cost no fsync.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return conn
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                timeout = self._run_timers()
+            except Exception:  # noqa: BLE001 - keep serving
+                log.exception("metadata store thread: periodic work failed")
+                timeout = self.REAPER_INTERVAL_S
+            try:
+                item = self._q.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            batch = [item]
+            while len(batch) < self.MAX_GROUP:
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                if self._serve_batch(batch):
+                    return
+            except Exception as e:  # noqa: BLE001 - a bug: fail what is unanswered, keep serving
+                log.exception("metadata store thread failed on a batch")
+                err = MetadataError(f"sqlite metadata store: internal error: {e!r}")
+                pending: dict = {}
+                for it in batch:
+                    if isinstance(it, _Op):
+                        self._add_result(pending, it, None, err)
+                for loop, results in pending.items():
+                    try:
+                        loop.call_soon_threadsafe(_deliver, results)
+                    except RuntimeError:
+                        pass
+                if any(it is _STOP for it in batch):
+                    return
+
+    def _serve_batch(self, batch: list) -> bool:
+        """Run one batch of queued items; return whether the store is stopping."""
+        stop = False
+        pending: dict[asyncio.AbstractEventLoop, list] = {}
+        wrote = False
+        poll = False
+        i = 0
+        while i < len(batch):
+            it = batch[i]
+            if it is _STOP:
+                stop = True
+                i += 1
+                continue
+            if it is _POLL:
+                poll = True
+                i += 1
+                continue
+            if stop:  # ops queued after close: refuse them
+                self._add_result(pending, it, None, MetadataError("the metadata store is closed"))
+                i += 1
+                continue
+            if it.write:
+                j = i
+                while j < len(batch) and isinstance(batch[j], _Op) and batch[j].write:
+                    j += 1
+                if self._run_writes(batch[i:j], pending):
+                    wrote = True
+                i = j
+            else:
+                try:
+                    res, exc = it.fn(self._conn), None
+                except MetadataError as e:
+                    res, exc = None, e
+                except sqlite3.Error as e:
+                    res, exc = None, MetadataError(f"sqlite: {e}")
+                except Exception as e:  # noqa: BLE001 - a bug; the caller sees it
+                    res, exc = None, e
+                self._add_result(pending, it, res, exc)
+                i += 1
+        # Notifications first, then results: when `await put()` returns, local watches already hold it.
+        if self._watch_filters and (wrote or poll or time.monotonic() >= self._next_poll):
+            self._poll_changes()
+        if wrote:
+            self._wake_siblings()
+        for loop, results in pending.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, results)
+            except RuntimeError:
+                pass
+        return stop
+
+    @staticmethod
+    def _add_result(pending: dict, op: _Op, res: Any, exc: BaseException | None) -> None:
+        if op.fut is not None:
+            pending.setdefault(op.loop, []).append((op.fut, res, exc))
+
+    def _run_writes(self, ops: list[_Op], pending: dict) -> bool:
+        """Run ops in one transaction, each in a savepoint; deliver results only once committed."""
+        conn = self._conn
+        results: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            self._begin_immediate()
+        except sqlite3.Error as e:
+            err = MetadataError(f"sqlite: cannot begin a write transaction: {e}")
+            for op in ops:
+                self._add_result(pending, op, None, err)
+            return False
+        try:
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    res = op.fn(conn)
+                except BaseException as e:  # noqa: BLE001
+                    if not conn.in_transaction:
+                        raise
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    if isinstance(e, sqlite3.Error):
+                        e = MetadataError(f"sqlite: {e}")
+                    results.append((op, None, e))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((op, res, None))
+            conn.execute("COMMIT")
+        except BaseException as e:  # noqa: BLE001 - the whole group failed: nothing was applied
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            err = MetadataError(f"sqlite: write transaction failed: {e}")
+            for op in ops:
+                self._add_result(pending, op, None, err)
+            return False
+        for op, res, exc in results:
+            self._add_result(pending, op, res, exc)
+        return True
+
+    def _begin_immediate(self) -> None:
+        """BEGIN IMMEDIATE, waiting for another process's write lock with short sleeps.
+
+        SQLite's own busy handler backs off to 100 ms sleeps, which caps the write rate of several processes
+        sharing the file; here the wait is at most a few ms per retry, up to the busy timeout."""
+        conn = self._conn
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            deadline = time.monotonic() + self.BUSY_TIMEOUT_MS / 1000.0
+            delay = 0.0002
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) and "busy" not in str(e):
+                        raise
+                    if time.monotonic() + delay > deadline:
+                        raise
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.004)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.BUSY_TIMEOUT_MS)}")
+
+    def _run_internal_write(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        pending: dict = {}
+        self._run_writes([_Op(fn, True, None, None)], pending)
+
+    def _run_timers(self) -> float:
+        """Periodic work of the store thread; returns how long the thread may wait for the next op."""
+        now = time.monotonic()
+        if now >= self._next_reap:
+            self._next_reap = now + self.REAPER_INTERVAL_S
+            try:
+                expired = self._conn.execute(
+                    "SELECT id FROM sessions WHERE expires_at < ? LIMIT 100", (time.time(),)
+                ).fetchall()
+                if expired:
+                    self._run_internal_write(lambda c: self._reap(c, [r[0] for r in expired]))
+            except sqlite3.Error as e:
+                log.warning("metadata session reaper: %s", e)
+        if now >= self._next_prune:
+            self._next_prune = now + self.PRUNE_INTERVAL_S
+            self._run_internal_write(self._prune)
+        deadline = self._next_reap
+        if self._watch_filters:
+            if now >= self._next_poll:
+                self._poll_changes()
+            deadline = min(deadline, self._next_poll)
+        return max(0.0, deadline - time.monotonic())
+
+    def _wake_siblings(self) -> None:
+        with _LOCAL_LOCK:
+            stores = list(_LOCAL_STORES.get(self._path, ()))
+        for s in stores:
+            if s is not self and s._watch_filters:
+                s._q.put(_POLL)
+
+    # ------------------------------------------------------------------ watches (store thread)
+
+    def _poll_changes(self) -> None:
+        self._next_poll = time.monotonic() + self.WATCH_POLL_S
+        conn = self._conn
+        while True:
+            try:
+                rows = conn.execute(
+                    "SELECT id, key, type, range_end FROM changes WHERE id > ? ORDER BY id LIMIT 2000",
+                    (self._cursor,),
+                ).fetchall()
+            except sqlite3.Error as e:
+                log.warning("metadata watch poll: %s", e)
+                return
+            if not rows:
+                return
+            out: dict[int, list[Notification]] = {}
+            for cid, key, type_, range_end in rows:
+                for wid, (flt, _loop, _w) in self._watch_filters.items():
+                    if flt.matches(cid, key, type_, range_end):
+                        out.setdefault(wid, []).append(
+                            Notification(
+                                key=key,
+                                type=NotificationType(type_),
+                                version=cid if type_ in (_CREATED, _MODIFIED) else None,
+                                key_range_end=range_end,
+                            )
+                        )
+            self._cursor = rows[-1][0]
+            for wid, notes in out.items():
+                _flt, loop, w = self._watch_filters[wid]
+                try:
+                    loop.call_soon_threadsafe(w._push, notes)
+                except RuntimeError:
+                    pass
+            if len(rows) < 2000:
+                return
+
+    def _op_register_watch(self, w: _SqliteWatch, prefix: str, loop: asyncio.AbstractEventLoop) -> None:
+        # The newest change id now: the watch reports every change after it. Commits are serialized by the
+        # write lock, so a change committed after this read always has a greater id.
+        (start,) = self._conn.execute(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)"
+        ).fetchone()
+        if not self._watch_filters:
+            self._cursor = start
+        self._watch_filters[w._id] = (_WatchFilter(prefix, start), loop, w)
+        self._cursor = min(self._cursor, start)
+        self._next_poll = time.monotonic() + self.WATCH_POLL_S
+
+    def _unregister_watch(self, wid: int) -> None:
+        self._watch_objs.pop(wid, None)
+        if self._closed:
+            return
+        self._q.put(_Op(lambda _c: self._watch_filters.pop(wid, None), False, None, None))
+
+    # ------------------------------------------------------------------ sessions (store thread)
+
+    def _op_create_session(self, conn: sqlite3.Connection) -> int:
+        now = time.time()
+        cur = conn.execute(
+            "INSERT INTO sessions (expires_at, timeout_ms, pid, created_at) VALUES (?, ?, ?, ?)",
+            (now + self._timeout_s, self._timeout_ms, os.getpid(), now),
+        )
+        return cur.lastrowid
+
+    def _op_keepalive(self, conn: sqlite3.Connection) -> bool:
+        now = time.time()
+        cur = conn.execute(
+            "UPDATE sessions SET expires_at = ? WHERE id = ? AND expires_at >= ?",
+            (now + self._timeout_s, self._session_id, now),
+        )
+        if cur.rowcount == 0:
+            self._session_expired = True
+            return False
+        return True
+
+    def _op_close_session(self, conn: sqlite3.Connection) -> None:
+        self._delete_session_keys(conn, self._session_id)
+        conn.execute("DELETE FROM sessions WHERE id = ?", (self._session_id,))
+
+    def _reap(self, conn: sqlite3.Connection, session_ids: list[int]) -> None:
+        now = time.time()
+        for sid in session_ids:
+            row = conn.execute("SELECT expires_at FROM sessions WHERE id = ?", (sid,)).fetchone()
+            if row is None or row[0] >= now:
+                continue  # gone already, or refreshed since we looked
+            n = self._delete_session_keys(conn, sid)
+            conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+            if sid == self._session_id:
+                self._session_expired = True
+            log.info("metadata session %s expired: removed %d ephemeral keys", sid, n)
+
+    def _delete_session_keys(self, conn: sqlite3.Connection, sid: int) -> int:
+        rows = conn.execute("SELECT id, key FROM kv WHERE session_id = ? ORDER BY sk", (sid,)).fetchall()
+        now = time.time()
+        for rid, key in rows:
+            conn.execute("DELETE FROM kv WHERE id = ?", (rid,))
+            conn.execute("INSERT INTO changes (key, type, ts) VALUES (?, ?, ?)", (key, _DELETED, now))
+        return len(rows)
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        cutoff = time.time() - self.CHANGE_RETENTION_S
+        row = conn.execute("SELECT id FROM changes WHERE ts >= ? ORDER BY id LIMIT 1", (cutoff,)).fetchone()
+        if row is None:
+            conn.execute("DELETE FROM changes WHERE ts < ?", (cutoff,))
+        else:
+            conn.execute("DELETE FROM changes WHERE id < ?", (row[0],))
+
+    # ------------------------------------------------------------------ submitting ops
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any], *, write: bool, allow_closed: bool = False):
+        if self._closed and not allow_closed:
+            raise MetadataError("the metadata store is closed")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._q.put(_Op(fn, write, fut, loop))
+        return fut
+
+    async def _keepalive(self) -> None:
+        interval = self._timeout_s / 3.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                alive = await self._submit(self._op_keepalive, write=True)
+            except MetadataError as e:
+                log.warning("metadata session %s keepalive failed: %s", self._session_id, e)
+                continue
+            if not alive:
+                log.warning("metadata session %s expired", self._session_id)
+                return
+
+    # ------------------------------------------------------------------ the interface
+
+    async def get(
+        self, key: str, comparison: Comparison = Comparison.EQUAL, *, partition_key: str | None = None
+    ) -> Entry | None:
+        sk = hierarchical_sort_key(key)
+        if comparison is Comparison.EQUAL:
+            sql = "SELECT key, value, version, session_id FROM kv WHERE sk = ?"
+        elif comparison is Comparison.FLOOR:
+            sql = "SELECT key, value, version, session_id FROM kv WHERE sk <= ? ORDER BY sk DESC LIMIT 1"
+        elif comparison is Comparison.CEILING:
+            sql = "SELECT key, value, version, session_id FROM kv WHERE sk >= ? ORDER BY sk LIMIT 1"
+        elif comparison is Comparison.LOWER:
+            sql = "SELECT key, value, version, session_id FROM kv WHERE sk < ? ORDER BY sk DESC LIMIT 1"
+        elif comparison is Comparison.HIGHER:
+            sql = "SELECT key, value, version, session_id FROM kv WHERE sk > ? ORDER BY sk LIMIT 1"
+        else:
+            raise ValueError(f"unknown comparison {comparison!r}")
+
+        def op(conn: sqlite3.Connection) -> Entry | None:
+            row = conn.execute(sql, (sk,)).fetchone()
+            if row is None:
+                return None
+            return Entry(row[0], bytes(row[1]), row[2], row[3] is not None)
+
+        return await self._submit(op, write=False)
+
+    @staticmethod
+    def _log_change(conn: sqlite3.Connection, key: str, type_: int, range_end: str | None = None) -> int:
+        return conn.execute(
+            "INSERT INTO changes (key, type, range_end, ts) VALUES (?, ?, ?, ?)", (key, type_, range_end, time.time())
+        ).lastrowid
+
+    def _write_key(self, conn: sqlite3.Connection, key: str, sk: bytes, value: bytes, existed: bool, sid) -> int:
+        version = self._log_change(conn, key, _MODIFIED if existed else _CREATED)
+        conn.execute(
+            "INSERT INTO kv (sk, key, value, version, session_id) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (sk) DO UPDATE SET value = excluded.value, version = excluded.version, "
+            "session_id = excluded.session_id",
+            (sk, key, value, version, sid),
+        )
+        return version
+
+    def _check_own_session(self, conn: sqlite3.Connection) -> None:
+        if self._session_expired:
+            raise SessionExpiredError(f"metadata session {self._session_id} expired")
+        row = conn.execute("SELECT expires_at FROM sessions WHERE id = ?", (self._session_id,)).fetchone()
+        if row is None or row[0] < time.time():
+            self._session_expired = True
+            raise SessionExpiredError(f"metadata session {self._session_id} expired")
+
+    async def put(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        expected_version: int | None = None,
+        ephemeral: bool = False,
+        partition_key: str | None = None,
+    ) -> Entry:
+        value = bytes(value)
+        sk = hierarchical_sort_key(key)
+        if ephemeral and self._session_expired:
+            raise SessionExpiredError(f"metadata session {self._session_id} expired")
+
+        def op(conn: sqlite3.Connection) -> Entry:
+            row = conn.execute("SELECT version FROM kv WHERE sk = ?", (sk,)).fetchone()
+            if expected_version is not None:
+                if row is None:
+                    if expected_version != MUST_NOT_EXIST:
+                        raise KeyNotFoundError(f"{key}: expected version {expected_version}, key not found")
+                elif row[0] != expected_version:
+                    raise VersionMismatchError(
+                        f"{key}: expected version {expected_version}, found {row[0]}"
+                        if expected_version != MUST_NOT_EXIST
+                        else f"{key}: exists (version {row[0]})"
+                    )
+            sid = None
+            if ephemeral:
+                self._check_own_session(conn)
+                sid = self._session_id
+            version = self._write_key(conn, key, sk, value, row is not None, sid)
+            return Entry(key, value, version, ephemeral)
+
+        return await self._submit(op, write=True)
+
+    async def put_sequential(
+        self, prefix: str, value: bytes, deltas: Sequence[int], *, partition_key: str
+    ) -> Entry:
+        deltas = [int(d) for d in deltas]
+        if not deltas:
+            raise ValueError("put_sequential needs at least one delta")
+        if deltas[0] <= 0 or any(d < 0 for d in deltas):
+            raise ValueError(f"put_sequential deltas must be >= 0 and the first > 0: {deltas}")
+        value = bytes(value)
+        lo = hierarchical_sort_key(prefix + "-")
+        hi = hierarchical_sort_key(sequence_key(prefix, [_MAX_SEQUENCE]))
+
+        def op(conn: sqlite3.Connection) -> Entry:
+            last: list[int] = []
+            for (k,) in conn.execute(
+                "SELECT key FROM kv WHERE sk >= ? AND sk < ? ORDER BY sk DESC", (lo, hi)
+            ):
+                parsed = parse_sequence_key(prefix, k)
+                if parsed is not None:
+                    last = parsed
+                    break
+            if len(last) > len(deltas):
+                raise MetadataError(
+                    f"put_sequential {prefix}: the newest key has {len(last)} sums, got {len(deltas)} deltas"
+                )
+            sums = [(last[i] if i < len(last) else 0) + d for i, d in enumerate(deltas)]
+            if any(s > _MAX_SEQUENCE for s in sums):
+                raise MetadataError(f"put_sequential {prefix}: sequence overflow")
+            key = sequence_key(prefix, sums)
+            sk = hierarchical_sort_key(key)
+            existed = conn.execute("SELECT 1 FROM kv WHERE sk = ?", (sk,)).fetchone() is not None
+            version = self._write_key(conn, key, sk, value, existed, None)
+            return Entry(key, value, version, False)
+
+        return await self._submit(op, write=True)
+
+    async def delete(
+        self, key: str, *, expected_version: int | None = None, partition_key: str | None = None
+    ) -> bool:
+        sk = hierarchical_sort_key(key)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT id, version FROM kv WHERE sk = ?", (sk,)).fetchone()
+            if expected_version is not None:
+                if row is None:
+                    if expected_version != MUST_NOT_EXIST:
+                        raise KeyNotFoundError(f"{key}: expected version {expected_version}, key not found")
+                elif row[1] != expected_version:
+                    raise VersionMismatchError(f"{key}: expected version {expected_version}, found {row[1]}")
+            if row is None:
+                return False
+            conn.execute("DELETE FROM kv WHERE id = ?", (row[0],))
+            self._log_change(conn, key, _DELETED)
+            return True
+
+        return await self._submit(op, write=True)
+
+    async def delete_range(self, start: str, end: str, *, partition_key: str | None = None) -> None:
+        lo, hi = hierarchical_sort_key(start), hierarchical_sort_key(end)
+
+        def op(conn: sqlite3.Connection) -> None:
+            if lo >= hi:
+                return
+            n = conn.execute("DELETE FROM kv WHERE sk >= ? AND sk < ?", (lo, hi)).rowcount
+            if n:
+                self._log_change(conn, start, _RANGE_DELETED, end)
+
+        await self._submit(op, write=True)
+
+    async def list(self, start: str, end: str, *, partition_key: str | None = None) -> list[str]:
+        lo, hi = hierarchical_sort_key(start), hierarchical_sort_key(end)
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute("SELECT key FROM kv WHERE sk >= ? AND sk < ? ORDER BY sk", (lo, hi))]
+
+        return await self._submit(op, write=False)
+
+    async def range_scan(self, start: str, end: str, *, partition_key: str | None = None) -> list[Entry]:
+        lo, hi = hierarchical_sort_key(start), hierarchical_sort_key(end)
+
+        def op(conn: sqlite3.Connection) -> list[Entry]:
+            return [
+                Entry(k, bytes(v), ver, sid is not None)
+                for k, v, ver, sid in conn.execute(
+                    "SELECT key, value, version, session_id FROM kv WHERE sk >= ? AND sk < ? ORDER BY sk", (lo, hi)
+                )
+            ]
+
+        return await self._submit(op, write=False)
+
+    async def watch(self, prefix: str) -> Watch:
+        loop = asyncio.get_running_loop()
+        self._watch_seq += 1
+        w = _SqliteWatch(self, self._watch_seq)
+        await self._submit(lambda _c: self._op_register_watch(w, prefix, loop), write=False)
+        self._watch_objs[w._id] = w
+        return w
+
+    # ------------------------------------------------------------------ introspection (tests, tools)
+
+    @property
+    def session_id(self) -> int | None:
+        return self._session_id
+
+    @property
+    def path(self) -> str:
+        return self._path
