@@ -663,6 +663,8 @@ class _ShardWriter:
         self.backoff = _Backoff()
         self.requests_sent = 0  # statistics: WriteRequests and the operations they carried
         self.ops_sent = 0
+        self.last_error: BaseException | None = None
+        self.retry_at = 0.0  # no new stream before this loop time (backoff after a failure)
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     def submit(self, op: _WriteOp) -> None:
@@ -696,39 +698,51 @@ class _ShardWriter:
         self.queue = keep
 
     async def _run(self) -> None:
-        last_error: BaseException | None = None
         while True:
-            await self.wakeup.wait()
-            self._expire(last_error)
-            if not self.queue:
-                self.wakeup.clear()
-                continue
-            stream = self.stream
-            if stream is None or stream.failed:
-                self.stream = None
-                try:
-                    stream = self.stream = await self._open()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:  # noqa: BLE001
-                    last_error = e
-                    if not _is_transient(e) and not isinstance(e, MetadataError):
-                        self._fail_queue(MetadataError(f"oxia: write to shard {self.shard} failed: {_details(e)}"))
-                    log.debug("oxia: opening the write stream of shard %d failed: %s", self.shard, _details(e))
-                    await asyncio.sleep(self.backoff.next())
-                    continue
-            while self.inflight >= self.store._max_inflight_writes and not stream.failed:
-                self.slot_free.clear()
-                await self.slot_free.wait()
-            if stream.failed:
-                continue
-            batch = self._take()
-            if batch is None:
-                continue
-            self.inflight += 1
-            self.requests_sent += 1
-            self.ops_sent += len(batch.ops)
-            await stream.send(batch)
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a bug: fail what waits rather than hang it
+                log.exception("oxia: the writer of shard %d failed", self.shard)
+                self._fail_queue(MetadataError(f"oxia: internal error in the writer: {e!r}"))
+                await asyncio.sleep(0.1)
+
+    async def _step(self) -> None:
+        await self.wakeup.wait()
+        self._expire(self.last_error)
+        if not self.queue:
+            self.wakeup.clear()
+            return
+        stream = self.stream
+        if stream is None or stream.failed:
+            self.stream = None
+            delay = self.retry_at - asyncio.get_running_loop().time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                stream = self.stream = await self._open()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                self.last_error = e
+                if not _is_transient(e) and not isinstance(e, MetadataError):
+                    self._fail_queue(MetadataError(f"oxia: write to shard {self.shard} failed: {_details(e)}"))
+                log.debug("oxia: opening the write stream of shard %d failed: %s", self.shard, _details(e))
+                self.retry_at = asyncio.get_running_loop().time() + self.backoff.next()
+                return
+        while self.inflight >= self.store._max_inflight_writes and not stream.failed:
+            self.slot_free.clear()
+            await self.slot_free.wait()
+        if stream.failed:
+            return
+        batch = self._take()
+        if batch is None:
+            return
+        self.inflight += 1
+        self.requests_sent += 1
+        self.ops_sent += len(batch.ops)
+        await stream.send(batch)
 
     def _take(self) -> _WriteBatch | None:
         puts: list[_WriteOp] = []
@@ -793,6 +807,8 @@ class _ShardWriter:
                         op.future.set_exception(exc)
             return
         log.info("oxia: write stream of shard %d failed: %s", self.shard, _details(exc))
+        self.last_error = exc
+        self.retry_at = asyncio.get_running_loop().time() + self.backoff.next()
         transient = _is_transient(exc)
         retry: list[_WriteOp] = []
         for b in pending:
@@ -862,6 +878,20 @@ class _ShardReader:
         self.wakeup.set()
 
     async def _run(self) -> None:
+        while True:
+            try:
+                await self._loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a bug: fail what waits rather than hang it
+                log.exception("oxia: the reader of shard %d failed", self.shard)
+                while self.queue:
+                    op = self.queue.popleft()
+                    if not op.future.done():
+                        op.future.set_exception(MetadataError(f"oxia: internal error in the reader: {e!r}"))
+                await asyncio.sleep(0.1)
+
+    async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self.wakeup.wait()
@@ -1109,6 +1139,7 @@ class OxiaMetadataStore(MetadataStore):
         self._readers: dict[int, _ShardReader] = {}
         self._sessions: dict[int, _Session] = {}
         self._session_locks: dict[int, asyncio.Lock] = {}
+        self._session_expired = False
         self._feeds: dict[int, _NotificationFeed] = {}
         self._feed_lock = asyncio.Lock()
         # prefix -> number of sums of its newest sequence key (see put_sequential)
@@ -1346,7 +1377,7 @@ class OxiaMetadataStore(MetadataStore):
         and with it the other gets of its Read call. User keys starting with '/' sort before the block."""
         if comparison is Comparison.EQUAL:
             return await self._get_simple(shard, key, comparison)
-        below = compare_keys(key, _INTERNAL_LO) < 0
+        below = key.startswith("/") or compare_keys(key, _INTERNAL_LO) < 0
         above = not below and compare_keys(key, _INTERNAL_HI) >= 0
         if comparison in (Comparison.CEILING, Comparison.HIGHER):
             if below:
@@ -1398,6 +1429,10 @@ class OxiaMetadataStore(MetadataStore):
     # -- writes ------------------------------------------------------------------------------------------------
 
     async def _session_for(self, shard: int) -> _Session:
+        """This shard's session, created on first use. Oxia has one per shard; to callers they are one session:
+        once any of them expired, every ephemeral put fails (their keys may be gone)."""
+        if self._session_expired:
+            raise SessionExpiredError("oxia: the session of this store expired")
         s = self._sessions.get(shard)
         if s is None:
             lock = self._session_locks.setdefault(shard, asyncio.Lock())
@@ -1414,8 +1449,9 @@ class OxiaMetadataStore(MetadataStore):
                     self._check_open()
                     s.task = self._loop.create_task(self._keep_alive(s))
                     self._sessions[shard] = s
-        if s.expired:
-            raise SessionExpiredError(f"oxia: session {s.id} on shard {shard} expired")
+        if s.expired or self._session_expired:
+            self._session_expired = True
+            raise SessionExpiredError(f"oxia: the session of this store expired (shard {shard}: session {s.id})")
         return s
 
     async def _keep_alive(self, s: _Session) -> None:
@@ -1430,6 +1466,7 @@ class OxiaMetadataStore(MetadataStore):
             except Exception as e:  # noqa: BLE001
                 if _is_session_not_found(e):
                     s.expired = True
+                    self._session_expired = True
                     log.warning("oxia: session %d on shard %d expired", s.id, s.shard)
                     return
                 log.info("oxia: keep-alive of session %d on shard %d failed: %s", s.id, s.shard, _details(e))
@@ -1485,6 +1522,7 @@ class OxiaMetadataStore(MetadataStore):
         if status == _SESSION_DOES_NOT_EXIST:
             if session is not None:
                 session.expired = True
+            self._session_expired = True
             raise SessionExpiredError(f"oxia: session of shard {shard} does not exist")
         if status == _KEY_NOT_FOUND:
             raise KeyNotFoundError(key)
