@@ -122,11 +122,12 @@ class PartitionReader:
             if entry is None:
                 break
             data = await self._chunk_bytes(p, entry)
-            piece = _slice_from(entry, data, position, max_bytes - size, first=not pieces)
-            if not piece:
-                break
-            pieces.append(piece)
-            size += len(piece)
+            piece, complete = _slice_from(entry, data, position, max_bytes - size, first=not pieces)
+            if piece:
+                pieces.append(piece)
+                size += len(piece)
+            if not complete:
+                break  # the budget ended inside this entry: the next fetch continues from there
             position = entry.end
         records = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         return ReadResult(records, max(end, self._log_end.get(p, 0)), start)
@@ -166,8 +167,9 @@ class PartitionReader:
         return data
 
 
-def _slice_from(entry: IndexEntry, data: bytearray, offset: int, budget: int, first: bool) -> memoryview:
-    """The whole batches of entry from the one holding offset, within budget bytes (one batch at least if first)."""
+def _slice_from(entry: IndexEntry, data: bytearray, offset: int, budget: int, first: bool) -> tuple[memoryview, bool]:
+    """The whole batches of entry from the one holding offset, within budget bytes (one batch at least if first),
+    and whether they reach the end of the entry."""
     loc = entry.location
     batch_start = entry.start
     pos = 0
@@ -181,4 +183,4 @@ def _slice_from(entry: IndexEntry, data: bytearray, offset: int, budget: int, fi
     while i < n and (pos - begin + loc.batch_sizes[i] <= budget or (first and pos == begin)):
         pos += loc.batch_sizes[i]
         i += 1
-    return memoryview(data)[begin:pos]
+    return memoryview(data)[begin:pos], i == n
