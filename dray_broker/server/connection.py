@@ -25,14 +25,19 @@ FrameHandler = Callable[[bytes, "Connection"], Awaitable[Any]]
 
 # Pause reading while this many requests wait for their responses.
 MAX_IN_FLIGHT = 64
+INITIAL_BUFFER = 1 << 20
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     def __init__(self, handle_frame: FrameHandler, max_frame_bytes: int, on_close: Callable[["Connection"], None]):
         self._handle_frame = handle_frame
         self._max_frame = max_frame_bytes
         self._on_close = on_close
-        self._buffer = bytearray()
+        # The socket reads straight into this buffer; each whole frame is copied out once, as bytes (kio wants
+        # bytes), and the unread tail is moved to the front.
+        self._buffer = bytearray(INITIAL_BUFFER)
+        self._view = memoryview(self._buffer)
+        self._filled = 0
         self._frames: deque[bytes] = deque()
         self._frame_ready = asyncio.Event()
         self._responses: asyncio.Queue = asyncio.Queue()
@@ -43,7 +48,7 @@ class Connection(asyncio.Protocol):
         self.peer = "?"
         self.client_id: str | None = None
 
-    # --- asyncio.Protocol -------------------------------------------------------------------------------------
+    # --- asyncio.BufferedProtocol -----------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self._transport = transport
@@ -54,25 +59,48 @@ class Connection(asyncio.Protocol):
             asyncio.create_task(self._write(), name=f"conn-write-{self.peer}"),
         ]
 
-    def data_received(self, data: bytes) -> None:
-        buf = self._buffer
-        buf += data
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._filled == len(self._buffer):
+            self._grow(len(self._buffer) * 2)
+        return self._view[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled += nbytes
+        view = self._view
         pos = 0
-        while len(buf) - pos >= 4:
-            (size,) = _SIZE.unpack_from(buf, pos)
+        filled = self._filled
+        while filled - pos >= 4:
+            (size,) = _SIZE.unpack_from(view, pos)
             if size < 0 or size > self._max_frame:
                 self.close(f"frame of {size} bytes is outside 0..{self._max_frame}")
                 return
-            if len(buf) - pos - 4 < size:
+            if filled - pos - 4 < size:
+                if 4 + size > len(self._buffer):
+                    self._grow(4 + size, keep_from=pos)
+                    filled = self._filled
+                    view = self._view
+                    pos = 0
                 break
-            self._frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
+            self._frames.append(bytes(view[pos + 4 : pos + 4 + size]))
             pos += 4 + size
         if pos:
-            del buf[:pos]
+            rest = filled - pos
+            view[:rest] = view[pos:filled]
+            self._filled = rest
             self._frame_ready.set()
             if len(self._frames) + self._responses.qsize() > MAX_IN_FLIGHT and not self._paused:
                 self._paused = True
                 self._transport.pause_reading()
+
+    def _grow(self, size: int, keep_from: int = 0) -> None:
+        """A larger buffer holding the unread bytes from keep_from at its start."""
+        rest = self._filled - keep_from
+        bigger = bytearray(max(size, INITIAL_BUFFER))
+        bigger[:rest] = self._view[keep_from : self._filled]
+        self._view.release()
+        self._buffer = bigger
+        self._view = memoryview(bigger)
+        self._filled = rest
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
