@@ -39,8 +39,9 @@ class VersionMismatchError(MetadataError):
     """A conditional put or delete found another version (or the key exists when it must not)."""
 
 
-class KeyNotFoundError(MetadataError):
-    """A conditional delete or put found no key."""
+class KeyNotFoundError(VersionMismatchError):
+    """A conditional delete or put found no key (a version mismatch too: CAS loops that catch
+    VersionMismatchError also see a key deleted under them)."""
 
 
 class SessionExpiredError(MetadataError):
