@@ -43,6 +43,17 @@ def cmd_broker(args) -> int:
     return 0
 
 
+def cmd_up(args) -> int:
+    """Everything a laptop needs, with embedded defaults: the broker on 127.0.0.1:9092."""
+    settings = _settings_or_exit(args)
+    setup_logging(settings.log_level, settings.log_json)
+    host, port = settings.advertised
+    print(f"Dray is starting: Kafka bootstrap {host}:{port}, data in {settings.data_dir.resolve()} (Ctrl-C stops)",
+          flush=True)
+    asyncio.run(_run_broker(settings))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dray", description="Kafka-compatible streaming on object storage")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("broker", help="run a broker")
     add_flags(p)
     p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("up", help="start the whole system on this machine (broker with embedded defaults)")
+    add_flags(p)
+    p.set_defaults(func=cmd_up)
 
     args = parser.parse_args(argv)
     return args.func(args)
