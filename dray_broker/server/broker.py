@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[["Broker", Request], Awaitable[Any]]
 CLUSTER_KEY = "/dray/cluster"
 INDEX_PREFIX = "/dray/idx/"
+# How long a draining broker waits for answers to requests already read (long polls end sooner: see fetch).
+DRAIN_TIMEOUT_S = 10.0
 
 
 def default_handlers() -> dict[int, Handler]:
@@ -89,7 +91,7 @@ class Broker:
         self._index_watch_task = asyncio.create_task(self._follow_index(index_watch), name="index-watch")
         host, port = s.listen.rsplit(":", 1)
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: Connection(self.handle_frame, s.max_request_bytes, self.connections.discard),
+            self._new_connection,
             host, int(port), reuse_address=True,
         )
         bound_port = self._server.sockets[0].getsockname()[1]
@@ -101,13 +103,21 @@ class Broker:
                  self.broker_id, host, bound_port, adv_host, adv_port or bound_port, s.zone, self.cluster_id,
                  s.metadata_url, s.object_store_url)
 
+    def _new_connection(self) -> Connection:
+        conn = Connection(self.handle_frame, self.settings.max_request_bytes, self.connections.discard)
+        self.connections.add(conn)
+        return conn
+
     async def stop(self) -> None:
         """Drain: stop accepting, commit and ack what is buffered, then close everything."""
         if self._server is not None:
             self._server.close()
+        drained = asyncio.gather(*(c.drain() for c in list(self.connections)))
         await self.wal_writer.close()
-        # Let the connections write the responses of the last flush before closing them.
-        await asyncio.sleep(0)
+        try:
+            await asyncio.wait_for(drained, DRAIN_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("some requests were still unanswered after %.0f s; closing anyway", DRAIN_TIMEOUT_S)
         for c in list(self.connections):
             c.close("broker shutting down")
         if self._index_watch_task:

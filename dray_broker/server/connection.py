@@ -47,6 +47,8 @@ class Connection(asyncio.BufferedProtocol):
         self._closing = False
         self.peer = "?"
         self.client_id: str | None = None
+        self._unanswered = 0  # requests read whose response is not written yet
+        self._answered = asyncio.Event()
 
     # --- asyncio.BufferedProtocol -----------------------------------------------------------------------------
 
@@ -82,6 +84,7 @@ class Connection(asyncio.BufferedProtocol):
                     pos = 0
                 break
             self._frames.append(bytes(view[pos + 4 : pos + 4 + size]))
+            self._unanswered += 1
             pos += 4 + size
         if pos:
             rest = filled - pos
@@ -123,7 +126,9 @@ class Connection(asyncio.BufferedProtocol):
                 except MalformedRequestError as e:
                     self.close(str(e))
                     return
-                if result is not NO_RESPONSE:
+                if result is NO_RESPONSE:
+                    self._done_one()
+                else:
                     await self._responses.put(result)
                 self._maybe_resume()
         except asyncio.CancelledError:
@@ -142,6 +147,7 @@ class Connection(asyncio.BufferedProtocol):
                     self.close("request refused")
                     return
                 self._transport.writelines(result)
+                self._done_one()
                 self._maybe_resume()
         except asyncio.CancelledError:
             pass
@@ -153,6 +159,20 @@ class Connection(asyncio.BufferedProtocol):
         if self._paused and len(self._frames) + self._responses.qsize() <= MAX_IN_FLIGHT // 2:
             self._paused = False
             self._transport.resume_reading()
+
+    def _done_one(self) -> None:
+        self._unanswered -= 1
+        if self._unanswered == 0:
+            self._answered.set()
+
+    async def drain(self) -> None:
+        """Stop reading requests and wait until every request read so far is answered."""
+        if self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+            self._paused = True
+        while self._unanswered > 0 and not self._closing:
+            self._answered.clear()
+            await self._answered.wait()
 
     def close(self, reason: str) -> None:
         if self._closing:
