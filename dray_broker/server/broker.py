@@ -158,7 +158,11 @@ class Broker:
         api_key, version, correlation_id = peek_header(frame)
         if api_key == apis.API_VERSIONS and not apis.supports(api_key, version, self.handled):
             return unsupported_api_versions_frame(correlation_id, self.handled)
-        if not apis.supports(api_key, version, self.handled):
+        # Transaction APIs are not advertised, but a client that sends one anyway gets an error response from
+        # its handler (protocol/rejections.py) rather than a closed connection.
+        if not apis.supports(api_key, version, self.handled) and not (
+            api_key in apis.TRANSACTION_APIS and api_key in self.handled
+        ):
             conn.close(f"API key {api_key} version {version} is not supported")
             return NO_RESPONSE
         try:
