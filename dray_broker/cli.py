@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from importlib.metadata import entry_points
 
 from dray_broker.config import ConfigError, add_flags, load_settings
 from dray_broker.logs import setup_logging
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("up", help="start the whole system on this machine (broker with embedded defaults)")
     add_flags(p)
     p.set_defaults(func=cmd_up)
+
+    # Commands from other installed packages (dray_pipelines adds compact and sql): dray_broker never imports them.
+    for entry_point in entry_points(group="dray.commands"):
+        entry_point.load()(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -9,16 +9,16 @@ from dray_broker.index.offsets import IndexEntry, PartitionRef
 
 
 class ChunkCache:
-    """Patched chunk bytes by index entry key, least recently used out first, bounded in bytes."""
+    """Loaded ranges (patched batch bytes) by index entry key, least recently used out first, bounded in bytes."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, bytearray] = OrderedDict()
+        self._items: OrderedDict = OrderedDict()
         self._bytes = 0
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: str) -> bytearray | None:
+    def get(self, key: str):
         data = self._items.get(key)
         if data is None:
             self.misses += 1
@@ -27,7 +27,7 @@ class ChunkCache:
         self._items.move_to_end(key)
         return data
 
-    def put(self, key: str, data: bytearray) -> None:
+    def put(self, key: str, data) -> None:
         if len(data) > self.max_bytes:
             return
         old = self._items.pop(key, None)

@@ -7,11 +7,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 from dray_broker.fetch.cache import ChunkCache, EntryCache
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef, WalLocation
 from dray_broker.metadata.base import parse_sequence_key
-from dray_broker.objectstore import ObjectStore
+from dray_broker.objectstore import ObjectNotFoundError, ObjectStore
 from dray_broker.records.batch import patch_base_offsets
 from dray_broker.wal import format as wal
 
@@ -22,6 +23,22 @@ LOG_START_TTL_S = 2.0
 
 class OffsetOutOfRange(Exception):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedRange:
+    """The batches of one index entry, with their offsets patched in, ready to return to consumers."""
+
+    data: bytearray
+    batch_records: tuple[int, ...]
+    batch_sizes: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+# Rebuilds record batches for an entry that is not in a WAL object (compacted to Parquet).
+RangeLoader = Callable[[IndexEntry], Awaitable[LoadedRange]]
 
 
 @dataclass
@@ -50,8 +67,10 @@ class PartitionSignals:
 
 
 class PartitionReader:
-    def __init__(self, objects: ObjectStore, index: OffsetIndex, cache_bytes: int):
+    def __init__(self, objects: ObjectStore, index: OffsetIndex, cache_bytes: int,
+                 load_compacted: RangeLoader | None = None):
         self.objects = objects
+        self.load_compacted = load_compacted
         self.index = index
         self.chunks = ChunkCache(cache_bytes)
         self.entries = EntryCache()
@@ -65,8 +84,9 @@ class PartitionReader:
     def committed(self, p: PartitionRef, entry: IndexEntry, buffers: list) -> None:
         """A local commit: cache its bytes with offsets patched, move the log end, wake fetchers."""
         data = bytearray().join(buffers)
-        patch_base_offsets(data, entry.start, entry.location.batch_records)
-        self.chunks.put(entry.key, data)
+        loc = entry.location
+        patch_base_offsets(data, entry.start, loc.batch_records)
+        self.chunks.put(entry.key, LoadedRange(data, loc.batch_records, loc.batch_sizes))
         self.entries.add(p, entry)
         self._advance(p, entry.end)
 
@@ -121,7 +141,14 @@ class PartitionReader:
             entry = await self._entry(p, position)
             if entry is None:
                 break
-            data = await self._chunk_bytes(p, entry)
+            try:
+                data = await self._chunk_bytes(entry)
+            except ObjectNotFoundError:
+                if not self.entries.find(p, position):
+                    raise
+                # A cached entry whose WAL object was collected after compaction: ask the index again.
+                self.entries.forget(p)
+                continue
             piece, complete = _slice_from(entry, data, position, max_bytes - size, first=not pieces)
             if piece:
                 pieces.append(piece)
@@ -141,7 +168,7 @@ class PartitionReader:
                 self._advance(p, entry.end)
         return entry
 
-    async def _chunk_bytes(self, p: PartitionRef, entry: IndexEntry) -> bytearray:
+    async def _chunk_bytes(self, entry: IndexEntry) -> LoadedRange:
         data = self.chunks.get(entry.key)
         if data is not None:
             return data
@@ -153,34 +180,38 @@ class PartitionReader:
             loading.add_done_callback(lambda _: self._loading.pop(entry.key, None))
         return await asyncio.shield(loading)
 
-    async def _load(self, entry: IndexEntry) -> bytearray:
+    async def _load(self, entry: IndexEntry) -> LoadedRange:
         loc = entry.location
         if not isinstance(loc, WalLocation):
-            raise NotImplementedError("reading Parquet entries is not available yet")
-        raw = await self.objects.get(loc.object_key, loc.data_offset, loc.data_offset + loc.data_length)
-        chunk = wal.Chunk(None, 0, loc.data_offset, loc.data_length, len(loc.batch_records),
-                          sum(loc.batch_records), loc.min_timestamp, loc.max_timestamp, loc.data_crc)
-        wal.verify_chunk(chunk, raw)
-        data = bytearray(raw)
-        patch_base_offsets(data, entry.start, loc.batch_records)
-        self.chunks.put(entry.key, data)
-        return data
+            if self.load_compacted is None:
+                raise RuntimeError(f"{entry.key} is compacted and this broker has no reader for compacted data")
+            loaded = await self.load_compacted(entry)
+        else:
+            raw = await self.objects.get(loc.object_key, loc.data_offset, loc.data_offset + loc.data_length)
+            chunk = wal.Chunk(None, 0, loc.data_offset, loc.data_length, len(loc.batch_records),
+                              sum(loc.batch_records), loc.min_timestamp, loc.max_timestamp, loc.data_crc)
+            wal.verify_chunk(chunk, raw)
+            data = bytearray(raw)
+            patch_base_offsets(data, entry.start, loc.batch_records)
+            loaded = LoadedRange(data, loc.batch_records, loc.batch_sizes)
+        self.chunks.put(entry.key, loaded)
+        return loaded
 
 
-def _slice_from(entry: IndexEntry, data: bytearray, offset: int, budget: int, first: bool) -> tuple[memoryview, bool]:
+def _slice_from(entry: IndexEntry, loaded: LoadedRange, offset: int, budget: int, first: bool) -> tuple[memoryview, bool]:
     """The whole batches of entry from the one holding offset, within budget bytes (one batch at least if first),
     and whether they reach the end of the entry."""
-    loc = entry.location
+    records, sizes = loaded.batch_records, loaded.batch_sizes
     batch_start = entry.start
     pos = 0
     i = 0
-    n = len(loc.batch_records)
-    while i < n and batch_start + loc.batch_records[i] <= offset:
-        batch_start += loc.batch_records[i]
-        pos += loc.batch_sizes[i]
+    n = len(records)
+    while i < n and batch_start + records[i] <= offset:
+        batch_start += records[i]
+        pos += sizes[i]
         i += 1
     begin = pos
-    while i < n and (pos - begin + loc.batch_sizes[i] <= budget or (first and pos == begin)):
-        pos += loc.batch_sizes[i]
+    while i < n and (pos - begin + sizes[i] <= budget or (first and pos == begin)):
+        pos += sizes[i]
         i += 1
-    return memoryview(data)[begin:pos], i == n
+    return memoryview(loaded.data)[begin:pos], i == n

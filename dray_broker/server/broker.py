@@ -40,6 +40,8 @@ DRAIN_TIMEOUT_S = 10.0
 
 
 def default_handlers() -> dict[int, Handler]:
+    """API key -> handler. Each concern's package exposes its handlers in a HANDLERS dict."""
+    from dray_broker.groups import handlers as group_handlers
     from dray_broker.topics import handlers as topic_handlers
 
     handlers: dict[int, Handler] = {
@@ -49,6 +51,7 @@ def default_handlers() -> dict[int, Handler]:
         apis.FETCH: handle_fetch,
     }
     handlers.update(topic_handlers.HANDLERS)
+    handlers.update(group_handlers.HANDLERS)
     return handlers
 
 

@@ -1,0 +1,3 @@
+"""Consumer group APIs (classic and KIP-848)."""
+
+HANDLERS: dict = {}
