@@ -168,6 +168,10 @@ class PartitionReader:
                 self._advance(p, entry.end)
         return entry
 
+    async def load(self, entry: IndexEntry) -> LoadedRange:
+        """The batches of one index entry, offsets patched in (cached)."""
+        return await self._chunk_bytes(entry)
+
     async def _chunk_bytes(self, entry: IndexEntry) -> LoadedRange:
         data = self.chunks.get(entry.key)
         if data is not None:

@@ -1,4 +1,5 @@
-"""The Produce API: validate each partition's batches, hand them to the WAL writer, answer when committed."""
+"""The Produce and InitProducerId APIs: validate each partition's batches, deduplicate idempotent ones, hand
+them to the WAL writer, answer when committed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 
 from kio.schema.errors import ErrorCode
 
+from dray_broker.produce.producers import Duplicate, ProduceRejected, Reservation, allocate_producer_id
 from dray_broker.produce.wal_writer import FlushError
 from dray_broker.protocol.codec import Request, make, response_module
 from dray_broker.records.batch import InvalidBatchError, validate_batches
@@ -14,12 +16,14 @@ from dray_broker.server.connection import NO_RESPONSE
 
 log = logging.getLogger(__name__)
 
+TRANSACTIONS_UNSUPPORTED = "transactions are not supported by this broker"
+
 
 async def handle_produce(broker, req: Request):
     body = req.body
     M = response_module(req.api_key, req.version)
     acks = body.acks
-    # (topic key for the response, partition index, immediate error or pending future, error message)
+    # Per topic: (partition index, ErrorCode or a future of the base offset, error message)
     pending: list[tuple[object, list]] = []
     for topic_data in body.topic_data:
         name = getattr(topic_data, "name", None)
@@ -28,8 +32,7 @@ async def handle_produce(broker, req: Request):
         parts = []
         for pd in topic_data.partition_data:
             if body.transactional_id is not None:
-                parts.append((pd.index, ErrorCode.transactional_id_authorization_failed,
-                              "transactions are not supported by this broker"))
+                parts.append((pd.index, ErrorCode.transactional_id_authorization_failed, TRANSACTIONS_UNSUPPORTED))
             elif acks not in (-1, 0, 1):
                 parts.append((pd.index, ErrorCode.invalid_required_acks, f"acks must be -1, 0 or 1, not {acks}"))
             elif topic is None:
@@ -40,14 +43,7 @@ async def handle_produce(broker, req: Request):
             elif pd.records is None:
                 parts.append((pd.index, ErrorCode.corrupt_message, "no records"))
             else:
-                try:
-                    summary = validate_batches(pd.records, topic.int_config("max.message.bytes"))
-                    if summary.is_transactional:
-                        raise InvalidBatchError("transactional batches are not supported", ErrorCode.transactional_id_authorization_failed)
-                except InvalidBatchError as e:
-                    parts.append((pd.index, ErrorCode(e.kafka_error), str(e)))
-                    continue
-                parts.append((pd.index, broker.wal_writer.append(topic.partition(pd.index), pd.records, summary), None))
+                parts.append((pd.index, *await _append(broker, topic, pd)))
         pending.append((topic_data, parts))
 
     if acks == 0:
@@ -57,6 +53,38 @@ async def handle_produce(broker, req: Request):
                     outcome.add_done_callback(_log_unacked_failure)
         return NO_RESPONSE
     return _respond(broker, req, M, pending)
+
+
+async def _append(broker, topic, pd) -> tuple[ErrorCode | asyncio.Future, str | None]:
+    try:
+        summary = validate_batches(pd.records, topic.int_config("max.message.bytes"))
+    except InvalidBatchError as e:
+        return ErrorCode(e.kafka_error), str(e)
+    if summary.is_transactional:
+        return ErrorCode.transactional_id_authorization_failed, TRANSACTIONS_UNSUPPORTED
+    ref = topic.partition(pd.index)
+    if summary.producer_id < 0:
+        return broker.wal_writer.append(ref, pd.records, summary), None
+    try:
+        verdict = await broker.producers.reserve(ref, summary, await broker.reader.log_end_offset(ref))
+    except ProduceRejected as e:
+        return e.error, str(e)
+    if isinstance(verdict, Duplicate):
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(verdict.base_offset)
+        return done, None
+    if not isinstance(verdict, Reservation):
+        return verdict, None  # the same batch is being appended here: answer with its outcome
+    future = broker.wal_writer.append(ref, pd.records, summary, deadline=verdict.deadline)
+
+    def report(f: asyncio.Future, r=verdict, count=summary.record_count) -> None:
+        if f.cancelled() or f.exception() is not None:
+            r.failed()
+        else:
+            r.committed(f.result(), count)
+
+    future.add_done_callback(report)
+    return future, None
 
 
 def _log_unacked_failure(future: asyncio.Future) -> None:
@@ -76,6 +104,8 @@ async def _respond(broker, req: Request, M, pending):
                     error, message = ErrorCode.none, None
                 except FlushError as e:
                     error, message = ErrorCode.kafka_storage_error, str(e)
+                except ProduceRejected as e:
+                    error, message = e.error, str(e)
             else:
                 error = outcome
             responses.append(make(
@@ -84,4 +114,17 @@ async def _respond(broker, req: Request, M, pending):
             ))
         topics.append(make(M.TopicProduceResponse, name=getattr(topic_data, "name", None),
                            topic_id=getattr(topic_data, "topic_id", None), partition_responses=tuple(responses)))
+    if broker.faults.fire("drop-produce-response"):
+        raise ConnectionResetError("fault injection: produce committed, response dropped")
     return make(M.ProduceResponse, responses=tuple(topics), throttle_time=0)
+
+
+async def handle_init_producer_id(broker, req: Request):
+    """A new producer id (epoch 0) for an idempotent producer; transactional ids are refused."""
+    M = response_module(req.api_key, req.version)
+    if req.body.transactional_id is not None:
+        return make(M.InitProducerIdResponse, throttle_time=0, error_code=ErrorCode.transactional_id_authorization_failed,
+                    producer_id=-1, producer_epoch=-1)
+    producer_id = await allocate_producer_id(broker.metadata)
+    return make(M.InitProducerIdResponse, throttle_time=0, error_code=ErrorCode.none, producer_id=producer_id,
+                producer_epoch=0)

@@ -38,6 +38,7 @@ class _Append:
     data: bytes | memoryview
     summary: BatchSummary
     future: asyncio.Future
+    deadline: float | None  # monotonic time after which it must not be indexed (an idempotent reservation)
 
 
 # Called after a partition's entry is committed, with the entry and the chunk's bytes (for the fetch cache).
@@ -60,10 +61,11 @@ class WalWriter:
         self._previous_indexed: asyncio.Future | None = None
         self._flushes: set[asyncio.Task] = set()
 
-    def append(self, partition: PartitionRef, data: bytes | memoryview, summary: BatchSummary) -> asyncio.Future:
+    def append(self, partition: PartitionRef, data: bytes | memoryview, summary: BatchSummary,
+               deadline: float | None = None) -> asyncio.Future:
         """Buffer one partition's batches; the future gives their base offset once committed."""
         future = asyncio.get_running_loop().create_future()
-        self._buffer.setdefault(partition, []).append(_Append(data, summary, future))
+        self._buffer.setdefault(partition, []).append(_Append(data, summary, future, deadline))
         self._buffered_bytes += len(data)
         if self._buffered_bytes >= self.flush_bytes:
             self.flush()
@@ -133,6 +135,9 @@ class WalWriter:
             tuple(n for a in appends for n in a.summary.batch_records),
             tuple(n for a in appends for n in a.summary.batch_sizes),
         )
+        if any(a.deadline is not None and a.deadline < time.monotonic() for a in appends):
+            _fail(appends, FlushError("an idempotent batch's reservation expired before its index append"))
+            return
         try:
             entry = await self.index.append(p, location, chunk.record_count, chunk.data_length)
         except Exception as e:

@@ -68,6 +68,7 @@ IMPLEMENTED: dict[int, ApiSpec] = {
         ApiSpec(INCREMENTAL_ALTER_CONFIGS, "IncrementalAlterConfigs", 0, 1),
         ApiSpec(CREATE_PARTITIONS, "CreatePartitions", 0, 3),
         ApiSpec(DESCRIBE_CLUSTER, "DescribeCluster", 0, 2),
+        ApiSpec(INIT_PRODUCER_ID, "InitProducerId", 0, 6),
     ]
 }
 

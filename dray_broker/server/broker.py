@@ -14,7 +14,8 @@ from dray_broker.fetch.reader import PartitionReader
 from dray_broker.index.offsets import OffsetIndex, PartitionRef
 from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, VersionMismatchError, open_metadata_store
 from dray_broker.objectstore import ObjectStore, open_object_store
-from dray_broker.produce.handler import handle_produce
+from dray_broker.produce.handler import handle_init_producer_id, handle_produce
+from dray_broker.produce.producers import ProducerStates, batch_headers
 from dray_broker.produce.wal_writer import WalWriter
 from dray_broker.protocol import apis
 from dray_broker.protocol.api_versions import api_versions_response, unsupported_api_versions_frame
@@ -28,6 +29,7 @@ from dray_broker.protocol.codec import (
 from dray_broker.routing.metadata_api import handle_metadata
 from dray_broker.routing.registry import BrokerInfo, BrokerRegistry, allocate_broker_id
 from dray_broker.server.connection import NO_RESPONSE, Connection
+from dray_broker.server.faults import Faults
 from dray_broker.topics.catalog import TopicCatalog
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ def default_handlers() -> dict[int, Handler]:
         apis.METADATA: handle_metadata,
         apis.PRODUCE: handle_produce,
         apis.FETCH: handle_fetch,
+        apis.INIT_PRODUCER_ID: handle_init_producer_id,
     }
     handlers.update(topic_handlers.HANDLERS)
     handlers.update(group_handlers.HANDLERS)
@@ -64,6 +67,7 @@ class Broker:
         self.settings = settings
         self.handlers = handlers if handlers is not None else default_handlers()
         self.handled = set(self.handlers)
+        self.faults = Faults()
         self.metadata: MetadataStore | None = None
         self.objects: ObjectStore | None = None
         self.connections: set[Connection] = set()
@@ -90,6 +94,7 @@ class Broker:
             self.objects, self.index, broker_id=self.broker_id, flush_ms=s.flush_ms, flush_bytes=s.flush_bytes,
             on_commit=self.reader.committed,
         )
+        self.producers = ProducerStates(self.metadata, self.index, self._batch_headers)
         index_watch = await self.metadata.watch(INDEX_PREFIX)
         self._index_watch_task = asyncio.create_task(self._follow_index(index_watch), name="index-watch")
         host, port = s.listen.rsplit(":", 1)
@@ -138,6 +143,9 @@ class Broker:
             pass
         return (await self.metadata.get(CLUSTER_KEY)).value.decode()
 
+    async def _batch_headers(self, p: PartitionRef, entry) -> list[tuple[int, int, int, int]]:
+        return batch_headers((await self.reader.load(entry)).data)
+
     async def _follow_index(self, watch) -> None:
         """Index changes from every broker: move log ends and wake long-polling fetches."""
         try:
@@ -184,6 +192,9 @@ class Broker:
     async def _encode_later(self, req: Request, pending) -> list | None:
         try:
             response = await pending
+        except ConnectionResetError as e:
+            log.warning("dropping the connection: %s", e)
+            return None
         except Exception:
             log.exception("request %d v%d from %s failed", req.api_key, req.version, req.client_id)
             return None

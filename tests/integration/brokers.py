@@ -29,6 +29,7 @@ class BrokerProcess:
     object_store: str | None = None
     port: int = field(default_factory=free_port)
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -46,13 +47,14 @@ class BrokerProcess:
             args += ["--object-store", self.object_store]
         self.log_path = self.data_dir / f"broker-{self.port}.log"
         log = open(self.log_path, "ab")
+        seen = self.log_path.stat().st_size  # a restart appends: look for the ready line after this
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
-            if READY_LINE in self.log():
+            if READY_LINE in self.log()[seen:]:
                 return self
             time.sleep(0.05)
         self.kill()

@@ -1,0 +1,195 @@
+"""Idempotent producers: default client settings, retries after a lost response, retries to another broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from kafka import KafkaProducer
+from kio.schema.errors import ErrorCode
+
+from dray_broker.protocol import apis
+from tests.batches import make_batch
+from tests.integration.brokers import BrokerProcess
+from tests.integration.wire import Wire, request
+
+
+def _read_all(bootstrap: str, topic: str, partition: int, expected: int, timeout: float = 20) -> list:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "read-all", "enable.auto.commit": False,
+                         "log_level": 3})
+    consumer.assign([TopicPartition(topic, partition, 0)])
+    out = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            for m in consumer.consume(1000, 0.5):
+                assert m.error() is None, m.error()
+                out.append((m.offset(), m.key(), m.value()))
+        # Nothing more than expected arrives (no duplicates appended after).
+        out += [(m.offset(), m.key(), m.value()) for m in consumer.consume(1000, 0.5) if m.error() is None]
+    finally:
+        consumer.close()
+    return out
+
+
+def _assert_exactly_once(records, n):
+    assert [o for o, _, _ in records] == list(range(n)), "offsets must be dense from 0"
+    assert sorted(int(k) for _, k, _ in records) == list(range(n)), "each record exactly once"
+
+
+def test_kafka_python_default_settings_store_each_record_once(broker, topic_name):
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, request_timeout_ms=10_000)  # idempotent by default
+    futures = [producer.send(topic_name, key=b"%d" % i, value=b"v%d" % i, partition=0) for i in range(3000)]
+    producer.flush(20)
+    offsets = [f.get(10).offset for f in futures]
+    producer.close(5)
+    assert offsets == list(range(3000))
+    _assert_exactly_once(_read_all(broker.bootstrap, topic_name, 0, 3000), 3000)
+
+
+@pytest.fixture
+def faulty_broker(tmp_path):
+    """A broker that closes the connection instead of answering its first produce responses (after commit)."""
+    b = BrokerProcess(tmp_path, env={"DRAY_FAULTS": "drop-produce-response=3"}).start()
+    yield b
+    b.stop()
+
+
+def test_lost_responses_make_confluent_retry_and_each_record_lands_once(faulty_broker, topic_name):
+    producer = Producer({"bootstrap.servers": faulty_broker.bootstrap, "enable.idempotence": True, "linger.ms": 5,
+                         "message.timeout.ms": 30000, "log_level": 0})
+    errors = []
+    for i in range(2000):
+        producer.produce(topic_name, key=b"%d" % i, value=b"v", partition=0,
+                         on_delivery=lambda err, msg: err and errors.append(err))
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    assert errors == []
+    assert faulty_broker.log().count("injecting fault drop-produce-response") == 3
+    _assert_exactly_once(_read_all(faulty_broker.bootstrap, topic_name, 0, 2000), 2000)
+
+
+def test_lost_responses_make_kafka_python_retry_and_each_record_lands_once(faulty_broker, topic_name):
+    producer = KafkaProducer(bootstrap_servers=faulty_broker.bootstrap, request_timeout_ms=10_000, retries=10,
+                             linger_ms=5)
+    futures = [producer.send(topic_name, key=b"%d" % i, value=b"v", partition=0) for i in range(1500)]
+    producer.flush(30)
+    for f in futures:
+        f.get(10)
+    producer.close(5)
+    assert "injecting fault drop-produce-response" in faulty_broker.log()
+    _assert_exactly_once(_read_all(faulty_broker.bootstrap, topic_name, 0, 1500), 1500)
+
+
+# --- two brokers, raw protocol ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_brokers(tmp_path):
+    shared = [f"--metadata=sqlite://{tmp_path}/meta.db", f"--object-store=file://{tmp_path}/objects"]
+    a = BrokerProcess(tmp_path / "a", extra_args=shared).start()
+    b = BrokerProcess(tmp_path / "b", extra_args=shared).start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def _produce(wire: Wire, topic: str, batch: bytes):
+    body = request(apis.PRODUCE, 9, "ProduceRequest", transactional_id=None, acks=-1, timeout=10_000, topic_data=(
+        request(apis.PRODUCE, 9, "TopicProduceData", name=topic, partition_data=(
+            request(apis.PRODUCE, 9, "PartitionProduceData", index=0, records=batch),)),))
+    part = wire.call(apis.PRODUCE, 9, body).responses[0].partition_responses[0]
+    return part.error_code, part.base_offset
+
+
+def _init_producer_id(wire: Wire) -> tuple[int, int]:
+    r = wire.call(apis.INIT_PRODUCER_ID, 4, request(apis.INIT_PRODUCER_ID, 4, "InitProducerIdRequest",
+                                                    transactional_id=None, transaction_timeout=60_000,
+                                                    producer_id=-1, producer_epoch=-1))
+    assert r.error_code == ErrorCode.none
+    return r.producer_id, r.producer_epoch
+
+
+def _log_end(bootstrap: str, topic: str) -> int:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "le", "log_level": 3})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+    finally:
+        c.close()
+
+
+def test_retries_of_one_batch_on_two_brokers_store_it_once(two_brokers, topic_name):
+    a, b = two_brokers
+    wa, wb = Wire(a.bootstrap), Wire(b.bootstrap)
+    try:
+        Producer({"bootstrap.servers": a.bootstrap, "log_level": 3}).list_topics(topic_name, timeout=10)  # create
+        pid, epoch = _init_producer_id(wa)
+        assert _init_producer_id(wb)[0] != pid, "producer ids are unique across brokers"
+
+        def batch(seq, n=3):
+            return make_batch([(b"k", b"%d" % (seq + i)) for i in range(n)], producer_id=pid, producer_epoch=epoch,
+                              base_sequence=seq)
+
+        assert _produce(wa, topic_name, batch(0)) == (ErrorCode.none, 0)
+        assert _produce(wb, topic_name, batch(0)) == (ErrorCode.none, 0), "a retry on another broker is a duplicate"
+        assert _produce(wa, topic_name, batch(0)) == (ErrorCode.none, 0)
+
+        # The same next batch sent to both brokers at the same moment: stored once; both answer its offset
+        # (or one answers a retriable error while the other appends, and its retry then gets the offset).
+        results = {}
+
+        def send(name, wire):
+            deadline = time.monotonic() + 30
+            while True:
+                code, offset = _produce(wire, topic_name, batch(3))
+                if code != ErrorCode.request_timed_out or time.monotonic() > deadline:
+                    results[name] = (code, offset)
+                    return
+                time.sleep(0.2)
+
+        threads = [threading.Thread(target=send, args=(n, w)) for n, w in (("a", wa), ("b", wb))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == {"a": (ErrorCode.none, 3), "b": (ErrorCode.none, 3)}
+        assert _log_end(a.bootstrap, topic_name) == 6
+
+        # Sequence and epoch errors, on either broker.
+        assert _produce(wb, topic_name, batch(10))[0] == ErrorCode.out_of_order_sequence_number
+        assert _produce(wa, topic_name, batch(6)) == (ErrorCode.none, 6)
+        old = make_batch([(b"k", b"x")], producer_id=pid, producer_epoch=epoch - 1 if epoch else 0,
+                         base_sequence=9)
+        if epoch > 0:
+            assert _produce(wb, topic_name, old)[0] == ErrorCode.invalid_producer_epoch
+        bumped = make_batch([(b"k", b"x")], producer_id=pid, producer_epoch=epoch + 1, base_sequence=0)
+        assert _produce(wb, topic_name, bumped) == (ErrorCode.none, 9)
+        stale = make_batch([(b"k", b"x")], producer_id=pid, producer_epoch=epoch, base_sequence=9)
+        assert _produce(wa, topic_name, stale)[0] == ErrorCode.invalid_producer_epoch
+        assert _log_end(a.bootstrap, topic_name) == 10
+    finally:
+        wa.close()
+        wb.close()
+
+
+def test_producer_state_survives_a_restart(tmp_path, topic_name):
+    broker = BrokerProcess(tmp_path).start()
+    try:
+        wire = Wire(broker.bootstrap)
+        Producer({"bootstrap.servers": broker.bootstrap, "log_level": 3}).list_topics(topic_name, timeout=10)
+        pid, epoch = _init_producer_id(wire)
+        first = make_batch([(b"k", b"1"), (b"k", b"2")], producer_id=pid, producer_epoch=epoch, base_sequence=0)
+        assert _produce(wire, topic_name, first) == (ErrorCode.none, 0)
+        wire.close()
+        broker.kill()
+        broker.start()
+        wire = Wire(broker.bootstrap)
+        assert _produce(wire, topic_name, first) == (ErrorCode.none, 0), "the retry after a restart is a duplicate"
+        second = make_batch([(b"k", b"3")], producer_id=pid, producer_epoch=epoch, base_sequence=2)
+        assert _produce(wire, topic_name, second) == (ErrorCode.none, 2)
+        wire.close()
+        assert _log_end(broker.bootstrap, topic_name) == 3
+    finally:
+        broker.stop()
