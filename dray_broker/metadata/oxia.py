@@ -300,15 +300,42 @@ def _enc_notifications_request(shard: int, start_offset_exclusive: int | None) -
     return bytes(out)
 
 
+def _skip(buf: bytes, pos: int, wt: int) -> int:
+    """The position after a field's value of wire type wt that starts at pos."""
+    if wt == 0:
+        while buf[pos] & 0x80:
+            pos += 1
+        return pos + 1
+    if wt == 2:
+        n, pos = _get_varint(buf, pos)
+        return pos + n
+    if wt == 1:
+        return pos + 8
+    if wt == 5:
+        return pos + 4
+    raise MetadataError(f"oxia: unsupported protobuf wire type {wt}")
+
+
+# The decoders below match one-byte tags of the fields they want (all field numbers < 16) and skip the rest.
+
+
 def _dec_version(buf: bytes, pos: int, end: int) -> tuple[int, int | None]:
     """(version_id, session_id)"""
     version_id = 0
     session_id = None
-    for f, _wt, v in _fields(buf, pos, end):
-        if f == 1:
-            version_id = _signed(v)
-        elif f == 5:
-            session_id = _signed(v)
+    while pos < end:
+        tag = buf[pos]
+        if tag == 0x08:
+            version_id, pos = _get_varint(buf, pos + 1)
+            if version_id >= 1 << 63:
+                version_id -= 1 << 64
+        elif tag == 0x28:
+            session_id, pos = _get_varint(buf, pos + 1)
+            if session_id >= 1 << 63:
+                session_id -= 1 << 64
+        else:
+            tag, pos = _get_varint(buf, pos)
+            pos = _skip(buf, pos, tag & 7)
     return version_id, session_id
 
 
@@ -318,21 +345,33 @@ def _dec_put_response(buf: bytes, pos: int, end: int) -> tuple[int, int, int | N
     version_id = 0
     session_id = None
     key = None
-    for f, _wt, v in _fields(buf, pos, end):
-        if f == 1:
-            status = v
-        elif f == 2:
-            version_id, session_id = _dec_version(buf, v[0], v[1])
-        elif f == 3:
-            key = buf[v[0] : v[1]].decode()
+    while pos < end:
+        tag = buf[pos]
+        if tag == 0x12:
+            n, pos = _get_varint(buf, pos + 1)
+            version_id, session_id = _dec_version(buf, pos, pos + n)
+            pos += n
+        elif tag == 0x1A:
+            n, pos = _get_varint(buf, pos + 1)
+            key = buf[pos : pos + n].decode()
+            pos += n
+        elif tag == 0x08:
+            status, pos = _get_varint(buf, pos + 1)
+        else:
+            tag, pos = _get_varint(buf, pos)
+            pos = _skip(buf, pos, tag & 7)
     return status, version_id, session_id, key
 
 
 def _dec_status_only(buf: bytes, pos: int, end: int) -> int:
     status = _OK
-    for f, _wt, v in _fields(buf, pos, end):
-        if f == 1:
-            status = v
+    while pos < end:
+        tag = buf[pos]
+        if tag == 0x08:
+            status, pos = _get_varint(buf, pos + 1)
+        else:
+            tag, pos = _get_varint(buf, pos)
+            pos = _skip(buf, pos, tag & 7)
     return status
 
 
@@ -340,13 +379,22 @@ def _dec_write_response(buf: bytes) -> tuple[list, list, list]:
     puts: list = []
     deletes: list = []
     ranges: list = []
-    for f, _wt, v in _fields(buf, 0, len(buf)):
-        if f == 1:
-            puts.append(_dec_put_response(buf, v[0], v[1]))
-        elif f == 2:
-            deletes.append(_dec_status_only(buf, v[0], v[1]))
-        elif f == 3:
-            ranges.append(_dec_status_only(buf, v[0], v[1]))
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        tag = buf[pos]
+        if tag == 0x0A or tag == 0x12 or tag == 0x1A:
+            n, pos = _get_varint(buf, pos + 1)
+            if tag == 0x0A:
+                puts.append(_dec_put_response(buf, pos, pos + n))
+            elif tag == 0x12:
+                deletes.append(_dec_status_only(buf, pos, pos + n))
+            else:
+                ranges.append(_dec_status_only(buf, pos, pos + n))
+            pos += n
+        else:
+            tag, pos = _get_varint(buf, pos)
+            pos = _skip(buf, pos, tag & 7)
     return puts, deletes, ranges
 
 
@@ -357,21 +405,43 @@ def _dec_get_response(buf: bytes, pos: int, end: int) -> tuple[int, int, int | N
     session_id = None
     value = b""
     key = None
-    for f, _wt, v in _fields(buf, pos, end):
-        if f == 1:
-            status = v
-        elif f == 2:
-            version_id, session_id = _dec_version(buf, v[0], v[1])
-        elif f == 3:
-            value = buf[v[0] : v[1]]
-        elif f == 4:
-            key = buf[v[0] : v[1]].decode()
+    while pos < end:
+        tag = buf[pos]
+        if tag == 0x12:
+            n, pos = _get_varint(buf, pos + 1)
+            version_id, session_id = _dec_version(buf, pos, pos + n)
+            pos += n
+        elif tag == 0x1A:
+            n, pos = _get_varint(buf, pos + 1)
+            value = buf[pos : pos + n]
+            pos += n
+        elif tag == 0x22:
+            n, pos = _get_varint(buf, pos + 1)
+            key = buf[pos : pos + n].decode()
+            pos += n
+        elif tag == 0x08:
+            status, pos = _get_varint(buf, pos + 1)
+        else:
+            tag, pos = _get_varint(buf, pos)
+            pos = _skip(buf, pos, tag & 7)
     return status, version_id, session_id, value, key
 
 
 def _dec_get_responses(buf: bytes) -> list:
     """ReadResponse.gets and RangeScanResponse.records (both field 1)."""
-    return [_dec_get_response(buf, v[0], v[1]) for f, _wt, v in _fields(buf, 0, len(buf)) if f == 1]
+    out = []
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        tag = buf[pos]
+        if tag == 0x0A:
+            n, pos = _get_varint(buf, pos + 1)
+            out.append(_dec_get_response(buf, pos, pos + n))
+            pos += n
+        else:
+            tag, pos = _get_varint(buf, pos)
+            pos = _skip(buf, pos, tag & 7)
+    return out
 
 
 def _dec_list_response(buf: bytes) -> list[str]:
@@ -1251,9 +1321,14 @@ class OxiaMetadataStore(MetadataStore):
 
         backoff = _Backoff(0.1, 2.0)
         request = bytes(pb.ShardAssignmentsRequest(namespace=self.namespace))
+        attempt = 0
         while not self._closed:
+            # The service address first; when it fails, the known leaders too (any server streams them all).
+            candidates = [self.address] + sorted(set(self._leaders.values()) - {self.address, ""})
+            address = candidates[attempt % len(candidates)]
+            attempt += 1
             try:
-                call = self._conn(self.address).assignments(request)
+                call = self._conn(address).assignments(request)
                 async for raw in call:
                     assignments = pb.ShardAssignments.parse(raw)
                     nsa = assignments.namespaces.get(self.namespace)
@@ -1261,6 +1336,7 @@ class OxiaMetadataStore(MetadataStore):
                         continue
                     self._apply_assignments(nsa, pb)
                     backoff.reset()
+                    attempt = 0
                 raise _StreamBroken("oxia: shard assignment stream ended")
             except asyncio.CancelledError:
                 raise
@@ -1268,7 +1344,7 @@ class OxiaMetadataStore(MetadataStore):
                 if not self._assigned.done() and "namespace not found" in _details(e).lower():
                     self._assigned.set_exception(MetadataError(f"oxia: namespace {self.namespace!r} not found"))
                     return
-                log.info("oxia: shard assignment stream failed, reconnecting: %s", _details(e))
+                log.info("oxia: shard assignment stream from %s failed, reconnecting: %s", address, _details(e))
             await asyncio.sleep(backoff.next())
 
     def _apply_assignments(self, nsa: Any, pb: Any) -> None:

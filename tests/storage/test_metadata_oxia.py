@@ -204,7 +204,7 @@ def test_response_decoding_matches_betterproto():
     assert deletes == [0, 1] and ranges == [0]
 
     read = pb.ReadResponse(gets=[
-        pb.GetResponse(version=v, value=b"val", key="/k"),
+        pb.GetResponse(version=v, value=b"val", key="/k", secondary_index_key="skipped"),
         pb.GetResponse(status=pb.Status.KEY_NOT_FOUND),
         pb.GetResponse(version=pb.Version(version_id=-5), value=b""),
     ])
@@ -648,7 +648,7 @@ async def test_writes_cut_off_after_reaching_the_server(private_oxia, pfx: str):
     srv = private_oxia(shards=1)
     proxy = CuttableProxy(srv.address)
     address = await proxy.start()
-    s = await OxiaMetadataStore.connect(address, op_timeout=30)
+    s = await OxiaMetadataStore.connect(address, op_timeout=60, rpc_timeout=30)
     direct = await OxiaMetadataStore.connect(srv.address)
     try:
         await s.put(pfx + "warm", b"")
@@ -666,8 +666,9 @@ async def test_writes_cut_off_after_reaching_the_server(private_oxia, pfx: str):
                     and (await direct.get(pfx + "cas")).value == b"1"
                     and len(await direct.list(pfx + "idx-", pfx + "idx-~")) == 2)
 
-        await wait_until(applied, 10, "the held writes to be applied")
-        assert not any(t.done() for t in (seq, plain, cond, read))
+        await wait_until(applied, 20, "the held writes to be applied")
+        early = [t for t in (seq, plain, cond, read) if t.done()]
+        assert not early, [t.exception() or t.result() for t in early]
         proxy.cut()
         # Applied, but the answers were lost: a put_sequential or a conditional put must not be sent again
         # (a second append; a false version mismatch), so they fail; the others are retried and succeed.
