@@ -26,6 +26,7 @@ def _settings_or_exit(args):
 
 
 async def _run_broker(settings) -> None:
+    from dray_broker.routing.registry import BrokerIdInUse
     from dray_broker.server.broker import Broker
 
     broker = Broker(settings)
@@ -33,7 +34,11 @@ async def _run_broker(settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await broker.start()
+    try:
+        await broker.start()
+    except (BrokerIdInUse, OSError) as e:
+        log.error("cannot start: %s", e)
+        raise SystemExit(1) from None
     await stop.wait()
     log.info("signal received: draining")
     await broker.stop()

@@ -40,6 +40,10 @@ class Settings(BaseModel):
     max_request_bytes: int = Field(100 * 1024 * 1024, gt=0, description="largest request frame accepted")
     auto_create_topics: bool = Field(True, description="create unknown topics on Metadata/Produce")
     default_partitions: int = Field(1, gt=0, description="partitions of an auto-created topic")
+    session_timeout_ms: int = Field(6000, ge=1000, description="metadata store session: a dead broker's keys "
+                                    "(registration, leases) go this long after it stops heartbeating")
+    enforce_owner: bool = Field(False, description="answer NOT_LEADER_OR_FOLLOWER for partitions another broker "
+                                "owns (steers clients to their zone's pseudo-leader)")
     fetch_cache_bytes: int = Field(256 * 1024 * 1024, ge=0, description="bytes of WAL chunks cached for fetch")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="log one JSON object per line")

@@ -9,6 +9,7 @@ from kio.schema.errors import ErrorCode
 
 from dray_broker.fetch.reader import OffsetOutOfRange
 from dray_broker.protocol.codec import Request, make, ms, response_module
+from dray_broker.routing.zones import owner
 
 
 async def handle_fetch(broker, req: Request):
@@ -29,7 +30,7 @@ async def handle_fetch(broker, req: Request):
 
     while True:
         events = [broker.reader.signals.event(ref) for _, _, parts in wanted for _, ref in parts if ref is not None]
-        topics, total, any_error = await _read_all(broker, M, wanted, max_bytes)
+        topics, total, any_error = await _read_all(broker, M, wanted, max_bytes, req.client_id)
         remaining = deadline - time.monotonic()
         if total >= min_bytes or any_error or remaining <= 0 or not events:
             break
@@ -45,7 +46,7 @@ async def handle_fetch(broker, req: Request):
                 node_endpoints=())
 
 
-async def _read_all(broker, M, wanted, max_bytes):
+async def _read_all(broker, M, wanted, max_bytes, client_id):
     topics = []
     total = 0
     any_error = False
@@ -59,6 +60,9 @@ async def _read_all(broker, M, wanted, max_bytes):
                 error = ErrorCode.unknown_topic_id if getattr(t, "topic", None) is None else ErrorCode.unknown_topic_or_partition
             elif ref is None:
                 error = ErrorCode.unknown_topic_or_partition
+            elif broker.settings.enforce_owner and owner(broker.registry, topic.id, p.partition,
+                                                         client_id).id != broker.broker_id:
+                error = ErrorCode.not_leader_or_follower
             else:
                 budget = min(p.partition_max_bytes, max(max_bytes - total, 0))
                 try:

@@ -12,6 +12,7 @@ from dray_broker.produce.producers import Duplicate, ProduceRejected, Reservatio
 from dray_broker.produce.wal_writer import FlushError
 from dray_broker.protocol.codec import Request, make, response_module
 from dray_broker.records.batch import InvalidBatchError, validate_batches
+from dray_broker.routing.zones import owner
 from dray_broker.server.connection import NO_RESPONSE
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ async def handle_produce(broker, req: Request):
                               "unknown topic"))
             elif not 0 <= pd.index < topic.partitions:
                 parts.append((pd.index, ErrorCode.unknown_topic_or_partition, f"topic {topic.name} has no partition {pd.index}"))
+            elif broker.settings.enforce_owner and (leader := owner(broker.registry, topic.id, pd.index,
+                                                                     req.client_id)).id != broker.broker_id:
+                parts.append((pd.index, ErrorCode.not_leader_or_follower, f"partition {pd.index} is served by "
+                              f"broker {leader.id}"))
             elif pd.records is None:
                 parts.append((pd.index, ErrorCode.corrupt_message, "no records"))
             else:

@@ -7,6 +7,7 @@ import logging
 from kio.schema.errors import ErrorCode
 
 from dray_broker.protocol.codec import NULL_UUID, Request, make, response_module
+from dray_broker.routing.zones import brokers_for
 from dray_broker.topics.catalog import TopicError
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ UNKNOWN_AUTHORIZED_OPERATIONS = -2147483648
 async def handle_metadata(broker, req: Request):
     body = req.body
     M = response_module(req.api_key, req.version)
-    brokers = broker.registry.live()
+    brokers = brokers_for(broker.registry.live(), req.client_id)
     auto_create = broker.settings.auto_create_topics and getattr(body, "allow_auto_topic_creation", True)
 
     if body.topics is None or (req.version == 0 and not body.topics):

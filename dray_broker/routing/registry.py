@@ -10,14 +10,19 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 
-from dray_broker.metadata import MetadataStore, NotificationType
+from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, NotificationType, VersionMismatchError
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/dray/brokers/"
 ID_SEQUENCE = "/dray/broker-ids"
+
+
+class BrokerIdInUse(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,21 @@ class BrokerRegistry:
         self._live: dict[int, BrokerInfo] = {me.id: me}
         self._task: asyncio.Task | None = None
 
-    async def start(self) -> None:
+    async def start(self, wait_for_id_s: float = 0) -> None:
+        """Register; a live broker with the same id makes this fail (after waiting wait_for_id_s for the key of
+        a dead one to expire with its session)."""
         watch = await self.store.watch(PREFIX)
-        await self.store.put(PREFIX + str(self.me.id), self.me.encode(), ephemeral=True)
+        deadline = time.monotonic() + wait_for_id_s
+        while True:
+            try:
+                await self.store.put(PREFIX + str(self.me.id), self.me.encode(), ephemeral=True,
+                                     expected_version=MUST_NOT_EXIST)
+                break
+            except VersionMismatchError:
+                if time.monotonic() > deadline:
+                    await watch.aclose()
+                    raise BrokerIdInUse(f"broker id {self.me.id} is registered by a live broker") from None
+                await asyncio.sleep(0.25)
         for e in await self.store.range_scan(PREFIX, PREFIX + "~"):
             info = BrokerInfo.decode(e.value)
             self._live[info.id] = info

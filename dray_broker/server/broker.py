@@ -82,7 +82,7 @@ class Broker:
         s = self.settings
         if s.metadata is None or s.object_store is None:
             s.data_dir.mkdir(parents=True, exist_ok=True)
-        self.metadata = await open_metadata_store(s.metadata_url)
+        self.metadata = await open_metadata_store(s.metadata_url, session_timeout_ms=s.session_timeout_ms)
         self.objects = open_object_store(s.object_store_url)
         self.cluster_id = await self._cluster_id()
         self.broker_id = s.broker_id if s.broker_id is not None else await allocate_broker_id(self.metadata)
@@ -105,7 +105,8 @@ class Broker:
         bound_port = self._server.sockets[0].getsockname()[1]
         adv_host, adv_port = s.advertised
         self.registry = BrokerRegistry(self.metadata, BrokerInfo(self.broker_id, adv_host, adv_port or bound_port, s.zone))
-        await self.registry.start()
+        # A restarted broker with a fixed id waits for its dead predecessor's registration to expire.
+        await self.registry.start(wait_for_id_s=s.session_timeout_ms / 1000 + 2 if s.broker_id is not None else 0)
         self.port = bound_port
         log.info("dray broker %d ready on %s:%d (advertised %s:%d, zone %s, cluster %s, metadata %s, objects %s)",
                  self.broker_id, host, bound_port, adv_host, adv_port or bound_port, s.zone, self.cluster_id,
