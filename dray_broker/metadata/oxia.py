@@ -1579,6 +1579,8 @@ class OxiaMetadataStore(MetadataStore):
     ) -> Entry:
         if key.startswith(_INTERNAL_PREFIX):
             raise MetadataError(f"oxia: keys under {_INTERNAL_PREFIX} belong to Oxia")
+        if type(value) is not bytes:
+            value = bytes(value)
         shard = self.shard_of(key, partition_key)
         session = await self._session_for(shard) if ephemeral else None
         payload = _enc_put(
@@ -1614,6 +1616,8 @@ class OxiaMetadataStore(MetadataStore):
             raise ValueError(f"put_sequential deltas must be non-negative, the first > 0: {list(deltas)}")
         if prefix.startswith(_INTERNAL_PREFIX):
             raise MetadataError(f"oxia: keys under {_INTERNAL_PREFIX} belong to Oxia")
+        if type(value) is not bytes:
+            value = bytes(value)
         shard = self._shard_for(partition_key)
         known = self._sequence_sums.get(prefix)
         if known is None:

@@ -384,19 +384,24 @@ async def test_multi_shard_routing_matches_the_go_client(private_oxia, pfx: str)
     s = await OxiaMetadataStore.connect(srv.address)
     try:
         assert len(s.shards) == 3
-        keys = [pfx + "".join(random.choices(string.ascii_lowercase, k=8)) for _ in range(24)]
+        rng = random.Random(1)
+        keys: list[str] = []
+        while len(keys) < 24 or len({s.shard_of(k) for k in keys}) < 3:  # cover every shard
+            keys.append(pfx + "".join(rng.choices(string.ascii_lowercase, k=8)))
+        rng.shuffle(keys)
         # Written by the Go client, found by ours (EQUAL gets are routed to one shard).
-        for k in keys[:12]:
+        half = len(keys) // 2
+        for k in keys[:half]:
             srv.cli("put", k, "go-" + k)
         srv.cli("put", pfx + "pk/one", "with-pk", "-p", "routing-key")
-        for k in keys[:12]:
+        for k in keys[:half]:
             assert (await s.get(k)).value == ("go-" + k).encode()
         assert (await s.get(pfx + "pk/one", partition_key="routing-key")).value == b"with-pk"
         # Written by ours, found by the Go client.
-        for k in keys[12:]:
+        for k in keys[half:]:
             await s.put(k, b"py-" + k.encode())
         await s.put(pfx + "pk/two", b"py-pk", partition_key="routing-key")
-        for k in keys[12:]:
+        for k in keys[half:]:
             assert srv.cli("get", k).strip() == "py-" + k
         assert srv.cli("get", pfx + "pk/two", "-p", "routing-key").strip() == "py-pk"
         # Each key lives on exactly the shard its hash picks, and the keys spread over every shard.
@@ -417,8 +422,9 @@ async def test_multi_shard_lists_comparisons_watches_and_sessions(private_oxia, 
     observer = await OxiaMetadataStore.connect(srv.address)
     try:
         names = [f"{c}{i}" for c in "abcdef" for i in range(4)] + ["m/x", "m/y/z"]
+        while len({s.shard_of(pfx + n) for n in names}) < 3:  # cover every shard
+            names.append(f"g{len(names)}")
         keys = [pfx + n for n in names]
-        assert len({s.shard_of(k) for k in keys}) == 3
         watch = await observer.watch(pfx)
         written = {}
         for k in keys:
