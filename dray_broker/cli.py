@@ -16,6 +16,8 @@ from dray_broker.logs import setup_logging
 
 log = logging.getLogger("dray")
 
+DEFAULT_UP_HTTP = "127.0.0.1:9600"
+
 
 def _settings_or_exit(args):
     try:
@@ -60,10 +62,13 @@ def cmd_broker(args) -> int:
 def cmd_up(args) -> int:
     """Everything a laptop needs, with embedded defaults: the broker on 127.0.0.1:9092."""
     settings = _settings_or_exit(args)
+    if settings.http_listen is None:
+        settings.http_listen = DEFAULT_UP_HTTP
     setup_logging(settings.log_level, settings.log_json)
     host, port = settings.advertised
-    print(f"Dray is starting: Kafka bootstrap {host}:{port}, data in {settings.data_dir.resolve()} (Ctrl-C stops)",
-          flush=True)
+    print(f"Dray is starting (Ctrl-C stops):\n  Kafka bootstrap   {host}:{port}\n"
+          f"  metrics, health   http://{settings.http_listen}/metrics /healthz /readyz\n"
+          f"  data              {settings.data_dir.resolve()}", flush=True)
     _run(_run_broker(settings))
     return 0
 

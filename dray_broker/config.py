@@ -33,6 +33,7 @@ class Settings(BaseModel):
     object_store: str | None = Field(None, description="file:///path or s3://bucket/prefix?endpoint=...")
     listen: str = Field("127.0.0.1:9092", description="HOST:PORT the Kafka listener binds")
     advertise: str | None = Field(None, description="HOST:PORT clients are told to connect to")
+    http_listen: str | None = Field(None, description="HOST:PORT for /metrics, /healthz and /readyz (off if unset)")
     broker_id: int | None = Field(None, ge=0, description="broker id (allocated when absent)")
     zone: str | None = Field(None, description="availability zone (broker.rack)")
     flush_ms: float = Field(10.0, gt=0, description="longest a produced batch waits before its WAL flush")
@@ -48,7 +49,7 @@ class Settings(BaseModel):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="log one JSON object per line")
 
-    @field_validator("listen", "advertise")
+    @field_validator("listen", "advertise", "http_listen")
     @classmethod
     def _check_host_port(cls, v: str | None) -> str | None:
         return None if v is None else _host_port(v)

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 import time
+
+# The Kafka request being handled, for log lines written while handling it.
+request_context: contextvars.ContextVar[tuple[str | None, int] | None] = contextvars.ContextVar(
+    "dray_request", default=None)
+
+
+class RequestContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = request_context.get()
+        if ctx is not None:
+            record.client_id, record.correlation_id = ctx
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -16,7 +29,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key in ("client_id", "correlation_id", "api"):
+        for key in ("client_id", "correlation_id"):
             if hasattr(record, key):
                 doc[key] = getattr(record, key)
         if record.exc_info:
@@ -30,6 +43,7 @@ def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RequestContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

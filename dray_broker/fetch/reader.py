@@ -101,6 +101,10 @@ class PartitionReader:
             self._log_end[p] = end
             self.signals.notify(p)
 
+    def log_ends(self) -> dict[PartitionRef, int]:
+        """The log end offset of every partition this reader has heard of."""
+        return dict(self._log_end)
+
     def forget(self, p: PartitionRef) -> None:
         self.entries.forget(p)
         self._log_end.pop(p, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from kio.schema.errors import ErrorCode
 
@@ -21,6 +22,7 @@ TRANSACTIONS_UNSUPPORTED = "transactions are not supported by this broker"
 
 
 async def handle_produce(broker, req: Request):
+    started = time.perf_counter()
     body = req.body
     M = response_module(req.api_key, req.version)
     acks = body.acks
@@ -57,7 +59,7 @@ async def handle_produce(broker, req: Request):
                 if isinstance(outcome, asyncio.Future):
                     outcome.add_done_callback(_log_unacked_failure)
         return NO_RESPONSE
-    return _respond(broker, req, M, pending)
+    return _respond(broker, req, M, pending, started)
 
 
 async def _append(broker, topic, pd) -> tuple[ErrorCode | asyncio.Future, str | None]:
@@ -97,7 +99,7 @@ def _log_unacked_failure(future: asyncio.Future) -> None:
         log.warning("acks=0 produce lost to a failed flush: %s", future.exception())
 
 
-async def _respond(broker, req: Request, M, pending):
+async def _respond(broker, req: Request, M, pending, started: float):
     topics = []
     for topic_data, parts in pending:
         responses = []
@@ -119,6 +121,7 @@ async def _respond(broker, req: Request, M, pending):
             ))
         topics.append(make(M.TopicProduceResponse, name=getattr(topic_data, "name", None),
                            topic_id=getattr(topic_data, "topic_id", None), partition_responses=tuple(responses)))
+    broker.metrics.produce_ack_seconds.observe(time.perf_counter() - started)
     if broker.faults.fire("drop-produce-response"):
         raise ConnectionResetError("fault injection: produce committed, response dropped")
     return make(M.ProduceResponse, responses=tuple(topics), throttle_time=0)

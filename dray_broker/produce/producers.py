@@ -149,8 +149,8 @@ class ProducerStates:
                                       "leo": log_end})
                 state.updated_ms = now_ms
                 try:
-                    entry = await self.store.put(self._key(p, pid), state.encode(), expected_version=state.version,
-                                                 partition_key=p.partition_key)
+                    await self.store.put(self._key(p, pid), state.encode(), expected_version=state.version,
+                                         partition_key=p.partition_key)
                 except VersionMismatchError:
                     continue  # another broker changed it: check again against what it wrote
                 # The store now holds the outcomes folded in above: forget them here.

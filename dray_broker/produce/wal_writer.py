@@ -47,13 +47,14 @@ CommitListener = Callable[[PartitionRef, IndexEntry, list], None]
 
 class WalWriter:
     def __init__(self, objects: ObjectStore, index: OffsetIndex, *, broker_id: int, flush_ms: float,
-                 flush_bytes: int, on_commit: CommitListener | None = None):
+                 flush_bytes: int, on_commit: CommitListener | None = None, metrics=None):
         self.objects = objects
         self.index = index
         self.broker_id = broker_id
         self.flush_s = flush_ms / 1000
         self.flush_bytes = flush_bytes
         self.on_commit = on_commit
+        self.metrics = metrics
         self._buffer: dict[PartitionRef, list[_Append]] = {}
         self._buffered_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -96,6 +97,7 @@ class WalWriter:
 
     async def _commit(self, batch: dict[PartitionRef, list[_Append]], previous: asyncio.Future | None,
                       indexed: asyncio.Future) -> None:
+        started = time.perf_counter()
         try:
             async with self._slots:
                 key, chunks = await self._write_object(batch)
@@ -103,6 +105,9 @@ class WalWriter:
                 await asyncio.shield(previous)
             if key is not None:
                 await asyncio.gather(*(self._index(p, key, chunk, batch[p]) for p, chunk in chunks.items()))
+                if self.metrics is not None:
+                    self.metrics.wal_flush_seconds.observe(time.perf_counter() - started)
+                    self.metrics.wal_flush_bytes.observe(sum(c.data_length for c in chunks.values()))
         finally:
             indexed.set_result(None)
 

@@ -68,6 +68,18 @@ IMPLEMENTED: dict[int, ApiSpec] = {
         ApiSpec(INCREMENTAL_ALTER_CONFIGS, "IncrementalAlterConfigs", 0, 1),
         ApiSpec(CREATE_PARTITIONS, "CreatePartitions", 0, 3),
         ApiSpec(DESCRIBE_CLUSTER, "DescribeCluster", 0, 2),
+        # Consumer groups (classic protocol): dray_broker/groups.
+        ApiSpec(OFFSET_COMMIT, "OffsetCommit", 2, 10),
+        ApiSpec(OFFSET_FETCH, "OffsetFetch", 1, 10),
+        ApiSpec(FIND_COORDINATOR, "FindCoordinator", 0, 6),
+        ApiSpec(JOIN_GROUP, "JoinGroup", 0, 9),
+        ApiSpec(HEARTBEAT, "Heartbeat", 0, 4),
+        ApiSpec(LEAVE_GROUP, "LeaveGroup", 0, 5),
+        ApiSpec(SYNC_GROUP, "SyncGroup", 0, 5),
+        ApiSpec(DESCRIBE_GROUPS, "DescribeGroups", 0, 6),
+        ApiSpec(LIST_GROUPS, "ListGroups", 0, 5),
+        ApiSpec(DELETE_GROUPS, "DeleteGroups", 0, 2),
+        ApiSpec(OFFSET_DELETE, "OffsetDelete", 0, 0),
         ApiSpec(INIT_PRODUCER_ID, "InitProducerId", 0, 6),
     ]
 }
@@ -87,3 +99,8 @@ def advertised(handled: set[int]) -> list[ApiSpec]:
 def supports(api_key: int, version: int, handled: set[int]) -> bool:
     spec = IMPLEMENTED.get(api_key)
     return spec is not None and api_key in handled and spec.min_version <= version <= spec.max_version
+
+
+def name(api_key: int) -> str:
+    spec = IMPLEMENTED.get(api_key)
+    return spec.name if spec is not None else f"api-{api_key}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 import logging
 import uuid
 from typing import Any, Awaitable, Callable
@@ -30,6 +31,10 @@ from dray_broker.routing.metadata_api import handle_metadata
 from dray_broker.routing.registry import BrokerInfo, BrokerRegistry, allocate_broker_id
 from dray_broker.server.connection import NO_RESPONSE, Connection
 from dray_broker.server.faults import Faults
+from dray_broker.logs import request_context
+from dray_broker.observability.http import HttpEndpoint
+from dray_broker.observability.instrumented import timed_metadata_store, timed_object_store
+from dray_broker.observability.metrics import BrokerMetrics, CacheCollector
 from dray_broker.topics.catalog import TopicCatalog
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,8 @@ CLUSTER_KEY = "/dray/cluster"
 INDEX_PREFIX = "/dray/idx/"
 # How long a draining broker waits for answers to requests already read (long polls end sooner: see fetch).
 DRAIN_TIMEOUT_S = 10.0
+# Compaction lag gauges cover at most this many partitions (one metadata read each per scrape).
+MAX_LAG_PARTITIONS = 1000
 
 
 def default_handlers() -> dict[int, Handler]:
@@ -82,8 +89,10 @@ class Broker:
         s = self.settings
         if s.metadata is None or s.object_store is None:
             s.data_dir.mkdir(parents=True, exist_ok=True)
-        self.metadata = await open_metadata_store(s.metadata_url, session_timeout_ms=s.session_timeout_ms)
-        self.objects = open_object_store(s.object_store_url)
+        self.metrics = BrokerMetrics()
+        self.metadata = timed_metadata_store(
+            await open_metadata_store(s.metadata_url, session_timeout_ms=s.session_timeout_ms), self.metrics)
+        self.objects = timed_object_store(open_object_store(s.object_store_url), self.metrics)
         self.cluster_id = await self._cluster_id()
         self.broker_id = s.broker_id if s.broker_id is not None else await allocate_broker_id(self.metadata)
         self.index = OffsetIndex(self.metadata)
@@ -92,8 +101,9 @@ class Broker:
         self.reader = PartitionReader(self.objects, self.index, s.fetch_cache_bytes)
         self.wal_writer = WalWriter(
             self.objects, self.index, broker_id=self.broker_id, flush_ms=s.flush_ms, flush_bytes=s.flush_bytes,
-            on_commit=self.reader.committed,
+            on_commit=self.reader.committed, metrics=self.metrics,
         )
+        self.metrics.registry.register(CacheCollector(self.reader.chunks))
         self.producers = ProducerStates(self.metadata, self.index, self._batch_headers)
         index_watch = await self.metadata.watch(INDEX_PREFIX)
         self._index_watch_task = asyncio.create_task(self._follow_index(index_watch), name="index-watch")
@@ -108,19 +118,41 @@ class Broker:
         # A restarted broker with a fixed id waits for its dead predecessor's registration to expire.
         await self.registry.start(wait_for_id_s=s.session_timeout_ms / 1000 + 2 if s.broker_id is not None else 0)
         self.port = bound_port
+        self.http = None
+        if s.http_listen:
+            http_host, http_port = s.http_listen.rsplit(":", 1)
+            self.http = HttpEndpoint(self, http_host, int(http_port))
+            log.info("metrics and health on http://%s:%d (/metrics /healthz /readyz)", http_host,
+                     await self.http.start())
         log.info("dray broker %d ready on %s:%d (advertised %s:%d, zone %s, cluster %s, metadata %s, objects %s)",
                  self.broker_id, host, bound_port, adv_host, adv_port or bound_port, s.zone, self.cluster_id,
                  s.metadata_url, s.object_store_url)
 
     def _new_connection(self) -> Connection:
-        conn = Connection(self.handle_frame, self.settings.max_request_bytes, self.connections.discard)
+        conn = Connection(self.handle_frame, self.settings.max_request_bytes, self._connection_closed)
         self.connections.add(conn)
+        self.metrics.connections.inc()
         return conn
+
+    def _connection_closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.metrics.connections.dec()
+
+    async def refresh_gauges(self) -> None:
+        """Gauges computed at scrape time: compaction lag of the partitions this broker has served."""
+        self.metrics.compaction_lag.clear()
+        for ref, log_end in list(self.reader.log_ends().items())[:MAX_LAG_PARTITIONS]:
+            topic = self.topics.by_id(ref.topic_id)
+            if topic is not None:
+                watermark, _ = await self.index.compacted_watermark(ref)
+                self.metrics.compaction_lag.labels(topic.name, str(ref.partition)).set(max(log_end - watermark, 0))
 
     async def stop(self) -> None:
         """Drain: stop accepting, commit and ack what is buffered, then close everything."""
         if self._server is not None:
             self._server.close()
+        if self.http is not None:
+            await self.http.stop()
         drained = asyncio.gather(*(c.drain() for c in list(self.connections)))
         await self.wal_writer.close()
         try:
@@ -183,20 +215,31 @@ class Broker:
             conn.close(str(e))
             return NO_RESPONSE
         conn.client_id = req.client_id
-        result = await self.handlers[api_key](self, req)
+        request_context.set((req.client_id, correlation_id))
+        api = apis.name(api_key)
+        self.metrics.requests.labels(api).inc()
+        started = time.perf_counter()
+        try:
+            result = await self.handlers[api_key](self, req)
+        except Exception:
+            self.metrics.request_errors.labels(api).inc()
+            raise
         if result is NO_RESPONSE:
             return NO_RESPONSE
         if inspect.isawaitable(result):
-            return self._encode_later(req, result)
+            return self._encode_later(req, api, started, result)
+        self.metrics.request_seconds.labels(api).observe(time.perf_counter() - started)
         return encode_response(api_key, version, correlation_id, result)
 
-    async def _encode_later(self, req: Request, pending) -> list | None:
+    async def _encode_later(self, req: Request, api: str, started: float, pending) -> list | None:
         try:
             response = await pending
         except ConnectionResetError as e:
             log.warning("dropping the connection: %s", e)
             return None
         except Exception:
+            self.metrics.request_errors.labels(api).inc()
             log.exception("request %d v%d from %s failed", req.api_key, req.version, req.client_id)
             return None
+        self.metrics.request_seconds.labels(api).observe(time.perf_counter() - started)
         return encode_response(req.api_key, req.version, req.correlation_id, response)
