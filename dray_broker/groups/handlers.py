@@ -1,3 +1,400 @@
-"""Consumer group APIs (classic and KIP-848)."""
+"""Consumer group APIs (classic protocol): thin translations between kio entities and the group coordinator.
 
-HANDLERS: dict = {}
+FindCoordinator (v0-6), JoinGroup (v0-9), SyncGroup (v0-5), Heartbeat (v0-4), LeaveGroup (v0-5), OffsetCommit
+(v2-10), OffsetFetch (v1-10), OffsetDelete (v0), ListGroups (v0-5), DescribeGroups (v0-6), DeleteGroups (v0-2).
+JoinGroup and SyncGroup return an awaitable, so that the connection keeps reading while they wait at the barrier.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kio.schema.errors import ErrorCode
+
+from dray_broker.groups.coordinator import CoordinatorError, GroupCoordinator
+from dray_broker.groups.state import JoinRequest, JoinResult, SyncResult
+from dray_broker.protocol import apis
+from dray_broker.protocol.codec import NULL_UUID, Request, make, ms, response_module
+
+log = logging.getLogger(__name__)
+
+KEY_TYPE_GROUP, KEY_TYPE_TRANSACTION = 0, 1
+UNKNOWN_AUTHORIZED_OPERATIONS = -2147483648
+# Without an authorizer Kafka grants every operation a group supports: READ(3), DELETE(6), DESCRIBE(8).
+GROUP_OPERATIONS = sum(1 << op for op in (3, 6, 8))
+GROUP_TYPE_CLASSIC = "classic"
+
+
+async def coordinator_of(broker) -> GroupCoordinator:
+    """The broker's group coordinator, created and started on first use unless the broker made it."""
+    coordinator = getattr(broker, "groups", None)
+    if coordinator is None:
+        coordinator = broker.groups = GroupCoordinator(broker)
+    await coordinator.ensure_started()
+    return coordinator
+
+
+# --- FindCoordinator ------------------------------------------------------------------------------------------
+
+
+async def handle_find_coordinator(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+    key_type = getattr(body, "key_type", KEY_TYPE_GROUP)
+    keys = list(body.coordinator_keys) if req.version >= 4 else [body.key]
+    coordinator = await coordinator_of(broker)
+    found = []
+    for key in keys:
+        node, error, message = None, ErrorCode.none, None
+        if key_type == KEY_TYPE_TRANSACTION:
+            error, message = ErrorCode.transactional_id_authorization_failed, \
+                "transactions are not supported by this broker (Dray)"
+        elif key_type != KEY_TYPE_GROUP:
+            error, message = ErrorCode.invalid_request, f"coordinator key type {key_type} is not supported"
+        else:
+            try:
+                node = await coordinator.find_coordinator(key)
+            except Exception as e:
+                log.warning("FindCoordinator(%r) failed: %r", key, e)
+                error, message = ErrorCode.coordinator_not_available, "the metadata store is unavailable"
+        found.append((key, node, error, message))
+    if req.version >= 4:
+        return make(M.FindCoordinatorResponse, throttle_time=0, coordinators=tuple(
+            make(M.Coordinator, key=key, node_id=node.id if node else -1, host=node.host if node else "",
+                 port=node.port if node else -1, error_code=error, error_message=message)
+            for key, node, error, message in found
+        ))
+    _, node, error, message = found[0]
+    return make(M.FindCoordinatorResponse, throttle_time=0, error_code=error, error_message=message,
+                node_id=node.id if node else -1, host=node.host if node else "", port=node.port if node else -1)
+
+
+# --- JoinGroup, SyncGroup, Heartbeat, LeaveGroup -------------------------------------------------------------
+
+
+async def handle_join_group(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+
+    def response(r: JoinResult):
+        protocol_name = r.protocol_name
+        if protocol_name is None and req.version < 7:
+            protocol_name = ""  # nullable from v7 only
+        return make(
+            M.JoinGroupResponse, throttle_time=0, error_code=r.error, generation_id=r.generation_id,
+            protocol_type=r.protocol_type, protocol_name=protocol_name, leader=r.leader,
+            skip_assignment=r.skip_assignment, member_id=r.member_id,
+            members=tuple(make(M.JoinGroupResponseMember, member_id=m.member_id,
+                               group_instance_id=m.group_instance_id, metadata=m.metadata) for m in r.members),
+        )
+
+    if not body.group_id:
+        return response(JoinResult(ErrorCode.invalid_group_id, member_id=body.member_id))
+    session_timeout = ms(body.session_timeout)
+    rebalance_timeout = ms(getattr(body, "rebalance_timeout", None))
+    if rebalance_timeout < 0:  # v0 has none: the session timeout serves
+        rebalance_timeout = session_timeout
+    join = JoinRequest(
+        member_id=body.member_id, group_instance_id=getattr(body, "group_instance_id", None),
+        client_id=req.client_id or "", client_host=getattr(req, "client_host", None) or "",
+        session_timeout_ms=session_timeout,
+        rebalance_timeout_ms=rebalance_timeout, protocol_type=body.protocol_type,
+        protocols=tuple((p.name, bytes(p.metadata)) for p in body.protocols),
+        require_known_member_id=req.version >= 4, supports_skip_assignment=req.version >= 9,
+        reason=getattr(body, "reason", None),
+    )
+    coordinator = await coordinator_of(broker)
+
+    async def answer():
+        try:
+            result = await coordinator.join(body.group_id, join)
+        except CoordinatorError as e:
+            result = JoinResult(e.error, member_id=body.member_id)
+        return response(result)
+
+    return answer()
+
+
+async def handle_sync_group(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+
+    def response(r: SyncResult):
+        return make(M.SyncGroupResponse, throttle_time=0, error_code=r.error, protocol_type=r.protocol_type,
+                    protocol_name=r.protocol_name, assignment=r.assignment)
+
+    if not body.group_id:
+        return response(SyncResult(ErrorCode.invalid_group_id))
+    assignments = {a.member_id: bytes(a.assignment) for a in body.assignments}
+    coordinator = await coordinator_of(broker)
+
+    async def answer():
+        try:
+            result = await coordinator.sync(
+                body.group_id, body.member_id, getattr(body, "group_instance_id", None), body.generation_id,
+                getattr(body, "protocol_type", None), getattr(body, "protocol_name", None), assignments,
+            )
+        except CoordinatorError as e:
+            result = SyncResult(e.error)
+        return response(result)
+
+    return answer()
+
+
+async def handle_heartbeat(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+    if not body.group_id:
+        error = ErrorCode.invalid_group_id
+    else:
+        try:
+            error = await (await coordinator_of(broker)).heartbeat(
+                body.group_id, body.member_id, getattr(body, "group_instance_id", None), body.generation_id)
+        except CoordinatorError as e:
+            error = e.error
+    return make(M.HeartbeatResponse, throttle_time=0, error_code=error)
+
+
+async def handle_leave_group(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+    if req.version >= 3:
+        members = [(m.member_id, m.group_instance_id) for m in body.members]
+    else:
+        members = [(body.member_id, None)]
+    if not body.group_id:
+        error, results = ErrorCode.invalid_group_id, []
+    else:
+        try:
+            error, results = await (await coordinator_of(broker)).leave(body.group_id, members)
+        except CoordinatorError as e:
+            error, results = e.error, []
+    if req.version < 3:
+        if error == ErrorCode.none and results:
+            error = results[0]
+        return make(M.LeaveGroupResponse, throttle_time=0, error_code=error)
+    return make(M.LeaveGroupResponse, throttle_time=0, error_code=error, members=tuple(
+        make(M.MemberResponse, member_id=member_id, group_instance_id=instance_id, error_code=member_error)
+        for (member_id, instance_id), member_error in zip(members, results)
+    ) if error == ErrorCode.none else ())
+
+
+# --- OffsetCommit, OffsetFetch, OffsetDelete ----------------------------------------------------------------
+
+
+def _topic_name(broker, topic) -> str | None:
+    """The topic's name: given (v<=9), or resolved from its id (v10)."""
+    name = getattr(topic, "name", None)
+    if name is not None:
+        return name
+    t = broker.topics.by_id(topic.topic_id)
+    return t.name if t is not None else None
+
+
+def _topic_id(broker, name: str):
+    t = broker.topics.cached(name)
+    return t.id if t is not None else NULL_UUID
+
+
+async def handle_offset_commit(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+    entries, unknown_topics = [], set()
+    for i, t in enumerate(body.topics):
+        name = _topic_name(broker, t)
+        if name is None:
+            unknown_topics.add(i)
+            continue
+        for p in t.partitions:
+            entries.append((name, p.partition_index, p.committed_offset,
+                            getattr(p, "committed_leader_epoch", -1), p.committed_metadata))
+    try:
+        errors = await (await coordinator_of(broker)).commit_offsets(
+            body.group_id, body.member_id, getattr(body, "group_instance_id", None),
+            body.generation_id_or_member_epoch, req.version, entries,
+            retention_ms=ms(getattr(body, "retention_time", None)),
+        ) if entries else []
+    except CoordinatorError as e:
+        errors = [e.error] * len(entries)
+    it = iter(errors)
+    topics = []
+    for i, t in enumerate(body.topics):
+        if i in unknown_topics:
+            partition_errors = [ErrorCode.unknown_topic_id] * len(t.partitions)
+        else:
+            partition_errors = [next(it) for _ in t.partitions]
+        topics.append(make(
+            M.OffsetCommitResponseTopic, name=getattr(t, "name", None), topic_id=getattr(t, "topic_id", None),
+            partitions=tuple(make(M.OffsetCommitResponsePartition, partition_index=p.partition_index, error_code=e)
+                             for p, e in zip(t.partitions, partition_errors)),
+        ))
+    return make(M.OffsetCommitResponse, throttle_time=0, topics=tuple(topics))
+
+
+async def _fetch_group(broker, coordinator, group_id: str, topics, version: int, topic_cls, partition_cls):
+    """One group's OffsetFetch answer: (error, topics), built with the version's topic and partition classes
+    (their names differ between v1-7 and v8+)."""
+    by_id = version >= 10
+    wanted = None
+    unknown_ids = []
+    if topics is not None:
+        wanted = []
+        for t in topics:
+            name = _topic_name(broker, t)
+            if name is None:
+                unknown_ids.append(t)
+                continue
+            wanted.extend((name, p) for p in t.partition_indexes)
+    try:
+        found = await coordinator.fetch_offsets(group_id, wanted)
+        error = ErrorCode.none
+    except CoordinatorError as e:
+        error, found = e.error, None
+
+    def partition(index: int, o, partition_error=ErrorCode.none):
+        return make(partition_cls, partition_index=index, committed_offset=o.offset if o else -1,
+                    committed_leader_epoch=o.leader_epoch if o else -1, metadata=o.metadata if o else "",
+                    error_code=partition_error)
+
+    if found is None:
+        if version >= 2:
+            return error, ()
+        # v1 has no group error: every requested partition carries it.
+        return error, tuple(make(topic_cls, name=t.name, partitions=tuple(
+            partition(p, None, error) for p in t.partition_indexes)) for t in topics)
+    grouped: dict[str, list] = {}
+    for (topic, p), o in found.items():
+        grouped.setdefault(topic, []).append(partition(p, o))
+    out = []
+    for topic, partitions in grouped.items():
+        if by_id:
+            topic_id = _topic_id(broker, topic)
+            if topic_id == NULL_UUID and topics is None:
+                continue  # a deleted topic cannot be named by id
+            out.append(make(topic_cls, topic_id=topic_id, partitions=tuple(partitions)))
+        else:
+            out.append(make(topic_cls, name=topic, partitions=tuple(partitions)))
+    for t in unknown_ids:
+        out.append(make(topic_cls, topic_id=t.topic_id, partitions=tuple(
+            partition(p, None, ErrorCode.unknown_topic_id) for p in t.partition_indexes)))
+    return error, tuple(out)
+
+
+async def handle_offset_fetch(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+    coordinator = await coordinator_of(broker)
+    if req.version >= 8:
+        groups = []
+        for g in body.groups:
+            error, topics = await _fetch_group(broker, coordinator, g.group_id, g.topics, req.version,
+                                               M.OffsetFetchResponseTopics, M.OffsetFetchResponsePartitions)
+            groups.append(make(M.OffsetFetchResponseGroup, group_id=g.group_id, topics=topics, error_code=error))
+        return make(M.OffsetFetchResponse, throttle_time=0, groups=tuple(groups))
+    error, topics = await _fetch_group(broker, coordinator, body.group_id, body.topics, req.version,
+                                       M.OffsetFetchResponseTopic, M.OffsetFetchResponsePartition)
+    return make(M.OffsetFetchResponse, throttle_time=0, topics=topics, error_code=error)
+
+
+async def handle_offset_delete(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+    wanted = [(t.name, [p.partition_index for p in t.partitions]) for t in body.topics]
+    try:
+        error, results = await (await coordinator_of(broker)).delete_offsets(body.group_id, wanted)
+    except CoordinatorError as e:
+        error, results = e.error, {}
+    topics = () if error != ErrorCode.none else tuple(
+        make(M.OffsetDeleteResponseTopic, name=name, partitions=tuple(
+            make(M.OffsetDeleteResponsePartition, partition_index=p, error_code=results[(name, p)])
+            for p in partitions))
+        for name, partitions in wanted
+    )
+    return make(M.OffsetDeleteResponse, error_code=error, throttle_time=0, topics=topics)
+
+
+# --- ListGroups, DescribeGroups, DeleteGroups ---------------------------------------------------------------
+
+
+async def handle_list_groups(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+    states = {s.strip().lower() for s in getattr(body, "states_filter", ())}
+    types = {t.strip().lower() for t in getattr(body, "types_filter", ())}
+    try:
+        listed = await (await coordinator_of(broker)).list_groups()
+        error = ErrorCode.none
+    except Exception as e:
+        log.warning("ListGroups failed: %r", e)
+        listed, error = [], ErrorCode.coordinator_not_available
+    groups = tuple(
+        make(M.ListedGroup, group_id=g.group_id, protocol_type=g.protocol_type, group_state=g.state,
+             group_type=GROUP_TYPE_CLASSIC)
+        for g in listed
+        if (not states or g.state.lower() in states) and (not types or GROUP_TYPE_CLASSIC in types)
+    )
+    return make(M.ListGroupsResponse, throttle_time=0, error_code=error, groups=groups)
+
+
+async def handle_describe_groups(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+    operations = GROUP_OPERATIONS if getattr(body, "include_authorized_operations", False) \
+        else UNKNOWN_AUTHORIZED_OPERATIONS
+    coordinator = await coordinator_of(broker)
+    out = []
+    for group_id in body.groups:
+        try:
+            d = await coordinator.describe(group_id)
+        except CoordinatorError as e:
+            out.append(make(M.DescribedGroup, error_code=e.error, error_message=str(e), group_id=group_id,
+                            group_state="", protocol_type="", protocol_data="", members=(),
+                            authorized_operations=UNKNOWN_AUTHORIZED_OPERATIONS))
+            continue
+        if d is None:
+            not_found = req.version >= 6
+            out.append(make(
+                M.DescribedGroup, error_code=ErrorCode.group_id_not_found if not_found else ErrorCode.none,
+                error_message=f"Group {group_id} not found." if not_found else None, group_id=group_id,
+                group_state="Dead", protocol_type="", protocol_data="", members=(),
+                authorized_operations=UNKNOWN_AUTHORIZED_OPERATIONS,
+            ))
+            continue
+        out.append(make(
+            M.DescribedGroup, error_code=ErrorCode.none, error_message=None, group_id=group_id,
+            group_state=d.state, protocol_type=d.protocol_type, protocol_data=d.protocol_data,
+            members=tuple(make(M.DescribedGroupMember, member_id=m.member_id, group_instance_id=m.group_instance_id,
+                               client_id=m.client_id, client_host=m.client_host, member_metadata=m.metadata,
+                               member_assignment=m.assignment) for m in d.members),
+            authorized_operations=operations,
+        ))
+    return make(M.DescribeGroupsResponse, throttle_time=0, groups=tuple(out))
+
+
+async def handle_delete_groups(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+    coordinator = await coordinator_of(broker)
+    results = []
+    for group_id in body.groups_names:
+        try:
+            error = await coordinator.delete_group(group_id)
+        except CoordinatorError as e:
+            error = e.error
+        results.append(make(M.DeletableGroupResult, group_id=group_id, error_code=error))
+    return make(M.DeleteGroupsResponse, throttle_time=0, results=tuple(results))
+
+
+HANDLERS: dict = {
+    apis.FIND_COORDINATOR: handle_find_coordinator,
+    apis.JOIN_GROUP: handle_join_group,
+    apis.SYNC_GROUP: handle_sync_group,
+    apis.HEARTBEAT: handle_heartbeat,
+    apis.LEAVE_GROUP: handle_leave_group,
+    apis.OFFSET_COMMIT: handle_offset_commit,
+    apis.OFFSET_FETCH: handle_offset_fetch,
+    apis.OFFSET_DELETE: handle_offset_delete,
+    apis.LIST_GROUPS: handle_list_groups,
+    apis.DESCRIBE_GROUPS: handle_describe_groups,
+    apis.DELETE_GROUPS: handle_delete_groups,
+}
