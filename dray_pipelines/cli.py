@@ -1,0 +1,123 @@
+"""`dray compact` and `dray sql`, registered through the `dray.commands` entry point group."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import logging
+import sys
+
+from dray_pipelines.settings import LakeSettings, LakeSettingsError, load_lake_settings
+
+_STORAGE_FLAGS = {
+    "data_dir": "where embedded defaults keep their files (as for `dray broker`)",
+    "metadata": "metadata store URL (as for `dray broker`)",
+    "object_store": "object store URL (as for `dray broker`)",
+    "catalog": "Iceberg catalog: sqlite:///path/catalog.db (default <data-dir>/catalog.db), postgresql://..., "
+               "or an Iceberg REST catalog http(s)://...",
+    "warehouse": "where table data goes (default: iceberg/ in the object store)",
+}
+
+
+def _add_storage_flags(p: argparse.ArgumentParser) -> None:
+    for name, text in _STORAGE_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(), help=text)
+
+
+def _settings(args, **extra) -> LakeSettings:
+    values = {name: getattr(args, name, None) for name in _STORAGE_FLAGS}
+    values.update({k: v for k, v in extra.items() if v is not None})
+    try:
+        return load_lake_settings(values)
+    except LakeSettingsError as e:
+        print(f"dray: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compact", help="run pending compaction, index swaps, retention and GC once, in process",
+        description="Evaluate the pipeline's sensors once and execute the runs they request, in this process, "
+                    "through the same Dagster definitions the daemon uses. Thresholds come from DRAY_* variables.")
+    _add_storage_flags(p)
+    p.add_argument("--all", action="store_true",
+                   help="ignore the size/age thresholds: compact everything committed so far")
+    p.add_argument("--grace-ms", type=int, default=None, help="WAL GC grace period (default DRAY_WAL_GC_GRACE_MS)")
+    p.add_argument("--maintenance", action="store_true",
+                   help="also expire old Iceberg snapshots and delete unreferenced data files")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only failures")
+    p.set_defaults(func=cmd_compact)
+
+    p = subparsers.add_parser(
+        "sql", help="query the topic tables with DuckDB",
+        description="Run SQL with DuckDB over the topics' Iceberg tables; each topic is a view by its name, e.g. "
+                    "dray sql 'SELECT partition, count(*) FROM orders GROUP BY ALL'. Quote \"offset\".")
+    _add_storage_flags(p)
+    p.add_argument("query", help="the SQL to run")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    p.set_defaults(func=cmd_sql)
+
+
+def cmd_compact(args) -> int:
+    settings = _settings(args, wal_gc_grace_ms=args.grace_ms)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dagster").setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from dray_pipelines.runner import Runner
+
+    report = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    runner = Runner(settings, report=report)
+    result = runner.run_all(force=args.all, maintenance=args.maintenance)
+    if not args.quiet:
+        print(f"{len(result.runs)} runs, {len(result.failed)} failed" if result.runs else "nothing to do")
+    for failed in result.failed:
+        print(f"dray compact: {failed.job} {failed.run_key or ''} failed: {failed.error}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def _cell(value):
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, list):
+        return [_cell(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _cell(v) for k, v in value.items()}
+    return value
+
+
+def cmd_sql(args) -> int:
+    import duckdb
+
+    from dray_pipelines.sql import connect
+
+    settings = _settings(args)
+    con = connect(settings)
+    try:
+        if args.format == "table":
+            rel = con.sql(args.query)
+            if rel is not None:
+                rel.show(max_width=200, max_rows=10_000)
+            return 0
+        cur = con.execute(args.query)
+        columns = [d[0] for d in cur.description] if cur.description else []
+        rows = cur.fetchall()
+        if args.format == "csv":
+            w = csv.writer(sys.stdout)
+            w.writerow(columns)
+            for row in rows:
+                w.writerow([_cell(v) for v in row])
+        else:
+            for row in rows:
+                print(json.dumps({c: _cell(v) for c, v in zip(columns, row)}))
+        return 0
+    except duckdb.Error as e:
+        print(f"dray sql: {e}", file=sys.stderr)
+        return 1
+    finally:
+        con.close()

@@ -1,0 +1,196 @@
+"""Record batches (as in WAL chunks) -> Arrow tables in the topic table's schema, one row per record.
+
+Every batch becomes rows, control batches included (their offsets exist in the log; `attributes & 32` marks
+them), so that a Parquet range holds every offset it claims and can be rebuilt into the same batches.
+Decompression goes through dray_broker.records.decode (all codecs, xerial snappy too); the record walk here appends
+straight to column lists, which is the hot loop of compaction.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from dray_broker.records.batch import HEADER_SIZE, TIMESTAMP_TYPE_LOG_APPEND, read_header
+from dray_broker.records.decode import RecordDecodeError, decompress
+from dray_pipelines.tables import ARROW_SCHEMA
+
+_HEADER_TYPE = ARROW_SCHEMA.field("headers").type
+_HEADER_STRUCT = _HEADER_TYPE.value_type
+
+
+class RowGroupBuilder:
+    """Accumulates whole record batches of one partition; build() makes one Arrow table (one row group)."""
+
+    def __init__(self, partition: int):
+        self.partition = partition
+        self._reset()
+
+    def _reset(self) -> None:
+        self.offsets: list[int] = []
+        self.timestamps: list[int] = []
+        self.keys: list = []
+        self.values: list = []
+        self.header_offsets: list[int] = [0]
+        self.header_keys: list[str] = []
+        self.header_values: list = []
+        self.attributes: list[int] = []
+        self.batch_offsets: list[int] = []
+        self.producer_ids: list[int] = []
+        self.producer_epochs: list[int] = []
+        self.base_sequences: list[int] = []
+        self.record_bytes = 0  # key + value + header bytes: the row group size estimate
+        self.wal_bytes = 0  # bytes of the batches as stored in the WAL
+        self.start: int | None = None
+        self.end: int | None = None
+        self.min_ts: int | None = None
+        self.max_ts: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def add_batches(self, data, base_offset: int) -> int:
+        """Add every batch of data (whole v2 batches), the first at base_offset; return the next offset."""
+        view = memoryview(data)
+        pos = 0
+        total = len(view)
+        offset = base_offset
+        while pos < total:
+            if total - pos < HEADER_SIZE:
+                raise RecordDecodeError(f"truncated record batch at byte {pos}")
+            h = read_header(view, pos)
+            size = h.size
+            if h.magic != 2 or pos + size > total:
+                raise RecordDecodeError(f"bad record batch at byte {pos}")
+            raw = decompress(h.compression, view[pos + HEADER_SIZE : pos + size])
+            self._add_records(raw, h, offset)
+            self.wal_bytes += size
+            pos += size
+            offset += h.record_count
+        return offset
+
+    def _add_records(self, buf: bytes, h, base_offset: int) -> None:
+        count = h.record_count
+        append_time = h.max_timestamp if h.attributes & TIMESTAMP_TYPE_LOG_APPEND else None
+        base_ts = h.base_timestamp
+        offsets, timestamps, keys, values = self.offsets, self.timestamps, self.keys, self.values
+        hoff, hkeys, hvals = self.header_offsets, self.header_keys, self.header_values
+        size = len(buf)
+        pos = 0
+        nbytes = 0
+        min_ts = max_ts = None
+        try:
+            for _ in range(count):
+                # length varint
+                length, pos = _varint(buf, pos)
+                end = pos + length
+                if length < 0 or end > size:
+                    raise RecordDecodeError("record length runs past the records")
+                pos += 1  # record attributes (unused in v2)
+                ts_delta, pos = _varint(buf, pos)
+                offset_delta, pos = _varint(buf, pos)
+                n, pos = _varint(buf, pos)
+                if n < 0:
+                    key = None
+                else:
+                    key = buf[pos : pos + n]
+                    pos += n
+                    nbytes += n
+                n, pos = _varint(buf, pos)
+                if n < 0:
+                    value = None
+                else:
+                    value = buf[pos : pos + n]
+                    pos += n
+                    nbytes += n
+                nh, pos = _varint(buf, pos)
+                for _h in range(nh):
+                    n, pos = _varint(buf, pos)
+                    if n < 0:
+                        raise RecordDecodeError("record header with a null key")
+                    hkeys.append(buf[pos : pos + n].decode("utf-8", "replace"))
+                    pos += n
+                    nbytes += n
+                    n, pos = _varint(buf, pos)
+                    if n < 0:
+                        hvals.append(None)
+                    else:
+                        hvals.append(buf[pos : pos + n])
+                        pos += n
+                        nbytes += n
+                if pos != end:
+                    raise RecordDecodeError("record length does not match its fields")
+                ts = append_time if append_time is not None else base_ts + ts_delta
+                offsets.append(base_offset + offset_delta)
+                timestamps.append(ts)
+                keys.append(key)
+                values.append(value)
+                hoff.append(len(hkeys))
+                if min_ts is None or ts < min_ts:
+                    min_ts = ts
+                if max_ts is None or ts > max_ts:
+                    max_ts = ts
+        except IndexError:
+            raise RecordDecodeError("records are truncated") from None
+        if pos != size:
+            raise RecordDecodeError(f"{size - pos} bytes after the last of {count} records")
+        self.attributes.extend([h.attributes] * count)
+        self.batch_offsets.extend([base_offset] * count)
+        self.producer_ids.extend([h.producer_id] * count)
+        self.producer_epochs.extend([h.producer_epoch] * count)
+        self.base_sequences.extend([h.base_sequence] * count)
+        self.record_bytes += nbytes + 24 * count
+        if self.start is None:
+            self.start = base_offset
+        self.end = base_offset + h.last_offset_delta + 1
+        if min_ts is not None:
+            self.min_ts = min_ts if self.min_ts is None else min(self.min_ts, min_ts)
+            self.max_ts = max_ts if self.max_ts is None else max(self.max_ts, max_ts)
+
+    def build(self) -> tuple[pa.Table, dict]:
+        """The rows as a table in the topic schema, and the row group's summary; then start afresh."""
+        n = len(self.offsets)
+        headers = pa.LargeListArray.from_arrays(
+            pa.array(self.header_offsets, pa.int64()),
+            pa.StructArray.from_arrays(
+                [pa.array(self.header_keys, pa.large_string()), pa.array(self.header_values, pa.large_binary())],
+                fields=list(_HEADER_STRUCT),
+            ),
+            type=_HEADER_TYPE,
+        )
+        arrays = [
+            pa.array([self.partition] * n, pa.int32()),
+            pa.array(self.offsets, pa.int64()),
+            pa.array([t * 1000 for t in self.timestamps], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            pa.array(self.keys, pa.large_binary()),
+            pa.array(self.values, pa.large_binary()),
+            headers,
+            pa.array(self.attributes, pa.int32()),
+            pa.array(self.batch_offsets, pa.int64()),
+            pa.array(self.producer_ids, pa.int64()),
+            pa.array(self.producer_epochs, pa.int32()),
+            pa.array(self.base_sequences, pa.int32()),
+        ]
+        table = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+        info = {"start": self.start, "end": self.end, "wal_bytes": self.wal_bytes,
+                "min_ts": self.min_ts if self.min_ts is not None else -1,
+                "max_ts": self.max_ts if self.max_ts is not None else -1, "rows": n}
+        self._reset()
+        return table, info
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    b = buf[pos]
+    pos += 1
+    if b < 0x80:
+        return (b >> 1) ^ -(b & 1), pos
+    result = b & 0x7F
+    shift = 7
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+        if shift > 63:
+            raise RecordDecodeError("varint longer than 10 bytes")

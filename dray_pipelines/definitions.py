@@ -1,0 +1,345 @@
+"""The Dagster code location (`dagster_workspace.yaml` loads `defs` from here).
+
+Assets, per topic-partition (dynamic partitions `topic_partitions`, keys `<topic>-<partition>`):
+    wal_segments       WAL data of the partition, written by brokers; observed by the compaction sensor
+    parquet_files      Parquet data files staged from the WAL         (step: stage)
+    iceberg_snapshots  snapshots of the topic's Iceberg table, and     (steps: commit_snapshot, swap_index)
+                       the offset index swapped over to them
+Jobs: `compaction` (the two assets above, one partition, target end offset in the run tag dray/end_offset),
+`wal_gc`, `orphan_gc`, `retention`, `table_maintenance`.
+Sensors: `compaction_sensor` (size/age thresholds; adds partitions; observes wal_segments), `wal_gc_sensor`,
+`orphan_gc_sensor`, `retention_sensor`, `table_maintenance_sensor`. Run keys name the work (the offset range, the
+set of objects, the new log start), so the daemon runs each unit of work once.
+"""
+
+
+
+import json
+import os
+
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetObservation,
+    AssetSpec,
+    Backoff,
+    Config,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    Definitions,
+    DynamicPartitionsDefinition,
+    In,
+    MaterializeResult,
+    MetadataValue,
+    Nothing,
+    OpExecutionContext,
+    Out,
+    RetryPolicy,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    asset,
+    define_asset_job,
+    graph_asset,
+    in_process_executor,
+    job,
+    op,
+    sensor,
+)
+
+from dray_pipelines import compaction, gc
+from dray_pipelines.lake import Lake, now_ms, split_partition_key
+from dray_pipelines.resources import DrayLake
+
+GROUP = "dray"
+TAG_END = "dray/end_offset"
+TAG_TOPIC = "dray/topic"
+TAG_PARTITION = "dray/partition"
+TAG_TABLE = "dray/table"
+# Each step retries (transient store or catalog errors, a commit that lost a race) before its run fails.
+RETRY = RetryPolicy(max_retries=int(os.environ.get("DRAY_STEP_RETRIES", "3")),
+                    delay=float(os.environ.get("DRAY_STEP_RETRY_DELAY_S", "0.5")), backoff=Backoff.EXPONENTIAL)
+SENSOR_INTERVAL_S = int(os.environ.get("DRAY_SENSOR_INTERVAL_S", "15"))
+
+topic_partitions = DynamicPartitionsDefinition(name="topic_partitions")
+
+
+# --- assets ---------------------------------------------------------------------------------------------------------
+
+wal_segments = AssetSpec(
+    "wal_segments",
+    partitions_def=topic_partitions,
+    group_name=GROUP,
+    kinds={"dray"},
+    description="Record batches in WAL objects, written by brokers and indexed in the metadata store. "
+                "Observed by compaction_sensor: log end, compacted watermark, uncompacted bytes and age.",
+)
+
+
+def _target(context) -> tuple[str, int, int]:
+    topic, p = split_partition_key(context.partition_key)
+    end = context.run.tags.get(TAG_END)
+    if end is None:
+        raise ValueError(f"run has no {TAG_END} tag: start compaction runs from compaction_sensor or `dray compact`")
+    return topic, p, int(end)
+
+
+def _metadata(r: compaction.StepResult) -> dict:
+    md = {
+        "action": r.action,
+        "offset_range": f"[{r.start}, {r.end})",
+        "start_offset": r.start,
+        "end_offset": r.end,
+        "records": r.records,
+        "wal_bytes": r.wal_bytes,
+        "file_bytes": r.file_bytes,
+        "row_groups": r.row_groups,
+        "files": MetadataValue.json(r.files),
+        "seconds": round(r.seconds, 3),
+    }
+    if r.snapshot_id is not None:
+        md["snapshot_id"] = str(r.snapshot_id)
+    if r.watermark is not None:
+        md["compacted_watermark"] = r.watermark
+    if r.log_end is not None:
+        md["log_end_offset"] = r.log_end
+    if r.lag is not None:
+        md["lag_records"] = r.lag
+    return md
+
+
+@asset(partitions_def=topic_partitions, deps=[wal_segments], group_name=GROUP, retry_policy=RETRY,
+       kinds={"parquet"}, description="Parquet data files of the partition's compacted offset ranges (zstd, "
+       "one row group per fetch unit, offset/timestamp statistics), staged before the Iceberg commit.")
+def parquet_files(context: AssetExecutionContext, dray: DrayLake) -> MaterializeResult:
+    topic, p, end = _target(context)
+    r = dray.run(lambda lake: compaction.stage(lake, topic, p, end))
+    context.log.info(f"{topic}-{p} [{r.start}, {r.end}): {r.action}, {r.records} records")
+    return MaterializeResult(metadata=_metadata(r))
+
+
+@op(ins={"staged": In(Nothing)}, out=Out(Nothing), retry_policy=RETRY, tags={"kind": "iceberg"},
+    description="Append the staged file to the topic's Iceberg table; the snapshot summary records the range.")
+def commit_snapshot(context: OpExecutionContext, dray: DrayLake) -> None:
+    topic, p, end = _target(context)
+    r = dray.run(lambda lake: compaction.commit(lake, topic, p, end))
+    context.log.info(f"{topic}-{p} [{r.start}, {r.end}): {r.action}, snapshot {r.snapshot_id}")
+
+
+@op(ins={"committed": In(Nothing)}, out=Out(Nothing), retry_policy=RETRY,
+    description="Index entries for the committed row groups, then the compacted watermark CAS (the atomic swap).")
+def swap_index(context: OpExecutionContext, dray: DrayLake) -> None:
+    topic, p, end = _target(context)
+    r = dray.run(lambda lake: compaction.publish(lake, topic, p, end))
+    context.log.info(f"{topic}-{p}: {r.action}, watermark {r.watermark}, lag {r.lag}")
+    context.add_output_metadata(_metadata(r))
+
+
+@graph_asset(partitions_def=topic_partitions, group_name=GROUP, kinds={"iceberg"},
+             ins={"parquet_files": AssetIn(dagster_type=Nothing)},
+             description="Snapshots of the topic's Iceberg table holding the partition's compacted ranges; the "
+                         "offset index serves those offsets from them once the watermark is swapped.")
+def iceberg_snapshots(parquet_files):
+    return swap_index(commit_snapshot(parquet_files))
+
+
+compaction_job = define_asset_job(
+    "compaction", selection=[parquet_files, iceberg_snapshots], partitions_def=topic_partitions,
+    executor_def=in_process_executor,
+    description="Compact one topic-partition up to the offset in the run tag dray/end_offset.",
+)
+
+
+# --- GC, retention and maintenance jobs -----------------------------------------------------------------------------
+
+
+@op(retry_policy=RETRY)
+def collect_wal(context: OpExecutionContext, dray: DrayLake) -> None:
+    grace = dray.settings().wal_gc_grace_ms
+    stats = dray.run(lambda lake: gc.run_wal_gc(lake, grace))
+    context.log.info(f"WAL GC: {stats}")
+    context.add_output_metadata(stats)
+
+
+@job(executor_def=in_process_executor, tags={"dray/gc": "wal"},
+     description="Delete WAL index entries and objects compacted (or past the log start) a grace period ago.")
+def wal_gc():
+    collect_wal()
+
+
+@op(retry_policy=RETRY)
+def collect_orphans(context: OpExecutionContext, dray: DrayLake) -> None:
+    ttl = dray.settings().orphan_ttl_ms
+    stats = dray.run(lambda lake: gc.run_orphan_gc(lake, ttl))
+    context.log.info(f"orphan GC: {stats}")
+    context.add_output_metadata(stats)
+
+
+@job(executor_def=in_process_executor, tags={"dray/gc": "orphans"},
+     description="Delete WAL objects that no index entry points to, older than the orphan TTL.")
+def orphan_gc():
+    collect_orphans()
+
+
+class RetentionConfig(Config):
+    plans: list[list] = []  # [[topic, partition, new_log_start], ...]
+
+
+@op(retry_policy=RETRY)
+def enforce_retention(context: OpExecutionContext, config: RetentionConfig, dray: DrayLake) -> None:
+    async def work(lake: Lake) -> list:
+        return [dict(await gc.apply_retention(lake, t, int(p), int(s)), topic=t, partition=p)
+                for t, p, s in config.plans]
+
+    results = dray.run(work)
+    context.log.info(f"retention: {results}")
+    context.add_output_metadata({"partitions": MetadataValue.json(results)})
+
+
+@job(executor_def=in_process_executor, tags={"dray/gc": "retention"},
+     description="Move log start offsets per retention.ms / retention.bytes; drop whole data files below them.")
+def retention():
+    enforce_retention()
+
+
+@op(retry_policy=RETRY)
+def maintain(context: OpExecutionContext, dray: DrayLake) -> None:
+    s = dray.settings()
+    stats = dray.run(lambda lake: gc.maintain_tables(lake, s.snapshot_retention_ms, s.orphan_ttl_ms))
+    context.log.info(f"table maintenance: {stats}")
+    context.add_output_metadata(stats)
+
+
+@job(executor_def=in_process_executor, tags={"dray/gc": "tables"},
+     description="Expire old Iceberg snapshots and delete data files no snapshot references.")
+def table_maintenance():
+    maintain()
+
+
+# --- sensors --------------------------------------------------------------------------------------------------------
+
+_ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+           DagsterRunStatus.STARTED]
+
+
+def _active_partitions(context: SensorEvaluationContext) -> set[str]:
+    """Partitions with a compaction run queued or in progress: the sensor waits for them."""
+    if context.instance is None:
+        return set()
+    runs = context.instance.get_runs(RunsFilter(job_name="compaction", statuses=_ACTIVE), limit=1000)
+    return {r.tags.get(TAG_PARTITION) or r.tags.get("dagster/partition") for r in runs}
+
+
+def compaction_requests(context: SensorEvaluationContext, dray: DrayLake, *, force: bool = False) -> SensorResult:
+    """What compaction_sensor returns: new partitions, observations of wal_segments, and one run request per
+    partition whose uncompacted WAL passed a threshold (force: any uncompacted data)."""
+    s = dray.settings()
+    at = now_ms()
+
+    async def states(lake: Lake):
+        return [await lake.state(t, p) for t, p in await lake.partitions()]
+
+    all_states = dray.run(states)
+    known = set(context.instance.get_dynamic_partitions(topic_partitions.name)) if context.instance else set()
+    keys = [st.key for st in all_states if "..." not in st.key]
+    new_keys = [k for k in keys if k not in known]
+    active = _active_partitions(context)
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    observations = []
+    requests = []
+    for st in all_states:
+        if st.key not in keys:
+            continue
+        oldest = st.oldest_uncompacted_ms()
+        seen = [st.log_end, st.watermark, st.log_start]
+        if cursor.get(st.key) != seen:
+            cursor[st.key] = seen
+            observations.append(AssetObservation(
+                asset_key=wal_segments.key, partition=st.key,
+                metadata={
+                    "log_end_offset": st.log_end, "log_start_offset": st.log_start,
+                    "compacted_watermark": st.watermark, "lag_records": st.uncompacted_records,
+                    "uncompacted_bytes": st.uncompacted_bytes, "uncompacted_entries": len(st.uncompacted),
+                    "oldest_uncompacted_age_s": round((at - oldest) / 1000, 1) if oldest else 0.0,
+                }))
+        if st.key in active:
+            continue
+        plan = compaction.plan_compaction(st, min_bytes=s.compact_bytes, min_age_ms=s.compact_age_ms,
+                                          max_bytes=s.compact_max_bytes, force=force, at_ms=at)
+        if plan is None:
+            continue
+        requests.append(RunRequest(
+            run_key=plan.run_key, partition_key=st.key, job_name="compaction",
+            tags={TAG_END: str(plan.end), TAG_TOPIC: st.topic.name, TAG_PARTITION: st.key, TAG_TABLE: st.topic.name,
+                  "dray/start_offset": str(plan.start), "dray/wal_bytes": str(plan.bytes)},
+        ))
+    return SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[topic_partitions.build_add_request(new_keys)] if new_keys else [],
+        asset_events=observations,
+        cursor=json.dumps(cursor, sort_keys=True),
+        skip_reason=None if requests else "no partition passed a compaction threshold",
+    )
+
+
+@sensor(job=compaction_job, minimum_interval_seconds=SENSOR_INTERVAL_S, default_status=DefaultSensorStatus.RUNNING,
+        description="Requests a compaction run when a partition's uncompacted WAL passes compact_bytes or "
+                    "compact_age_ms; adds topic-partitions; observes wal_segments.")
+def compaction_sensor(context: SensorEvaluationContext, dray: DrayLake) -> SensorResult:
+    return compaction_requests(context, dray)
+
+
+@sensor(job=wal_gc, minimum_interval_seconds=SENSOR_INTERVAL_S, default_status=DefaultSensorStatus.RUNNING,
+        description="Requests WAL GC when compacted WAL entries or objects passed the grace period.")
+def wal_gc_sensor(context: SensorEvaluationContext, dray: DrayLake):
+    grace = dray.settings().wal_gc_grace_ms
+    plan = dray.run(lambda lake: gc.plan_wal_gc(lake, grace))
+    if plan.empty:
+        return SkipReason("nothing to collect")
+    return RunRequest(run_key=plan.run_key, tags={"dray/objects": str(len(plan.objects)),
+                                                  "dray/entries": str(len(plan.entries))})
+
+
+@sensor(job=orphan_gc, minimum_interval_seconds=max(SENSOR_INTERVAL_S, 60),
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Requests orphan GC when unindexed WAL objects are older than the orphan TTL.")
+def orphan_gc_sensor(context: SensorEvaluationContext, dray: DrayLake):
+    ttl = dray.settings().orphan_ttl_ms
+    plan = dray.run(lambda lake: gc.plan_orphans(lake, ttl))
+    if plan.empty:
+        return SkipReason("no orphan WAL objects")
+    return RunRequest(run_key=plan.run_key, tags={"dray/objects": str(len(plan.objects))})
+
+
+@sensor(job=retention, minimum_interval_seconds=SENSOR_INTERVAL_S, default_status=DefaultSensorStatus.RUNNING,
+        description="Requests a retention run when retention.ms / retention.bytes let a log start move.")
+def retention_sensor(context: SensorEvaluationContext, dray: DrayLake):
+    plans = dray.run(gc.plan_all_retention)
+    if not plans:
+        return SkipReason("no log start to move")
+    return RunRequest(
+        run_key="retention:" + ",".join(p.run_key.split(":", 1)[1] for p in plans),
+        run_config={"ops": {"enforce_retention": {"config": {
+            "plans": [[p.topic, p.partition, p.new_log_start] for p in plans]}}}},
+    )
+
+
+@sensor(job=table_maintenance, minimum_interval_seconds=3600, default_status=DefaultSensorStatus.RUNNING,
+        description="Hourly: expire old Iceberg snapshots and delete unreferenced data files.")
+def table_maintenance_sensor(context: SensorEvaluationContext):
+    return RunRequest(run_key=f"maintenance:{now_ms() // 3_600_000}")
+
+
+ASSETS = [wal_segments, parquet_files, iceberg_snapshots]
+JOBS = [compaction_job, wal_gc, orphan_gc, retention, table_maintenance]
+SENSORS = [compaction_sensor, wal_gc_sensor, orphan_gc_sensor, retention_sensor, table_maintenance_sensor]
+
+
+def make_definitions(dray: DrayLake | None = None) -> Definitions:
+    """The code location's definitions, with a given resource (default: settings from DRAY_* variables)."""
+    return Definitions(assets=ASSETS, jobs=JOBS, sensors=SENSORS, resources={"dray": dray or DrayLake()})
+
+
+defs = make_definitions()

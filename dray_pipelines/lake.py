@@ -1,0 +1,225 @@
+"""The log as the pipeline sees it: the broker's metadata store (topics, offset index) and object store (WAL
+objects, and by default the Iceberg warehouse), plus the Iceberg catalog. Open one with `async with open_lake(s)`.
+
+Pipeline state kept in the metadata store, next to the index (one key per partition):
+    /dray/lake/<topic_id>/<partition>/boundaries   JSON {"dead": [[offset, first_seen_ms], ...], "start": [...]}:
+        when the dead boundary (max of compacted watermark and log start: no reader needs the WAL below it) and
+        the log start offset first reached each value. WAL entries and objects below the dead boundary, and
+        Parquet index entries below the log start, are deleted only a grace period after that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from ulid import ULID
+
+from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef
+from dray_broker.metadata import MetadataStore, VersionMismatchError, open_metadata_store
+from dray_broker.metadata.base import parse_sequence_key
+from dray_broker.objectstore import ObjectStore, open_object_store
+from dray_broker.topics.catalog import PREFIX as TOPICS_PREFIX, Topic
+from dray_pipelines.settings import LakeSettings
+from dray_pipelines.tables import TopicTable, open_catalog
+
+LAKE_PREFIX = "/dray/lake/"
+_HISTORY = 64
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def partition_key(topic: str, partition: int) -> str:
+    """The Dagster partition key of a topic-partition (Kafka's own spelling)."""
+    return f"{topic}-{partition}"
+
+
+def split_partition_key(key: str) -> tuple[str, int]:
+    topic, _, p = key.rpartition("-")
+    if not topic or not p.isdigit():
+        raise ValueError(f"{key!r} is not a <topic>-<partition> key")
+    return topic, int(p)
+
+
+def wal_object_ms(object_key: str) -> int | None:
+    """When a WAL object was written, from its ULID name."""
+    try:
+        return ULID.from_str(object_key.rsplit("/", 1)[-1]).milliseconds
+    except (ValueError, TypeError):
+        return None
+
+
+@dataclass
+class PartitionState:
+    """Where one partition's log stands."""
+
+    topic: Topic
+    partition: int
+    log_start: int
+    log_end: int
+    watermark: int
+    watermark_version: int
+    uncompacted: list[IndexEntry]  # WAL entries at or above the watermark, in offset order
+    cum_bytes_at_watermark: int
+    cum_bytes_at_end: int
+
+    @property
+    def ref(self) -> PartitionRef:
+        return self.topic.partition(self.partition)
+
+    @property
+    def key(self) -> str:
+        return partition_key(self.topic.name, self.partition)
+
+    @property
+    def uncompacted_bytes(self) -> int:
+        return self.cum_bytes_at_end - self.cum_bytes_at_watermark
+
+    @property
+    def uncompacted_records(self) -> int:
+        return self.log_end - max(self.watermark, self.log_start)
+
+    def oldest_uncompacted_ms(self) -> int | None:
+        for e in self.uncompacted:
+            if e.end > self.log_start:
+                ms = wal_object_ms(e.location.object_key)
+                if ms is not None:
+                    return ms
+        return None
+
+
+class Lake:
+    def __init__(self, settings: LakeSettings, store: MetadataStore, objects: ObjectStore):
+        self.settings = settings
+        self.store = store
+        self.objects = objects
+        self.index = OffsetIndex(store)
+        self._catalog = None
+        self._tables: dict[str, TopicTable] = {}
+
+    @property
+    def catalog(self):
+        if self._catalog is None:
+            self._catalog = open_catalog(self.settings)
+        return self._catalog
+
+    def table(self, topic: Topic) -> TopicTable:
+        t = self._tables.get(topic.name)
+        if t is None or t.topic_id != topic.id:
+            t = self._tables[topic.name] = TopicTable(self.catalog, self.settings, topic.name, topic.id)
+        return t
+
+    # --- topics -----------------------------------------------------------------------------------------------
+
+    async def topics(self) -> list[Topic]:
+        found = await self.store.range_scan(TOPICS_PREFIX, TOPICS_PREFIX + "~")
+        return sorted((Topic.decode(e.key[len(TOPICS_PREFIX):], e.value, e.version) for e in found),
+                      key=lambda t: t.name)
+
+    async def topic(self, name: str) -> Topic | None:
+        e = await self.store.get(TOPICS_PREFIX + name)
+        return Topic.decode(name, e.value, e.version) if e else None
+
+    async def partitions(self) -> list[tuple[Topic, int]]:
+        return [(t, p) for t in await self.topics() for p in range(t.partitions)]
+
+    # --- partition state --------------------------------------------------------------------------------------
+
+    async def state(self, topic: Topic, partition: int) -> PartitionState:
+        ref = topic.partition(partition)
+        watermark, version = await self.index.compacted_watermark(ref)
+        log_start = await self.index.log_start_offset(ref)
+        # WAL entries from the one ending at the watermark (for its cumulative bytes) to the log end.
+        found = await self.store.range_scan(ref.dir + f"wal-{watermark:020d}", ref.dir + "wal-~",
+                                            partition_key=ref.partition_key)
+        from dray_broker.index.offsets import decode_entry
+
+        entries = [decode_entry(ref, e.key, e.value) for e in found]
+        cum_at_w = 0
+        if entries and entries[0].end == watermark:
+            cum_at_w = parse_sequence_key(ref.dir + "wal", entries[0].key)[1]
+            entries = entries[1:]
+        elif watermark > 0:
+            # The entry ending at the watermark was collected: its cumulative bytes are those of the first
+            # remaining entry minus that entry's own bytes.
+            if entries:
+                cum_at_w = parse_sequence_key(ref.dir + "wal", entries[0].key)[1] - sum(entries[0].location.batch_sizes)
+        if entries:
+            end, cum_end = parse_sequence_key(ref.dir + "wal", entries[-1].key)
+        else:
+            end, cum_end = await self._log_end_and_bytes(ref)
+            cum_at_w = cum_end if end <= watermark else cum_at_w
+        return PartitionState(topic, partition, log_start, max(end, watermark), watermark, version, entries,
+                              cum_at_w, cum_end)
+
+    async def _log_end_and_bytes(self, ref: PartitionRef) -> tuple[int, int]:
+        from dray_broker.metadata import Comparison
+
+        found = await self.store.get(ref.dir + "wal-~", Comparison.LOWER, partition_key=ref.partition_key)
+        if found is None or not found.key.startswith(ref.dir + "wal-"):
+            return 0, 0
+        end, cum = parse_sequence_key(ref.dir + "wal", found.key)
+        return end, cum
+
+    # --- boundaries: when did WAL data, and the log start, move past an offset --------------------------------
+
+    def _boundary_key(self, ref: PartitionRef) -> str:
+        return f"{LAKE_PREFIX}{ref.topic_id}/{ref.partition}/boundaries"
+
+    async def boundaries(self, ref: PartitionRef) -> tuple[dict[str, list[list[int]]], int]:
+        """({"dead": [[offset, first_seen_ms], ...], "start": [...]}, version). dead: the WAL below offset is
+        needed by no reader (max of compacted watermark and log start); start: the log start offset."""
+        e = await self.store.get(self._boundary_key(ref), partition_key=ref.partition_key)
+        doc = json.loads(e.value) if e else {}
+        return {"dead": doc.get("dead", []), "start": doc.get("start", [])}, (e.version if e else -1)
+
+    async def note_boundaries(self, ref: PartitionRef, *, dead: int | None = None, start: int | None = None,
+                              at_ms: int | None = None) -> dict[str, list[list[int]]]:
+        """Record when each boundary first reached its value (no-op for values seen before)."""
+        at_ms = now_ms() if at_ms is None else at_ms
+        while True:
+            doc, version = await self.boundaries(ref)
+            changed = False
+            for name, value in (("dead", dead), ("start", start)):
+                history = doc[name]
+                if value is None or (history and history[-1][0] >= value):
+                    continue
+                doc[name] = (history + [[value, at_ms]])[-_HISTORY:]
+                changed = True
+            if not changed:
+                return doc
+            try:
+                await self.store.put(self._boundary_key(ref), json.dumps(doc).encode(), expected_version=version,
+                                     partition_key=ref.partition_key)
+                return doc
+            except VersionMismatchError:
+                continue
+
+    @staticmethod
+    def expired(history: list[list[int]], grace_ms: int, at_ms: int | None = None) -> int:
+        """The highest boundary value reached at least grace_ms ago (0 if none)."""
+        at_ms = now_ms() if at_ms is None else at_ms
+        return max((value for value, seen in history if seen + grace_ms <= at_ms), default=0)
+
+
+@contextlib.asynccontextmanager
+async def open_lake(settings: LakeSettings) -> AsyncIterator[Lake]:
+    if settings.metadata is None or settings.object_store is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_metadata_store(settings.metadata_url)
+    objects = open_object_store(settings.object_store_url)
+    try:
+        yield Lake(settings, store, objects)
+    finally:
+        await objects.close()
+        await store.close()
+
+
+def topic_from_id(topics: list[Topic], topic_id: uuid.UUID) -> Topic | None:
+    return next((t for t in topics if t.id == topic_id), None)

@@ -1,0 +1,137 @@
+"""Runs the pipeline's pending work once, in process, through the same Dagster definitions the daemon uses:
+evaluate each sensor, then execute the runs it requests (for `dray compact`, scripts and tests).
+
+The Dagster instance is the one of $DAGSTER_HOME when set (runs then show in the UI, and run keys the daemon already
+ran are skipped), else an ephemeral one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+from dagster import DagsterInstance, RunRequest, RunsFilter, SensorResult, SkipReason, build_sensor_context
+
+from dray_pipelines import definitions as d
+from dray_pipelines.resources import DrayLake
+from dray_pipelines.settings import LakeSettings
+
+log = logging.getLogger(__name__)
+RUN_KEY_TAG = "dagster/run_key"
+
+
+@dataclass
+class RunOutcome:
+    job: str
+    run_key: str | None
+    partition: str | None
+    success: bool
+    run_id: str
+    error: str | None = None
+
+
+@dataclass
+class PassResult:
+    runs: list[RunOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [r for r in self.runs if not r.success]
+
+
+def default_instance() -> DagsterInstance:
+    return DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+
+
+class Runner:
+    def __init__(self, settings: LakeSettings, instance: DagsterInstance | None = None,
+                 report: Callable[[str], None] | None = None):
+        self.dray = DrayLake.from_settings(settings)
+        self.defs = d.make_definitions(self.dray)
+        self.instance = instance or default_instance()
+        self.report = report or (lambda line: log.info(line))
+        self._cursors: dict[str, str | None] = {}
+
+    # --- sensors ------------------------------------------------------------------------------------------------
+
+    def evaluate(self, sensor_name: str, *, force: bool = False) -> list[RunRequest]:
+        """Evaluate one sensor as the daemon would; apply its partition requests and asset events."""
+        context = build_sensor_context(instance=self.instance, cursor=self._cursors.get(sensor_name),
+                                       resources={"dray": self.dray}, definitions=self.defs, sensor_name=sensor_name)
+        if sensor_name == "compaction_sensor" and force:
+            result = d.compaction_requests(context, self.dray, force=True)
+        else:
+            result = self.defs.resolve_sensor_def(sensor_name)(context)
+        return self._apply(sensor_name, result)
+
+    def _apply(self, sensor_name: str, result) -> list[RunRequest]:
+        if result is None or isinstance(result, SkipReason):
+            return []
+        if isinstance(result, RunRequest):
+            return [result]
+        if isinstance(result, list):
+            return [r for r in result if isinstance(r, RunRequest)]
+        assert isinstance(result, SensorResult), result
+        for request in result.dynamic_partitions_requests or []:
+            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        for event in result.asset_events or []:
+            self.instance.report_runless_asset_event(event)
+        if result.cursor is not None:
+            self._cursors[sensor_name] = result.cursor
+        return list(result.run_requests or [])
+
+    # --- runs ---------------------------------------------------------------------------------------------------
+
+    def already_ran(self, run_key: str | None) -> bool:
+        if not run_key:
+            return False
+        runs = self.instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
+        return bool(runs) and runs[0].status.value == "SUCCESS"
+
+    def execute(self, job_name: str, request: RunRequest) -> RunOutcome:
+        job_def = self.defs.resolve_job_def(job_name)
+        tags = dict(request.tags or {})
+        if request.run_key:
+            tags[RUN_KEY_TAG] = request.run_key
+        tags["dray/launched_by"] = "dray compact"
+        result = job_def.execute_in_process(
+            run_config=request.run_config or None, instance=self.instance, partition_key=request.partition_key,
+            tags=tags, raise_on_error=False,
+        )
+        error = None
+        if not result.success:
+            failures = [e for e in result.all_events if e.is_failure]
+            error = failures[-1].message if failures else "run failed"
+        outcome = RunOutcome(job_name, request.run_key, request.partition_key, result.success, result.run_id, error)
+        self.report(f"{'ok' if outcome.success else 'FAILED'}  {job_name:<17} {request.run_key or ''}"
+                    + (f"  ({error})" if error else ""))
+        return outcome
+
+    def run_sensor(self, sensor_name: str, *, force: bool = False, repeat: bool = False) -> PassResult:
+        """Evaluate the sensor and execute what it requests; with repeat, again until it requests nothing new."""
+        job_name = self.defs.resolve_sensor_def(sensor_name).job_name
+        out = PassResult()
+        done: set[str] = set()
+        while True:
+            requests = [r for r in self.evaluate(sensor_name, force=force)
+                        if (r.run_key or "") not in done and not self.already_ran(r.run_key)]
+            if not requests:
+                return out
+            for request in requests:
+                done.add(request.run_key or "")
+                out.runs.append(self.execute(request.job_name or job_name, request))
+            if not repeat:
+                return out
+
+    def run_all(self, *, force: bool = False, maintenance: bool = False) -> PassResult:
+        """Compaction (until nothing is due), retention, WAL GC, orphan GC (and table maintenance if asked)."""
+        out = PassResult()
+        out.runs += self.run_sensor("compaction_sensor", force=force, repeat=True).runs
+        out.runs += self.run_sensor("retention_sensor").runs
+        out.runs += self.run_sensor("wal_gc_sensor", repeat=True).runs
+        out.runs += self.run_sensor("orphan_gc_sensor").runs
+        if maintenance:
+            out.runs += self.run_sensor("table_maintenance_sensor").runs
+        return out

@@ -1,0 +1,91 @@
+"""DuckDB over the topic tables: each topic's Iceberg table is a view named after the topic.
+
+Extensions load offline from the duckdb-extension-* packages (no download at run time): avro and iceberg, and
+httpfs when the warehouse is on S3. Each view reads the table's current metadata file, as the catalog names it.
+Column names `offset`, `partition`, `timestamp`, `key` and `value` are SQL keywords in places: quote them
+("offset") when DuckDB asks.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from urllib.parse import urlparse
+
+import duckdb
+
+from dray_pipelines.settings import LakeSettings
+from dray_pipelines.tables import open_catalog
+
+
+def _extension_path(name: str) -> str:
+    module = importlib.import_module(f"duckdb_extension_{name}")
+    found = sorted(Path(module.__file__).parent.glob(f"extensions/v{duckdb.__version__}/{name}.duckdb_extension"))
+    if not found:
+        found = sorted(Path(module.__file__).parent.glob(f"extensions/*/{name}.duckdb_extension"))
+    if not found:
+        raise RuntimeError(f"duckdb-extension-{name} has no extension for DuckDB {duckdb.__version__}")
+    return str(found[-1])
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def connect(settings: LakeSettings, topics: list[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with a view per topic table (all tables of the namespace, or the given topics)."""
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    for ext in ("avro", "iceberg"):
+        con.execute(f"LOAD {_literal(_extension_path(ext))}")
+    if urlparse(settings.warehouse_url).scheme in ("s3", "s3a"):
+        con.execute(f"LOAD {_literal(_extension_path('httpfs'))}")
+        _s3_secret(con, settings)
+    catalog = open_catalog(settings)
+    namespace = settings.namespace
+    try:
+        identifiers = catalog.list_tables(namespace)
+    except Exception:  # noqa: BLE001 - no namespace yet: no tables
+        identifiers = []
+    for identifier in identifiers:
+        name = identifier[-1]
+        if topics is not None and name not in topics:
+            continue
+        table = catalog.load_table((namespace, name))
+        if table.current_snapshot() is None:
+            con.execute(f"CREATE VIEW {quote(name)} AS SELECT * FROM iceberg_scan({_literal(table.metadata_location)}) "
+                        "WHERE false")
+            continue
+        con.execute(f"CREATE VIEW {quote(name)} AS SELECT * FROM iceberg_scan({_literal(table.metadata_location)})")
+    return con
+
+
+def _s3_secret(con: duckdb.DuckDBPyConnection, settings: LakeSettings) -> None:
+    q = settings.s3_options()
+    parts = ["TYPE s3"]
+    endpoint = q.get("endpoint")
+    if endpoint:
+        parsed = urlparse(endpoint)
+        parts.append(f"ENDPOINT {_literal(parsed.netloc or parsed.path)}")
+        parts.append("URL_STYLE 'path'")
+        parts.append(f"USE_SSL {'true' if parsed.scheme == 'https' else 'false'}")
+    if q.get("access_key_id"):
+        parts.append(f"KEY_ID {_literal(q['access_key_id'])}")
+        parts.append(f"SECRET {_literal(q.get('secret_access_key', ''))}")
+    else:
+        parts.append("PROVIDER credential_chain")
+    parts.append(f"REGION {_literal(settings.fileio_properties().get('s3.region', 'us-east-1'))}")
+    con.execute(f"CREATE OR REPLACE SECRET dray_s3 ({', '.join(parts)})")
+
+
+def query(settings: LakeSettings, sql: str) -> tuple[list[str], list[tuple]]:
+    con = connect(settings)
+    try:
+        rel = con.execute(sql)
+        columns = [d[0] for d in rel.description] if rel.description else []
+        return columns, rel.fetchall()
+    finally:
+        con.close()

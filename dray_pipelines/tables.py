@@ -1,0 +1,440 @@
+"""The Iceberg side: one table per topic, written with pyiceberg.
+
+Table `<namespace>.<topic>` (location `<warehouse>/<topic>-<topic id>`, so a re-created topic gets a fresh
+directory), partitioned by `partition` (identity), sorted by offset. Columns: see dray_broker/fetch/compacted.py,
+which reads them back into record batches.
+
+Compaction writes each data file itself, at a path named by its offset range, and commits it with a merge-append
+whose snapshot summary records the range (dray.partition, dray.start-offset, dray.end-offset) and, cumulatively,
+the committed end offset of every partition (dray.committed, JSON). The current snapshot therefore says how far
+each partition is committed: a rerun reads it before writing, so a range is never committed twice. Commits do not
+retry inside pyiceberg (commit.retry.num-retries=0): a conflicting commit fails and the job step retries from the
+start, re-reading the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
+from pyiceberg.io.pyarrow import (
+    _get_parquet_writer_kwargs,
+    compute_statistics_plan,
+    data_file_statistics_from_parquet_metadata,
+    parquet_path_to_id_mapping,
+    schema_to_pyarrow,
+)
+from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.table.sorting import SortField, SortOrder
+from pyiceberg.transforms import IdentityTransform
+from pyiceberg.typedef import Record
+from pyiceberg.types import (
+    BinaryType,
+    IntegerType,
+    ListType,
+    LongType,
+    NestedField,
+    StringType,
+    StructType,
+    TimestamptzType,
+)
+
+from dray_broker.fetch import compacted as C
+from dray_pipelines.settings import LakeSettings
+
+log = logging.getLogger(__name__)
+
+# Field ids as pyiceberg assigns them on create_table (top level first, then nested fields); data files are
+# written with the ids of the table's schema as the catalog holds it (DataFileWriter), whatever these are.
+SCHEMA = Schema(
+    NestedField(1, C.PARTITION, IntegerType(), required=True, doc="Kafka partition"),
+    NestedField(2, C.OFFSET, LongType(), required=True, doc="Kafka offset"),
+    NestedField(3, C.TIMESTAMP, TimestamptzType(), required=True, doc="record timestamp (ms precision)"),
+    NestedField(4, C.KEY, BinaryType(), required=False),
+    NestedField(5, C.VALUE, BinaryType(), required=False),
+    NestedField(6, C.HEADERS, ListType(12, StructType(
+        NestedField(13, "key", StringType(), required=True),
+        NestedField(14, "value", BinaryType(), required=False),
+    ), element_required=True), required=True, doc="record headers in order (duplicate keys allowed)"),
+    NestedField(7, C.ATTRIBUTES, IntegerType(), required=True,
+                doc="attributes of the record's batch: codec (bits 0-2), log-append time (bit 3), transactional (4)"),
+    NestedField(8, C.BATCH_OFFSET, LongType(), required=True, doc="offset of the first record of its batch"),
+    NestedField(9, C.PRODUCER_ID, LongType(), required=True),
+    NestedField(10, C.PRODUCER_EPOCH, IntegerType(), required=True),
+    NestedField(11, C.BASE_SEQUENCE, IntegerType(), required=True, doc="producer sequence of its batch's first record"),
+)
+PARTITION_SPEC = PartitionSpec(PartitionField(source_id=1, field_id=1000, transform=IdentityTransform(), name="partition"))
+SORT_ORDER = SortOrder(SortField(source_id=2, transform=IdentityTransform()))
+ARROW_SCHEMA = schema_to_pyarrow(SCHEMA, include_field_ids=True)
+
+TABLE_PROPERTIES = {
+    "format-version": "2",
+    "write.parquet.compression-codec": "zstd",
+    "commit.retry.num-retries": "0",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "50",
+}
+
+# Snapshot summary keys.
+S_OPERATION = "dray.operation"
+S_PARTITION = "dray.partition"
+S_START = "dray.start-offset"
+S_END = "dray.end-offset"
+S_COMMITTED = "dray.committed"
+S_TOPIC_ID = "dray.topic-id"
+P_TOPIC_ID = "dray.topic-id"
+# Parquet footer key: the row groups of a file as [[start, end, wal_bytes, min_ts, max_ts], ...].
+F_ROW_GROUPS = b"dray.row_groups"
+
+
+_catalogs: dict[tuple, Catalog] = {}
+_catalogs_lock = threading.Lock()
+
+
+def open_catalog(settings: LakeSettings) -> Catalog:
+    """The catalog for these settings (one per process and settings: opening a SQL catalog costs ~0.2-2 s)."""
+    key = (settings.catalog_url, settings.warehouse_url, tuple(sorted(settings.fileio_properties().items())))
+    with _catalogs_lock:
+        catalog = _catalogs.get(key)
+        if catalog is None:
+            catalog = _catalogs[key] = _open_catalog(settings)
+        return catalog
+
+
+def _open_catalog(settings: LakeSettings) -> Catalog:
+    url = settings.catalog_url
+    props = {"warehouse": settings.warehouse_url, **settings.fileio_properties()}
+    if url.startswith(("http://", "https://")):
+        return load_catalog("dray", type="rest", uri=url, **props)
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    if url.startswith(("sqlite://", "postgresql+")):
+        return load_catalog("dray", type="sql", uri=url, **props)
+    raise ValueError(f"unsupported catalog URL {url!r}: use sqlite:///path, postgresql://... or http(s)://...")
+
+
+@dataclass(frozen=True)
+class RowGroupInfo:
+    index: int
+    start: int
+    end: int
+    wal_bytes: int
+    min_timestamp: int
+    max_timestamp: int
+
+
+@dataclass(frozen=True)
+class LiveFile:
+    """A data file of one partition in the current snapshot, with its offset range and row groups."""
+
+    path: str
+    start: int
+    end: int
+    size: int
+    record_count: int
+    row_groups: tuple[RowGroupInfo, ...]
+    footer: tuple[int, int]  # byte range of the Parquet footer
+
+
+def staged_file_name(partition: int, start: int, end: int) -> str:
+    return f"{partition:05d}-{start:020d}-{end:020d}.parquet"
+
+
+class TopicTable:
+    """The Iceberg table of one topic."""
+
+    def __init__(self, catalog: Catalog, settings: LakeSettings, topic_name: str, topic_id: uuid.UUID):
+        self.catalog = catalog
+        self.settings = settings
+        self.topic = topic_name
+        self.topic_id = topic_id
+        self.identifier = (settings.namespace, topic_name)
+        self._table: Table | None = None
+
+    # --- the table --------------------------------------------------------------------------------------------
+
+    def table(self, refresh: bool = False) -> Table:
+        if self._table is None:
+            self._table = self._load_or_create()
+        elif refresh:
+            self._table = self.catalog.load_table(self.identifier)
+        return self._table
+
+    def _load_or_create(self) -> Table:
+        self.catalog.create_namespace_if_not_exists(self.settings.namespace)
+        try:
+            table = self.catalog.load_table(self.identifier)
+        except NoSuchTableError:
+            table = None
+        if table is not None and table.properties.get(P_TOPIC_ID) not in (None, str(self.topic_id)):
+            # The topic was deleted and created again: its old table goes, as its old log did.
+            log.warning("table %s belongs to an earlier topic %s; dropping it", self.identifier,
+                        table.properties.get(P_TOPIC_ID))
+            self.catalog.drop_table(self.identifier)
+            table = None
+        if table is None:
+            location = f"{self.settings.warehouse_url}/{self.settings.namespace}/{self.topic}-{self.topic_id}"
+            try:
+                table = self.catalog.create_table(
+                    self.identifier, SCHEMA, location=location, partition_spec=PARTITION_SPEC,
+                    sort_order=SORT_ORDER, properties={**TABLE_PROPERTIES, P_TOPIC_ID: str(self.topic_id)},
+                )
+            except TableAlreadyExistsError:
+                table = self.catalog.load_table(self.identifier)
+        return table
+
+    @property
+    def location(self) -> str:
+        return self.table().location()
+
+    def data_path(self, partition: int, start: int, end: int) -> str:
+        return f"{self.location}/data/partition={partition}/{staged_file_name(partition, start, end)}"
+
+    # --- progress recorded in snapshot summaries --------------------------------------------------------------
+
+    def committed(self, refresh: bool = True) -> dict[int, int]:
+        """partition -> committed end offset, from the newest snapshot that records it."""
+        table = self.table(refresh=refresh)
+        snapshot = table.current_snapshot()
+        while snapshot is not None:
+            props = snapshot.summary.additional_properties if snapshot.summary else {}
+            if S_COMMITTED in props:
+                return {int(k): v for k, v in json.loads(props[S_COMMITTED]).items()}
+            if snapshot.parent_snapshot_id is None:
+                break
+            snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id)
+        return {}
+
+    def committed_end(self, partition: int, refresh: bool = True) -> int:
+        return self.committed(refresh).get(partition, 0)
+
+    # --- writing ----------------------------------------------------------------------------------------------
+
+    def open_writer(self, path: str, properties: dict | None = None) -> "DataFileWriter":
+        return DataFileWriter(self.table(), path)
+
+    def staged_file(self, path: str, start: int, end: int) -> "LiveFile | None":
+        """The staged file at path if it is whole and holds exactly [start, end), else None (absent, cut short by
+        a crash while writing, or another range: then it is deleted, to be written again)."""
+        try:
+            info = self.describe_file(path)
+        except FileNotFoundError:
+            return None
+        except Exception:  # noqa: BLE001 - unreadable: a partial write
+            info = None
+        if info is not None and info.start == start and info.end == end and info.record_count == end - start:
+            return info
+        log.warning("staged file %s is partial or holds another range: writing it again", path)
+        try:
+            self.table().io.delete(path)
+        except Exception:  # noqa: BLE001
+            pass
+        return None
+
+    def data_file(self, path: str, partition: int) -> DataFile:
+        """The Iceberg DataFile of a written Parquet file (statistics from its footer)."""
+        table = self.table()
+        input_file = table.io.new_input(path)
+        with input_file.open() as f:
+            metadata = pq.read_metadata(f)
+        stats = data_file_statistics_from_parquet_metadata(
+            parquet_metadata=metadata,
+            stats_columns=compute_statistics_plan(table.schema(), table.metadata.properties),
+            parquet_column_mapping=parquet_path_to_id_mapping(table.schema()),
+        )
+        return DataFile.from_args(
+            content=DataFileContent.DATA, file_path=path, file_format=FileFormat.PARQUET,
+            partition=Record(partition), file_size_in_bytes=len(input_file), sort_order_id=None,
+            spec_id=table.metadata.default_spec_id, equality_ids=None, key_metadata=None,
+            **stats.to_serialized_dict(),
+        )
+
+    def commit_range(self, partition: int, expected_committed: int, start: int, end: int, path: str) -> int:
+        """Append the data file holding [start, end) of partition in one snapshot whose summary moves the
+        partition's committed end from expected_committed to end; return the snapshot id. Raises
+        CommitFailedException on a concurrent commit (nothing is committed then), CompactionError-like
+        RuntimeError if the committed end is no longer expected_committed."""
+        table = self.table(refresh=True)
+        committed = self.committed(refresh=False)
+        if committed.get(partition, 0) != expected_committed:
+            raise RuntimeError(f"{self.topic}-{partition}: committed end is {committed.get(partition, 0)}, "
+                               f"not {expected_committed}")
+        committed[partition] = end
+        props = {
+            S_OPERATION: "compaction", S_TOPIC_ID: str(self.topic_id), S_PARTITION: str(partition),
+            S_START: str(start), S_END: str(end),
+            S_COMMITTED: json.dumps({str(k): v for k, v in sorted(committed.items())}, separators=(",", ":")),
+        }
+        data_file = self.data_file(path, partition)
+        with table.transaction() as tx:
+            with tx.update_snapshot(snapshot_properties=props).merge_append() as append:
+                append.append_data_file(data_file)
+                snapshot_id = append.snapshot_id
+        self._table = None
+        return snapshot_id
+
+    # --- reading the current snapshot ---------------------------------------------------------------------------
+
+    def live_files(self, partition: int, from_offset: int = 0, to_offset: int | None = None,
+                   refresh: bool = True) -> list[LiveFile]:
+        """Data files of partition holding offsets in [from_offset, to_offset), in offset order."""
+        table = self.table(refresh=refresh)
+        if table.current_snapshot() is None:
+            return []
+        expr = And(EqualTo(C.PARTITION, partition), GreaterThanOrEqual(C.OFFSET, from_offset))
+        if to_offset is not None:
+            expr = And(expr, LessThan(C.OFFSET, to_offset))
+        out = []
+        for task in table.scan(row_filter=expr).plan_files():
+            out.append(self.describe_file(task.file.file_path, task.file.file_size_in_bytes,
+                                          task.file.record_count))
+        return sorted(out, key=lambda f: f.start)
+
+    def describe_file(self, path: str, size: int | None = None, record_count: int | None = None) -> LiveFile:
+        table = self.table()
+        input_file = table.io.new_input(path)
+        size = len(input_file) if size is None else size
+        with input_file.open() as f:
+            f.seek(size - 8)
+            tail = f.read(8)
+            footer_len = int.from_bytes(tail[:4], "little")
+            f.seek(0)
+            metadata = pq.read_metadata(f)
+        kv = metadata.metadata or {}
+        if F_ROW_GROUPS in kv:
+            groups = tuple(RowGroupInfo(i, *g) for i, g in enumerate(json.loads(kv[F_ROW_GROUPS])))
+        else:
+            groups = tuple(_row_groups_from_stats(metadata))
+        return LiveFile(path, groups[0].start, groups[-1].end, size,
+                        metadata.num_rows if record_count is None else record_count, groups,
+                        (size - 8 - footer_len, size))
+
+    # --- retention and maintenance ----------------------------------------------------------------------------
+
+    def delete_files(self, partition: int, files: list[LiveFile], new_start: int) -> int | None:
+        """Remove whole data files (below the log start) from the table in one snapshot."""
+        if not files:
+            return None
+        table = self.table(refresh=True)
+        committed = self.committed(refresh=False)
+        wanted = {f.path for f in files}
+        props = {S_OPERATION: "retention", S_TOPIC_ID: str(self.topic_id), S_PARTITION: str(partition),
+                 S_START: str(new_start),
+                 S_COMMITTED: json.dumps({str(k): v for k, v in sorted(committed.items())}, separators=(",", ":"))}
+        expr = And(EqualTo(C.PARTITION, partition), LessThan(C.OFFSET, new_start))
+        doomed = [t.file for t in table.scan(row_filter=expr).plan_files() if t.file.file_path in wanted]
+        if not doomed:
+            return None
+        with table.transaction() as tx:
+            with tx.update_snapshot(snapshot_properties=props).overwrite() as overwrite:
+                for data_file in doomed:
+                    overwrite.delete_data_file(data_file)
+        self._table = None
+        return self.table().current_snapshot().snapshot_id
+
+    def expire_snapshots(self, older_than_ms: int) -> int:
+        """Expire snapshots older than the given age (never the current one); return how many."""
+        from datetime import datetime, timezone
+
+        table = self.table(refresh=True)
+        cutoff = int(time.time() * 1000) - older_than_ms
+        current = table.current_snapshot()
+        old = [s for s in table.snapshots() if s.timestamp_ms < cutoff and (current is None or s.snapshot_id != current.snapshot_id)]
+        if not old:
+            return 0
+        table.maintenance.expire_snapshots().older_than(datetime.fromtimestamp(cutoff / 1000, timezone.utc)).commit()
+        self._table = None
+        return len(old)
+
+    def referenced_files(self) -> set[str]:
+        """Every data file any snapshot of the table references (what must not be deleted)."""
+        table = self.table(refresh=True)
+        out: set[str] = set()
+        seen_manifests: set[str] = set()
+        for snapshot in table.snapshots():
+            for manifest in snapshot.manifests(table.io):
+                if manifest.manifest_path in seen_manifests:
+                    continue
+                seen_manifests.add(manifest.manifest_path)
+                for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+                    out.add(entry.data_file.file_path)
+        return out
+
+
+def _row_groups_from_stats(metadata: pq.FileMetaData) -> Iterator[RowGroupInfo]:
+    """Row group ranges from offset statistics (files written by other tools)."""
+    names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
+    o = names.index(C.OFFSET)
+    t = names.index(C.TIMESTAMP)
+    for i in range(metadata.num_row_groups):
+        rg = metadata.row_group(i)
+        so, st = rg.column(o).statistics, rg.column(t).statistics
+        yield RowGroupInfo(i, so.min, so.max + 1, rg.total_byte_size,
+                           _ms(st.min) if st else -1, _ms(st.max) if st else -1)
+
+
+def _ms(value) -> int:
+    if hasattr(value, "timestamp"):
+        return int(value.timestamp() * 1000)
+    return int(value) // 1000
+
+
+class DataFileWriter:
+    """Writes one Parquet data file row group by row group (each row group is whole record batches), with the
+    table's writer settings (zstd), field ids, statistics, and the row groups' offset ranges in the footer."""
+
+    def __init__(self, table: Table, path: str):
+        self.path = path
+        self._table = table
+        self.schema = schema_to_pyarrow(table.schema(), include_field_ids=True)
+        self._kwargs = _get_parquet_writer_kwargs(table.metadata.properties)
+        self._stream = None
+        self._writer: pq.ParquetWriter | None = None
+        self.row_groups: list[list[int]] = []
+        self.rows = 0
+
+    def write_row_group(self, data: pa.Table, start: int, end: int, wal_bytes: int, min_ts: int, max_ts: int) -> None:
+        if self._writer is None:
+            self._stream = self._table.io.new_output(self.path).create(overwrite=True)
+            self._writer = pq.ParquetWriter(self._stream, schema=self.schema, store_decimal_as_integer=True,
+                                            write_statistics=True, **self._kwargs)
+        data = pa.Table.from_arrays(data.columns, schema=self.schema)  # the table's field ids
+        self._writer.write_table(data, row_group_size=max(1, data.num_rows))
+        self.row_groups.append([start, end, wal_bytes, min_ts, max_ts])
+        self.rows += data.num_rows
+
+    def close(self) -> None:
+        if self._writer is None:
+            raise ValueError("no row group was written")
+        self._writer.add_key_value_metadata({F_ROW_GROUPS.decode(): json.dumps(self.row_groups, separators=(",", ":"))})
+        self._writer.close()
+        self._stream.close()
+
+    def abort(self) -> None:
+        """Give up: close the stream without a footer and delete the partial file."""
+        if self._writer is not None:
+            self._writer.is_open = False  # no footer: pyarrow would write one on close()
+            self._writer = None
+        try:
+            if self._stream is not None:
+                self._stream.close()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            if self._stream is not None:
+                self._table.io.delete(self.path)
+        except Exception:  # noqa: BLE001
+            pass

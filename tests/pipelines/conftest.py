@@ -1,0 +1,41 @@
+"""Fixtures for the lakehouse pipeline tests: pipeline settings on a fresh data dir, one Dagster instance per session
+(runs execute in process), and a Runner that evaluates the sensors and executes their runs."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+from dray_pipelines.settings import LakeSettings, load_lake_settings
+
+warnings.filterwarnings("ignore", module="dagster")
+os.environ.setdefault("DRAY_STEP_RETRY_DELAY_S", "0.05")
+
+
+def lake_settings(data_dir, **overrides) -> LakeSettings:
+    values = {"data_dir": data_dir, "compact_bytes": 1 << 40, "compact_age_ms": 1 << 40, "wal_gc_grace_ms": 0,
+              "orphan_ttl_ms": 3_600_000, "row_group_bytes": 4096}
+    values.update(overrides)
+    return load_lake_settings(values, environ={})
+
+
+@pytest.fixture
+def settings(tmp_path) -> LakeSettings:
+    return lake_settings(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def dagster_instance():
+    from dagster import DagsterInstance
+
+    with DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+@pytest.fixture
+def runner(settings, dagster_instance):
+    from dray_pipelines.runner import Runner
+
+    return Runner(settings, instance=dagster_instance)
