@@ -2,8 +2,9 @@
 
 ``ensure_built()`` builds tests/java with Maven once per machine and content: the tool's jar, the runtime jars and
 a class data sharing archive (faster JVM start) are kept in ``$DRAY_JAVA_CACHE`` (default ``~/.cache/dray/java``)
-under a hash of the project's files and the JDK, so a rerun with unchanged sources starts no Maven at all. Maven runs offline first (a warm ~/.m2), then online (Maven
-Central). A failed build raises ``JavaBuildError`` with Maven's output: the tests fail, they are not skipped.
+under a hash of the project's files and the JDK, so a rerun with unchanged sources starts no Maven at all. Maven
+runs offline first (a warm ~/.m2), then online (Maven Central). A failed build raises ``JavaBuildError`` with
+Maven's output: the tests fail, they are not skipped.
 
     tool = JavaClient(ensure_built())
     acks = tool.produce(bootstrap, topic, records)            # [Ack(index, partition, offset, timestamp)] by index
@@ -88,8 +89,8 @@ def _lock(root: Path) -> Iterator[None]:
 
 
 def _mvn(work: Path, offline: bool) -> subprocess.CompletedProcess:
-    argv = ["mvn", "-B", "-ntp", *(["-o", "-q"] if offline else []), "compile", "dependency:copy-dependencies",
-            "-DincludeScope=runtime", "-DoutputDirectory=" + str(work / "lib")]
+    argv = ["mvn", "-B", "-ntp", "-Dstyle.color=never", *(["-o", "-q"] if offline else []), "compile",
+            "dependency:copy-dependencies", "-DincludeScope=runtime", "-DoutputDirectory=" + str(work / "lib")]
     return subprocess.run(argv, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=BUILD_TIMEOUT, stdin=subprocess.DEVNULL)
 
