@@ -7,8 +7,9 @@
 - Edge-case records (null and empty keys and values, binary bytes, duplicate and null headers, explicit
   timestamps) read identically across the Java client and confluent-kafka, both ways.
 
-The Java consumer uses assign() (no group). Group tests with the Java client belong with the consumer group work;
-``JavaClient.start_consumer`` is the long-running consumer they need.
+- A Java consumer in a classic group commits what it read, and the next one in that group resumes after it.
+
+Rebalances between Java group members are tested in test_groups.py (with ``JavaClient.start_consumer``).
 """
 
 from __future__ import annotations
@@ -252,6 +253,35 @@ def test_confluent_records_read_identically_by_java(broker, topic_name, java):
     positions = confluent_produce(broker.bootstrap, topic_name, records, **{"enable.idempotence": True})
     read = java.consume(broker.bootstrap, topic_name, len(records))
     _assert_same(read, records, positions)
+
+
+# ------------------------------------------------------------------------------------------------ groups
+
+
+def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 3})
+    try:
+        return {tp.partition: tp.offset
+                for tp in consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=15)}
+    finally:
+        consumer.close()
+
+
+def test_java_classic_group_commits_and_the_next_member_resumes_after_them(broker, topic_name, java):
+    create_topics(broker.bootstrap, [topic_name], 3)
+    group = f"g-{topic_name}"
+    first = [Record(key=b"first-%d" % i, value=b"v%d" % i) for i in range(30)]
+    positions = confluent_produce(broker.bootstrap, topic_name, first)
+    read = java.consume(broker.bootstrap, topic_name, len(first), assign=None, group=group, group_protocol="classic")
+    assert sorted(r.content() for r in read) == sorted(r.content() for r in first)
+    ends = {p: 1 + max(o for q, o in positions if q == p) for p in {q for q, _ in positions}}
+    assert _committed(broker.bootstrap, group, topic_name, 3) == {p: ends.get(p, -1001) for p in range(3)}
+
+    second = [Record(key=b"second-%d" % i, value=b"w%d" % i) for i in range(6)]
+    confluent_produce(broker.bootstrap, topic_name, second)
+    read = java.consume(broker.bootstrap, topic_name, len(second), assign=None, group=group,
+                        group_protocol="classic")
+    assert sorted(r.content() for r in read) == sorted(r.content() for r in second), "resumes after its commits"
 
 
 # ------------------------------------------------------------------------------------------------ long-running
