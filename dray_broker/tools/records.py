@@ -191,7 +191,7 @@ def cmd_produce(args) -> int:
 
 # --- consume ----------------------------------------------------------------------------------------------------
 
-_FORMAT_TOKEN = re.compile(r"%[tpokKsSThR%]|\\[ntr\\]|%.|[^%\\]+|\\.?")
+_FORMAT_TOKEN = re.compile(r"%[tpokKsSTh%]|\\[ntr\\]|%.?|[^%\\]+|\\.?")
 
 
 def compile_format(fmt: str):
@@ -199,7 +199,7 @@ def compile_format(fmt: str):
     tokens = _FORMAT_TOKEN.findall(fmt)
     escapes = {"\\n": b"\n", "\\t": b"\t", "\\r": b"\r", "\\\\": b"\\"}
     for t in tokens:
-        if t.startswith("%") and t not in ("%t", "%p", "%o", "%k", "%K", "%s", "%S", "%T", "%h", "%R", "%%"):
+        if t.startswith("%") and t not in ("%t", "%p", "%o", "%k", "%K", "%s", "%S", "%T", "%h", "%%"):
             raise ToolError(f"--format: unknown field {t!r} (use %t %p %o %k %K %s %S %h %T)", EXIT_USAGE)
     if not any(t == "\\n" for t in tokens):
         tokens.append("\\n")
@@ -217,7 +217,6 @@ def compile_format(fmt: str):
         "%S": lambda m: str(len(m.value()) if m.value() is not None else -1).encode(),
         "%T": lambda m: str(m.timestamp()[1]).encode(),
         "%h": headers,
-        "%R": lambda m: str(len(m.value() or b"")).encode(),
         "%%": lambda m: b"%",
     }
     parts = [fields[t] if t in fields else (lambda m, b=escapes.get(t, t.encode()): b) for t in tokens]
