@@ -6,7 +6,6 @@ from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, Ka
 from confluent_kafka.admin import OffsetSpec
 
 from dray_broker.tools.client import (
-    EXIT_USAGE,
     ToolError,
     admin_client,
     command,

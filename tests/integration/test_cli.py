@@ -16,9 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.integration.brokers import BrokerProcess, free_port
 
