@@ -443,6 +443,41 @@ def test_static_member_restart_keeps_its_partitions(tmp_path, group_broker):
                 w.kill()
 
 
+def test_java_classic_consumers_share_and_hand_over(group_broker):
+    """The Java client (kafka-clients 4.x, group.protocol=classic, its default range+cooperative-sticky)."""
+    from tests.integration.java_client import JavaClient, ensure_built
+
+    java = JavaClient(ensure_built())
+    bootstrap = group_broker.bootstrap
+    topic = f"java-{uuid.uuid4().hex[:8]}"
+    group = f"g-{topic}"
+    create_topic(bootstrap, topic)
+    produce(bootstrap, topic, 20)
+    props = {"session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": HEARTBEAT_MS}
+
+    def assignment(c) -> frozenset[int]:
+        events = [e for e in list(c.events) if "assignment" in e]
+        return frozenset(p["partition"] for p in events[-1]["assignment"]) if events else frozenset()
+
+    def records(*clients) -> set[tuple[int, int]]:
+        return {(r.partition, r.offset) for c in clients for r in c.records()}
+
+    with java.start_consumer(bootstrap, topic, group=group, group_protocol="classic", props=props) as c1, \
+            java.start_consumer(bootstrap, topic, group=group, group_protocol="classic", props=props) as c2:
+        wait_for(lambda: len(assignment(c1)) == len(assignment(c2)) == 3
+                 and assignment(c1) | assignment(c2) == frozenset(range(TOPIC_PARTITIONS)), 60,
+                 "two Java consumers to share the partitions")
+        wait_for(lambda: _all_records(end_offsets(bootstrap, topic)) <= records(c1, c2), 60, "every record")
+        assert c1.close() == 0
+        wait_for(lambda: assignment(c2) == frozenset(range(TOPIC_PARTITIONS)), 60,
+                 "the remaining Java consumer to take every partition")
+        produce(bootstrap, topic, 10)
+        ends = end_offsets(bootstrap, topic)
+        wait_for(lambda: _all_records(ends) <= records(c1, c2), 60, "the new records")
+        assert c2.close() == 0
+    assert committed_offsets(bootstrap, group) == {(topic, p): end for p, end in ends.items()}
+
+
 def _describe(bootstrap: str, group: str):
     from confluent_kafka.admin import AdminClient
 
@@ -450,61 +485,65 @@ def _describe(bootstrap: str, group: str):
     return admin.describe_consumer_groups([group])[group].result(30)
 
 
-@pytest.mark.parametrize("backend", ["embedded", "oxia-s3"])
-def test_coordinator_failover(tmp_path, request, backend):
-    """Two brokers share one store; the broker coordinating the group is killed mid-group: the group continues on
-    the other broker, members keep consuming and committed offsets are kept."""
+@pytest.mark.parametrize("broker", ["embedded", "oxia-s3"], indirect=True)
+def test_coordinator_failover(tmp_path, broker):
+    """A second broker joins the session's broker (same metadata and object store); the group is coordinated by
+    the new one, which is killed mid-group: the group continues on the other broker, members keep consuming,
+    rebalance there, and committed offsets are kept. (All brokers on one store are one cluster: the second broker
+    must share the session broker's object store, and the session broker must survive for the other tests.)"""
+    from confluent_kafka.admin import AdminClient
+
+    from dray_broker.groups.coordinator import rendezvous
     from tests.integration.brokers import BrokerProcess
 
-    flags = _settings_flags(metadata_session_timeout_ms=3_000, group_initial_rebalance_delay_ms=500)
-    if backend == "embedded":
-        shared = dict(metadata=f"sqlite://{tmp_path}/meta.db", object_store=f"file://{tmp_path}/objects",
-                      extra_args=flags)
-    else:
-        oxia, s3 = request.getfixturevalue("oxia_service"), request.getfixturevalue("s3_service")
-        shared = dict(metadata=f"oxia://{oxia.address}/default", object_store=s3.url(f"grp-{uuid.uuid4().hex[:8]}"),
-                      extra_args=flags)
-    brokers = [BrokerProcess(tmp_path / f"b{i}", **shared).start() for i in range(2)]
-    bootstrap = ",".join(b.bootstrap for b in brokers)
+    second = BrokerProcess(
+        tmp_path / "second",
+        metadata=broker.metadata or f"sqlite://{broker.data_dir.resolve()}/meta.db",
+        object_store=broker.object_store or f"file://{broker.data_dir.resolve()}/objects",
+        extra_args=_settings_flags(metadata_session_timeout_ms=3_000, group_initial_rebalance_delay_ms=500),
+    ).start()
+    bootstrap = f"{broker.bootstrap},{second.bootstrap}"
     topic = f"failover-{uuid.uuid4().hex[:8]}"
-    group = f"g-{topic}"
     workers = []
     try:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        nodes = wait_for(lambda: (lambda n: len(n) >= 2 and n)(admin.describe_cluster().result(30).nodes), 30,
+                         "the second broker to be registered")
+        second_id = next(n.id for n in nodes if n.port == second.port)
+        live = [n.id for n in nodes]
+        group = next(g for g in (f"g-{topic}-{i}" for i in range(1000)) if rendezvous(g, live) == second_id)
         create_topic(bootstrap, topic)
         produce(bootstrap, topic, 30)
         workers = [Worker(tmp_path, "confluent", bootstrap, group, topic, "range", f"f{i}") for i in range(2)]
         wait_for(lambda: balanced(workers), 60, "two consumers to share the partitions")
-        first = _describe(bootstrap, group).coordinator
-        victim = next(b for b in brokers if b.port == first.port)
-        survivor = next(b for b in brokers if b is not victim)
+        assert _describe(bootstrap, group).coordinator.port == second.port
         wait_for(lambda: _all_records(end_offsets(bootstrap, topic)) <= consumed(workers), 60, "the first records")
-        victim.kill()
-        produce(survivor.bootstrap, topic, 30)
-        ends = end_offsets(survivor.bootstrap, topic)
+        second.kill()
+        produce(broker.bootstrap, topic, 30)
+        ends = end_offsets(broker.bootstrap, topic)
         wait_for(lambda: _all_records(ends) <= consumed(workers), 90, "every record after the coordinator died")
-        wait_for(lambda: _coordinator_port(survivor.bootstrap, group) == survivor.port, 60,
+        wait_for(lambda: _coordinator_port(broker.bootstrap, group) == broker.port, 60,
                  "the surviving broker to coordinate the group")
         moved_at = time.monotonic()
         # The members' sessions continue on the new coordinator (no eviction after a session timeout) ...
         wait_for(lambda: time.monotonic() - moved_at > SESSION_TIMEOUT_MS / 1000 + 1, 30, "a session timeout")
-        description = _describe(survivor.bootstrap, group)
+        description = _describe(broker.bootstrap, group)
         assert str(description.state).endswith("STABLE") and len(description.members) == 2
         # ... and it runs rebalances: a third consumer joins.
-        workers.append(Worker(tmp_path, "confluent", survivor.bootstrap, group, topic, "range", "f2"))
+        workers.append(Worker(tmp_path, "confluent", broker.bootstrap, group, topic, "range", "f2"))
         wait_for(lambda: balanced(workers) and all(len(w.assignment) == 2 for w in workers), 60,
                  "three consumers to share the partitions on the new coordinator")
-        produce(survivor.bootstrap, topic, 10)
-        ends = end_offsets(survivor.bootstrap, topic)
+        produce(broker.bootstrap, topic, 10)
+        ends = end_offsets(broker.bootstrap, topic)
         wait_for(lambda: _all_records(ends) <= consumed(workers), 60, "the records produced after the rebalance")
         for w in workers:
             w.stop()
-        assert committed_offsets(survivor.bootstrap, group) == {(topic, p): end for p, end in ends.items()}
+        assert committed_offsets(broker.bootstrap, group) == {(topic, p): end for p, end in ends.items()}
     finally:
         for w in workers:
             if w.alive:
                 w.kill()
-        for b in brokers:
-            b.kill()
+        second.stop()
 
 
 def _coordinator_port(bootstrap: str, group: str) -> int | None:
