@@ -45,6 +45,13 @@ class Settings(BaseModel):
                                     "(registration, leases) go this long after it stops heartbeating")
     enforce_owner: bool = Field(False, description="answer NOT_LEADER_OR_FOLLOWER for partitions another broker "
                                 "owns (steers clients to their zone's pseudo-leader)")
+    group_initial_rebalance_delay_ms: int = Field(3000, ge=0, description="how long a new group waits for more "
+                                                  "members before its first rebalance")
+    group_min_session_timeout_ms: int = Field(6000, gt=0, description="smallest session timeout a member may ask for")
+    group_max_session_timeout_ms: int = Field(1_800_000, gt=0, description="largest session timeout a member may ask for")
+    offsets_retention_minutes: float = Field(10_080, gt=0, description="committed offsets of an empty group are "
+                                             "deleted this long after it became empty")
+    offsets_retention_check_interval_ms: int = Field(600_000, gt=0, description="how often expired offsets are looked for")
     fetch_cache_bytes: int = Field(256 * 1024 * 1024, ge=0, description="bytes of WAL chunks cached for fetch")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="log one JSON object per line")

@@ -54,24 +54,13 @@ class CoordinatorError(Exception):
 
 
 def config_from_settings(settings: Any) -> GroupConfig:
-    """Group settings from the broker settings when they have them (Kafka's defaults otherwise)."""
-    d = GroupConfig()
-
-    def pick(name: str, default: int) -> int:
-        value = getattr(settings, name, None)
-        return default if value is None else int(value)
-
-    retention_minutes = getattr(settings, "offsets_retention_minutes", None)
+    """Group settings from the broker settings."""
     return GroupConfig(
-        min_session_timeout_ms=pick("group_min_session_timeout_ms", d.min_session_timeout_ms),
-        max_session_timeout_ms=pick("group_max_session_timeout_ms", d.max_session_timeout_ms),
-        initial_rebalance_delay_ms=pick("group_initial_rebalance_delay_ms", d.initial_rebalance_delay_ms),
-        max_size=pick("group_max_size", d.max_size),
-        offset_metadata_max_bytes=pick("offset_metadata_max_bytes", d.offset_metadata_max_bytes),
-        offsets_retention_ms=(d.offsets_retention_ms if retention_minutes is None
-                              else int(float(retention_minutes) * 60_000)),
-        offsets_retention_check_interval_ms=pick("offsets_retention_check_interval_ms",
-                                                 d.offsets_retention_check_interval_ms),
+        min_session_timeout_ms=settings.group_min_session_timeout_ms,
+        max_session_timeout_ms=settings.group_max_session_timeout_ms,
+        initial_rebalance_delay_ms=settings.group_initial_rebalance_delay_ms,
+        offsets_retention_ms=int(settings.offsets_retention_minutes * 60_000),
+        offsets_retention_check_interval_ms=settings.offsets_retention_check_interval_ms,
     )
 
 

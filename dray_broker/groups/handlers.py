@@ -26,12 +26,9 @@ GROUP_TYPE_CLASSIC = "classic"
 
 
 async def coordinator_of(broker) -> GroupCoordinator:
-    """The broker's group coordinator, created and started on first use unless the broker made it."""
-    coordinator = getattr(broker, "groups", None)
-    if coordinator is None:
-        coordinator = broker.groups = GroupCoordinator(broker)
-    await coordinator.ensure_started()
-    return coordinator
+    """The broker's group coordinator (started with the broker)."""
+    await broker.groups.ensure_started()
+    return broker.groups
 
 
 # --- FindCoordinator ------------------------------------------------------------------------------------------
@@ -96,7 +93,7 @@ async def handle_join_group(broker, req: Request):
         rebalance_timeout = session_timeout
     join = JoinRequest(
         member_id=body.member_id, group_instance_id=getattr(body, "group_instance_id", None),
-        client_id=req.client_id or "", client_host=getattr(req, "client_host", None) or "",
+        client_id=req.client_id or "", client_host=req.client_host,
         session_timeout_ms=session_timeout,
         rebalance_timeout_ms=rebalance_timeout, protocol_type=body.protocol_type,
         protocols=tuple((p.name, bytes(p.metadata)) for p in body.protocols),

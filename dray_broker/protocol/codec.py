@@ -44,6 +44,7 @@ class Request:
     correlation_id: int
     client_id: str | None
     body: Any
+    client_host: str = ""  # "/<ip>" of the peer, as Kafka reports it (set for JoinGroup only)
 
 
 class ChunkWriter(list):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import time
 import logging
@@ -12,6 +13,7 @@ from typing import Any, Awaitable, Callable
 from dray_broker.config import Settings
 from dray_broker.fetch.handler import handle_fetch
 from dray_broker.fetch.reader import PartitionReader
+from dray_broker.groups.coordinator import GroupCoordinator
 from dray_broker.index.offsets import OffsetIndex, PartitionRef
 from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, VersionMismatchError, open_metadata_store
 from dray_broker.objectstore import ObjectStore, open_object_store
@@ -82,6 +84,7 @@ class Broker:
         self._index_watch_task: asyncio.Task | None = None
         self.cluster_id = ""
         self.broker_id = -1
+        self.groups: GroupCoordinator | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -98,6 +101,7 @@ class Broker:
         self.index = OffsetIndex(self.metadata)
         self.topics = TopicCatalog(self.metadata)
         await self.topics.start()
+        self.groups = GroupCoordinator(self)
         self.reader = PartitionReader(self.objects, self.index, s.fetch_cache_bytes)
         self.wal_writer = WalWriter(
             self.objects, self.index, broker_id=self.broker_id, flush_ms=s.flush_ms, flush_bytes=s.flush_bytes,
@@ -117,6 +121,8 @@ class Broker:
         self.registry = BrokerRegistry(self.metadata, BrokerInfo(self.broker_id, adv_host, adv_port or bound_port, s.zone))
         # A restarted broker with a fixed id waits for its dead predecessor's registration to expire.
         await self.registry.start(wait_for_id_s=s.session_timeout_ms / 1000 + 2 if s.broker_id is not None else 0)
+        # After registering: the coordinator picks groups by the live brokers and takes over dead ones' leases.
+        await self.groups.start()
         self.port = bound_port
         self.http = None
         if s.http_listen:
@@ -153,6 +159,8 @@ class Broker:
             self._server.close()
         if self.http is not None:
             await self.http.stop()
+        # Parked JoinGroup/SyncGroup requests get NOT_COORDINATOR and the leases go, so another broker takes over.
+        await self.groups.stop()
         drained = asyncio.gather(*(c.drain() for c in list(self.connections)))
         await self.wal_writer.close()
         try:
@@ -215,6 +223,8 @@ class Broker:
             conn.close(str(e))
             return NO_RESPONSE
         conn.client_id = req.client_id
+        if api_key == apis.JOIN_GROUP:
+            req = dataclasses.replace(req, client_host=conn.host)
         request_context.set((req.client_id, correlation_id))
         api = apis.name(api_key)
         self.metrics.requests.labels(api).inc()

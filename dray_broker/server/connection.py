@@ -46,6 +46,7 @@ class Connection(asyncio.BufferedProtocol):
         self._paused = False
         self._closing = False
         self.peer = "?"
+        self.host = ""
         self.client_id: str | None = None
         self._unanswered = 0  # requests read whose response is not written yet
         self._answered = asyncio.Event()
@@ -56,6 +57,7 @@ class Connection(asyncio.BufferedProtocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.host = f"/{peer[0]}" if peer else ""
         self._tasks = [
             asyncio.create_task(self._process(), name=f"conn-process-{self.peer}"),
             asyncio.create_task(self._write(), name=f"conn-write-{self.peer}"),

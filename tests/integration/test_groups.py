@@ -321,17 +321,6 @@ def _all_records(ends: dict[int, int], start: dict[int, int] | None = None) -> s
 # --- tests ----------------------------------------------------------------------------------------------------
 
 
-def _settings_flags(**values) -> list[str]:
-    """Broker flags for the settings this build has (group settings may come later)."""
-    from dray_broker.config import Settings
-
-    out = []
-    for name, value in values.items():
-        if name in Settings.model_fields:
-            out += ["--" + name.replace("_", "-"), str(value)]
-    return out
-
-
 @pytest.fixture(scope="module")
 def group_broker(tmp_path_factory):
     """An embedded broker for these tests, with a short initial rebalance delay when the build has that setting
@@ -339,7 +328,7 @@ def group_broker(tmp_path_factory):
     from tests.integration.brokers import BrokerProcess
 
     b = BrokerProcess(tmp_path_factory.mktemp("group-broker"),
-                      extra_args=_settings_flags(group_initial_rebalance_delay_ms=500)).start()
+                      extra_args=["--group-initial-rebalance-delay-ms", "500"]).start()
     yield b
     b.stop()
 
@@ -500,7 +489,7 @@ def test_coordinator_failover(tmp_path, broker):
         tmp_path / "second",
         metadata=broker.metadata or f"sqlite://{broker.data_dir.resolve()}/meta.db",
         object_store=broker.object_store or f"file://{broker.data_dir.resolve()}/objects",
-        extra_args=_settings_flags(metadata_session_timeout_ms=3_000, group_initial_rebalance_delay_ms=500),
+        extra_args=["--session-timeout-ms", "3000", "--group-initial-rebalance-delay-ms", "500"],
     ).start()
     bootstrap = f"{broker.bootstrap},{second.bootstrap}"
     topic = f"failover-{uuid.uuid4().hex[:8]}"
