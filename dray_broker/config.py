@@ -49,6 +49,10 @@ class Settings(BaseModel):
                                                   "members before its first rebalance")
     group_min_session_timeout_ms: int = Field(6000, gt=0, description="smallest session timeout a member may ask for")
     group_max_session_timeout_ms: int = Field(1_800_000, gt=0, description="largest session timeout a member may ask for")
+    group_consumer_session_timeout_ms: int = Field(45_000, gt=0, description="session timeout of KIP-848 "
+                                                   "(group.protocol=consumer) members")
+    group_consumer_heartbeat_interval_ms: int = Field(5_000, gt=0, description="heartbeat interval KIP-848 members "
+                                                      "are told to use")
     offsets_retention_minutes: float = Field(10_080, gt=0, description="committed offsets of an empty group are "
                                              "deleted this long after it became empty")
     offsets_retention_check_interval_ms: int = Field(600_000, gt=0, description="how often expired offsets are looked for")
