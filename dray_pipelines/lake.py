@@ -210,7 +210,7 @@ class Lake:
 
 @contextlib.asynccontextmanager
 async def open_lake(settings: LakeSettings) -> AsyncIterator[Lake]:
-    if settings.metadata is None or settings.object_store is None:
+    if settings.metadata is None or settings.object_store is None or settings.catalog is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_metadata_store(settings.metadata_url)
     objects = open_object_store(settings.object_store_url)

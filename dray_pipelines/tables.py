@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
@@ -121,6 +122,8 @@ def _open_catalog(settings: LakeSettings) -> Catalog:
         return load_catalog("dray", type="rest", uri=url, **props)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     if url.startswith(("sqlite://", "postgresql+")):
         return load_catalog("dray", type="sql", uri=url, **props)
     raise ValueError(f"unsupported catalog URL {url!r}: use sqlite:///path, postgresql://... or http(s)://...")

@@ -182,6 +182,7 @@ class LakeBroker(BrokerProcess):
             args += ["--object-store", self.object_store]
         self.log_path = self.data_dir / f"broker-{self.port}.log"
         out = open(self.log_path, "ab")
+        seen = self.log_path.stat().st_size  # a restart appends: look for the ready line after this
         root = str(Path(__file__).resolve().parents[2])
         self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": root, **self.env})
@@ -189,7 +190,7 @@ class LakeBroker(BrokerProcess):
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
-            if READY_LINE in self.log():
+            if READY_LINE in self.log()[seen:]:
                 return self
             time.sleep(0.05)
         os.killpg(self.proc.pid, signal.SIGKILL)
