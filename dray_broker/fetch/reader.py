@@ -117,6 +117,10 @@ class PartitionReader:
             self._advance(p, await self.index.log_end_offset(p))
         return self._log_end.get(p, 0)
 
+    def cached_log_end(self, p: PartitionRef) -> int:
+        """The log end this broker knows, without asking the store (0 if it knows none): a lower bound."""
+        return self._log_end.get(p, 0)
+
     async def log_start_offset(self, p: PartitionRef) -> int:
         cached = self._log_start.get(p)
         now = time.monotonic()

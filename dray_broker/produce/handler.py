@@ -9,7 +9,7 @@ import time
 
 from kio.schema.errors import ErrorCode
 
-from dray_broker.produce.producers import Duplicate, ProduceRejected, Reservation, allocate_producer_id
+from dray_broker.produce.producers import ProduceRejected, allocate_producer_id
 from dray_broker.produce.wal_writer import FlushError
 from dray_broker.protocol.codec import Request, make, response_module
 from dray_broker.records.batch import InvalidBatchError, validate_batches
@@ -50,7 +50,7 @@ async def handle_produce(broker, req: Request):
             elif pd.records is None:
                 parts.append((pd.index, ErrorCode.corrupt_message, "no records"))
             else:
-                parts.append((pd.index, *await _append(broker, topic, pd)))
+                parts.append((pd.index, *_append(broker, topic, pd)))
         pending.append((topic_data, parts))
 
     if acks == 0:
@@ -62,7 +62,7 @@ async def handle_produce(broker, req: Request):
     return _respond(broker, req, M, pending, started)
 
 
-async def _append(broker, topic, pd) -> tuple[ErrorCode | asyncio.Future, str | None]:
+def _append(broker, topic, pd) -> tuple[ErrorCode | asyncio.Future, str | None]:
     try:
         summary = validate_batches(pd.records, topic.int_config("max.message.bytes"))
     except InvalidBatchError as e:
@@ -72,26 +72,11 @@ async def _append(broker, topic, pd) -> tuple[ErrorCode | asyncio.Future, str | 
     ref = topic.partition(pd.index)
     if summary.producer_id < 0:
         return broker.wal_writer.append(ref, pd.records, summary), None
-    try:
-        verdict = await broker.producers.reserve(ref, summary, await broker.reader.log_end_offset(ref))
-    except ProduceRejected as e:
-        return e.error, str(e)
-    if isinstance(verdict, Duplicate):
-        done = asyncio.get_running_loop().create_future()
-        done.set_result(verdict.base_offset)
-        return done, None
-    if not isinstance(verdict, Reservation):
-        return verdict, None  # the same batch is being appended here: answer with its outcome
-    future = broker.wal_writer.append(ref, pd.records, summary, deadline=verdict.deadline)
-
-    def report(f: asyncio.Future, r=verdict, count=summary.record_count) -> None:
-        if f.cancelled() or f.exception() is not None:
-            r.failed()
-        else:
-            r.committed(f.result(), count)
-
-    future.add_done_callback(report)
-    return future, None
+    # Idempotent: reserved (deduplicated) first, then appended; the connection does not wait for either.
+    return broker.producers.submit(
+        ref, summary, broker.reader.cached_log_end(ref),
+        lambda deadline: broker.wal_writer.append(ref, pd.records, summary, deadline=deadline),
+    ), None
 
 
 def _log_unacked_failure(future: asyncio.Future) -> None:

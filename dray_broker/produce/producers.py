@@ -8,10 +8,11 @@ and the batches reserved but not yet known to be committed ("pending"). Any brok
 
 1. Reserve: one CAS on the state key records the batch as pending (owner instance, time, log end at that time).
    Of two brokers racing with the same batch, exactly one reservation succeeds; the other re-reads and sees it.
+   Batches of one producer queued while a CAS is under way are reserved together by the next one.
 2. Append the batch through the WAL writer and the offset index as usual; the reservation's deadline is checked
    right before the index append, so an owner that stalled past RESERVATION_TTL_S / 2 fails instead of appending.
 3. The outcome lands in the state at the next reservation (batches move from pending to committed with their
-   offsets), so the common case costs one extra store write per batch.
+   offsets), so the common case costs one extra store write per group of batches.
 
 A batch found pending under another owner is resolved by scanning the index from the log end recorded with the
 reservation: if an entry holds the batch, the retry gets that offset; if not, and the reservation is older than
@@ -26,6 +27,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 from kio.schema.errors import ErrorCode
 
@@ -60,23 +62,6 @@ class Duplicate:
 
 
 @dataclass
-class Reservation:
-    """A batch reserved for appending: the caller appends it and reports the outcome."""
-
-    state: "ProducerStates"
-    key: tuple[PartitionRef, int]
-    first_seq: int
-    last_seq: int
-    deadline: float  # monotonic time after which the owner must not append it any more
-
-    def committed(self, base_offset: int, record_count: int) -> None:
-        self.state._committed(self, base_offset, record_count)
-
-    def failed(self) -> None:
-        self.state._failed(self)
-
-
-@dataclass
 class _State:
     epoch: int = -1
     batches: list[list[int]] = field(default_factory=list)  # [first_seq, last_seq, base_offset, count]
@@ -102,8 +87,22 @@ def _next_seq(seq: int) -> int:
     return 0 if seq == 0x7FFFFFFF else seq + 1
 
 
+@dataclass
+class _Submitted:
+    """One batch waiting for its reservation, and the caller's way to append it once reserved."""
+
+    summary: BatchSummary
+    log_end: int
+    append: Callable[[float], asyncio.Future]  # (reservation deadline) -> future of the base offset
+    future: asyncio.Future  # what the produce response waits for: the base offset
+
+
 class ProducerStates:
-    """Validates and reserves idempotent batches for this broker (one instance per broker process)."""
+    """Validates and reserves idempotent batches for this broker (one instance per broker process).
+
+    Batches are submitted without waiting; per (partition, producer) one task takes every batch queued so far,
+    checks them in order against the stored state and reserves them all with one CAS, then appends them in order.
+    So a producer with several requests in flight pays one store round trip per group, not per batch."""
 
     def __init__(self, store: MetadataStore, index: OffsetIndex, read_batch_headers, *,
                  expiration_ms: int = DEFAULT_EXPIRATION_MS):
@@ -112,7 +111,7 @@ class ProducerStates:
         self.read_batch_headers = read_batch_headers  # async (PartitionRef, IndexEntry) -> [(pid, epoch, first_seq, offset)]
         self.expiration_ms = expiration_ms
         self.instance = uuid.uuid4().hex  # owner of this process's reservations
-        self._locks: dict[tuple[PartitionRef, int], asyncio.Lock] = {}
+        self._queues: dict[tuple[PartitionRef, int], list[_Submitted]] = {}
         # Outcomes known here but not yet written to the state key: (key) -> {first_seq: (base_offset, count) | None}
         self._outcomes: dict[tuple[PartitionRef, int], dict[int, tuple[int, int] | None]] = {}
         self._in_flight: dict[tuple[PartitionRef, int, int], asyncio.Future] = {}
@@ -120,47 +119,103 @@ class ProducerStates:
     def _key(self, p: PartitionRef, pid: int) -> str:
         return f"{p.dir}pid-{pid:020d}"
 
-    async def reserve(self, p: PartitionRef, summary: BatchSummary, log_end: int) -> Reservation | Duplicate | asyncio.Future:
-        """Check the batch against the producer's state and reserve it. Returns a Reservation (append it), a
-        Duplicate (answer with its offset), or a future of the base offset (the same batch is in flight here).
-        Raises ProduceRejected."""
-        pid, epoch, first, last = summary.producer_id, summary.producer_epoch, summary.base_sequence, summary.last_sequence
-        key = (p, pid)
-        in_flight = self._in_flight.get((p, pid, first))
-        if in_flight is not None and not in_flight.done():
-            return in_flight
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            while True:
-                state = await self._load(p, pid)
-                self._fold_outcomes(key, state)
+    def submit(self, p: PartitionRef, summary: BatchSummary, log_end: int,
+               append: Callable[[float], asyncio.Future]) -> asyncio.Future:
+        """Queue an idempotent batch; the future gives its base offset (the first one's, for a duplicate) or
+        fails with ProduceRejected or the append's error. append(deadline) is called, in submission order, once
+        the batch is reserved."""
+        key = (p, summary.producer_id)
+        future = asyncio.get_running_loop().create_future()
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = []
+            asyncio.create_task(self._drain(key), name=f"producer-{summary.producer_id}-{p.partition}")
+        queue.append(_Submitted(summary, log_end, append, future))
+        return future
+
+    async def _drain(self, key: tuple[PartitionRef, int]) -> None:
+        try:
+            while self._queues[key]:
+                group, self._queues[key] = self._queues[key], []
                 try:
-                    verdict = await self._check(p, pid, state, epoch, first, last)
+                    await self._reserve_group(key, group)
+                except Exception as e:  # a store failure: every batch of the group fails, retriably
+                    log.warning("reserving idempotent batches of producer %d on %s failed: %r", key[1], key[0], e)
+                    for item in group:
+                        if not item.future.done():
+                            item.future.set_exception(ProduceRejected(ErrorCode.kafka_storage_error, str(e)))
+        finally:
+            del self._queues[key]
+
+    async def _reserve_group(self, key: tuple[PartitionRef, int], group: list[_Submitted]) -> None:
+        p, pid = key
+        while True:
+            state = await self._load(p, pid)
+            self._fold_outcomes(key, state)
+            decisions = []
+            now_ms = int(time.time() * 1000)
+            for item in group:
+                s = item.summary
+                joined = self._in_flight.get((p, pid, s.base_sequence))
+                if joined is not None and not joined.done():
+                    decisions.append(joined)
+                    continue
+                try:
+                    verdict = await self._check(p, pid, state, s.producer_epoch, s.base_sequence, s.last_sequence)
                 except ProduceRejected as e:
-                    log.info("producer %d epoch %d seq %d-%d on %s refused: %s", pid, epoch, first, last, p, e)
-                    raise
-                if verdict is not None:
-                    log.debug("producer %d epoch %d seq %d-%d on %s: %s", pid, epoch, first, last, p, verdict)
-                    return verdict
-                now_ms = int(time.time() * 1000)
-                if epoch != state.epoch:
-                    state.epoch, state.batches, state.pending = epoch, [], []
-                state.pending.append({"first": first, "last": last, "owner": self.instance, "since": now_ms,
-                                      "leo": log_end})
-                state.updated_ms = now_ms
+                    log.info("producer %d epoch %d seq %d-%d on %s refused: %s", pid, s.producer_epoch,
+                             s.base_sequence, s.last_sequence, p, e)
+                    decisions.append(e)
+                    continue
+                if verdict is None:
+                    if s.producer_epoch != state.epoch:
+                        state.epoch, state.batches, state.pending = s.producer_epoch, [], []
+                    state.pending.append({"first": s.base_sequence, "last": s.last_sequence, "owner": self.instance,
+                                          "since": now_ms, "leo": item.log_end})
+                    state.updated_ms = now_ms
+                decisions.append(verdict)
+            if any(d is None for d in decisions):
                 try:
                     await self.store.put(self._key(p, pid), state.encode(), expected_version=state.version,
                                          partition_key=p.partition_key)
                 except VersionMismatchError:
-                    continue  # another broker changed it: check again against what it wrote
+                    continue  # another broker changed it: check the whole group again against what it wrote
                 # The store now holds the outcomes folded in above: forget them here.
                 outcomes = self._outcomes.setdefault(key, {})
                 for b in state.batches:
                     if outcomes.get(b[0]) is not None:
                         del outcomes[b[0]]
-                outcomes[first] = None
-                self._in_flight[(p, pid, first)] = asyncio.get_running_loop().create_future()
-                return Reservation(self, key, first, last, time.monotonic() + RESERVATION_TTL_S / 2)
+            break
+        deadline = time.monotonic() + RESERVATION_TTL_S / 2
+        for item, decision in zip(group, decisions):
+            if decision is None:
+                self._append_reserved(key, item, deadline)
+            elif isinstance(decision, Duplicate):
+                item.future.set_result(decision.base_offset)
+            elif isinstance(decision, ProduceRejected):
+                item.future.set_exception(decision)
+            else:  # the same batch is being appended here: answer with its outcome
+                _chain(decision, item.future)
+
+    def _append_reserved(self, key, item: _Submitted, deadline: float) -> None:
+        p, pid = key
+        first = item.summary.base_sequence
+        self._outcomes.setdefault(key, {})[first] = None
+        in_flight = asyncio.get_running_loop().create_future()
+        self._in_flight[(p, pid, first)] = in_flight
+        appended = item.append(deadline)
+
+        def done(f: asyncio.Future, count=item.summary.record_count) -> None:
+            self._in_flight.pop((p, pid, first), None)
+            outcomes = self._outcomes.setdefault(key, {})
+            if f.cancelled() or f.exception() is not None:
+                outcomes.pop(first, None)
+            else:
+                outcomes[first] = (f.result(), count)
+            _chain(f, in_flight)
+            _chain(f, item.future)
+
+        appended.add_done_callback(done)
 
     async def _load(self, p: PartitionRef, pid: int) -> _State:
         found = await self.store.get(self._key(p, pid), partition_key=p.partition_key)
@@ -228,23 +283,24 @@ class ProducerStates:
                     return offset
         return None
 
-    def _committed(self, r: Reservation, base_offset: int, count: int) -> None:
-        self._outcomes.setdefault(r.key, {})[r.first_seq] = (base_offset, count)
-        self._settle(r, base_offset)
 
-    def _failed(self, r: Reservation) -> None:
-        self._outcomes.get(r.key, {}).pop(r.first_seq, None)
-        self._settle(r, None)
 
-    def _settle(self, r: Reservation, base_offset: int | None) -> None:
-        p, pid = r.key
-        future = self._in_flight.pop((p, pid, r.first_seq), None)
-        if future is not None and not future.done():
-            if base_offset is None:
-                future.set_exception(ProduceRejected(ErrorCode.kafka_storage_error, "the original append failed"))
-                future.exception()  # retrieved: a retry that joined it handles it
-            else:
-                future.set_result(base_offset)
+def _chain(source: asyncio.Future, target: asyncio.Future) -> None:
+    """Complete target like source, now or when source completes."""
+    def copy(f: asyncio.Future) -> None:
+        if target.done():
+            return
+        if f.cancelled():
+            target.cancel()
+        elif f.exception() is not None:
+            target.set_exception(f.exception())
+        else:
+            target.set_result(f.result())
+
+    if source.done():
+        copy(source)
+    else:
+        source.add_done_callback(copy)
 
 
 def batch_headers(data) -> list[tuple[int, int, int, int]]:
