@@ -36,6 +36,13 @@ from dray_broker.groups.state import (
     JoinResult,
     SyncResult,
 )
+from dray_broker.groups.consumer_state import (
+    ConsumerConfig,
+    ConsumerGroup,
+    HeartbeatRequest,
+    HeartbeatResult,
+    is_consumer_record,
+)
 from dray_broker.groups.store import LEASE, CommittedOffset, GroupStore, Lease
 from dray_broker.metadata import MetadataError, VersionMismatchError
 
@@ -68,9 +75,21 @@ def rendezvous(group_id: str, broker_ids: list[int]) -> int:
     return max(broker_ids, key=lambda b: hashlib.blake2b(f"group/{group_id}/{b}".encode(), digest_size=8).digest())
 
 
+def consumer_config_from_settings(settings: Any) -> ConsumerConfig:
+    """KIP-848 group settings from the broker settings."""
+    return ConsumerConfig(
+        session_timeout_ms=getattr(settings, "group_consumer_session_timeout_ms", 45_000),
+        heartbeat_interval_ms=getattr(settings, "group_consumer_heartbeat_interval_ms", 5_000),
+    )
+
+
+class NotClassicGroupError(CoordinatorError):
+    """The group is a consumer (KIP-848) group."""
+
+
 @dataclass(eq=False)
 class _Runtime:
-    group: ClassicGroup
+    group: ClassicGroup | ConsumerGroup
     state_version: int | None
     lease: Lease
     persisted_seq: int = 0
@@ -85,12 +104,14 @@ class ListedGroup:
     group_id: str
     protocol_type: str
     state: str
+    group_type: str = "classic"
 
 
 class GroupCoordinator:
     def __init__(self, broker: Any, config: GroupConfig | None = None):
         self.broker = broker
         self.config = config or config_from_settings(broker.settings)
+        self.consumer_config = consumer_config_from_settings(getattr(broker, "settings", None))
         self.store = GroupStore(broker.metadata)
         self.instance = uuid.uuid4().hex  # tells this process's leases from an earlier one with the same id
         self._groups: dict[str, _Runtime] = {}
@@ -162,7 +183,14 @@ class GroupCoordinator:
     def _mine(self, lease: Lease) -> bool:
         return lease.broker_id == self.broker.broker_id and lease.instance == self.instance
 
-    async def _runtime(self, group_id: str, *, create: bool) -> _Runtime | None:
+    def topics_view(self) -> dict[str, tuple[str, int]]:
+        """Topic name -> (topic id, partition count), from the broker's topic cache."""
+        topics = getattr(self.broker, "topics", None)
+        if topics is None:
+            return {}
+        return {t.name: (str(t.id), t.partitions) for t in topics.all()}
+
+    async def _runtime(self, group_id: str, *, create: bool, kind: str = "classic") -> _Runtime | None:
         """The group, loaded here (taking its lease if nobody holds it). None if it does not exist and create is
         False (then no lease is taken). CoordinatorError(NOT_COORDINATOR) if another broker holds the lease."""
         while True:
@@ -178,7 +206,7 @@ class GroupCoordinator:
         done = asyncio.get_running_loop().create_future()
         self._acquiring[group_id] = done
         try:
-            return await self._acquire(group_id, create)
+            return await self._acquire(group_id, create, kind)
         except CoordinatorError:
             raise
         except MetadataError as e:
@@ -188,7 +216,7 @@ class GroupCoordinator:
             del self._acquiring[group_id]
             done.set_result(None)
 
-    async def _acquire(self, group_id: str, create: bool) -> _Runtime | None:
+    async def _acquire(self, group_id: str, create: bool, kind: str = "classic") -> _Runtime | None:
         lease = await self.store.get_lease(group_id)
         if lease is not None and not self._mine(lease):
             raise CoordinatorError(ErrorCode.not_coordinator, f"broker {lease.broker_id} coordinates the group")
@@ -210,7 +238,10 @@ class GroupCoordinator:
             if not create:
                 await self.store.release_lease(group_id, lease.version)
                 return None
-            group = ClassicGroup(group_id, self.config, now)
+            if kind == "consumer":
+                group = ConsumerGroup(group_id, self.consumer_config, now)
+            else:
+                group = ClassicGroup(group_id, self.config, now)
             group.mark_created()
             rt = _Runtime(group, None, lease)
             self._groups[group_id] = rt
@@ -223,7 +254,10 @@ class GroupCoordinator:
             log.info("group %r created, coordinated by broker %d", group_id, self.broker.broker_id)
             return rt
         record, version = stored
-        group = ClassicGroup.from_record(group_id, self.config, record, now)
+        if is_consumer_record(record):
+            group = ConsumerGroup.from_record(group_id, self.consumer_config, record, now)
+        else:
+            group = ClassicGroup.from_record(group_id, self.config, record, now)
         rt = _Runtime(group, version, lease, persisted_seq=group.snapshot_seq)
         self._groups[group_id] = rt
         self._reschedule(rt)
@@ -298,7 +332,10 @@ class GroupCoordinator:
         rt.timer = None
         if rt.closed:
             return
-        rt.group.tick(self.now())
+        if isinstance(rt.group, ConsumerGroup):
+            rt.group.tick(self.now(), self.topics_view())
+        else:
+            rt.group.tick(self.now())
         self._spawn(self._settle(rt))
 
     # --- JoinGroup, SyncGroup, Heartbeat, LeaveGroup ------------------------------------------------------------
@@ -307,6 +344,10 @@ class GroupCoordinator:
         rt = await self._runtime(group_id, create=req.member_id == "")
         if rt is None:
             return JoinResult(ErrorCode.unknown_member_id, member_id=req.member_id)
+        if isinstance(rt.group, ConsumerGroup):
+            if rt.group.members or req.member_id:
+                return JoinResult(ErrorCode.inconsistent_group_protocol, member_id=req.member_id)
+            self._convert(rt, ClassicGroup(group_id, self.config, self.now()))
         reply = asyncio.get_running_loop().create_future()
         rt.group.join(self.now(), reply, req)
         await self._settle(rt)
@@ -316,7 +357,7 @@ class GroupCoordinator:
                    protocol_type: str | None, protocol_name: str | None,
                    assignments: dict[str, bytes]) -> SyncResult:
         rt = await self._runtime(group_id, create=False)
-        if rt is None:
+        if rt is None or isinstance(rt.group, ConsumerGroup):
             return SyncResult(ErrorCode.unknown_member_id)
         reply = asyncio.get_running_loop().create_future()
         rt.group.sync(self.now(), reply, member_id, group_instance_id, generation_id, protocol_type, protocol_name,
@@ -327,7 +368,7 @@ class GroupCoordinator:
     async def heartbeat(self, group_id: str, member_id: str, group_instance_id: str | None,
                         generation_id: int) -> ErrorCode:
         rt = await self._runtime(group_id, create=False)
-        if rt is None:
+        if rt is None or isinstance(rt.group, ConsumerGroup):
             return ErrorCode.unknown_member_id
         error = rt.group.heartbeat(self.now(), member_id, group_instance_id, generation_id)
         self._reschedule(rt)
@@ -335,11 +376,50 @@ class GroupCoordinator:
 
     async def leave(self, group_id: str, members: list[tuple[str, str | None]]) -> tuple[ErrorCode, list[ErrorCode]]:
         rt = await self._runtime(group_id, create=False)
-        if rt is None:
+        if rt is None or isinstance(rt.group, ConsumerGroup):
             return ErrorCode.none, [ErrorCode.unknown_member_id] * len(members)
         result = rt.group.leave(self.now(), members)
         await self._settle(rt)
         return result
+
+    # --- ConsumerGroupHeartbeat, ConsumerGroupDescribe (KIP-848) -------------------------------------------------
+
+    def _convert(self, rt: _Runtime, group: ClassicGroup | ConsumerGroup) -> None:
+        """An empty group changes type (its committed offsets stay)."""
+        group.snapshot_seq = rt.group.snapshot_seq
+        group.state_timestamp = rt.group.state_timestamp
+        rt.group = group
+        group.mark_created()
+        log.info("group %r is now a %s group", group.group_id,
+                 "consumer" if isinstance(group, ConsumerGroup) else "classic")
+
+    async def consumer_heartbeat(self, group_id: str, req: HeartbeatRequest) -> HeartbeatResult:
+        def error(code: ErrorCode, message: str | None = None) -> HeartbeatResult:
+            return HeartbeatResult(code, message, req.member_id, req.member_epoch,
+                                   self.consumer_config.heartbeat_interval_ms)
+
+        rt = await self._runtime(group_id, create=req.member_epoch == 0, kind="consumer")
+        if rt is None:
+            return error(ErrorCode.unknown_member_id, f"group {group_id} has no member {req.member_id}")
+        if isinstance(rt.group, ClassicGroup):
+            g = rt.group
+            if g.state != EMPTY or g.members or g.pending_members or req.member_epoch != 0:
+                return error(ErrorCode.group_id_not_found, f"Group {group_id} is not a consumer group.")
+            self._convert(rt, ConsumerGroup(group_id, self.consumer_config, self.now()))
+        result = rt.group.heartbeat(self.now(), req, self.topics_view())
+        await self._settle(rt)
+        if rt.closed and result.error == ErrorCode.none:
+            return error(ErrorCode.not_coordinator, "the group moved to another coordinator")
+        return result
+
+    async def consumer_describe(self, group_id: str):
+        """ConsumerDescription, or CoordinatorError(GROUP_ID_NOT_FOUND)."""
+        rt = await self._runtime(group_id, create=False)
+        if rt is None or rt.group.state == DEAD:
+            raise CoordinatorError(ErrorCode.group_id_not_found, f"Group {group_id} not found.")
+        if not isinstance(rt.group, ConsumerGroup):
+            raise CoordinatorError(ErrorCode.group_id_not_found, f"Group {group_id} is not a consumer group.")
+        return rt.group.describe_consumer()
 
     # --- offsets ----------------------------------------------------------------------------------------------
 
@@ -354,7 +434,11 @@ class GroupCoordinator:
                 error = ErrorCode.group_id_not_found if api_version >= 9 else ErrorCode.illegal_generation
                 return [error] * len(offsets)
             rt = await self._runtime(group_id, create=True)  # a "simple" group that only stores offsets
-        error = rt.group.validate_offset_commit(self.now(), member_id, group_instance_id, generation_id)
+        if isinstance(rt.group, ConsumerGroup):
+            error = rt.group.validate_offset_commit(self.now(), member_id, group_instance_id, generation_id,
+                                                    api_version)
+        else:
+            error = rt.group.validate_offset_commit(self.now(), member_id, group_instance_id, generation_id)
         self._reschedule(rt)
         if error:
             return [error] * len(offsets)
@@ -379,11 +463,17 @@ class GroupCoordinator:
 
     async def fetch_offsets(
         self, group_id: str, wanted: list[tuple[str, int]] | None,
+        member_id: str | None = None, member_epoch: int = -1, check_member: bool = False,
     ) -> dict[tuple[str, int], CommittedOffset | None]:
-        """Committed offsets of the wanted partitions (None: all committed ones); None where nothing is."""
+        """Committed offsets of the wanted partitions (None: all committed ones); None where nothing is.
+        check_member (OffsetFetch v9+): a consumer group checks the member id and epoch."""
         rt = await self._runtime(group_id, create=False)
         if rt is None or rt.group.state == DEAD:
             return {} if wanted is None else {tp: None for tp in wanted}
+        if check_member and isinstance(rt.group, ConsumerGroup):
+            error = rt.group.validate_offset_fetch(member_id, member_epoch)
+            if error:
+                raise CoordinatorError(error)
         try:
             if wanted is None:
                 return dict(sorted((await self.store.all_offsets(group_id)).items()))
@@ -419,6 +509,8 @@ class GroupCoordinator:
         rt = await self._runtime(group_id, create=False)
         if rt is None or rt.group.state == DEAD:
             return None
+        if isinstance(rt.group, ConsumerGroup):
+            raise NotClassicGroupError(ErrorCode.group_id_not_found, f"Group {group_id} is not a classic group.")
         return rt.group.describe()
 
     async def delete_group(self, group_id: str) -> ErrorCode:
@@ -450,7 +542,8 @@ class GroupCoordinator:
             rt = self._groups.get(group_id)
             if rt is not None:
                 if rt.group.state != DEAD:
-                    out.append(ListedGroup(group_id, rt.group.protocol_type or "", rt.group.state))
+                    kind = "consumer" if isinstance(rt.group, ConsumerGroup) else "classic"
+                    out.append(ListedGroup(group_id, rt.group.protocol_type or "", rt.group.state, kind))
                 continue
             lease = leases.get(group_id)
             if lease is not None and lease.broker_id in live:
@@ -459,6 +552,9 @@ class GroupCoordinator:
             elif rendezvous(group_id, live) != self.broker.broker_id:
                 continue
             state = record.get("state", EMPTY) if record.get("members") else EMPTY
+            if is_consumer_record(record):
+                out.append(ListedGroup(group_id, "consumer", state, "consumer"))
+                continue
             out.append(ListedGroup(group_id, record.get("protocol_type") or "", state))
         return out
 

@@ -1,17 +1,20 @@
 """Consumer group APIs (classic protocol): thin translations between kio entities and the group coordinator.
 
 FindCoordinator (v0-6), JoinGroup (v0-9), SyncGroup (v0-5), Heartbeat (v0-4), LeaveGroup (v0-5), OffsetCommit
-(v2-10), OffsetFetch (v1-10), OffsetDelete (v0), ListGroups (v0-5), DescribeGroups (v0-6), DeleteGroups (v0-2).
+(v2-10), OffsetFetch (v1-10), OffsetDelete (v0), ListGroups (v0-5), DescribeGroups (v0-6), DeleteGroups (v0-2);
+KIP-848: ConsumerGroupHeartbeat (v0-1), ConsumerGroupDescribe (v0-1).
 JoinGroup and SyncGroup return an awaitable, so that the connection keeps reading while they wait at the barrier.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 
 from kio.schema.errors import ErrorCode
 
-from dray_broker.groups.coordinator import CoordinatorError, GroupCoordinator
+from dray_broker.groups.consumer_state import HeartbeatRequest, HeartbeatResult
+from dray_broker.groups.coordinator import CoordinatorError, GroupCoordinator, NotClassicGroupError
 from dray_broker.groups.state import JoinRequest, JoinResult, SyncResult
 from dray_broker.protocol import apis
 from dray_broker.protocol.codec import NULL_UUID, Request, make, ms, response_module
@@ -228,7 +231,8 @@ async def handle_offset_commit(broker, req: Request):
     return make(M.OffsetCommitResponse, throttle_time=0, topics=tuple(topics))
 
 
-async def _fetch_group(broker, coordinator, group_id: str, topics, version: int, topic_cls, partition_cls):
+async def _fetch_group(broker, coordinator, group_id: str, topics, version: int, topic_cls, partition_cls,
+                       member_id: str | None = None, member_epoch: int = -1):
     """One group's OffsetFetch answer: (error, topics), built with the version's topic and partition classes
     (their names differ between v1-7 and v8+)."""
     by_id = version >= 10
@@ -243,7 +247,7 @@ async def _fetch_group(broker, coordinator, group_id: str, topics, version: int,
                 continue
             wanted.extend((name, p) for p in t.partition_indexes)
     try:
-        found = await coordinator.fetch_offsets(group_id, wanted)
+        found = await coordinator.fetch_offsets(group_id, wanted, member_id, member_epoch, check_member=version >= 9)
         error = ErrorCode.none
     except CoordinatorError as e:
         error, found = e.error, None
@@ -285,7 +289,8 @@ async def handle_offset_fetch(broker, req: Request):
         groups = []
         for g in body.groups:
             error, topics = await _fetch_group(broker, coordinator, g.group_id, g.topics, req.version,
-                                               M.OffsetFetchResponseTopics, M.OffsetFetchResponsePartitions)
+                                               M.OffsetFetchResponseTopics, M.OffsetFetchResponsePartitions,
+                                               getattr(g, "member_id", None), getattr(g, "member_epoch", -1))
             groups.append(make(M.OffsetFetchResponseGroup, group_id=g.group_id, topics=topics, error_code=error))
         return make(M.OffsetFetchResponse, throttle_time=0, groups=tuple(groups))
     error, topics = await _fetch_group(broker, coordinator, body.group_id, body.topics, req.version,
@@ -326,9 +331,9 @@ async def handle_list_groups(broker, req: Request):
         listed, error = [], ErrorCode.coordinator_not_available
     groups = tuple(
         make(M.ListedGroup, group_id=g.group_id, protocol_type=g.protocol_type, group_state=g.state,
-             group_type=GROUP_TYPE_CLASSIC)
+             group_type=g.group_type)
         for g in listed
-        if (not states or g.state.lower() in states) and (not types or GROUP_TYPE_CLASSIC in types)
+        if (not states or g.state.lower() in states) and (not types or g.group_type in types)
     )
     return make(M.ListGroupsResponse, throttle_time=0, error_code=error, groups=groups)
 
@@ -343,6 +348,15 @@ async def handle_describe_groups(broker, req: Request):
     for group_id in body.groups:
         try:
             d = await coordinator.describe(group_id)
+        except NotClassicGroupError as e:
+            # KIP-1043: v6 says GROUP_ID_NOT_FOUND; older versions a Dead group.
+            not_found = req.version >= 6
+            out.append(make(
+                M.DescribedGroup, error_code=ErrorCode.group_id_not_found if not_found else ErrorCode.none,
+                error_message=str(e) if not_found else None, group_id=group_id, group_state="Dead",
+                protocol_type="", protocol_data="", members=(), authorized_operations=UNKNOWN_AUTHORIZED_OPERATIONS,
+            ))
+            continue
         except CoordinatorError as e:
             out.append(make(M.DescribedGroup, error_code=e.error, error_message=str(e), group_id=group_id,
                             group_state="", protocol_type="", protocol_data="", members=(),
@@ -382,7 +396,91 @@ async def handle_delete_groups(broker, req: Request):
     return make(M.DeleteGroupsResponse, throttle_time=0, results=tuple(results))
 
 
+# --- ConsumerGroupHeartbeat, ConsumerGroupDescribe (KIP-848) -------------------------------------------------
+
+
+def _owned_parts(topic_partitions) -> dict[str, set[int]] | None:
+    if topic_partitions is None:
+        return None
+    return {str(tp.topic_id): set(tp.partitions) for tp in topic_partitions if tp.partitions}
+
+
+async def handle_consumer_group_heartbeat(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+
+    def response(r: HeartbeatResult):
+        assignment = None
+        if r.assignment is not None:
+            assignment = make(M.Assignment, topic_partitions=tuple(
+                make(M.TopicPartitions, topic_id=uuid.UUID(t), partitions=tuple(sorted(ps)))
+                for t, ps in sorted(r.assignment.items())))
+        return make(M.ConsumerGroupHeartbeatResponse, throttle_time=0, error_code=r.error,
+                    error_message=r.message, member_id=r.member_id, member_epoch=r.member_epoch,
+                    heartbeat_interval=r.heartbeat_interval_ms, assignment=assignment)
+
+    hb = HeartbeatRequest(
+        member_id=body.member_id, member_epoch=body.member_epoch, instance_id=body.instance_id,
+        rack_id=body.rack_id, rebalance_timeout_ms=ms(body.rebalance_timeout),
+        subscribed_topic_names=None if body.subscribed_topic_names is None else tuple(body.subscribed_topic_names),
+        subscribed_topic_regex=getattr(body, "subscribed_topic_regex", None), server_assignor=body.server_assignor,
+        owned=_owned_parts(body.topic_partitions), client_id=req.client_id or "", client_host=req.client_host or "",
+    )
+    if not body.group_id:
+        return response(HeartbeatResult(ErrorCode.invalid_request, "GroupId can't be empty.", body.member_id,
+                                        body.member_epoch))
+    if req.version >= 1 and not body.member_id:
+        return response(HeartbeatResult(ErrorCode.invalid_request, "MemberId can't be empty.", body.member_id,
+                                        body.member_epoch))
+    try:
+        result = await (await coordinator_of(broker)).consumer_heartbeat(body.group_id, hb)
+    except CoordinatorError as e:
+        result = HeartbeatResult(e.error, str(e), body.member_id, body.member_epoch)
+    return response(result)
+
+
+async def handle_consumer_group_describe(broker, req: Request):
+    body = req.body
+    M = response_module(req.api_key, req.version)
+    operations = GROUP_OPERATIONS if body.include_authorized_operations else UNKNOWN_AUTHORIZED_OPERATIONS
+    coordinator = await coordinator_of(broker)
+
+    def assignment(parts):
+        out = []
+        for t, ps in sorted(parts.items()):
+            topic = broker.topics.by_id(uuid.UUID(t))
+            out.append(make(M.TopicPartitions, topic_id=uuid.UUID(t), topic_name=topic.name if topic else "",
+                            partitions=tuple(sorted(ps))))
+        return make(M.Assignment, topic_partitions=tuple(out))
+
+    groups = []
+    for group_id in body.group_ids:
+        try:
+            d = await coordinator.consumer_describe(group_id)
+        except CoordinatorError as e:
+            groups.append(make(M.DescribedGroup, error_code=e.error, error_message=str(e), group_id=group_id,
+                               group_state="Dead" if e.error == ErrorCode.group_id_not_found else "",
+                               group_epoch=-1, assignment_epoch=-1, assignor_name="", members=(),
+                               authorized_operations=UNKNOWN_AUTHORIZED_OPERATIONS))
+            continue
+        groups.append(make(
+            M.DescribedGroup, error_code=ErrorCode.none, error_message=None, group_id=group_id,
+            group_state=d.state, group_epoch=d.group_epoch, assignment_epoch=d.assignment_epoch,
+            assignor_name=d.assignor_name, authorized_operations=operations,
+            members=tuple(make(
+                M.Member, member_id=m.member_id, instance_id=m.instance_id, rack_id=m.rack_id,
+                member_epoch=m.member_epoch, client_id=m.client_id, client_host=m.client_host,
+                subscribed_topic_names=m.subscribed_topic_names, subscribed_topic_regex=m.subscribed_topic_regex,
+                assignment=assignment(m.assignment), target_assignment=assignment(m.target_assignment),
+                member_type=1,
+            ) for m in d.members),
+        ))
+    return make(M.ConsumerGroupDescribeResponse, throttle_time=0, groups=tuple(groups))
+
+
 HANDLERS: dict = {
+    apis.CONSUMER_GROUP_HEARTBEAT: handle_consumer_group_heartbeat,
+    apis.CONSUMER_GROUP_DESCRIBE: handle_consumer_group_describe,
     apis.FIND_COORDINATOR: handle_find_coordinator,
     apis.JOIN_GROUP: handle_join_group,
     apis.SYNC_GROUP: handle_sync_group,

@@ -80,6 +80,8 @@ IMPLEMENTED: dict[int, ApiSpec] = {
         ApiSpec(LIST_GROUPS, "ListGroups", 0, 5),
         ApiSpec(DELETE_GROUPS, "DeleteGroups", 0, 2),
         ApiSpec(OFFSET_DELETE, "OffsetDelete", 0, 0),
+        ApiSpec(CONSUMER_GROUP_HEARTBEAT, "ConsumerGroupHeartbeat", 0, 1),
+        ApiSpec(CONSUMER_GROUP_DESCRIBE, "ConsumerGroupDescribe", 0, 1),
         ApiSpec(INIT_PRODUCER_ID, "InitProducerId", 0, 6),
     ]
 }
