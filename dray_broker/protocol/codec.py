@@ -19,6 +19,8 @@ from kio.index import UnknownAPIKey, UnknownEntity, load_payload_module, load_re
 from kio.serial import entity_reader, entity_writer
 from kio.static.constants import EntityType
 
+from dray_broker.protocol.guard import FrameError, check_request
+
 _SIZE = struct.Struct(">i")
 _KEY_VERSION_CORRELATION = struct.Struct(">hhi")
 
@@ -63,15 +65,20 @@ def peek_header(frame: bytes) -> tuple[int, int, int]:
 @cache
 def _readers(api_key: int, version: int):
     cls = load_request_schema(api_key, version)
-    return entity_reader(cls.__header_schema__), entity_reader(cls)
+    return cls, entity_reader(cls.__header_schema__), entity_reader(cls)
 
 
 def decode_request(frame: bytes) -> Request:
     api_key, version, correlation_id = peek_header(frame)
     try:
-        read_header, read_body = _readers(api_key, version)
+        cls, read_header, read_body = _readers(api_key, version)
     except (UnknownAPIKey, UnknownEntity):
         raise UnsupportedVersionError(api_key, version, correlation_id) from None
+    try:
+        # Before kio: it would abort the process on an impossible array count, and refuse unknown tagged fields.
+        frame = check_request(frame, cls)
+    except FrameError as e:
+        raise MalformedRequestError(f"API {api_key} v{version}: {e}") from None
     try:
         header, n = read_header(frame, 0)
         body, end = read_body(frame, n)
