@@ -170,13 +170,19 @@ async def write_range(lake: Lake, table: TopicTable, state: PartitionState, begi
     faults.point("stage.before_write")
     records = 0
 
+    writing: asyncio.Future | None = None
+
     async def flush() -> None:
-        nonlocal records
+        # A row group is written (compression, I/O: without the GIL) while the next one is decoded.
+        nonlocal records, writing
         data, info = builder.build()
-        await asyncio.to_thread(writer.write_row_group, data, info["start"], info["end"], info["wal_bytes"],
-                                info["min_ts"], info["max_ts"])
+        if writing is not None:
+            await writing
+            faults.point("stage.mid_write")
+        writing = asyncio.ensure_future(asyncio.to_thread(
+            writer.write_row_group, data, info["start"], info["end"], info["wal_bytes"], info["min_ts"],
+            info["max_ts"]))
         records += info["rows"]
-        faults.point("stage.mid_write")
 
     try:
         # Read ahead: the next chunk downloads while this one is decoded.
@@ -200,8 +206,12 @@ async def write_range(lake: Lake, table: TopicTable, state: PartitionState, begi
             result.wal_bytes += sum(entry.location.batch_sizes)
         if len(builder):
             await flush()
+        if writing is not None:
+            await writing
         await asyncio.to_thread(writer.close)
     except BaseException:
+        if writing is not None:
+            await asyncio.gather(writing, return_exceptions=True)
         await asyncio.to_thread(writer.abort)
         raise
     if records != end - begin:

@@ -69,70 +69,99 @@ class RowGroupBuilder:
         return offset
 
     def _add_records(self, buf: bytes, h, base_offset: int) -> None:
+        # The hot loop of compaction: one-byte varints (most lengths, deltas and counts) are decoded inline.
         count = h.record_count
         append_time = h.max_timestamp if h.attributes & TIMESTAMP_TYPE_LOG_APPEND else None
         base_ts = h.base_timestamp
         offsets, timestamps, keys, values = self.offsets, self.timestamps, self.keys, self.values
         hoff, hkeys, hvals = self.header_offsets, self.header_keys, self.header_values
+        first_row = len(timestamps)
+        varint = _varint
         size = len(buf)
         pos = 0
         nbytes = 0
-        min_ts = max_ts = None
         try:
             for _ in range(count):
-                # length varint
-                length, pos = _varint(buf, pos)
+                b = buf[pos]
+                if b < 0x80:
+                    length = (b >> 1) ^ -(b & 1)
+                    pos += 1
+                else:
+                    length, pos = varint(buf, pos)
                 end = pos + length
                 if length < 0 or end > size:
                     raise RecordDecodeError("record length runs past the records")
-                pos += 1  # record attributes (unused in v2)
-                ts_delta, pos = _varint(buf, pos)
-                offset_delta, pos = _varint(buf, pos)
-                n, pos = _varint(buf, pos)
-                if n < 0:
-                    key = None
+                b = buf[pos + 1]  # after the record attributes (unused in v2)
+                if b < 0x80:
+                    ts_delta = (b >> 1) ^ -(b & 1)
+                    pos += 2
                 else:
-                    key = buf[pos : pos + n]
-                    pos += n
-                    nbytes += n
-                n, pos = _varint(buf, pos)
-                if n < 0:
-                    value = None
+                    ts_delta, pos = varint(buf, pos + 1)
+                b = buf[pos]
+                if b < 0x80:
+                    offset_delta = (b >> 1) ^ -(b & 1)
+                    pos += 1
                 else:
-                    value = buf[pos : pos + n]
+                    offset_delta, pos = varint(buf, pos)
+                b = buf[pos]
+                if b < 0x80:
+                    n = (b >> 1) ^ -(b & 1)
+                    pos += 1
+                else:
+                    n, pos = varint(buf, pos)
+                if n < 0:
+                    keys.append(None)
+                else:
+                    keys.append(buf[pos : pos + n])
                     pos += n
                     nbytes += n
-                nh, pos = _varint(buf, pos)
-                for _h in range(nh):
-                    n, pos = _varint(buf, pos)
-                    if n < 0:
-                        raise RecordDecodeError("record header with a null key")
-                    hkeys.append(buf[pos : pos + n].decode("utf-8", "replace"))
+                b = buf[pos]
+                if b < 0x80:
+                    n = (b >> 1) ^ -(b & 1)
+                    pos += 1
+                else:
+                    n, pos = varint(buf, pos)
+                if n < 0:
+                    values.append(None)
+                else:
+                    values.append(buf[pos : pos + n])
                     pos += n
                     nbytes += n
-                    n, pos = _varint(buf, pos)
-                    if n < 0:
-                        hvals.append(None)
-                    else:
-                        hvals.append(buf[pos : pos + n])
+                b = buf[pos]
+                if b == 0:
+                    pos += 1
+                else:
+                    nh, pos = varint(buf, pos)
+                    for _h in range(nh):
+                        n, pos = varint(buf, pos)
+                        if n < 0:
+                            raise RecordDecodeError("record header with a null key")
+                        hkeys.append(buf[pos : pos + n].decode("utf-8", "replace"))
                         pos += n
                         nbytes += n
+                        n, pos = varint(buf, pos)
+                        if n < 0:
+                            hvals.append(None)
+                        else:
+                            hvals.append(buf[pos : pos + n])
+                            pos += n
+                            nbytes += n
                 if pos != end:
                     raise RecordDecodeError("record length does not match its fields")
-                ts = append_time if append_time is not None else base_ts + ts_delta
                 offsets.append(base_offset + offset_delta)
-                timestamps.append(ts)
-                keys.append(key)
-                values.append(value)
+                timestamps.append(base_ts + ts_delta)
                 hoff.append(len(hkeys))
-                if min_ts is None or ts < min_ts:
-                    min_ts = ts
-                if max_ts is None or ts > max_ts:
-                    max_ts = ts
         except IndexError:
             raise RecordDecodeError("records are truncated") from None
         if pos != size:
             raise RecordDecodeError(f"{size - pos} bytes after the last of {count} records")
+        if append_time is not None:
+            timestamps[first_row:] = [append_time] * count
+        if count:
+            batch_ts = timestamps[first_row:]
+            min_ts, max_ts = min(batch_ts), max(batch_ts)
+            self.min_ts = min_ts if self.min_ts is None else min(self.min_ts, min_ts)
+            self.max_ts = max_ts if self.max_ts is None else max(self.max_ts, max_ts)
         self.attributes.extend([h.attributes] * count)
         self.batch_offsets.extend([base_offset] * count)
         self.producer_ids.extend([h.producer_id] * count)
@@ -142,9 +171,6 @@ class RowGroupBuilder:
         if self.start is None:
             self.start = base_offset
         self.end = base_offset + h.last_offset_delta + 1
-        if min_ts is not None:
-            self.min_ts = min_ts if self.min_ts is None else min(self.min_ts, min_ts)
-            self.max_ts = max_ts if self.max_ts is None else max(self.max_ts, max_ts)
 
     def build(self) -> tuple[pa.Table, dict]:
         """The rows as a table in the topic schema, and the row group's summary; then start afresh."""
