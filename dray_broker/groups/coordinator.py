@@ -403,7 +403,7 @@ class GroupCoordinator:
             return error(ErrorCode.unknown_member_id, f"group {group_id} has no member {req.member_id}")
         if isinstance(rt.group, ClassicGroup):
             g = rt.group
-            if g.state != EMPTY or g.members or g.pending_members or req.member_epoch != 0:
+            if g.state != EMPTY or g.members or req.member_epoch != 0:
                 return error(ErrorCode.group_id_not_found, f"Group {group_id} is not a consumer group.")
             self._convert(rt, ConsumerGroup(group_id, self.consumer_config, self.now()))
         result = rt.group.heartbeat(self.now(), req, self.topics_view())

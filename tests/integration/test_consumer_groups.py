@@ -1,0 +1,415 @@
+"""KIP-848 consumer groups (group.protocol=consumer) with real clients: confluent-kafka 2.x and the Java client 4.x.
+
+The confluent consumers run in threads of the test process; their rebalance callbacks update one shared ownership
+map, so that a partition assigned to a consumer while another still holds it is caught the moment it happens (the
+broker hands a partition out only after its previous owner acknowledged the revocation, which librdkafka does once
+on_revoke returned). Consumers commit after each batch and in on_revoke, so every record is read once per group.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from tests.integration.brokers import BrokerProcess
+from tests.integration.conftest import _broker_for
+from tests.integration.test_groups import (
+    TOPIC_PARTITIONS,
+    _all_records,
+    committed_offsets,
+    create_topic,
+    end_offsets,
+    produce,
+    wait_for,
+)
+
+HEARTBEAT_MS = 300
+SESSION_MS = 6_000
+BROKER_FLAGS = ["--group-consumer-heartbeat-interval-ms", str(HEARTBEAT_MS),
+                "--group-consumer-session-timeout-ms", str(SESSION_MS)]
+
+
+@pytest.fixture(scope="module", params=["embedded", "oxia-s3"])
+def cg_broker(request, tmp_path_factory) -> BrokerProcess:
+    """A broker per backend with short KIP-848 heartbeat interval and session timeout."""
+    b = _broker_for(request.param, request, tmp_path_factory)
+    b.extra_args = [*b.extra_args, *BROKER_FLAGS]
+    b.start()
+    yield b
+    b.stop()
+
+
+class Ownership:
+    """Who owns which partition, from every consumer's rebalance callbacks; records violations."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.owner: dict[tuple[str, int], str] = {}
+        self.violations: list[str] = []
+
+    def assign(self, name: str, tps) -> None:
+        with self.lock:
+            for tp in tps:
+                key = (tp.topic, tp.partition)
+                other = self.owner.get(key)
+                if other is not None and other != name:
+                    self.violations.append(f"{key} assigned to {name} while {other} owns it")
+                self.owner[key] = name
+
+    def revoke(self, name: str, tps) -> None:
+        with self.lock:
+            for tp in tps:
+                if self.owner.get((tp.topic, tp.partition)) == name:
+                    del self.owner[(tp.topic, tp.partition)]
+
+    def of(self, name: str) -> frozenset[int]:
+        with self.lock:
+            return frozenset(p for (_, p), n in self.owner.items() if n == name)
+
+
+class ConsumerThread:
+    """A confluent-kafka consumer with group.protocol=consumer, polled in its own thread."""
+
+    def __init__(self, bootstrap: str, group: str, topics: list[str], name: str, ownership: Ownership,
+                 extra: dict | None = None):
+        from confluent_kafka import Consumer
+
+        self.name, self.ownership = name, ownership
+        self.records: list[tuple[str, int, int]] = []
+        self.errors: list[str] = []
+        self.consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": group, "group.protocol": "consumer", "client.id": name,
+            "auto.offset.reset": "earliest", "enable.auto.commit": False, "topic.metadata.refresh.interval.ms": 1_000,
+            **(extra or {}),
+        })
+        self._stop = threading.Event()
+        self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        self.thread = threading.Thread(target=self._run, daemon=True, name=name)
+        self.thread.start()
+
+    def _on_assign(self, consumer, tps) -> None:
+        self.ownership.assign(self.name, tps)
+
+    def _on_revoke(self, consumer, tps) -> None:
+        self._commit()
+        self.ownership.revoke(self.name, tps)
+
+    def _on_lost(self, consumer, tps) -> None:
+        self.errors.append(f"lost {[(t.topic, t.partition) for t in tps]}")
+        self.ownership.revoke(self.name, tps)
+
+    def _commit(self) -> None:
+        from confluent_kafka import KafkaException
+
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as e:
+            if "NO_OFFSET" not in str(e):
+                self.errors.append(f"commit: {e}")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            messages = self.consumer.consume(num_messages=500, timeout=0.1)
+            got = [(m.topic(), m.partition(), m.offset()) for m in messages if m.error() is None]
+            if got:
+                self.records.extend(got)
+                self._commit()
+        self._commit()
+        self.consumer.close()
+
+    def owned(self) -> frozenset[int]:
+        return self.ownership.of(self.name)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), f"{self.name} did not close"
+
+
+def _read(consumers) -> list[tuple[str, int, int]]:
+    return [r for c in consumers for r in list(c.records)]
+
+
+def _expected(bootstrap: str, topic: str, partitions: int = TOPIC_PARTITIONS) -> set[tuple[str, int, int]]:
+    return {(topic, p, o) for p, o in _all_records(end_offsets(bootstrap, topic, partitions))}
+
+
+def test_scale_one_three_one(cg_broker):
+    """1 -> 3 -> 1 consumers on a 6-partition topic: every record once, no partition owned twice at any moment."""
+    bootstrap = cg_broker.bootstrap
+    topic = f"cg-{uuid.uuid4().hex[:8]}"
+    group = f"g-{topic}"
+    create_topic(bootstrap, topic)
+    produce(bootstrap, topic, 20)
+    own = Ownership()
+    everyone: list[ConsumerThread] = []
+    try:
+        c1 = ConsumerThread(bootstrap, group, [topic], "c1", own)
+        everyone.append(c1)
+        wait_for(lambda: c1.owned() == frozenset(range(TOPIC_PARTITIONS)), 30, "c1 to own every partition")
+        wait_for(lambda: _expected(bootstrap, topic) <= set(_read(everyone)), 30, "c1 to read every record")
+
+        c2 = ConsumerThread(bootstrap, group, [topic], "c2", own)
+        c3 = ConsumerThread(bootstrap, group, [topic], "c3", own)
+        everyone += [c2, c3]
+        produce(bootstrap, topic, 10)
+        wait_for(lambda: [len(c.owned()) for c in everyone] == [2, 2, 2], 30, "three consumers to share")
+        produce(bootstrap, topic, 10)
+        wait_for(lambda: _expected(bootstrap, topic) <= set(_read(everyone)), 30, "every record with three")
+        assert c2.owned() and c3.owned()
+
+        c3.close()
+        c2.close()
+        produce(bootstrap, topic, 10)
+        wait_for(lambda: c1.owned() == frozenset(range(TOPIC_PARTITIONS)), 30, "c1 to own every partition again")
+        ends = end_offsets(bootstrap, topic)
+        wait_for(lambda: _expected(bootstrap, topic) <= set(_read(everyone)), 30, "every record after scaling down")
+        c1.close()
+    finally:
+        for c in everyone:
+            if c.thread.is_alive():
+                c.close()
+    assert not own.violations, own.violations
+    records = _read(everyone)
+    assert len(records) == len(set(records)), "some records were read twice"
+    assert not [e for c in everyone for e in c.errors], [e for c in everyone for e in c.errors]
+    assert committed_offsets(bootstrap, group) == {(topic, p): end for p, end in ends.items()}
+
+
+def test_regex_subscription_picks_up_new_topics(cg_broker):
+    bootstrap = cg_broker.bootstrap
+    prefix = f"rx{uuid.uuid4().hex[:6]}"
+    first, second, other = f"{prefix}-a", f"{prefix}-b", f"x{prefix}-c"
+    create_topic(bootstrap, first, 2)
+    create_topic(bootstrap, other, 1)
+    produce(bootstrap, first, 5, 2)
+    produce(bootstrap, other, 5, 1)
+    own = Ownership()
+    c = ConsumerThread(bootstrap, f"g-{prefix}", [f"^{prefix}-.*"], "rx", own)
+    try:
+        wait_for(lambda: _expected(bootstrap, first, 2) <= set(_read([c])), 30, "the first matching topic")
+        create_topic(bootstrap, second, 3)
+        produce(bootstrap, second, 5, 3)
+        wait_for(lambda: _expected(bootstrap, second, 3) <= set(_read([c])), 30, "the new matching topic")
+        with own.lock:
+            topics = {t for t, _ in own.owner}
+        assert topics == {first, second}
+    finally:
+        c.close()
+    assert not any(t == other for t, _, _ in _read([c]))
+
+
+def test_committed_offsets_resume(cg_broker):
+    bootstrap = cg_broker.bootstrap
+    topic = f"cg-{uuid.uuid4().hex[:8]}"
+    group = f"g-{topic}"
+    create_topic(bootstrap, topic)
+    produce(bootstrap, topic, 10)
+    own = Ownership()
+    c1 = ConsumerThread(bootstrap, group, [topic], "first", own)
+    try:
+        wait_for(lambda: _expected(bootstrap, topic) <= set(_read([c1])), 30, "the first consumer to read all")
+    finally:
+        c1.close()
+    ends = end_offsets(bootstrap, topic)
+    wait_for(lambda: committed_offsets(bootstrap, group) == {(topic, p): e for p, e in ends.items()}, 30,
+             "the commits")
+    produce(bootstrap, topic, 5)
+    c2 = ConsumerThread(bootstrap, group, [topic], "second", own)
+    try:
+        wait_for(lambda: _expected(bootstrap, topic) <= set(_read([c1, c2])), 30, "the second consumer")
+    finally:
+        c2.close()
+    assert all(o >= ends[p] for _, p, o in c2.records), "the second consumer re-read committed records"
+    assert len(c2.records) == 5 * TOPIC_PARTITIONS
+
+
+def test_describe_and_list_consumer_groups(cg_broker):
+    from confluent_kafka import ConsumerGroupType
+    from confluent_kafka.admin import AdminClient
+
+    bootstrap = cg_broker.bootstrap
+    topic = f"cg-{uuid.uuid4().hex[:8]}"
+    group = f"g-{topic}"
+    create_topic(bootstrap, topic)
+    own = Ownership()
+    c = ConsumerThread(bootstrap, group, [topic], "described", own)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        wait_for(lambda: c.owned() == frozenset(range(TOPIC_PARTITIONS)), 30, "the assignment")
+        listed = admin.list_consumer_groups().result(30)
+        mine = [g for g in listed.valid if g.group_id == group]
+        assert mine and mine[0].type == ConsumerGroupType.CONSUMER
+        d = admin.describe_consumer_groups([group])[group].result(30)
+        assert d.type == ConsumerGroupType.CONSUMER
+        assert len(d.members) == 1 and d.members[0].client_id == "described"
+        assert {tp.partition for tp in d.members[0].assignment.topic_partitions} == set(range(TOPIC_PARTITIONS))
+    finally:
+        c.close()
+
+
+def _heartbeat(wire, group: str, member_id: str, epoch: int, topics=("t",), owned=(), version: int = 1):
+    from dray_broker.protocol import apis
+    from tests.integration.wire import request
+
+    first = epoch == 0
+    return wire.call(apis.CONSUMER_GROUP_HEARTBEAT, version, request(
+        apis.CONSUMER_GROUP_HEARTBEAT, version, "ConsumerGroupHeartbeatRequest", group_id=group, member_id=member_id,
+        member_epoch=epoch, instance_id=None, rack_id=None, rebalance_timeout=30_000 if first else -1,
+        subscribed_topic_names=tuple(topics) if first else None, subscribed_topic_regex="" if first else None,
+        server_assignor=None, topic_partitions=tuple(owned) if first else None,
+    ))
+
+
+def test_wire_epochs_offsets_and_group_types(cg_broker):
+    """Over the wire: OffsetCommit/OffsetFetch v9 check member epochs; DescribeGroups reports a consumer group as
+    not classic; a classic group with members refuses ConsumerGroupHeartbeat and a consumer group with members
+    refuses JoinGroup; an empty group changes type."""
+    from kio.schema.errors import ErrorCode
+
+    from dray_broker.protocol import apis
+    from tests.integration.wire import Wire, request
+
+    bootstrap = cg_broker.bootstrap
+    topic = f"cgw-{uuid.uuid4().hex[:8]}"
+    create_topic(bootstrap, topic, 2)
+    group = f"g-{topic}"
+    wire = Wire(bootstrap)
+    try:
+        r = _heartbeat(wire, group, "m1", 0, (topic,))
+        assert r.error_code == ErrorCode.none and r.member_epoch == 1, r
+        assert sum(len(tp.partitions) for tp in r.assignment.topic_partitions) == 2
+        assert r.heartbeat_interval.total_seconds() * 1000 == HEARTBEAT_MS
+
+        def commit(member_id, epoch, version=9):
+            resp = wire.call(apis.OFFSET_COMMIT, version, request(
+                apis.OFFSET_COMMIT, version, "OffsetCommitRequest", group_id=group,
+                generation_id_or_member_epoch=epoch, member_id=member_id, group_instance_id=None,
+                retention_time=-1, topics=(request(
+                    apis.OFFSET_COMMIT, version, "OffsetCommitRequestTopic", name=topic, partitions=(request(
+                        apis.OFFSET_COMMIT, version, "OffsetCommitRequestPartition", partition_index=0,
+                        committed_offset=0, committed_leader_epoch=-1, committed_metadata=""),)),)))
+            return resp.topics[0].partitions[0].error_code
+
+        assert commit("m1", 1) == ErrorCode.none
+        assert commit("m1", 2) == ErrorCode.stale_member_epoch
+        assert commit("nobody", 1) == ErrorCode.unknown_member_id
+        assert commit("", -1) == ErrorCode.unknown_member_id
+
+        def fetch(member_id, epoch):
+            resp = wire.call(apis.OFFSET_FETCH, 9, request(
+                apis.OFFSET_FETCH, 9, "OffsetFetchRequest", require_stable=False, groups=(request(
+                    apis.OFFSET_FETCH, 9, "OffsetFetchRequestGroup", group_id=group, member_id=member_id,
+                    member_epoch=epoch, topics=None),)))
+            return resp.groups[0].error_code
+
+        assert fetch(None, -1) == ErrorCode.none
+        assert fetch("m1", 1) == ErrorCode.none
+        assert fetch("m1", 7) == ErrorCode.stale_member_epoch
+        assert fetch("zz", 1) == ErrorCode.unknown_member_id
+
+        for version, error, state in ((6, ErrorCode.group_id_not_found, "Dead"), (5, ErrorCode.none, "Dead")):
+            d = wire.call(apis.DESCRIBE_GROUPS, version, request(
+                apis.DESCRIBE_GROUPS, version, "DescribeGroupsRequest", groups=(group,),
+                include_authorized_operations=False)).groups[0]
+            assert (d.error_code, d.group_state) == (error, state)
+        d = wire.call(apis.CONSUMER_GROUP_DESCRIBE, 1, request(
+            apis.CONSUMER_GROUP_DESCRIBE, 1, "ConsumerGroupDescribeRequest", group_ids=(group,),
+            include_authorized_operations=False)).groups[0]
+        assert d.error_code == ErrorCode.none and d.group_state == "Stable" and d.group_epoch == 1
+        assert d.assignor_name == "uniform" and d.members[0].member_id == "m1"
+        assert {tp.topic_name for tp in d.members[0].assignment.topic_partitions} == {topic}
+        listed = wire.call(apis.LIST_GROUPS, 5, request(apis.LIST_GROUPS, 5, "ListGroupsRequest",
+                                                          states_filter=(), types_filter=("consumer",)))
+        assert [(g.group_type, g.protocol_type, g.group_state) for g in listed.groups if g.group_id == group] \
+            == [("consumer", "consumer", "Stable")]
+
+        def join(group_id):
+            return wire.call(apis.JOIN_GROUP, 9, request(
+                apis.JOIN_GROUP, 9, "JoinGroupRequest", group_id=group_id, session_timeout=10_000,
+                rebalance_timeout=10_000, member_id="", group_instance_id=None, protocol_type="consumer",
+                protocols=(request(apis.JOIN_GROUP, 9, "JoinGroupRequestProtocol", name="range",
+                                   metadata=b"\x00\x00\x00\x00\x00\x00"),), reason=None))
+
+        assert join(group).error_code == ErrorCode.inconsistent_group_protocol
+        # Leaving empties the group: then a classic member may take the id.
+        r = _heartbeat(wire, group, "m1", -1)
+        assert r.error_code == ErrorCode.none and r.member_epoch == -1
+        assert join(group).error_code == ErrorCode.member_id_required
+        classic = f"c-{topic}"
+        first = join(classic)
+        assert first.error_code == ErrorCode.member_id_required
+        r = _heartbeat(wire, classic, "m2", 0, (topic,))
+        assert r.error_code == ErrorCode.none  # pending ids only: the group is still empty
+        group2 = f"c2-{topic}"
+        consumer = _classic_member(bootstrap, group2, topic)
+        try:
+            wait_for(lambda: (consumer.poll(0.2), consumer.assignment())[1], 30, "the classic member to join")
+            r = _heartbeat(wire, group2, "m3", 0, (topic,))
+            assert r.error_code == ErrorCode.group_id_not_found
+        finally:
+            consumer.close()
+    finally:
+        wire.close()
+
+
+def _classic_member(bootstrap: str, group: str, topic: str):
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                  "session.timeout.ms": 6_000})
+    c.subscribe([topic])
+    return c
+
+
+@pytest.mark.parametrize("protocol", ["consumer", "classic"])
+def test_java_scale_one_three_one(cg_broker, protocol):
+    """The Java client 4.x, with group.protocol=consumer and classic: 1 -> 3 -> 1 consumers."""
+    from tests.integration.java_client import JavaClient, ensure_built
+
+    java = JavaClient(ensure_built())
+    bootstrap = cg_broker.bootstrap
+    topic = f"java-cg-{uuid.uuid4().hex[:8]}"
+    group = f"g-{topic}"
+    create_topic(bootstrap, topic)
+    produce(bootstrap, topic, 20)
+    props = {"session.timeout.ms": 6_000, "heartbeat.interval.ms": 500} if protocol == "classic" else {}
+
+    def assignment(c) -> frozenset[int]:
+        events = [e for e in list(c.events) if "assignment" in e]
+        return frozenset(p["partition"] for p in events[-1]["assignment"]) if events else frozenset()
+
+    def records(*clients) -> list[tuple[int, int]]:
+        return [(r.partition, r.offset) for c in clients for r in c.records()]
+
+    def expected() -> set[tuple[int, int]]:
+        return _all_records(end_offsets(bootstrap, topic))
+
+    start = time.monotonic()
+    c1 = java.start_consumer(bootstrap, topic, group=group, group_protocol=protocol, props=props)
+    with c1:
+        wait_for(lambda: assignment(c1) == frozenset(range(TOPIC_PARTITIONS)), 60, "c1 to own every partition")
+        wait_for(lambda: expected() <= set(records(c1)), 60, "c1 to read every record")
+        with java.start_consumer(bootstrap, topic, group=group, group_protocol=protocol, props=props) as c2, \
+                java.start_consumer(bootstrap, topic, group=group, group_protocol=protocol, props=props) as c3:
+            clients = [c1, c2, c3]
+            wait_for(lambda: sorted(len(assignment(c)) for c in clients) == [2, 2, 2]
+                     and frozenset().union(*(assignment(c) for c in clients)) == frozenset(range(6)), 60,
+                     "three Java consumers to share")
+            produce(bootstrap, topic, 10)
+            wait_for(lambda: expected() <= set(records(*clients)), 60, "every record with three")
+            assert c3.close() == 0
+            assert c2.close() == 0
+        produce(bootstrap, topic, 10)
+        wait_for(lambda: assignment(c1) == frozenset(range(TOPIC_PARTITIONS)), 60, "c1 to own everything again")
+        ends = end_offsets(bootstrap, topic)
+        wait_for(lambda: expected() <= set(records(c1, c2, c3)), 60, "every record after scaling down")
+        assert c1.close() == 0
+    all_records = records(c1, c2, c3)
+    assert len(all_records) == len(set(all_records)), "some records were read twice"
+    assert committed_offsets(bootstrap, group) == {(topic, p): end for p, end in ends.items()}
+    print(f"java {protocol}: {time.monotonic() - start:.1f} s")
