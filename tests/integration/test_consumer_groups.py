@@ -413,3 +413,59 @@ def test_java_scale_one_three_one(cg_broker, protocol):
     assert len(all_records) == len(set(all_records)), "some records were read twice"
     assert committed_offsets(bootstrap, group) == {(topic, p): end for p, end in ends.items()}
     print(f"java {protocol}: {time.monotonic() - start:.1f} s")
+
+
+def test_coordinator_failover(tmp_path, cg_broker):
+    """A second broker coordinates a consumer group and is killed: the group continues on the surviving broker
+    from the stored epochs and assignments (members are not fenced), rebalances there, and keeps its offsets."""
+    from confluent_kafka.admin import AdminClient
+
+    from dray_broker.groups.coordinator import rendezvous
+    from tests.integration.test_groups import _coordinator_port
+
+    broker = cg_broker
+    second = BrokerProcess(
+        tmp_path / "second",
+        metadata=broker.metadata or f"sqlite://{broker.data_dir.resolve()}/meta.db",
+        object_store=broker.object_store or f"file://{broker.data_dir.resolve()}/objects",
+        extra_args=["--session-timeout-ms", "3000", *BROKER_FLAGS],
+    ).start()
+    bootstrap = f"{broker.bootstrap},{second.bootstrap}"
+    topic = f"cgf-{uuid.uuid4().hex[:8]}"
+    own = Ownership()
+    consumers: list[ConsumerThread] = []
+    try:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        nodes = wait_for(lambda: (lambda n: len(n) >= 2 and n)(admin.describe_cluster().result(30).nodes), 30,
+                         "the second broker to be registered")
+        second_id = next(n.id for n in nodes if n.port == second.port)
+        live = [n.id for n in nodes]
+        group = next(g for g in (f"g-{topic}-{i}" for i in range(1000)) if rendezvous(g, live) == second_id)
+        create_topic(bootstrap, topic)
+        produce(bootstrap, topic, 20)
+        consumers = [ConsumerThread(bootstrap, group, [topic], f"f{i}", own) for i in range(2)]
+        wait_for(lambda: [len(c.owned()) for c in consumers] == [3, 3], 30, "two consumers to share")
+        assert _coordinator_port(bootstrap, group) == second.port
+        wait_for(lambda: _expected(bootstrap, topic) <= set(_read(consumers)), 30, "the first records")
+        second.kill()
+        produce(broker.bootstrap, topic, 20)
+        wait_for(lambda: _expected(broker.bootstrap, topic) <= set(_read(consumers)), 60,
+                 "every record after the coordinator died")
+        wait_for(lambda: _coordinator_port(broker.bootstrap, group) == broker.port, 60,
+                 "the surviving broker to coordinate the group")
+        consumers.append(ConsumerThread(broker.bootstrap, group, [topic], "f2", own))
+        wait_for(lambda: [len(c.owned()) for c in consumers] == [2, 2, 2], 60, "three consumers to share")
+        produce(broker.bootstrap, topic, 10)
+        ends = end_offsets(broker.bootstrap, topic)
+        wait_for(lambda: _expected(broker.bootstrap, topic) <= set(_read(consumers)), 60, "the last records")
+        for c in consumers:
+            c.close()
+        assert committed_offsets(broker.bootstrap, group) == {(topic, p): end for p, end in ends.items()}
+    finally:
+        for c in consumers:
+            if c.thread.is_alive():
+                c.close()
+        second.stop()
+    assert not own.violations, own.violations
+    records = _read(consumers)
+    assert len(records) == len(set(records)), "some records were read twice"
