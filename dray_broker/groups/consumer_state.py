@@ -391,7 +391,7 @@ class ConsumerGroup:
             member.session_deadline = now + self.config.session_timeout_ms
             member.revocation_deadline = None
         else:
-            self._fence(member, topics)
+            self._fence(now, member, topics)
         self._take_snapshot_if_changed(force=True)
         return HeartbeatResult(ErrorCode.none, None, req.member_id, req.member_epoch,
                                self.config.heartbeat_interval_ms)
@@ -528,7 +528,7 @@ class ConsumerGroup:
             del self.static_members[m.instance_id]
         self.target.pop(member_id, None)
 
-    def _fence(self, m: ConsumerMember, topics: Topics | None) -> None:
+    def _fence(self, now: int, m: ConsumerMember, topics: Topics | None) -> None:
         """Remove the member; its partitions become free; the group moves to a new epoch."""
         self._remove(m.member_id)
         if topics is not None:
@@ -539,6 +539,7 @@ class ConsumerGroup:
         else:
             self.assignment_epoch = self.group_epoch
             self.subscription_metadata = {}
+            self.state_timestamp = now  # offsets of an empty group expire counting from here
         self._take_snapshot_if_changed(force=True)
 
     def _topics_from_metadata(self) -> dict[str, tuple[str, int]]:
@@ -550,7 +551,7 @@ class ConsumerGroup:
                 continue
             if (m.session_deadline is not None and m.session_deadline <= now) or (
                     m.revocation_deadline is not None and m.revocation_deadline <= now):
-                self._fence(m, topics)
+                self._fence(now, m, topics)
 
     # --- persistence ------------------------------------------------------------------------------------------
 
