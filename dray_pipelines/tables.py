@@ -122,6 +122,11 @@ def _open_catalog(settings: LakeSettings) -> Catalog:
         return load_catalog("dray", type="rest", uri=url, **props)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    if url.startswith("postgresql+psycopg://"):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise RuntimeError("a PostgreSQL catalog needs the psycopg driver: pip install 'psycopg[binary]'") from None
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     if url.startswith(("sqlite://", "postgresql+")):
@@ -363,7 +368,8 @@ class TopicTable:
         return len(old)
 
     def referenced_files(self) -> set[str]:
-        """Every data file any snapshot of the table references (what must not be deleted)."""
+        """Every data file live in some snapshot of the table (what must not be deleted). A file a snapshot
+        removed (retention) stays needed while an older snapshot that holds it is kept."""
         table = self.table(refresh=True)
         out: set[str] = set()
         seen_manifests: set[str] = set()
@@ -372,7 +378,7 @@ class TopicTable:
                 if manifest.manifest_path in seen_manifests:
                     continue
                 seen_manifests.add(manifest.manifest_path)
-                for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+                for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
                     out.add(entry.data_file.file_path)
         return out
 

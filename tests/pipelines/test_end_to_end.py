@@ -101,6 +101,16 @@ def test_produce_compact_query_consume_collect(lake_broker, dagster_instance):
     lake_broker.start()
     clients.read_back("confluent", lake_broker.bootstrap, topic, acked, timeout=60)
     clients.read_back("kafka-python", lake_broker.bootstrap, topic, acked, timeout=120)
+    # ListOffsets by timestamp searches the compacted batches too.
+    from confluent_kafka import Consumer, TopicPartition
+
+    target = [r for r in acked if r.partition == 2][777]
+    c = Consumer({"bootstrap.servers": lake_broker.bootstrap, "group.id": "e2e-times"})
+    try:
+        found = c.offsets_for_times([TopicPartition(topic, 2, target.timestamp)], timeout=15)
+        assert found[0].offset == target.offset
+    finally:
+        c.close()
 
     # Produce more: the new records are served from the WAL above the watermark, the old ones from Parquet.
     more = [replace(r, offset=-1) for r in clients.make_records(500, PARTITIONS, seed=12)]

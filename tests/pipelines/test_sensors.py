@@ -234,3 +234,42 @@ def test_retention_bytes_drops_whole_units(settings):
     p = asyncio.run(plan())
     # Kafka's rule: drop units while what is left stays >= retention.bytes: all but the last entry.
     assert p is not None and p.new_log_start == 180
+
+
+def test_table_maintenance_deletes_only_unreferenced_dead_files(runner, settings):
+    topic = "maintained"
+    _log(settings, topic, partitions=1, batches=8, flushes_per_partition=8)
+    small = _runner(runner, compact_max_bytes=8_000)
+    assert len(small.run_sensor("compaction_sensor", force=True, repeat=True).runs) >= 3
+    expected = asyncio.run(read_log(settings, topic, 0))
+
+    async def files():
+        async with open_lake(settings) as lake:
+            t = await lake.topic(topic)
+            table = lake.table(t)
+            prefix = settings.object_key(table.location) + "/data/partition=0/"
+            return table, prefix, sorted(o.key for o in await lake.objects.list(prefix))
+
+    table, prefix, live = asyncio.run(files())
+    first = table.live_files(0)[0]
+    dead_staged = prefix + "00000-%020d-%020d.parquet" % (0, 5)  # a run that never committed, since passed
+    pending = prefix + "00000-%020d-%020d.parquet" % (160, 200)  # a range a run may still commit
+
+    async def put(key):
+        async with open_lake(settings) as lake:
+            await lake.objects.put(key, b"PAR1 staged")
+
+    asyncio.run(put(dead_staged))
+    asyncio.run(put(pending))
+
+    async def retention_and_maintenance():
+        async with open_lake(settings) as lake:
+            await gc.apply_retention(lake, topic, 0, first.end)
+            return await gc.maintain_tables(lake, snapshot_retention_ms=0, ttl_ms=0)
+
+    stats = asyncio.run(retention_and_maintenance())
+    assert stats["snapshots_expired"] >= 3 and stats["data_files_deleted"] == 2
+    _, _, left = asyncio.run(files())
+    assert settings.object_key(first.path) not in left and dead_staged not in left and pending in left
+    assert sorted(set(live) - {settings.object_key(first.path)}) == sorted(set(left) - {pending})
+    assert asyncio.run(read_log(settings, topic, 0, start=first.end)) == [r for r in expected if r[0] >= first.end]
