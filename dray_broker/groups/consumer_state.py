@@ -220,7 +220,7 @@ class ConsumerGroup:
         return topic in self.subscribed_topic_names()
 
     def offset_expiry_base(self) -> str | None:
-        return "state" if not self.members else "commit"
+        return "commit"  # as Kafka: a consumer group's offsets expire by their commit time
 
     def validate_offset_commit(self, now: int, member_id: str, group_instance_id: str | None, member_epoch: int,
                                api_version: int = 9) -> ErrorCode:

@@ -346,7 +346,7 @@ class GroupCoordinator:
             return JoinResult(ErrorCode.unknown_member_id, member_id=req.member_id)
         if isinstance(rt.group, ConsumerGroup):
             if rt.group.members or req.member_id:
-                return JoinResult(ErrorCode.inconsistent_group_protocol, member_id=req.member_id)
+                return JoinResult(ErrorCode.group_id_not_found, member_id=req.member_id)  # not a classic group
             self._convert(rt, ClassicGroup(group_id, self.config, self.now()))
         reply = asyncio.get_running_loop().create_future()
         rt.group.join(self.now(), reply, req)

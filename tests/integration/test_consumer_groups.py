@@ -335,7 +335,7 @@ def test_wire_epochs_offsets_and_group_types(cg_broker):
                 protocols=(request(apis.JOIN_GROUP, 9, "JoinGroupRequestProtocol", name="range",
                                    metadata=b"\x00\x00\x00\x00\x00\x00"),), reason=None))
 
-        assert join(group).error_code == ErrorCode.inconsistent_group_protocol
+        assert join(group).error_code == ErrorCode.group_id_not_found
         # Leaving empties the group: then a classic member may take the id.
         r = _heartbeat(wire, group, "m1", -1)
         assert r.error_code == ErrorCode.none and r.member_epoch == -1

@@ -85,7 +85,7 @@ async def test_group_types_and_conversion(tmp_path):
         # A consumer group with a member refuses JoinGroup; describe (classic) says it is not classic.
         c2 = await _owner([a, b], "modern-1")
         assert (await c2.consumer_heartbeat("modern-1", _hb("m", 0))).error == ErrorCode.none
-        assert (await c2.join("modern-1", _join())).error == ErrorCode.inconsistent_group_protocol
+        assert (await c2.join("modern-1", _join())).error == ErrorCode.group_id_not_found
         with pytest.raises(Exception) as e:
             await c2.describe("modern-1")
         assert e.value.error == ErrorCode.group_id_not_found
