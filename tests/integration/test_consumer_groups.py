@@ -469,3 +469,60 @@ def test_coordinator_failover(tmp_path, cg_broker):
     assert not own.violations, own.violations
     records = _read(consumers)
     assert len(records) == len(set(records)), "some records were read twice"
+
+
+def test_remote_assignor_range_and_static_member(cg_broker):
+    """group.remote.assignor=range picks the server's range assignor; a static member (group.instance.id) that
+    closes and comes back within the session timeout gets its partitions back without a new group epoch."""
+    from confluent_kafka.admin import AdminClient
+
+    bootstrap = cg_broker.bootstrap
+    a, b = f"cgr-{uuid.uuid4().hex[:6]}-a", f"cgr-{uuid.uuid4().hex[:6]}-b"
+    create_topic(bootstrap, a, 2)
+    create_topic(bootstrap, b, 2)
+    group = f"g-{a}"
+    own = Ownership()
+    extra = {"group.remote.assignor": "range"}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    c1 = ConsumerThread(bootstrap, group, [a, b], "r1", own, {**extra, "group.instance.id": "i1"})
+    c2 = ConsumerThread(bootstrap, group, [a, b], "r2", own, {**extra, "group.instance.id": "i2"})
+    try:
+        def by_topic(name):
+            with own.lock:
+                return {(t, p) for (t, p), n in own.owner.items() if n == name}
+
+        wait_for(lambda: len(by_topic("r1")) == len(by_topic("r2")) == 2, 30, "two range consumers")
+        # Range: each member gets one partition of each topic (the same index of both).
+        assert {t for t, _ in by_topic("r1")} == {a, b} and len({p for _, p in by_topic("r1")}) == 1
+        d = admin.describe_consumer_groups([group])[group].result(30)
+        before = by_topic("r2")
+        epoch_before = _group_epoch(bootstrap, group)
+        c2.close()
+        c3 = ConsumerThread(bootstrap, group, [a, b], "r2b", own, {**extra, "group.instance.id": "i2"})
+        try:
+            wait_for(lambda: by_topic("r2b") == before, 30, "the static member to get its partitions back")
+            assert _group_epoch(bootstrap, group) == epoch_before
+            assert by_topic("r1") and len(by_topic("r1")) == 2
+        finally:
+            c3.close()
+        assert d.members and len(d.members) == 2
+    finally:
+        c1.close()
+        if c2.thread.is_alive():
+            c2.close()
+    assert not own.violations, own.violations
+
+
+def _group_epoch(bootstrap: str, group: str) -> int:
+    from dray_broker.protocol import apis
+    from tests.integration.wire import Wire, request
+
+    wire = Wire(bootstrap)
+    try:
+        d = wire.call(apis.CONSUMER_GROUP_DESCRIBE, 1, request(
+            apis.CONSUMER_GROUP_DESCRIBE, 1, "ConsumerGroupDescribeRequest", group_ids=(group,),
+            include_authorized_operations=False)).groups[0]
+        assert d.assignor_name == "range", d.assignor_name
+        return d.group_epoch
+    finally:
+        wire.close()
