@@ -33,8 +33,8 @@ async def _with_topics(path, **counts):
 def _hb(member_id, epoch, owned=None, names=("t",)):
     first = epoch == 0
     return HeartbeatRequest(member_id=member_id, member_epoch=epoch, rebalance_timeout_ms=30_000 if first else -1,
-                            subscribed_topic_names=names if first else None, subscribed_topic_regex="" if first else None,
-                            owned={} if first else owned)
+                            subscribed_topic_names=names if first else None,
+                            subscribed_topic_regex="" if first else None, owned={} if first else owned)
 
 
 def _count(result):
