@@ -165,6 +165,7 @@ async def write_range(lake: Lake, table: TopicTable, state: PartitionState, begi
         if a.end != b.start:
             raise CompactionError(f"{state.key}: WAL entries have a gap at {a.end}")
     target = lake.settings.row_group_bytes
+    max_rows = lake.settings.row_group_records
     builder = RowGroupBuilder(state.partition)
     writer = table.open_writer(path)
     faults.point("stage.before_write")
@@ -197,7 +198,7 @@ async def write_range(lake: Lake, table: TopicTable, state: PartitionState, begi
                     if offset < begin:
                         raise CompactionError(f"{state.key}: range start {begin} is inside a batch at {offset}")
                     builder.add_batches(data[pos : pos + h.size], offset)
-                    if builder.record_bytes >= target:
+                    if builder.record_bytes >= target or len(builder) >= max_rows:
                         await flush()
                 offset += h.record_count
             if offset != entry.end:

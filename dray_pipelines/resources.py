@@ -27,6 +27,7 @@ class DrayLake(ConfigurableResource):
     compact_age_ms: int | None = None
     compact_max_bytes: int | None = None
     row_group_bytes: int | None = None
+    row_group_records: int | None = None
     wal_gc_grace_ms: int | None = None
     orphan_ttl_ms: int | None = None
     snapshot_retention_ms: int | None = None

@@ -45,6 +45,7 @@ class LakeSettings(BaseModel):
     compact_age_ms: int = Field(10 * 60_000, ge=0, description="age of the oldest uncompacted WAL entry that starts a run")
     compact_max_bytes: int = Field(256 * MiB, gt=0, description="most WAL bytes one compaction run takes")
     row_group_bytes: int = Field(8 * MiB, gt=0, description="record bytes per Parquet row group (one fetch unit)")
+    row_group_records: int = Field(32_768, gt=0, description="most records per Parquet row group")
     wal_gc_grace_ms: int = Field(5 * 60_000, ge=0, description="time a compacted WAL object stays readable")
     orphan_ttl_ms: int = Field(60 * 60_000, ge=0, description="age after which an unindexed WAL object is deleted")
     snapshot_retention_ms: int = Field(24 * 3600_000, ge=0, description="Iceberg snapshots kept for time travel")

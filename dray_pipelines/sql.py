@@ -55,9 +55,11 @@ def connect(settings: LakeSettings, topics: list[str] | None = None) -> duckdb.D
         if topics is not None and name not in topics:
             continue
         table = catalog.load_table((namespace, name))
-        if table.current_snapshot() is None:
-            con.execute(f"CREATE VIEW {quote(name)} AS SELECT * FROM iceberg_scan({_literal(table.metadata_location)}) "
-                        "WHERE false")
+        if table.current_snapshot() is None:  # nothing committed yet: an empty relation with the table's columns
+            from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+            con.register(f"_empty_{len(identifiers)}_{abs(hash(name))}", schema_to_pyarrow(table.schema()).empty_table())
+            con.execute(f"CREATE VIEW {quote(name)} AS SELECT * FROM \"_empty_{len(identifiers)}_{abs(hash(name))}\"")
             continue
         con.execute(f"CREATE VIEW {quote(name)} AS SELECT * FROM iceberg_scan({_literal(table.metadata_location)})")
     return con
