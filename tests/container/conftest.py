@@ -2,7 +2,8 @@
 
 ``dray_image`` installs podman when missing (root), makes the base image when missing (cached in podman's
 storage) and builds ./Dockerfile with the layer cache. When any step fails the tests that need the image fail in
-CI (CI=true) and are skipped elsewhere, with the reason.
+CI (CI=true) and are skipped elsewhere, with the reason. Those tests carry the marker `container`:
+`pytest -m "not container"` leaves them out.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import pytest
 from tests.container import podman
 
 _notes: list[str] = []
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "container: builds and runs the container image with podman (slow)")
 
 
 def in_ci() -> bool:

@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from tests.container.podman import Container, inspect_image
 
-pytestmark = pytest.mark.timeout(3600)  # a cold build (base image, dependencies) takes minutes
+pytestmark = [pytest.mark.container, pytest.mark.timeout(3600)]  # a cold build (base, dependencies): minutes
 
 RECORDS = 10_000
 PARTITIONS = 3
