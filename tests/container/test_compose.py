@@ -349,3 +349,12 @@ def test_topology(services):
             assert dagster_db.path.strip("/") == pg_env["POSTGRES_DB"]
             assert dagster_db.password == catalog.password == pg_env["POSTGRES_PASSWORD"]
             assert "postgres" in set(deps)
+
+
+def test_dagster_instance_matches_dray_up():
+    """deploy/dagster.yaml (Postgres) runs the pipeline as `dray up`'s instance does: same run coordinator."""
+    from dray_pipelines.services import instance_config
+
+    ours = yaml.safe_load(DAGSTER_YAML.read_text())
+    assert ours["run_coordinator"] == instance_config()["run_coordinator"]
+    assert set(ours["storage"]) == {"postgres"}
