@@ -1,4 +1,4 @@
-"""The group coordinator: the I/O shell around ClassicGroup (state.py).
+"""The group coordinator: the I/O shell around ClassicGroup (state.py) and KIP-848 ConsumerGroup (consumer_state.py).
 
 One broker at a time coordinates a group: the one holding its ephemeral lease key (store.py). A broker takes a
 free lease when a request for the group reaches it (or when the holder's lease goes and the rendezvous hash picks
@@ -12,6 +12,12 @@ Per group, each request runs the state machine synchronously, then `_settle` per
 changed (CAS on the state key's version; a mismatch means another broker took over: the group is dropped here and
 its parked requests get NOT_COORDINATOR) and only then releases the replies, so no member sees a generation that is
 not stored. One asyncio timer per group calls `tick` at the group's next deadline.
+
+A group id holds one type at a time (the stored record says which): a classic group with members refuses
+ConsumerGroupHeartbeat and a consumer group with members refuses JoinGroup (GROUP_ID_NOT_FOUND, as Kafka without
+online migration); an empty group changes type when the other protocol's first member arrives. ConsumerGroupHeartbeat
+persists the group (epochs, members, target and current assignments) before it answers, so a coordinator that takes
+over continues with the same epochs and nobody is fenced.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where groups live in the metadata store. Every family sits at one depth, so a directory range is contiguous:
 
-    /dray/groups/state/<group>                     JSON: the last completed generation (ClassicGroup.to_record)
+    /dray/groups/state/<group>                     JSON: ClassicGroup.to_record or ConsumerGroup.to_record
     /dray/groups/lease/<group>                     JSON {"broker", "instance"}: the coordinator (ephemeral)
     /dray/groups/offsets/<group>/<topic>:<part>    JSON {"offset", "epoch", "metadata", "ts", "expire"}
 
