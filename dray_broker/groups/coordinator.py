@@ -84,8 +84,8 @@ def rendezvous(group_id: str, broker_ids: list[int]) -> int:
 def consumer_config_from_settings(settings: Any) -> ConsumerConfig:
     """KIP-848 group settings from the broker settings."""
     return ConsumerConfig(
-        session_timeout_ms=getattr(settings, "group_consumer_session_timeout_ms", 45_000),
-        heartbeat_interval_ms=getattr(settings, "group_consumer_heartbeat_interval_ms", 5_000),
+        session_timeout_ms=settings.group_consumer_session_timeout_ms,
+        heartbeat_interval_ms=settings.group_consumer_heartbeat_interval_ms,
     )
 
 
@@ -117,7 +117,7 @@ class GroupCoordinator:
     def __init__(self, broker: Any, config: GroupConfig | None = None):
         self.broker = broker
         self.config = config or config_from_settings(broker.settings)
-        self.consumer_config = consumer_config_from_settings(getattr(broker, "settings", None))
+        self.consumer_config = consumer_config_from_settings(broker.settings)
         self.store = GroupStore(broker.metadata)
         self.instance = uuid.uuid4().hex  # tells this process's leases from an earlier one with the same id
         self._groups: dict[str, _Runtime] = {}

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from kio.schema.errors import ErrorCode
 
+from dray_broker.config import Settings
 from dray_broker.groups.coordinator import CoordinatorError, GroupCoordinator
 from dray_broker.groups.state import STABLE, GroupConfig, JoinRequest
 from dray_broker.groups.store import GroupStore
@@ -35,7 +36,7 @@ async def _coordinators(path, n=2, config=CONFIG):
         store = await SqliteMetadataStore.open(str(path), session_timeout_ms=2_000)
         info = BrokerInfo(i, "127.0.0.1", 9000 + i, None)
         live[i] = info
-        broker = SimpleNamespace(metadata=store, broker_id=i, registry=FakeRegistry(live, info), settings=None,
+        broker = SimpleNamespace(metadata=store, broker_id=i, registry=FakeRegistry(live, info), settings=Settings(),
                                  topics=None)
         c = GroupCoordinator(broker, config)
         await c.start()
