@@ -17,6 +17,7 @@ from dray_broker.logs import setup_logging
 log = logging.getLogger("dray")
 
 DEFAULT_UP_HTTP = "127.0.0.1:9600"
+SERVICE_READY_TIMEOUT_S = 90.0
 
 
 def _settings_or_exit(args):
@@ -27,7 +28,8 @@ def _settings_or_exit(args):
         sys.exit(2)
 
 
-async def _run_broker(settings) -> None:
+async def _run_broker(settings, after_start=None) -> None:
+    """Run a broker until SIGTERM or SIGINT, then drain it. after_start: a coroutine function run once it serves."""
     from dray_broker.routing.registry import BrokerIdInUse
     from dray_broker.server.broker import Broker
 
@@ -41,6 +43,8 @@ async def _run_broker(settings) -> None:
     except (BrokerIdInUse, OSError) as e:
         log.error("cannot start: %s", e)
         raise SystemExit(1) from None
+    if after_start is not None:
+        await after_start()
     await stop.wait()
     log.info("signal received: draining")
     await broker.stop()
@@ -60,16 +64,32 @@ def cmd_broker(args) -> int:
 
 
 def cmd_up(args) -> int:
-    """Everything a laptop needs, with embedded defaults: the broker on 127.0.0.1:9092."""
+    """Everything a laptop needs, with embedded defaults: the broker on 127.0.0.1:9092, plus the services other
+    installed packages add (dray_pipelines adds the Dagster webserver and daemon)."""
     settings = _settings_or_exit(args)
     if settings.http_listen is None:
         settings.http_listen = DEFAULT_UP_HTTP
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(settings.log_level, settings.log_json)
     host, port = settings.advertised
-    print(f"Dray is starting (Ctrl-C stops):\n  Kafka bootstrap   {host}:{port}\n"
-          f"  metrics, health   http://{settings.http_listen}/metrics /healthz /readyz\n"
-          f"  data              {settings.data_dir.resolve()}", flush=True)
-    _run(_run_broker(settings))
+    services = [entry_point.load()(settings) for entry_point in entry_points(group="dray.services")]
+
+    async def announce() -> None:
+        urls = [("Kafka bootstrap", f"{host}:{port}"),
+                ("metrics, health", f"http://{settings.http_listen}/metrics /healthz /readyz")]
+        for service in services:
+            if not await asyncio.to_thread(service.wait_ready, SERVICE_READY_TIMEOUT_S):
+                log.warning("a service did not become ready in %.0f s: %s", SERVICE_READY_TIMEOUT_S, service.urls)
+            urls += service.urls
+        lines = "\n".join(f"  {name:<17} {url}" for name, url in urls)
+        print(f"Dray is up (Ctrl-C stops everything):\n{lines}\n  {'data':<17} {settings.data_dir.resolve()}",
+              flush=True)
+
+    try:
+        _run(_run_broker(settings, after_start=announce))
+    finally:
+        for service in services:
+            service.stop()
     return 0
 
 
