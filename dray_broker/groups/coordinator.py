@@ -32,6 +32,13 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from dray_broker.groups.consumer_state import (
+    ConsumerConfig,
+    ConsumerGroup,
+    HeartbeatRequest,
+    HeartbeatResult,
+    is_consumer_record,
+)
 from dray_broker.groups.state import (
     DEAD,
     EMPTY,
@@ -42,15 +49,9 @@ from dray_broker.groups.state import (
     JoinResult,
     SyncResult,
 )
-from dray_broker.groups.consumer_state import (
-    ConsumerConfig,
-    ConsumerGroup,
-    HeartbeatRequest,
-    HeartbeatResult,
-    is_consumer_record,
-)
 from dray_broker.groups.store import LEASE, CommittedOffset, GroupStore, Lease
 from dray_broker.metadata import MetadataError, VersionMismatchError
+from dray_broker.routing.zones import brokers_for
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +176,10 @@ class GroupCoordinator:
         """The broker that should take an unleased group: rendezvous hash over live brokers."""
         return rendezvous(group_id, self._live_ids())
 
-    async def find_coordinator(self, group_id: str):
-        """The BrokerInfo clients should send this group's requests to."""
+    async def find_coordinator(self, group_id: str, client_id: str | None = None):
+        """The BrokerInfo clients should send this group's requests to: the lease holder, whatever its zone (one
+        broker runs a group); for a group nobody holds, a broker of the client's zone, which takes the lease
+        when the group's first request reaches it."""
         live = {b.id: b for b in self.broker.registry.live()}
         rt = self._groups.get(group_id)
         if rt is not None:
@@ -184,7 +187,8 @@ class GroupCoordinator:
         lease = await self.store.get_lease(group_id)
         if lease is not None and lease.broker_id in live:
             return live[lease.broker_id]
-        return live[rendezvous(group_id, list(live))]
+        candidates = brokers_for(list(live.values()), client_id)
+        return live[rendezvous(group_id, [b.id for b in candidates])]
 
     def _mine(self, lease: Lease) -> bool:
         return lease.broker_id == self.broker.broker_id and lease.instance == self.instance

@@ -53,7 +53,7 @@ async def handle_find_coordinator(broker, req: Request):
             error, message = ErrorCode.invalid_request, f"coordinator key type {key_type} is not supported"
         else:
             try:
-                node = await coordinator.find_coordinator(key)
+                node = await coordinator.find_coordinator(key, req.client_id)
             except Exception as e:
                 log.warning("FindCoordinator(%r) failed: %r", key, e)
                 error, message = ErrorCode.coordinator_not_available, "the metadata store is unavailable"

@@ -108,7 +108,8 @@ class Broker:
             on_commit=self.reader.committed, metrics=self.metrics,
         )
         self.metrics.registry.register(CacheCollector(self.reader.chunks))
-        self.producers = ProducerStates(self.metadata, self.index, self._batch_headers)
+        self.producers = ProducerStates(self.metadata, self.index, self._batch_headers,
+                                        expiration_ms=s.producer_id_expiration_ms)
         index_watch = await self.metadata.watch(INDEX_PREFIX)
         self._index_watch_task = asyncio.create_task(self._follow_index(index_watch), name="index-watch")
         host, port = s.listen.rsplit(":", 1)

@@ -9,8 +9,12 @@ from collections import Counter
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from kio.schema.errors import ErrorCode
 
+from dray_broker.protocol import apis
+from tests.batches import make_batch
 from tests.integration.brokers import BrokerProcess
+from tests.integration.wire import Wire, request
 
 
 @pytest.fixture
@@ -142,3 +146,113 @@ def test_a_broker_id_in_use_is_refused(cluster, tmp_path):
     clash = BrokerProcess(tmp_path / "clash", extra_args=shared)
     with pytest.raises(RuntimeError, match="broker id 1 is registered by a live broker"):
         clash.start(timeout=30)
+
+
+def _find_coordinator(bootstrap: str, client_id: str, group: str) -> int:
+    wire = Wire(bootstrap, client_id=client_id)
+    try:
+        r = wire.call(apis.FIND_COORDINATOR, 3, request(apis.FIND_COORDINATOR, 3, "FindCoordinatorRequest",
+                                                        key=group, key_type=0))
+        assert r.error_code == ErrorCode.none
+        return r.node_id
+    finally:
+        wire.close()
+
+
+def test_a_new_group_is_coordinated_in_the_client_zone_and_stays_on_one_broker(cluster, topic_name):
+    b1, b2, b3 = cluster
+    # Unleased groups: each client is pointed at a broker of its own zone, whichever broker it asks.
+    for i in range(6):
+        group = f"g{i}-{topic_name}"
+        assert {_find_coordinator(b.bootstrap, "zone_id=b", group) for b in cluster} == {3}
+        assert {_find_coordinator(b.bootstrap, "x=1,zone_id=a", group) for b in cluster} <= {1, 2}
+    # Once a zone-b consumer joined, the group is held by broker 3 and every client, of any zone, is sent there.
+    _create(b1.bootstrap, topic_name, 2)
+    group = f"zoned-{topic_name}"
+    consumer = Consumer({"bootstrap.servers": b1.bootstrap, "group.id": group, "client.id": "zone_id=b",
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000, "log_level": 3})
+    consumer.subscribe([topic_name])
+    deadline = time.monotonic() + 30
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(0.2)
+    assert len(consumer.assignment()) == 2
+    assert {_find_coordinator(b.bootstrap, "zone_id=a", group) for b in cluster} == {3}
+    consumer.close()
+
+
+def test_enforce_owner_steers_produce_to_the_zone_owner(tmp_path, topic_name):
+    shared = [f"--metadata=sqlite://{tmp_path}/meta.db", f"--object-store=file://{tmp_path}/objects",
+              "--enforce-owner"]
+    brokers = [BrokerProcess(tmp_path / f"e{i}", extra_args=[*shared, f"--broker-id={i}", "--zone=a"]).start()
+               for i in (1, 2)]
+    try:
+        _create(brokers[0].bootstrap, topic_name, 4)
+        leaders = {i: p.leader for i, p in _metadata(brokers[0].bootstrap, "zone_id=a", topic_name)
+                   .topics[topic_name].partitions.items()}
+        for partition, leader in leaders.items():
+            other = brokers[0] if leader == 2 else brokers[1]
+            batch = make_batch([(b"k", b"v")])
+            wire = Wire(other.bootstrap, client_id="zone_id=a")
+            body = request(apis.PRODUCE, 9, "ProduceRequest", transactional_id=None, acks=-1, timeout=10_000,
+                           topic_data=(request(apis.PRODUCE, 9, "TopicProduceData", name=topic_name, partition_data=(
+                               request(apis.PRODUCE, 9, "PartitionProduceData", index=partition, records=batch),)),))
+            code = wire.call(apis.PRODUCE, 9, body).responses[0].partition_responses[0].error_code
+            wire.close()
+            assert code == ErrorCode.not_leader_or_follower, (partition, leader)
+        # A normal client follows Metadata to the owners and everything lands.
+        p = Producer({"bootstrap.servers": brokers[0].bootstrap, "client.id": "zone_id=a", "log_level": 3})
+        for i in range(100):
+            p.produce(topic_name, value=b"%d" % i, partition=i % 4)
+        assert p.flush(15) == 0
+    finally:
+        for b in brokers:
+            b.stop()
+
+
+def test_aiokafka_keeps_producing_and_consuming_when_a_broker_dies(cluster, topic_name):
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition as AioTopicPartition
+
+    b1, b2, b3 = cluster
+    _create(b1.bootstrap, topic_name, 6)
+    bootstrap = ",".join(b.bootstrap for b in cluster)
+
+    async def scenario():
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, client_id="zone_id=a", enable_idempotence=False,
+                                    request_timeout_ms=10_000, retry_backoff_ms=200, metadata_max_age_ms=1000)
+        await producer.start()
+        acked = []
+        try:
+            for i in range(300):
+                await producer.send_and_wait(topic_name, b"%d" % i, partition=i % 6)
+                acked.append(b"%d" % i)
+            b2.kill()
+            for i in range(300, 600):
+                for attempt in range(50):
+                    try:
+                        await producer.send_and_wait(topic_name, b"%d" % i, partition=i % 6)
+                        acked.append(b"%d" % i)
+                        break
+                    except Exception:  # the dead broker's partitions move once Metadata drops it: retry
+                        await asyncio.sleep(0.2)
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="zone_id=a", enable_auto_commit=False,
+                                    metadata_max_age_ms=1000, request_timeout_ms=10_000)
+        await consumer.start()
+        try:
+            consumer.assign([AioTopicPartition(topic_name, p) for p in range(6)])
+            await consumer.seek_to_beginning()
+            seen = []
+            deadline = asyncio.get_running_loop().time() + 30
+            while len(seen) < len(acked) and asyncio.get_running_loop().time() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                seen += [m.value for msgs in batch.values() for m in msgs]
+        finally:
+            await consumer.stop()
+        return acked, seen
+
+    acked, seen = asyncio.run(scenario())
+    assert len(acked) == 600
+    assert sorted(seen) == sorted(acked)

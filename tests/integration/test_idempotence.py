@@ -193,3 +193,21 @@ def test_producer_state_survives_a_restart(tmp_path, topic_name):
         assert _log_end(broker.bootstrap, topic_name) == 3
     finally:
         broker.stop()
+
+
+def test_producer_state_expires(tmp_path, topic_name):
+    """After producer.id.expiration.ms without writes, a producer is unknown again: any sequence is accepted."""
+    broker = BrokerProcess(tmp_path, extra_args=["--producer-id-expiration-ms", "1000"]).start()
+    try:
+        wire = Wire(broker.bootstrap)
+        Producer({"bootstrap.servers": broker.bootstrap, "log_level": 3}).list_topics(topic_name, timeout=10)
+        pid, epoch = _init_producer_id(wire)
+        first = make_batch([(b"k", b"1")], producer_id=pid, producer_epoch=epoch, base_sequence=0)
+        assert _produce(wire, topic_name, first) == (ErrorCode.none, 0)
+        gap = make_batch([(b"k", b"2")], producer_id=pid, producer_epoch=epoch, base_sequence=7)
+        assert _produce(wire, topic_name, gap)[0] == ErrorCode.out_of_order_sequence_number
+        time.sleep(1.5)  # the expiration itself is what is tested: no condition to wait for
+        assert _produce(wire, topic_name, gap) == (ErrorCode.none, 1)
+        wire.close()
+    finally:
+        broker.stop()

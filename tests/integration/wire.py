@@ -21,8 +21,9 @@ class _Writer(list):
 class Wire:
     """One connection that sends kio request entities of any version and decodes the responses."""
 
-    def __init__(self, bootstrap: str):
+    def __init__(self, bootstrap: str, client_id: str = "dray-wire-test"):
         host, port = bootstrap.rsplit(":", 1)
+        self.client_id = client_id
         self.sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
         self.correlation_id = 0
 
@@ -35,7 +36,7 @@ class Wire:
         self.correlation_id += 1
         w = _Writer()
         entity_writer(header_cls)(w, header_cls(request_api_key=api_key, request_api_version=version,
-                                                correlation_id=self.correlation_id, client_id="dray-wire-test"))
+                                                correlation_id=self.correlation_id, client_id=self.client_id))
         entity_writer(req_cls)(w, body)
         payload = b"".join(w)
         self.sock.sendall(struct.pack(">i", len(payload)) + payload)
