@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import time
 import logging
+import time
 import uuid
 from typing import Any, Awaitable, Callable
 
 from dray_broker.config import Settings
+from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.fetch.handler import handle_fetch
 from dray_broker.fetch.reader import PartitionReader
 from dray_broker.groups.coordinator import GroupCoordinator
 from dray_broker.index.offsets import OffsetIndex, PartitionRef
+from dray_broker.logs import request_context
 from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, VersionMismatchError, open_metadata_store
 from dray_broker.objectstore import ObjectStore, open_object_store
+from dray_broker.observability.http import HttpEndpoint
+from dray_broker.observability.instrumented import timed_metadata_store, timed_object_store
+from dray_broker.observability.metrics import BrokerMetrics, CacheCollector
 from dray_broker.produce.handler import handle_init_producer_id, handle_produce
 from dray_broker.produce.producers import ProducerStates, batch_headers
 from dray_broker.produce.wal_writer import WalWriter
@@ -33,10 +38,6 @@ from dray_broker.routing.metadata_api import handle_metadata
 from dray_broker.routing.registry import BrokerInfo, BrokerRegistry, allocate_broker_id
 from dray_broker.server.connection import NO_RESPONSE, Connection
 from dray_broker.server.faults import Faults
-from dray_broker.logs import request_context
-from dray_broker.observability.http import HttpEndpoint
-from dray_broker.observability.instrumented import timed_metadata_store, timed_object_store
-from dray_broker.observability.metrics import BrokerMetrics, CacheCollector
 from dray_broker.topics.catalog import TopicCatalog
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class Broker:
         self.topics = TopicCatalog(self.metadata)
         await self.topics.start()
         self.groups = GroupCoordinator(self)
-        self.reader = PartitionReader(self.objects, self.index, s.fetch_cache_bytes)
+        self.reader = PartitionReader(self.objects, self.index, s.fetch_cache_bytes,
+                                      load_compacted=CompactedReader(self.objects).load)
         self.wal_writer = WalWriter(
             self.objects, self.index, broker_id=self.broker_id, flush_ms=s.flush_ms, flush_bytes=s.flush_bytes,
             on_commit=self.reader.committed, metrics=self.metrics,

@@ -212,7 +212,8 @@ def test_enforce_owner_steers_produce_to_the_zone_owner(tmp_path, topic_name):
 def test_aiokafka_keeps_producing_and_consuming_when_a_broker_dies(cluster, topic_name):
     import asyncio
 
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition as AioTopicPartition
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import TopicPartition as AioTopicPartition
 
     b1, b2, b3 = cluster
     _create(b1.bootstrap, topic_name, 6)

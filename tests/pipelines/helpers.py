@@ -4,15 +4,10 @@ the broker's PartitionReader with the compacted-data loader, and check that tabl
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.fetch.reader import PartitionReader
@@ -26,7 +21,6 @@ from dray_broker.records.encode import encode_batch
 from dray_broker.topics.catalog import TopicCatalog
 from dray_pipelines.lake import open_lake
 from dray_pipelines.settings import LakeSettings
-from tests.integration.brokers import READY_LINE, BrokerProcess
 
 CODECS = (0, 1, 2, 3, 4)
 
@@ -169,29 +163,3 @@ def assert_agree(settings: LakeSettings, topic: str, expected: dict[int, list[Ro
         assert asyncio.run(read_log(settings, topic, p)) == want, f"log partition {p}"
 
 
-class LakeBroker(BrokerProcess):
-    """A broker process that reads compacted offsets (tests.pipelines.run_broker wires the loader in)."""
-
-    def start(self, timeout: float = 30) -> "LakeBroker":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", "tests.pipelines.run_broker", "broker", "--data-dir", str(self.data_dir),
-                "--listen", self.bootstrap, "--flush-ms", "2", *self.extra_args]
-        if self.metadata:
-            args += ["--metadata", self.metadata]
-        if self.object_store:
-            args += ["--object-store", self.object_store]
-        self.log_path = self.data_dir / f"broker-{self.port}.log"
-        out = open(self.log_path, "ab")
-        seen = self.log_path.stat().st_size  # a restart appends: look for the ready line after this
-        root = str(Path(__file__).resolve().parents[2])
-        self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": root, **self.env})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
-            if READY_LINE in self.log()[seen:]:
-                return self
-            time.sleep(0.05)
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        raise RuntimeError(f"broker did not become ready in {timeout}s:\n{self.log()}")

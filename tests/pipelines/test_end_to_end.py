@@ -15,8 +15,9 @@ import pytest
 from dray_pipelines import sql
 from dray_pipelines.runner import Runner
 from tests.integration import clients
+from tests.integration.brokers import BrokerProcess
 from tests.pipelines.conftest import lake_settings
-from tests.pipelines.helpers import LakeBroker, log_state, table_rows
+from tests.pipelines.helpers import log_state, table_rows
 
 N_RECORDS = 100_000
 PARTITIONS = 4
@@ -53,7 +54,7 @@ def checksum(con, relation: str) -> tuple:
 
 @pytest.fixture
 def lake_broker(tmp_path):
-    b = LakeBroker(tmp_path / "data").start()
+    b = BrokerProcess(tmp_path / "data").start()
     yield b
     b.stop()
 
@@ -121,7 +122,7 @@ def test_produce_compact_query_consume_collect(lake_broker, dagster_instance):
 def test_consumer_during_swaps_sees_every_offset_once(tmp_path, dagster_instance):
     """Consumers read the partition over and over from offset 0 while compaction runs swap after swap and WAL GC
     deletes what was swapped (grace 0); every pass reads every offset exactly once, with the same records."""
-    broker = LakeBroker(tmp_path / "data", extra_args=["--fetch-cache-bytes", "200000"]).start()
+    broker = BrokerProcess(tmp_path / "data", extra_args=["--fetch-cache-bytes", "200000"]).start()
     try:
         settings = lake_settings(broker.data_dir, wal_gc_grace_ms=0, compact_max_bytes=100_000,
                                  row_group_bytes=16_000)
@@ -179,7 +180,7 @@ def test_consumer_during_swaps_sees_every_offset_once(tmp_path, dagster_instance
 
 
 def test_retention_moves_the_log_start(tmp_path, dagster_instance):
-    broker = LakeBroker(tmp_path / "data").start()
+    broker = BrokerProcess(tmp_path / "data").start()
     try:
         settings = lake_settings(broker.data_dir, wal_gc_grace_ms=0, compact_max_bytes=30_000,
                                  row_group_bytes=8_000)
