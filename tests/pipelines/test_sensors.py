@@ -45,10 +45,11 @@ async def _uncompacted_bytes(settings, topic, p):
 
 
 def test_age_threshold(runner, settings):
-    aged = _runner(runner, compact_age_ms=1500)
+    aged = _runner(runner, compact_age_ms=4000)
+    started = time.monotonic()
     _log(settings, "aged", partitions=1)
     assert not aged.evaluate("compaction_sensor")
-    time.sleep(1.6)
+    time.sleep(max(0.0, started + 4.1 - time.monotonic()))
     assert [r.partition_key for r in aged.evaluate("compaction_sensor")] == ["aged-0"]
 
 
@@ -141,11 +142,12 @@ def test_wal_gc_waits_for_the_grace_period(runner, settings, tmp_path):
     assert len(list(objects_dir.iterdir())) == n_objects
     state = asyncio.run(_wal_entries(settings, topic, 0))
     assert len(state) == 1  # the newest entry stays: it anchors the offset sequence
-    # Partition 1 too: the objects go, but only after the grace period.
+    # Partition 1 too: the objects go, but only once the grace period has passed since its swap.
     slow.run_sensor("compaction_sensor", force=True)
-    plan = asyncio.run(_plan(settings, 1500))
-    assert plan.objects == []
-    time.sleep(1.6)
+    swapped_ms = asyncio.run(_dead_since(settings, topic, 1))
+    assert asyncio.run(_plan(settings, 1500, at_ms=swapped_ms + 1499)).objects == []
+    assert len(asyncio.run(_plan(settings, 1500, at_ms=swapped_ms + 1500)).objects) == n_objects
+    time.sleep(max(0.0, (swapped_ms + 1600) / 1000 - time.time()))
     plan = asyncio.run(_plan(settings, 1500))
     assert len(plan.objects) == n_objects
     assert not slow.run_sensor("wal_gc_sensor", repeat=True).failed
@@ -164,9 +166,16 @@ async def _wal_entries(settings, topic, p):
         return await lake.index.entries(t.partition(p), "wal-")
 
 
-async def _plan(settings, grace):
+async def _plan(settings, grace, at_ms=None):
     async with open_lake(settings) as lake:
-        return await gc.plan_wal_gc(lake, grace)
+        return await gc.plan_wal_gc(lake, grace, at_ms)
+
+
+async def _dead_since(settings, topic, p):
+    async with open_lake(settings) as lake:
+        t = await lake.topic(topic)
+        history, _ = await lake.boundaries(t.partition(p))
+        return history["dead"][-1][1]
 
 
 def test_orphans_are_collected_after_the_ttl(runner, settings):
