@@ -49,6 +49,7 @@ READ_COLUMNS = [OFFSET, TIMESTAMP, KEY, VALUE, HEADERS, ATTRIBUTES, BATCH_OFFSET
                 BASE_SEQUENCE]
 
 ORIGINAL = "original"
+GZIP_LEVEL = 1
 _FOOTER_READ = 64 * 1024
 _CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 
@@ -57,9 +58,11 @@ class CompactedDataError(Exception):
     """A Parquet entry does not hold what the index says."""
 
 
-def batches_from_table(table: pa.Table, start: int, end: int, codec: int | None = None) -> LoadedRange:
+def batches_from_table(table: pa.Table, start: int, end: int, codec: int | None = None,
+                       gzip_level: int | None = GZIP_LEVEL) -> LoadedRange:
     """Record batches for the rows of table with start <= offset < end (rows in offset order), one batch per
-    original batch (rows sharing batch_offset). codec None = each batch's original codec."""
+    original batch (rows sharing batch_offset). codec None = each batch's original codec. gzip is written at a
+    low level (any level decodes the same; level 6 would make gzip fetches from Parquet several times slower)."""
     offsets = table.column(OFFSET).to_pylist()
     if not offsets or offsets[0] > start or offsets[-1] < end - 1:
         have = f"[{offsets[0]}, {offsets[-1] + 1})" if offsets else "nothing"
@@ -104,7 +107,7 @@ def batches_from_table(table: pa.Table, start: int, end: int, codec: int | None 
         batch = encode_batch(
             records, base_offset=first, base_timestamp=base_ts, max_timestamp=max_ts,
             attributes=attrs, producer_id=producer_ids[i], producer_epoch=producer_epochs[i], base_sequence=seq,
-            compression=codec,
+            compression=codec, compression_level=gzip_level if (attrs & 7 if codec is None else codec) == 1 else None,
         )
         out += batch
         batch_records.append(offsets[j - 1] - first + 1)

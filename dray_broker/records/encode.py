@@ -96,12 +96,12 @@ def encode_records(records: Iterable[RecordFields]) -> bytearray:
     return out
 
 
-def compress(codec: int, data: bytes | bytearray) -> bytes:
-    """Compress a records section with a Kafka codec."""
+def compress(codec: int, data: bytes | bytearray, level: int | None = None) -> bytes:
+    """Compress a records section with a Kafka codec (level: gzip and zstd only; None = the codec's default)."""
     if codec == NONE:
         return bytes(data)
     if codec == GZIP:
-        return bytes(cramjam.gzip.compress(bytes(data), level=6))
+        return bytes(cramjam.gzip.compress(bytes(data), level=6 if level is None else level))
     if codec == SNAPPY:
         view = memoryview(data)
         parts = [_XERIAL_HEADER]
@@ -115,23 +115,24 @@ def compress(codec: int, data: bytes | bytearray) -> bytes:
         c.compress(bytes(data))
         return bytes(c.finish())
     if codec == ZSTD:
-        return bytes(cramjam.zstd.compress(bytes(data)))
+        return bytes(cramjam.zstd.compress(bytes(data)) if level is None else cramjam.zstd.compress(bytes(data), level))
     raise ValueError(f"unknown compression codec {codec}")
 
 
 def encode_batch(records: Sequence[RecordFields], *, base_offset: int, base_timestamp: int, max_timestamp: int,
                  attributes: int = 0, producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1,
-                 partition_leader_epoch: int = 0, compression: int | None = None) -> bytes:
+                 partition_leader_epoch: int = 0, compression: int | None = None,
+                 compression_level: int | None = None) -> bytes:
     """One v2 batch of records (offset and timestamp deltas relative to base_offset and base_timestamp).
 
     attributes are the batch attributes (timestamp type, transactional, control bits); its codec bits are replaced
-    by compression when given (None = keep the codec named in attributes)."""
+    by compression when given (None = keep the codec named in attributes); compression_level for gzip and zstd."""
     if not records:
         raise ValueError("a record batch needs at least one record")
     codec = attributes & COMPRESSION_MASK if compression is None else compression
     attributes = (attributes & ~COMPRESSION_MASK) | codec
     raw = encode_records(records)
-    payload = compress(codec, raw) if codec else raw
+    payload = compress(codec, raw, compression_level) if codec else raw
     last_offset_delta = records[-1][0]
     tail = _AFTER_CRC.pack(attributes, last_offset_delta, base_timestamp, max_timestamp, producer_id,
                            producer_epoch, base_sequence, len(records))
