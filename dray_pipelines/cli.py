@@ -70,7 +70,7 @@ def cmd_compact(args) -> int:
     from dray_pipelines.runner import Runner
 
     report = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
-    runner = Runner(settings, report=report)
+    runner = Runner(settings, report=report, log_level="ERROR")
     result = runner.run_all(force=args.all, maintenance=args.maintenance)
     if not args.quiet:
         print(f"{len(result.runs)} runs, {len(result.failed)} failed" if result.runs else "nothing to do")

@@ -47,7 +47,8 @@ def default_instance() -> DagsterInstance:
 
 class Runner:
     def __init__(self, settings: LakeSettings, instance: DagsterInstance | None = None,
-                 report: Callable[[str], None] | None = None):
+                 report: Callable[[str], None] | None = None, log_level: str = "INFO"):
+        self.log_level = log_level  # of the runs' console logger
         self.dray = DrayLake.from_settings(settings)
         self.defs = d.make_definitions(self.dray)
         self.instance = instance or default_instance()
@@ -96,8 +97,10 @@ class Runner:
         if request.run_key:
             tags[RUN_KEY_TAG] = request.run_key
         tags["dray/launched_by"] = "dray compact"
+        run_config = {**(request.run_config or {}),
+                      "loggers": {"console": {"config": {"log_level": self.log_level}}}}
         result = job_def.execute_in_process(
-            run_config=request.run_config or None, instance=self.instance, partition_key=request.partition_key,
+            run_config=run_config, instance=self.instance, partition_key=request.partition_key,
             tags=tags, raise_on_error=False,
         )
         error = None
