@@ -97,7 +97,7 @@ def encode_records(records: Iterable[RecordFields]) -> bytearray:
 
 
 def compress(codec: int, data: bytes | bytearray, level: int | None = None) -> bytes:
-    """Compress a records section with a Kafka codec (level: gzip and zstd only; None = the codec's default)."""
+    """Compress a records section with a Kafka codec (level: gzip, lz4 and zstd; None = a default)."""
     if codec == NONE:
         return bytes(data)
     if codec == GZIP:
@@ -111,7 +111,8 @@ def compress(codec: int, data: bytes | bytearray, level: int | None = None) -> b
             parts.append(block)
         return b"".join(parts)
     if codec == LZ4:
-        c = cramjam.lz4.Compressor(block_linked=False)
+        # cramjam's default level is LZ4-HC (~40 MB/s here); level 1 is LZ4's fast mode (~800 MB/s).
+        c = cramjam.lz4.Compressor(level=1 if level is None else level, block_linked=False)
         c.compress(bytes(data))
         return bytes(c.finish())
     if codec == ZSTD:
