@@ -31,6 +31,10 @@ class Settings(BaseModel):
     data_dir: Path = Field(Path("./dray-data"), description="where embedded defaults keep their files")
     metadata: str | None = Field(None, description="sqlite:///path/meta.db or oxia://host:6648")
     object_store: str | None = Field(None, description="file:///path or s3://bucket/prefix?endpoint=...")
+    catalog: str | None = Field(None, description="Iceberg catalog: sqlite:///path (default <data-dir>/catalog.db), "
+                                "postgresql://..., or an http(s):// REST catalog")
+    warehouse: str | None = Field(None, description="where Iceberg table data goes (default: iceberg/ in the object "
+                                  "store)")
     listen: str = Field("127.0.0.1:9092", description="HOST:PORT the Kafka listener binds")
     advertise: str | None = Field(None, description="HOST:PORT clients are told to connect to")
     http_listen: str | None = Field(None, description="HOST:PORT for /metrics, /healthz and /readyz (off if unset)")
