@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from dray_broker.records.batch import HEADER_SIZE, TIMESTAMP_TYPE_LOG_APPEND, read_header
 from dray_broker.records.decode import RecordDecodeError, decompress
+from dray_broker.records.decode import read_varint as _varint
 from dray_pipelines.tables import ARROW_SCHEMA
 
 _HEADER_TYPE = ARROW_SCHEMA.field("headers").type
@@ -202,21 +203,3 @@ class RowGroupBuilder:
                 "max_ts": self.max_ts if self.max_ts is not None else -1, "rows": n}
         self._reset()
         return table, info
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    b = buf[pos]
-    pos += 1
-    if b < 0x80:
-        return (b >> 1) ^ -(b & 1), pos
-    result = b & 0x7F
-    shift = 7
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return (result >> 1) ^ -(result & 1), pos
-        shift += 7
-        if shift > 63:
-            raise RecordDecodeError("varint longer than 10 bytes")

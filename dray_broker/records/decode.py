@@ -141,7 +141,7 @@ def _snappy(data: bytes) -> bytes:
 # --- records ------------------------------------------------------------------------------------------------------
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     """A zigzag varint (or varlong) at pos: (value, next position)."""
     b = buf[pos]
     pos += 1
@@ -161,7 +161,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def _bytes(buf: bytes, pos: int) -> tuple[bytes | None, int]:
-    n, pos = _varint(buf, pos)
+    n, pos = read_varint(buf, pos)
     if n < 0:
         return None, pos
     end = pos + n
@@ -175,7 +175,7 @@ def _records(buf: bytes, count: int, base_offset: int, base_timestamp: int,
     out = []
     pos = 0
     size = len(buf)
-    varint = _varint
+    varint = read_varint
     read_bytes = _bytes
     try:
         for _ in range(count):

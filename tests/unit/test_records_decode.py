@@ -183,6 +183,6 @@ def test_varint_edges():
             u >>= 7
 
     for n in (0, -1, 1, 63, -64, 64, 300, -300, 2**31 - 1, -(2**31), 2**62, -(2**63), 2**63 - 1):
-        assert rd._varint(zz(n), 0) == (n, len(zz(n)))
+        assert rd.read_varint(zz(n), 0) == (n, len(zz(n)))
     with pytest.raises(rd.RecordDecodeError):
-        rd._varint(b"\xff" * 11, 0)
+        rd.read_varint(b"\xff" * 11, 0)
