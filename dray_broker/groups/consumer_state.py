@@ -100,6 +100,8 @@ class ConsumerMember:
     state: str = M_STABLE
     assigned: Parts = field(default_factory=dict)
     pending_revocation: Parts = field(default_factory=dict)
+    # (topic id, partition) -> the member epoch at which the member got it (KIP-1251); covers `assigned`.
+    assigned_at: dict[tuple[str, int], int] = field(default_factory=dict)
     # Runtime only.
     session_deadline: int | None = None
     revocation_deadline: int | None = None
@@ -112,16 +114,25 @@ class ConsumerMember:
             "regex": self.subscribed_regex, "assignor": self.server_assignor, "epoch": self.epoch,
             "previous_epoch": self.previous_epoch, "state": self.state, "assigned": _enc(self.assigned),
             "revoking": _enc(self.pending_revocation),
+            "assigned_at": [[t, p, e] for (t, p), e in sorted(self.assigned_at.items())],
         }
 
     @classmethod
     def from_record(cls, d: dict) -> "ConsumerMember":
-        return cls(
+        m = cls(
             d["id"], d.get("instance_id"), d.get("rack_id"), d.get("client_id", ""), d.get("client_host", ""),
             int(d.get("rebalance_timeout_ms", 300_000)), tuple(d.get("names", ())), d.get("regex"),
             d.get("assignor"), int(d["epoch"]), int(d.get("previous_epoch", -1)), d.get("state", M_STABLE),
             _dec(d.get("assigned", {})), _dec(d.get("revoking", {})),
+            {(t, int(p)): int(e) for t, p, e in d.get("assigned_at", ())},
         )
+        m.track_assignment_epochs()
+        return m
+
+    def track_assignment_epochs(self) -> None:
+        """Forget partitions no longer assigned; a newly assigned partition gets the member's current epoch."""
+        self.assigned_at = {(t, p): self.assigned_at.get((t, p), self.epoch)
+                            for t, ps in self.assigned.items() for p in ps}
 
 
 @dataclass(frozen=True)
@@ -223,19 +234,33 @@ class ConsumerGroup:
         return "commit"  # as Kafka: a consumer group's offsets expire by their commit time
 
     def validate_offset_commit(self, now: int, member_id: str, group_instance_id: str | None, member_epoch: int,
-                               api_version: int = 9) -> ErrorCode:
+                               api_version: int, partitions: list[tuple[str, int]]) -> list[ErrorCode]:
+        """One error per (topic name, partition). As Kafka with KIP-1251: an epoch older than the member's is
+        accepted for a partition the member was given at that epoch or before and still holds, so a commit that
+        crossed a heartbeat bumping the epoch is not refused, while a zombie commit (a partition moved since) is."""
+        def each(error: ErrorCode) -> list[ErrorCode]:
+            return [error] * len(partitions)
+
         if self.dead:
-            return ErrorCode.coordinator_not_available
+            return each(ErrorCode.coordinator_not_available)
         if member_epoch < 0 and not self.members:
-            return ErrorCode.none
+            return each(ErrorCode.none)
         m = self.members.get(member_id)
         if m is None:
-            return ErrorCode.unknown_member_id
+            return each(ErrorCode.unknown_member_id)
         if api_version < 9:
-            return ErrorCode.unsupported_version
-        if member_epoch != m.epoch:
-            return ErrorCode.stale_member_epoch
-        return ErrorCode.none
+            return each(ErrorCode.unsupported_version)
+        if member_epoch == m.epoch:
+            return each(ErrorCode.none)
+        if member_epoch > m.epoch or member_epoch < 0:
+            return each(ErrorCode.stale_member_epoch)
+        out = []
+        for topic, partition in partitions:
+            tid = self.subscription_metadata.get(topic, (None,))[0]
+            since = m.assigned_at.get((tid, partition)) if tid is not None else None
+            out.append(ErrorCode.none if since is not None and since <= member_epoch
+                       else ErrorCode.stale_member_epoch)
+        return out
 
     def validate_offset_fetch(self, member_id: str | None, member_epoch: int) -> ErrorCode:
         if member_id is None and member_epoch < 0:
@@ -508,6 +533,7 @@ class ConsumerGroup:
             # Revoke first, at the current epoch; the new partitions come once the member acknowledged.
             m.state = M_UNREVOKED
             m.assigned = keep
+            m.track_assignment_epochs()
             m.pending_revocation = revoke
             m.revocation_deadline = now + m.rebalance_timeout_ms
             return
@@ -518,6 +544,7 @@ class ConsumerGroup:
         m.revocation_deadline = None
         if m.epoch != target_epoch:
             m.previous_epoch, m.epoch = m.epoch, target_epoch
+        m.track_assignment_epochs()
         m.state = M_UNRELEASED if unreleased else M_STABLE
 
     # --- removal and timers ----------------------------------------------------------------------------------

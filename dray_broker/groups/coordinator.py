@@ -445,21 +445,22 @@ class GroupCoordinator:
                 return [error] * len(offsets)
             rt = await self._runtime(group_id, create=True)  # a "simple" group that only stores offsets
         if isinstance(rt.group, ConsumerGroup):
-            error = rt.group.validate_offset_commit(self.now(), member_id, group_instance_id, generation_id,
-                                                    api_version)
+            errors = rt.group.validate_offset_commit(self.now(), member_id, group_instance_id, generation_id,
+                                                     api_version, [(t, p) for t, p, *_ in offsets])
         else:
-            error = rt.group.validate_offset_commit(self.now(), member_id, group_instance_id, generation_id)
+            errors = [rt.group.validate_offset_commit(self.now(), member_id, group_instance_id,
+                                                      generation_id)] * len(offsets)
         self._reschedule(rt)
-        if error:
-            return [error] * len(offsets)
         now = self.now()
         expire = None if retention_ms == DEFAULT_RETENTION_TIME else now + retention_ms
         results: list[ErrorCode] = []
         writes = []
-        for topic, partition, offset, epoch, metadata in offsets:
+        for (topic, partition, offset, epoch, metadata), error in zip(offsets, errors):
             metadata = metadata or ""
-            if len(metadata.encode()) > self.config.offset_metadata_max_bytes:
-                results.append(ErrorCode.offset_metadata_too_large)
+            if not error and len(metadata.encode()) > self.config.offset_metadata_max_bytes:
+                error = ErrorCode.offset_metadata_too_large
+            if error:
+                results.append(error)
                 continue
             results.append(ErrorCode.none)
             writes.append((len(results) - 1, self.store.put_offset(

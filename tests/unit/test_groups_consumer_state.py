@@ -305,17 +305,49 @@ def test_persistence_round_trip():
 def test_offset_commit_and_fetch_validation():
     g = ConsumerGroup("g", CFG, 0)
     tv = topics(a=2)
-    assert g.validate_offset_commit(0, "", None, -1, 9) == ErrorCode.none  # empty group: admin commits
+
+    def commit(member, epoch, api=9, parts=(("a", 0),)):
+        errors = g.validate_offset_commit(0, member, None, epoch, api, list(parts))
+        assert len(set(errors)) == 1
+        return errors[0]
+
+    assert commit("", -1) == ErrorCode.none  # empty group: admin commits
     c = Client(g, "m1")
     c.heartbeat(0, tv)
-    assert g.validate_offset_commit(0, "", None, -1, 9) == ErrorCode.unknown_member_id
-    assert g.validate_offset_commit(0, "m1", None, c.epoch, 9) == ErrorCode.none
-    assert g.validate_offset_commit(0, "m1", None, c.epoch + 1, 9) == ErrorCode.stale_member_epoch
-    assert g.validate_offset_commit(0, "m1", None, c.epoch, 8) == ErrorCode.unsupported_version
+    assert commit("", -1) == ErrorCode.unknown_member_id
+    assert commit("m1", c.epoch) == ErrorCode.none
+    assert commit("m1", c.epoch + 1) == ErrorCode.stale_member_epoch
+    assert commit("m1", c.epoch, api=8) == ErrorCode.unsupported_version
     assert g.validate_offset_fetch(None, -1) == ErrorCode.none
     assert g.validate_offset_fetch("m1", c.epoch) == ErrorCode.none
     assert g.validate_offset_fetch("m1", 99) == ErrorCode.stale_member_epoch
     assert g.validate_offset_fetch("zz", 1) == ErrorCode.unknown_member_id
+
+
+def test_commit_with_an_older_epoch_is_checked_per_partition():
+    """KIP-1251: a commit that crossed the heartbeat bumping the epoch counts for partitions the member held at
+    that epoch and still holds; a partition given away since (a zombie commit) is refused."""
+    g = ConsumerGroup("g", CFG, 0)
+    tv = topics(a=4)
+    c1 = Client(g, "m1")
+    now = settle([c1], tv, 0)
+    first = c1.epoch
+    assert c1.owned == {T1: {0, 1, 2, 3}}
+    c2 = Client(g, "m2")
+    settle([c1, c2], tv, now)
+    assert c1.epoch > first and c1.count() == 2 and c2.count() == 2
+    kept, moved = sorted(c1.owned[T1]), sorted(c2.owned[T1])
+    parts = [("a", p) for p in kept + moved]
+    assert g.validate_offset_commit(0, "m1", None, first, 9, parts) \
+        == [ErrorCode.none] * 2 + [ErrorCode.stale_member_epoch] * 2
+    assert g.validate_offset_commit(0, "m1", None, c1.epoch, 9, parts) == [ErrorCode.none] * 4
+    # m2 got its partitions at its current epoch: an epoch before that is stale for all of them.
+    assert g.validate_offset_commit(0, "m2", None, c2.epoch - 1, 9, [("a", p) for p in moved]) \
+        == [ErrorCode.stale_member_epoch] * 2
+    # The epochs survive a coordinator failover.
+    g2 = ConsumerGroup.from_record("g", CFG, g.snapshot, 0)
+    assert g2.validate_offset_commit(0, "m1", None, first, 9, parts) \
+        == [ErrorCode.none] * 2 + [ErrorCode.stale_member_epoch] * 2
 
 
 def test_assignor_choice_follows_members():
