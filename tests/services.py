@@ -1,4 +1,4 @@
-"""Real test services on loopback: an Oxia server and a MinIO (S3) server.
+"""Real test services on loopback: an Oxia server, a MinIO (S3) server and a PostgreSQL server.
 
 Binaries are built with the Go toolchain once and cached in ``$DRAY_SERVICES_DIR`` (default
 ``~/.cache/dray/services``) as ``oxia/<version>/oxia`` and ``minio/<version>/minio``; a binary is rebuilt only
@@ -10,8 +10,11 @@ github.com/streamnative/oxia with 403). The binary is taken from ``$DRAY_OXIA_BI
 installed), else from the cache, else ``go install github.com/oxia-db/oxia/cmd@v0.14.4`` is tried, for machines
 whose proxy serves it. When none works, the Oxia tests are skipped with that reason (see tests/conftest.py).
 
+PostgreSQL (for the Iceberg SQL catalog) comes from Debian's postgresql package, which ./dev test installs.
+
     handle = start_oxia()        # handle.address == "127.0.0.1:PORT"
     s3 = start_minio()           # s3.endpoint, s3.bucket, s3.url("some/prefix") -> "s3://bucket/some/prefix?..."
+    pg = start_postgres()        # pg.url == "postgresql://dray@127.0.0.1:PORT/dray"
     ...
     handle.stop(); s3.stop()
 """
@@ -526,9 +529,84 @@ def start_minio(binary: Path | None = None, bucket: str = MINIO_BUCKET) -> Minio
     return service
 
 
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+
+
+@dataclass(eq=False)
+class PostgresService:
+    url: str  # "postgresql://dray@127.0.0.1:PORT/dray" (trust authentication on loopback)
+    _server: _Server = field(repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self._server.log_path
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+def _postgres_program(name: str) -> str:
+    """A PostgreSQL server program: on PATH, else the newest in Debian's /usr/lib/postgresql/<major>/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    if not candidates:
+        raise ServiceError(f"PostgreSQL's {name} was not found: install Debian's postgresql package "
+                           "(./dev test does) or put its bin directory on PATH")
+    return str(candidates[-1])
+
+
+def _as_postgres_user(argv: list[str], workdir: Path) -> list[str]:
+    """PostgreSQL refuses to run as root: then run it as the postgres user the Debian package creates."""
+    if os.geteuid() != 0:
+        return argv
+    import pwd
+
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        raise ServiceError("running as root, PostgreSQL needs an unprivileged user named postgres") from None
+    for path in (workdir, *workdir.rglob("*")):
+        os.chown(path, user.pw_uid, user.pw_gid)
+    return ["runuser", "-u", "postgres", "--", *argv]
+
+
+def start_postgres() -> PostgresService:
+    """Starts a throwaway PostgreSQL server (fsync off) on a free loopback port, with a database named dray."""
+    initdb, postgres = _postgres_program("initdb"), _postgres_program("postgres")
+
+    def command(workdir: Path):
+        port = _free_port()
+        data = workdir / "data"
+        init = subprocess.run(_as_postgres_user([initdb, "-D", str(data), "-U", "dray", "--auth=trust", "-E", "UTF8",
+                                                 "--no-sync"], workdir),
+                              capture_output=True, text=True, timeout=120)
+        if init.returncode != 0:
+            raise ServiceError(f"initdb failed ({init.returncode}): {init.stdout}{init.stderr}")
+        argv = _as_postgres_user([postgres, "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
+                                  "-k", str(workdir), "-c", "fsync=off", "-c", "full_page_writes=off",
+                                  "-c", "synchronous_commit=off"], workdir)
+        return argv, dict(os.environ), {"port": port}
+
+    def ready(info: dict) -> bool:
+        import psycopg
+
+        with psycopg.connect(f"postgresql://dray@127.0.0.1:{info['port']}/postgres", autocommit=True,
+                             connect_timeout=2) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'dray'").fetchone() is None:
+                conn.execute("CREATE DATABASE dray")
+        return True
+
+    server, info = _start("postgres", command, ready)
+    return PostgresService(url=f"postgresql://dray@127.0.0.1:{info['port']}/dray", _server=server)
+
+
 __all__ = [
     "MinioService",
     "OxiaService",
+    "PostgresService",
     "ServiceError",
     "ensure_minio_binary",
     "ensure_oxia_binary",
@@ -538,4 +616,5 @@ __all__ = [
     "services_dir",
     "start_minio",
     "start_oxia",
+    "start_postgres",
 ]
