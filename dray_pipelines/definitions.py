@@ -146,7 +146,7 @@ def iceberg_snapshots(parquet_files):
 
 
 compaction_job = define_asset_job(
-    "compaction", selection=[parquet_files, iceberg_snapshots], partitions_def=topic_partitions,
+    "compaction", selection=[parquet_files, iceberg_snapshots],  # partitioned as its assets
     executor_def=in_process_executor,
     description="Compact one topic-partition up to the offset in the run tag dray/end_offset.",
 )

@@ -9,8 +9,7 @@ the resulting classpath is cached in ``$DRAY_SERVICES_DIR/rest-catalog/<hash of 
 
 The backend is a JdbcCatalog on a SQLite file in the server's temporary directory; tables live in the given
 local warehouse (HadoopFileIO). Hadoop's default local file system writes a ``.name.crc`` file next to every
-file the server writes (the metadata.json files); unless ``checksums=True``, a core-site.xml on the classpath
-selects RawLocalFileSystem, so the warehouse holds only Iceberg's files, as with an object store. Note that the
+file the server writes (the metadata.json files); a core-site.xml on the classpath selects RawLocalFileSystem, so the warehouse holds only Iceberg's files, as with an object store. Note that the
 server reports locations as ``file:/path`` (one slash). Needs Java 11+ and, for the first start, Maven.
 
     catalog = start_rest_catalog("file:///tmp/wh")   # catalog.url == "http://127.0.0.1:PORT"
@@ -125,11 +124,8 @@ _CORE_SITE = """<?xml version="1.0"?>
 """
 
 
-def start_rest_catalog(warehouse: str, *, checksums: bool = False) -> RestCatalogService:
-    """Starts Iceberg's REST catalog server on a free loopback port; ``warehouse`` is a file:// URI (or a path).
-
-    ``checksums=True`` keeps Hadoop's checksummed local file system (``.crc`` side files in the warehouse).
-    """
+def start_rest_catalog(warehouse: str) -> RestCatalogService:
+    """Starts Iceberg's REST catalog server on a free loopback port; ``warehouse`` is a file:// URI (or a path)."""
     if "://" not in warehouse:
         warehouse = Path(warehouse).resolve().as_uri()
     if not warehouse.startswith("file:"):
@@ -146,11 +142,9 @@ def start_rest_catalog(warehouse: str, *, checksums: bool = False) -> RestCatalo
             CATALOG_WAREHOUSE=warehouse,
             CATALOG_REST_PORT=str(port),  # rest.port; Jetty binds all interfaces, the URL uses loopback
         )
-        cp = classpath
-        if not checksums:
-            (workdir / "conf").mkdir()
-            (workdir / "conf" / "core-site.xml").write_text(_CORE_SITE)  # read by `new Configuration()`
-            cp = f"{workdir / 'conf'}{os.pathsep}{classpath}"
+        (workdir / "conf").mkdir()
+        (workdir / "conf" / "core-site.xml").write_text(_CORE_SITE)  # read by `new Configuration()`
+        cp = f"{workdir / 'conf'}{os.pathsep}{classpath}"
         argv = [java, *JVM_OPTIONS, f"-Djava.io.tmpdir={workdir}", "-cp", cp, MAIN_CLASS]
         return argv, env, {"port": port}
 

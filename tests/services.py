@@ -311,7 +311,7 @@ def _start(
         reason = f"exited with code {server.process.returncode}" if exited else f"not ready after {START_TIMEOUT:.0f} s"
         message = f"{name} {reason} (last readiness error: {last_error or 'none'}); log {server.log_path}:\n{log}"
         print(message, file=sys.stderr)
-        if not (exited and "address already in use" in log):
+        if not (exited and "address already in use" in log.lower()):
             raise ServiceError(message)
     raise ServiceError(message)
 

@@ -15,6 +15,7 @@ import pytest
 from tests.pipelines.conftest import lake_settings
 from tests.pipelines.helpers import assert_agree, read_log, write_log
 from tests.pipelines.test_cli import dray
+from tests.rest_catalog_service import start_rest_catalog
 from tests.services import start_postgres
 
 
@@ -26,15 +27,14 @@ def postgres_url():
 
 
 @pytest.fixture(scope="module")
-def rest_catalog_url():
-    from tests.rest_catalog_service import start_rest_catalog
-
-    server = start_rest_catalog()
+def rest_catalog_url(tmp_path_factory):
+    # Dray names each table's location; the server's own warehouse only holds what it would place itself.
+    server = start_rest_catalog(str(tmp_path_factory.mktemp("rest-warehouse")))
     yield server.url
     server.stop()
 
 
-@pytest.fixture(params=["postgresql"])
+@pytest.fixture(params=["postgresql", "rest"])
 def catalog_url(request):
     return request.getfixturevalue({"postgresql": "postgres_url", "rest": "rest_catalog_url"}[request.param])
 
