@@ -7,7 +7,7 @@ the pipeline started with the same environment see the same log.
 
 Catalog URLs (--catalog / DRAY_CATALOG):
     sqlite:///path/catalog.db          SQL catalog on SQLite (default: <data-dir>/catalog.db)
-    postgresql://user:pw@host/db       SQL catalog on PostgreSQL (needs psycopg)
+    postgresql://user:pw@host/db       SQL catalog on PostgreSQL
     http(s)://host:port/...            Iceberg REST catalog
 The warehouse (--warehouse / DRAY_WAREHOUSE) defaults to `iceberg/` inside the object store, so Parquet files live
 next to the WAL, and brokers read them through the same object store.

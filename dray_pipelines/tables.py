@@ -122,11 +122,6 @@ def _open_catalog(settings: LakeSettings) -> Catalog:
         return load_catalog("dray", type="rest", uri=url, **props)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    if url.startswith("postgresql+psycopg://"):
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            raise RuntimeError("a PostgreSQL catalog needs the psycopg driver: pip install 'psycopg[binary]'") from None
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     if url.startswith(("sqlite://", "postgresql+")):
