@@ -6,9 +6,9 @@ Assets, per topic-partition (dynamic partitions `topic_partitions`, keys `<topic
     iceberg_snapshots  snapshots of the topic's Iceberg table, and     (steps: commit_snapshot, swap_index)
                        the offset index swapped over to them
 Jobs: `compaction` (the two assets above, one partition, target end offset in the run tag dray/end_offset),
-`wal_gc`, `orphan_gc`, `retention`, `table_maintenance`.
+`wal_gc`, `orphan_gc`, `deleted_topics_gc`, `retention`, `table_maintenance`.
 Sensors: `compaction_sensor` (size/age thresholds; adds partitions; observes wal_segments), `wal_gc_sensor`,
-`orphan_gc_sensor`, `retention_sensor`, `table_maintenance_sensor`. Run keys name the work (the offset range, the
+`orphan_gc_sensor`, `deleted_topics_sensor`, `retention_sensor`, `table_maintenance_sensor`. Run keys name the work (the offset range, the
 set of objects, the new log start), so the daemon runs each unit of work once.
 """
 
@@ -183,6 +183,20 @@ def orphan_gc():
     collect_orphans()
 
 
+@op(retry_policy=RETRY)
+def purge_deleted_topics(context: OpExecutionContext, dray: DrayLake) -> None:
+    grace = dray.settings().wal_gc_grace_ms
+    stats = dray.run(lambda lake: gc.purge_deleted_topics(lake, grace))
+    context.log.info(f"deleted topics: {stats}")
+    context.add_output_metadata(stats)
+
+
+@job(executor_def=in_process_executor, tags={"dray/gc": "topics"},
+     description="Remove deleted topics' index entries and purge their Iceberg tables, a grace period after deletion.")
+def deleted_topics_gc():
+    purge_deleted_topics()
+
+
 class RetentionConfig(Config):
     plans: list[list] = []  # [[topic, partition, new_log_start], ...]
 
@@ -313,6 +327,18 @@ def orphan_gc_sensor(context: SensorEvaluationContext, dray: DrayLake):
     return RunRequest(run_key=plan.run_key, tags={"dray/objects": str(len(plan.objects))})
 
 
+@sensor(job=deleted_topics_gc, minimum_interval_seconds=SENSOR_INTERVAL_S,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Requests a purge of deleted topics' data once the grace period after their deletion passed.")
+def deleted_topics_sensor(context: SensorEvaluationContext, dray: DrayLake):
+    grace = dray.settings().wal_gc_grace_ms
+    topics = dray.run(lambda lake: gc.plan_deleted_topics(lake, grace))
+    if not topics:
+        return SkipReason("no deleted topic to purge")
+    return RunRequest(run_key="deleted-topics:" + ",".join(sorted(str(t.id) for t in topics)),
+                      tags={"dray/topics": ",".join(sorted(t.name for t in topics))[:200]})
+
+
 @sensor(job=retention, minimum_interval_seconds=SENSOR_INTERVAL_S, default_status=DefaultSensorStatus.RUNNING,
         description="Requests a retention run when retention.ms / retention.bytes let a log start move.")
 def retention_sensor(context: SensorEvaluationContext, dray: DrayLake):
@@ -333,8 +359,9 @@ def table_maintenance_sensor(context: SensorEvaluationContext):
 
 
 ASSETS = [wal_segments, parquet_files, iceberg_snapshots]
-JOBS = [compaction_job, wal_gc, orphan_gc, retention, table_maintenance]
-SENSORS = [compaction_sensor, wal_gc_sensor, orphan_gc_sensor, retention_sensor, table_maintenance_sensor]
+JOBS = [compaction_job, wal_gc, orphan_gc, deleted_topics_gc, retention, table_maintenance]
+SENSORS = [compaction_sensor, wal_gc_sensor, orphan_gc_sensor, deleted_topics_sensor, retention_sensor,
+           table_maintenance_sensor]
 
 
 def make_definitions(dray: DrayLake | None = None) -> Definitions:

@@ -16,6 +16,10 @@ record is older than retention.ms, or while the log without it is still at least
 offset moves to the end of the last dropped unit (ListOffsets earliest follows it); dropped data files are removed
 from the Iceberg table in one snapshot; everything else follows through WAL GC and table maintenance.
 
+Deleted topics: DeleteTopics leaves a tombstone (dray_broker/topics/catalog.py). A grace period later, the
+topic's index and boundary keys go, and its Iceberg table is purged (with any file left under its location when
+the warehouse is in the object store); its WAL objects then have no index entry and go through orphan GC.
+
 Table maintenance: snapshots older than snapshot_retention_ms are expired (never the current one), then data files
 under the table that no remaining snapshot references are deleted if their name says the committed range already
 passed them (staged files of runs that never committed, and files removed by retention) and they are older than
@@ -32,9 +36,10 @@ import re
 from dataclasses import dataclass, field
 
 from dray_broker.index.offsets import IndexEntry, ParquetLocation
-from dray_broker.topics.catalog import Topic
+from dray_broker.topics.catalog import Topic, TopicCatalog
 from dray_pipelines import faults
-from dray_pipelines.lake import Lake, now_ms, partition_key, wal_object_ms
+from dray_pipelines.lake import LAKE_PREFIX, Lake, now_ms, partition_key, wal_object_ms
+from dray_pipelines.tables import purge_topic_table, table_location
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +168,37 @@ async def run_orphan_gc(lake: Lake, ttl_ms: int) -> dict:
     for key in plan.objects:
         await lake.objects.delete(key)
     return {"orphans_deleted": len(plan.objects), "bytes_deleted": plan.bytes}
+
+
+# --- deleted topics --------------------------------------------------------------------------------------------------
+
+
+async def plan_deleted_topics(lake: Lake, grace_ms: int, at_ms: int | None = None) -> list[Topic]:
+    """Deleted topics whose data can go: deleted a grace period ago (readers finish), and not live again under the
+    same id (a delete that crashed after its tombstone)."""
+    at_ms = now_ms() if at_ms is None else at_ms
+    live = {t.id for t in await lake.topics()}
+    return [t for t, deleted_ms in await TopicCatalog(lake.store).deleted()
+            if t.id not in live and deleted_ms + grace_ms <= at_ms]
+
+
+async def purge_deleted_topics(lake: Lake, grace_ms: int) -> dict:
+    topics = await plan_deleted_topics(lake, grace_ms)
+    tables = files = 0
+    for t in topics:
+        for p in range(t.partitions):
+            ref = t.partition(p)
+            await lake.store.delete_range(ref.dir, ref.dir + "~", partition_key=ref.partition_key)
+            lake_dir = f"{LAKE_PREFIX}{t.id}/{p}/"
+            await lake.store.delete_range(lake_dir, lake_dir + "~", partition_key=ref.partition_key)
+        tables += await asyncio.to_thread(lambda: purge_topic_table(lake.catalog, lake.settings, t.name, t.id))
+        prefix = lake.settings.object_key(table_location(lake.settings, t.name, t.id))
+        if prefix is not None:
+            for o in await lake.objects.list(prefix + "/"):
+                await lake.objects.delete(o.key)
+                files += 1
+        await TopicCatalog(lake.store).forget_deleted(t.id)
+    return {"topics_purged": len(topics), "tables_purged": tables, "files_deleted": files}
 
 
 # --- retention -------------------------------------------------------------------------------------------------------

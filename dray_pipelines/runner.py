@@ -129,11 +129,13 @@ class Runner:
                 return out
 
     def run_all(self, *, force: bool = False, maintenance: bool = False) -> PassResult:
-        """Compaction (until nothing is due), retention, WAL GC, orphan GC (and table maintenance if asked)."""
+        """Compaction (until nothing is due), retention, WAL GC, deleted topics, orphan GC (and table maintenance
+        if asked)."""
         out = PassResult()
         out.runs += self.run_sensor("compaction_sensor", force=force, repeat=True).runs
         out.runs += self.run_sensor("retention_sensor").runs
         out.runs += self.run_sensor("wal_gc_sensor", repeat=True).runs
+        out.runs += self.run_sensor("deleted_topics_sensor").runs
         out.runs += self.run_sensor("orphan_gc_sensor").runs
         if maintenance:
             out.runs += self.run_sensor("table_maintenance_sensor").runs

@@ -129,6 +129,23 @@ def _open_catalog(settings: LakeSettings) -> Catalog:
     raise ValueError(f"unsupported catalog URL {url!r}: use sqlite:///path, postgresql://... or http(s)://...")
 
 
+def table_location(settings: LakeSettings, topic: str, topic_id) -> str:
+    return f"{settings.warehouse_url}/{settings.namespace}/{topic}-{topic_id}"
+
+
+def purge_topic_table(catalog: Catalog, settings: LakeSettings, topic: str, topic_id) -> bool:
+    """Drop the table of a deleted topic with its files, if the table by that name is still that topic's."""
+    identifier = (settings.namespace, topic)
+    try:
+        table = catalog.load_table(identifier)
+    except NoSuchTableError:
+        return False
+    if table.properties.get(P_TOPIC_ID) != str(topic_id):
+        return False
+    catalog.purge_table(identifier)
+    return True
+
+
 @dataclass(frozen=True)
 class RowGroupInfo:
     index: int
@@ -186,10 +203,10 @@ class TopicTable:
             # The topic was deleted and created again: its old table goes, as its old log did.
             log.warning("table %s belongs to an earlier topic %s; dropping it", self.identifier,
                         table.properties.get(P_TOPIC_ID))
-            self.catalog.drop_table(self.identifier)
+            self.catalog.purge_table(self.identifier)
             table = None
         if table is None:
-            location = f"{self.settings.warehouse_url}/{self.settings.namespace}/{self.topic}-{self.topic_id}"
+            location = table_location(self.settings, self.topic, self.topic_id)
             try:
                 table = self.catalog.create_table(
                     self.identifier, SCHEMA, location=location, partition_spec=PARTITION_SPEC,

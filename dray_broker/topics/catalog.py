@@ -1,6 +1,8 @@
 """Topics in the metadata store, cached by every broker and kept fresh by a watch.
 
     /dray/topics/<name>   JSON {"id": uuid, "partitions": n, "configs": {...}, "created_ms": t}
+    /dray/deleted-topics/<id>   the same JSON plus "name" and "deleted_ms": a deleted topic whose data (index
+                                entries, Iceberg table) the pipeline's GC has not removed yet
 
 A cache miss reads the store, so a topic created through one broker is usable at once through another."""
 
@@ -20,6 +22,7 @@ from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, NotificationType
 log = logging.getLogger(__name__)
 
 PREFIX = "/dray/topics/"
+DELETED_PREFIX = "/dray/deleted-topics/"
 _LEGAL_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 
 
@@ -207,10 +210,24 @@ class TopicCatalog:
         topic = await self.get(name)
         if topic is None:
             raise TopicError(f"topic {name!r} does not exist", UNKNOWN_TOPIC_OR_PARTITION)
+        # The tombstone first: a crash in between leaves a live topic with a tombstone, which GC ignores.
+        tombstone = {**json.loads(topic.encode()), "name": name, "deleted_ms": int(time.time() * 1000)}
+        await self.store.put(DELETED_PREFIX + str(topic.id), json.dumps(tombstone).encode())
         await self.store.delete(PREFIX + name)
         self._forget(name)
         log.info("deleted topic %s (id %s)", name, topic.id)
         return topic
+
+    async def deleted(self) -> list[tuple[Topic, int]]:
+        """Deleted topics not yet cleaned up, with the time (ms) each was deleted."""
+        out = []
+        for e in await self.store.range_scan(DELETED_PREFIX, DELETED_PREFIX + "~"):
+            doc = json.loads(e.value)
+            out.append((Topic.decode(doc["name"], e.value, -1), int(doc["deleted_ms"])))
+        return out
+
+    async def forget_deleted(self, topic_id: uuid.UUID) -> None:
+        await self.store.delete(DELETED_PREFIX + str(topic_id))
 
     async def _update(self, name: str, change) -> Topic:
         while True:

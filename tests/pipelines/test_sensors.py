@@ -9,6 +9,7 @@ import uuid
 from dagster import AssetKey, DagsterRunStatus
 from ulid import ULID
 
+from dray_broker.topics.catalog import TopicCatalog
 from dray_pipelines import gc
 from dray_pipelines.lake import open_lake
 from dray_pipelines.runner import Runner
@@ -282,3 +283,43 @@ def test_table_maintenance_deletes_only_unreferenced_dead_files(runner, settings
     assert settings.object_key(first.path) not in left and dead_staged not in left and pending in left
     assert sorted(set(live) - {settings.object_key(first.path)}) == sorted(set(left) - {pending})
     assert asyncio.run(read_log(settings, topic, 0, start=first.end)) == [r for r in expected if r[0] >= first.end]
+
+
+def test_deleted_topic_is_purged_after_the_grace_period(runner, settings):
+    _log(settings, "doomed", partitions=2, batches=4)
+    _log(settings, "kept", partitions=1, batches=4, seed=3)
+    assert not runner.run_sensor("compaction_sensor", force=True, repeat=True).failed
+    _log(settings, "doomed", partitions=2, batches=2, seed=5)  # some of it only in the WAL
+    kept = asyncio.run(read_log(settings, "kept", 0))
+
+    async def delete_doomed():
+        async with open_lake(settings) as lake:
+            topic = await TopicCatalog(lake.store).delete("doomed")
+            return topic, settings.object_key(lake.table(topic).location)
+
+    doomed, table_prefix = asyncio.run(delete_doomed())
+
+    async def leftovers() -> dict:
+        async with open_lake(settings) as lake:
+            keys = []
+            for p in range(doomed.partitions):
+                ref = doomed.partition(p)
+                for d in (ref.dir, f"/dray/lake/{doomed.id}/{p}/"):
+                    keys += await lake.store.list(d, d + "~", partition_key=ref.partition_key)
+            return {"keys": keys,
+                    "table": "doomed" in {n for _, n in lake.catalog.list_tables(settings.namespace)},
+                    "files": [o.key for o in await lake.objects.list(table_prefix + "/")],
+                    "tombstones": [t.name for t, _ in await TopicCatalog(lake.store).deleted()]}
+
+    before = asyncio.run(leftovers())
+    assert before["keys"] and before["table"] and before["files"] and before["tombstones"] == ["doomed"]
+    assert _runner(runner, wal_gc_grace_ms=3_600_000).run_sensor("deleted_topics_sensor").runs == []
+    result = runner.run_sensor("deleted_topics_sensor")
+    assert [r.job for r in result.runs] == ["deleted_topics_gc"] and not result.failed
+    assert asyncio.run(leftovers()) == {"keys": [], "table": False, "files": [], "tombstones": []}
+    assert runner.run_sensor("deleted_topics_sensor").runs == []
+    # Its WAL objects have no index entry now: orphan GC takes those only the deleted topic used.
+    assert not _runner(runner, orphan_ttl_ms=0).run_sensor("orphan_gc_sensor").failed
+    assert asyncio.run(_orphans(settings, 0)).objects == []
+    assert asyncio.run(read_log(settings, "kept", 0)) == kept
+    assert_agree(settings, "kept", {0: kept}, fully_compacted=True)
