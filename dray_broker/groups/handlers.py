@@ -231,6 +231,21 @@ async def handle_offset_commit(broker, req: Request):
     return make(M.OffsetCommitResponse, throttle_time=0, topics=tuple(topics))
 
 
+async def _without_offsets_of_earlier_topics(broker, found: dict, listed: bool) -> dict:
+    """Offsets committed before their topic was created belong to a deleted topic of the same name: as Kafka
+    deletes a deleted topic's offsets, they count as none (else a group would skip into the new topic). listed:
+    the caller asked for every committed offset, so such partitions are left out."""
+    out = {}
+    for (name, p), o in found.items():
+        topic = await broker.topics.get(name) if o is not None else None
+        if topic is not None and o.commit_timestamp < topic.created_ms:
+            if listed:
+                continue
+            o = None
+        out[(name, p)] = o
+    return out
+
+
 async def _fetch_group(broker, coordinator, group_id: str, topics, version: int, topic_cls, partition_cls,
                        member_id: str | None = None, member_epoch: int = -1):
     """One group's OffsetFetch answer: (error, topics), built with the version's topic and partition classes
@@ -248,6 +263,7 @@ async def _fetch_group(broker, coordinator, group_id: str, topics, version: int,
             wanted.extend((name, p) for p in t.partition_indexes)
     try:
         found = await coordinator.fetch_offsets(group_id, wanted, member_id, member_epoch, check_member=version >= 9)
+        found = await _without_offsets_of_earlier_topics(broker, found, listed=wanted is None)
         error = ErrorCode.none
     except CoordinatorError as e:
         error, found = e.error, None

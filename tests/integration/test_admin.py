@@ -11,7 +11,7 @@ import uuid
 from concurrent.futures import Future
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -439,6 +439,9 @@ def test_delete_topics_by_name_and_by_id(broker, topic_name):
     producer = Producer({"bootstrap.servers": broker.bootstrap, "logger": RDKAFKA_LOG})
     producer.produce(by_name, b"gone soon", partition=1)
     assert producer.flush(TIMEOUT) == 0
+    group = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"g-{by_name}", "logger": RDKAFKA_LOG})
+    group.commit(offsets=[TopicPartition(by_name, 1, 1)], asynchronous=False)
+    assert group.committed([TopicPartition(by_name, 1)], timeout=TIMEOUT)[0].offset == 1
 
     (future,) = admin.delete_topics([by_name], request_timeout=TIMEOUT, operation_timeout=TIMEOUT).values()
     assert _result(future) is None
@@ -449,6 +452,9 @@ def test_delete_topics_by_name_and_by_id(broker, topic_name):
     _result(_create(admin, NewTopic(by_name, 2, 1))[by_name])
     (info,) = admin.list_offsets({TopicPartition(by_name, 1): OffsetSpec.latest()}, request_timeout=TIMEOUT).values()
     assert _result(info).offset == 0
+    # The deleted topic's committed offsets do not carry over to the new one (as Kafka deletes them).
+    assert group.committed([TopicPartition(by_name, 1)], timeout=TIMEOUT)[0].offset == OFFSET_INVALID
+    group.close()
 
     kp = _kp_admin(broker)
     try:
