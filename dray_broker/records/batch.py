@@ -45,8 +45,31 @@ MESSAGE_TOO_LARGE = 10
 UNSUPPORTED_COMPRESSION_TYPE = 76
 
 
+class AttributeFlags:
+    """What the attributes field of a batch says; for classes with an `attributes` int."""
+
+    __slots__ = ()
+    attributes: int
+
+    @property
+    def compression(self) -> int:
+        return self.attributes & COMPRESSION_MASK
+
+    @property
+    def is_transactional(self) -> bool:
+        return bool(self.attributes & TRANSACTIONAL)
+
+    @property
+    def is_control(self) -> bool:
+        return bool(self.attributes & CONTROL)
+
+    @property
+    def log_append_time(self) -> bool:
+        return bool(self.attributes & TIMESTAMP_TYPE_LOG_APPEND)
+
+
 @dataclass(frozen=True, slots=True)
-class BatchHeader:
+class BatchHeader(AttributeFlags):
     base_offset: int
     batch_length: int
     partition_leader_epoch: int
@@ -64,18 +87,6 @@ class BatchHeader:
     @property
     def size(self) -> int:
         return self.batch_length + LOG_OVERHEAD
-
-    @property
-    def compression(self) -> int:
-        return self.attributes & COMPRESSION_MASK
-
-    @property
-    def is_transactional(self) -> bool:
-        return bool(self.attributes & TRANSACTIONAL)
-
-    @property
-    def is_control(self) -> bool:
-        return bool(self.attributes & CONTROL)
 
 
 def read_header(buf, pos: int = 0) -> BatchHeader:

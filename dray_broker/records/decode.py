@@ -27,12 +27,10 @@ import cramjam
 from crc32c import crc32c
 
 from dray_broker.records.batch import (
-    COMPRESSION_MASK,
-    CONTROL,
     CRC_START,
     HEADER_SIZE,
     TIMESTAMP_TYPE_LOG_APPEND,
-    TRANSACTIONAL,
+    AttributeFlags,
     BatchHeader,
     read_header,
 )
@@ -59,7 +57,7 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
-class DecodedBatch:
+class DecodedBatch(AttributeFlags):
     """One batch: the header fields a consumer of records needs, and its records."""
 
     base_offset: int
@@ -73,22 +71,6 @@ class DecodedBatch:
     base_sequence: int
     size: int  # bytes of the whole batch, header included
     records: list[Record] = field(default_factory=list)
-
-    @property
-    def compression(self) -> int:
-        return self.attributes & COMPRESSION_MASK
-
-    @property
-    def is_transactional(self) -> bool:
-        return bool(self.attributes & TRANSACTIONAL)
-
-    @property
-    def is_control(self) -> bool:
-        return bool(self.attributes & CONTROL)
-
-    @property
-    def log_append_time(self) -> bool:
-        return bool(self.attributes & TIMESTAMP_TYPE_LOG_APPEND)
 
     @property
     def next_offset(self) -> int:
