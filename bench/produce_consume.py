@@ -64,7 +64,10 @@ def bench(bootstrap: str, args) -> None:
             while sent < target:
                 producer.poll(0)
                 sent = time.perf_counter()
-        cb = (lambda err, msg, sent=sent: (latencies.append(time.perf_counter() - sent), delivered(err, msg)))
+        def cb(err, msg, sent=sent):
+            latencies.append(time.perf_counter() - sent)
+            delivered(err, msg)
+
         while True:
             try:
                 producer.produce(topic, value=value, key=b"%d" % i, partition=i % args.partitions, on_delivery=cb)

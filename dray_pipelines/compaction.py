@@ -29,7 +29,7 @@ from dray_broker.wal import format as wal
 from dray_pipelines import faults
 from dray_pipelines.convert import RowGroupBuilder
 from dray_pipelines.lake import Lake, PartitionState, now_ms
-from dray_pipelines.tables import DataFileWriter, LiveFile, TopicTable
+from dray_pipelines.tables import LiveFile, TopicTable
 
 log = logging.getLogger(__name__)
 

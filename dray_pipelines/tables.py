@@ -243,7 +243,7 @@ class TopicTable:
 
     # --- writing ----------------------------------------------------------------------------------------------
 
-    def open_writer(self, path: str, properties: dict | None = None) -> "DataFileWriter":
+    def open_writer(self, path: str) -> "DataFileWriter":
         return DataFileWriter(self.table(), path)
 
     def staged_file(self, path: str, start: int, end: int) -> "LiveFile | None":
