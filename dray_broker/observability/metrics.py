@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SIZE_BUCKETS = (1 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
+
+
+class ApiMetrics(NamedTuple):
+    """One API's labelled children, looked up once (labels() costs a lock and a dict lookup per call)."""
+
+    requests: Counter
+    errors: Counter
+    seconds: Histogram
 
 
 class BrokerMetrics:
@@ -36,6 +45,15 @@ class BrokerMetrics:
         self.compaction_lag = Gauge("dray_compaction_lag_offsets",
                                     "offsets above the compacted watermark, per partition this broker served",
                                     ["topic", "partition"], registry=r)
+
+        self._apis: dict[str, ApiMetrics] = {}
+
+    def api(self, name: str) -> ApiMetrics:
+        m = self._apis.get(name)
+        if m is None:
+            m = self._apis[name] = ApiMetrics(self.requests.labels(name), self.request_errors.labels(name),
+                                              self.request_seconds.labels(name))
+        return m
 
     @contextmanager
     def timed_store_call(self, store: str, op: str):

@@ -10,6 +10,7 @@ import time
 from kio.schema.errors import ErrorCode
 
 from dray_broker.produce.producers import ProduceRejected, allocate_producer_id
+from dray_broker.produce.response import encode_produce_response
 from dray_broker.produce.wal_writer import FlushError
 from dray_broker.protocol.codec import Request, make, response_module
 from dray_broker.records.batch import InvalidBatchError, validate_batches
@@ -24,7 +25,6 @@ TRANSACTIONS_UNSUPPORTED = "transactions are not supported by this broker"
 async def handle_produce(broker, req: Request):
     started = time.perf_counter()
     body = req.body
-    M = response_module(req.api_key, req.version)
     acks = body.acks
     # Per topic: (partition index, ErrorCode or a future of the base offset, error message)
     pending: list[tuple[object, list]] = []
@@ -59,7 +59,7 @@ async def handle_produce(broker, req: Request):
                 if isinstance(outcome, asyncio.Future):
                     outcome.add_done_callback(_log_unacked_failure)
         return NO_RESPONSE
-    return _respond(broker, req, M, pending, started)
+    return _respond(broker, req, pending, started)
 
 
 def _append(broker, topic, pd) -> tuple[ErrorCode | asyncio.Future, str | None]:
@@ -84,10 +84,10 @@ def _log_unacked_failure(future: asyncio.Future) -> None:
         log.warning("acks=0 produce lost to a failed flush: %s", future.exception())
 
 
-async def _respond(broker, req: Request, M, pending, started: float):
+async def _respond(broker, req: Request, pending, started: float):
     topics = []
     for topic_data, parts in pending:
-        responses = []
+        results = []
         for index, outcome, message in parts:
             base_offset = -1
             if isinstance(outcome, asyncio.Future):
@@ -100,16 +100,12 @@ async def _respond(broker, req: Request, M, pending, started: float):
                     error, message = e.error, str(e)
             else:
                 error = outcome
-            responses.append(make(
-                M.PartitionProduceResponse, index=index, error_code=error, base_offset=base_offset,
-                log_append_time=None, log_start_offset=-1, record_errors=(), error_message=message,
-            ))
-        topics.append(make(M.TopicProduceResponse, name=getattr(topic_data, "name", None),
-                           topic_id=getattr(topic_data, "topic_id", None), partition_responses=tuple(responses)))
+            results.append((index, error, base_offset, message))
+        topics.append((getattr(topic_data, "name", None), getattr(topic_data, "topic_id", None), results))
     broker.metrics.produce_ack_seconds.observe(time.perf_counter() - started)
     if broker.faults.fire("drop-produce-response"):
         raise ConnectionResetError("fault injection: produce committed, response dropped")
-    return make(M.ProduceResponse, responses=tuple(topics), throttle_time=0)
+    return encode_produce_response(req.version, topics)
 
 
 async def handle_init_producer_id(broker, req: Request):

@@ -49,6 +49,13 @@ class Request:
     client_host: str = ""  # "/<ip>" of the peer, as Kafka reports it (set for JoinGroup only)
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedBody:
+    """A response body its handler encoded itself (hot paths); encode_response only adds the header."""
+
+    data: bytes
+
+
 class ChunkWriter(list):
     """The writer kio wants: collects chunks for transport.writelines (no joining copies)."""
 
@@ -101,7 +108,10 @@ def encode_response(api_key: int, version: int, correlation_id: int, response: A
     header_cls, write_header, write_body = _writers(api_key, version)
     out = ChunkWriter([b""])
     write_header(out, header_cls(correlation_id=correlation_id))
-    write_body(out, response)
+    if isinstance(response, EncodedBody):
+        out.append(response.data)
+    else:
+        write_body(out, response)
     out[0] = _SIZE.pack(sum(map(len, out)))
     return out
 

@@ -21,7 +21,7 @@ from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, VersionMismatchE
 from dray_broker.objectstore import ObjectStore, open_object_store
 from dray_broker.observability.http import HttpEndpoint
 from dray_broker.observability.instrumented import timed_metadata_store, timed_object_store
-from dray_broker.observability.metrics import BrokerMetrics, CacheCollector
+from dray_broker.observability.metrics import ApiMetrics, BrokerMetrics, CacheCollector
 from dray_broker.produce.handler import handle_init_producer_id, handle_produce
 from dray_broker.produce.producers import ProducerStates, batch_headers
 from dray_broker.produce.wal_writer import WalWriter
@@ -229,30 +229,30 @@ class Broker:
         if api_key == apis.JOIN_GROUP:
             req = dataclasses.replace(req, client_host=conn.host)
         request_context.set((req.client_id, correlation_id))
-        api = apis.name(api_key)
-        self.metrics.requests.labels(api).inc()
+        metrics = self.metrics.api(apis.name(api_key))
+        metrics.requests.inc()
         started = time.perf_counter()
         try:
             result = await self.handlers[api_key](self, req)
         except Exception:
-            self.metrics.request_errors.labels(api).inc()
+            metrics.errors.inc()
             raise
         if result is NO_RESPONSE:
             return NO_RESPONSE
         if inspect.isawaitable(result):
-            return self._encode_later(req, api, started, result)
-        self.metrics.request_seconds.labels(api).observe(time.perf_counter() - started)
+            return self._encode_later(req, metrics, started, result)
+        metrics.seconds.observe(time.perf_counter() - started)
         return encode_response(api_key, version, correlation_id, result)
 
-    async def _encode_later(self, req: Request, api: str, started: float, pending) -> list | None:
+    async def _encode_later(self, req: Request, metrics: ApiMetrics, started: float, pending) -> list | None:
         try:
             response = await pending
         except ConnectionResetError as e:
             log.warning("dropping the connection: %s", e)
             return None
         except Exception:
-            self.metrics.request_errors.labels(api).inc()
+            metrics.errors.inc()
             log.exception("request %d v%d from %s failed", req.api_key, req.version, req.client_id)
             return None
-        self.metrics.request_seconds.labels(api).observe(time.perf_counter() - started)
+        metrics.seconds.observe(time.perf_counter() - started)
         return encode_response(req.api_key, req.version, req.correlation_id, response)
