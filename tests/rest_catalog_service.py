@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tests.services import (
     REPO,
+    ServerHandle,
     ServiceError,
     _free_port,
     _http_status,
@@ -44,21 +45,10 @@ JVM_OPTIONS = ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss5
 
 
 @dataclass(eq=False)
-class RestCatalogService:
+class RestCatalogService(ServerHandle):
     url: str  # "http://127.0.0.1:PORT"
     warehouse: str  # the file:// URI the catalog's tables live under
     _server: _Server = field(repr=False)
-
-    @property
-    def log_path(self) -> Path:
-        return self._server.log_path
-
-    @property
-    def catalog_db(self) -> Path:
-        return self._server.workdir / "catalog.db"
-
-    def stop(self) -> None:
-        self._server.stop()
 
 
 def _java() -> str:

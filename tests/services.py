@@ -316,15 +316,10 @@ def _start(
     raise ServiceError(message)
 
 
-# ------------------------------------------------------------------------------------------------ Oxia
+class ServerHandle:
+    """What every started service offers: its log file, and stop() (kills it, removes its directory)."""
 
-
-@dataclass(eq=False)
-class OxiaService:
-    address: str  # "127.0.0.1:PORT", the public gRPC address
-    metrics_address: str
-    namespace: str
-    _server: _Server = field(repr=False)
+    _server: _Server
 
     @property
     def log_path(self) -> Path:
@@ -332,6 +327,17 @@ class OxiaService:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+# ------------------------------------------------------------------------------------------------ Oxia
+
+
+@dataclass(eq=False)
+class OxiaService(ServerHandle):
+    address: str  # "127.0.0.1:PORT", the public gRPC address
+    metrics_address: str
+    namespace: str
+    _server: _Server = field(repr=False)
 
 
 def _grpc_channel(address: str):
@@ -417,17 +423,13 @@ def start_oxia(binary: Path | None = None) -> OxiaService:
 
 
 @dataclass(eq=False)
-class MinioService:
+class MinioService(ServerHandle):
     endpoint: str  # "http://127.0.0.1:PORT"
     access_key: str
     secret_key: str
     bucket: str
     region: str
     _server: _Server = field(repr=False)
-
-    @property
-    def log_path(self) -> Path:
-        return self._server.log_path
 
     def url(self, prefix: str = "") -> str:
         """An object store URL for dray: ``s3://BUCKET/PREFIX?endpoint=...&access_key_id=...&secret_access_key=...``."""
@@ -461,9 +463,6 @@ class MinioService:
             client.create_bucket(Bucket=name)
         except client.exceptions.BucketAlreadyOwnedByYou:
             pass
-
-    def stop(self) -> None:
-        self._server.stop()
 
 
 _no_proxy_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -533,16 +532,9 @@ def start_minio(binary: Path | None = None, bucket: str = MINIO_BUCKET) -> Minio
 
 
 @dataclass(eq=False)
-class PostgresService:
+class PostgresService(ServerHandle):
     url: str  # "postgresql://dray@127.0.0.1:PORT/dray" (trust authentication on loopback)
     _server: _Server = field(repr=False)
-
-    @property
-    def log_path(self) -> Path:
-        return self._server.log_path
-
-    def stop(self) -> None:
-        self._server.stop()
 
 
 def _postgres_program(name: str) -> str:
@@ -607,6 +599,7 @@ __all__ = [
     "MinioService",
     "OxiaService",
     "PostgresService",
+    "ServerHandle",
     "ServiceError",
     "ensure_minio_binary",
     "ensure_oxia_binary",
