@@ -89,6 +89,10 @@ class WalWriter:
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
+    @property
+    def flushes_in_flight(self) -> int:
+        return len(self._flushes)
+
     async def close(self) -> None:
         """Commit everything buffered and wait for every flush in flight."""
         self.flush()

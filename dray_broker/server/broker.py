@@ -164,12 +164,15 @@ class Broker:
             await self.http.stop()
         # Parked JoinGroup/SyncGroup requests get NOT_COORDINATOR and the leases go, so another broker takes over.
         await self.groups.stop()
-        drained = asyncio.gather(*(c.drain() for c in list(self.connections)))
-        await self.wal_writer.close()
+        # Shutdown is bounded (an orchestrator kills a broker that takes too long): what the stores do not commit
+        # in time is answered with an error or not at all, never acked, so producers retry it elsewhere.
+        drained = asyncio.gather(self.wal_writer.close(), *(c.drain() for c in list(self.connections)))
         try:
             await asyncio.wait_for(drained, DRAIN_TIMEOUT_S)
         except asyncio.TimeoutError:
-            log.warning("some requests were still unanswered after %.0f s; closing anyway", DRAIN_TIMEOUT_S)
+            log.warning("after %.0f s, %d WAL flushes were still in flight and %d connections had unanswered "
+                        "requests; closing anyway", DRAIN_TIMEOUT_S, self.wal_writer.flushes_in_flight,
+                        sum(1 for c in self.connections if c.unanswered))
         for c in list(self.connections):
             c.close("broker shutting down")
         if self._index_watch_task:

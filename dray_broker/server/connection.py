@@ -167,6 +167,10 @@ class Connection(asyncio.BufferedProtocol):
         if self._unanswered == 0:
             self._answered.set()
 
+    @property
+    def unanswered(self) -> int:
+        return self._unanswered
+
     async def drain(self) -> None:
         """Stop reading requests and wait until every request read so far is answered."""
         if self._transport is not None and not self._closing:
