@@ -353,11 +353,13 @@ def test_groups_list_describe_reset_offsets_delete(embedded_broker, topic_name):
     doc = dray_json(b, "groups", "describe", group)
     assert doc["state"] == "Empty" and doc["members"] == []
     committed = {o["partition"]: o["committed"] for o in doc["offsets"]}
+    # The 12 records may all come from partition 0: a partition without a commit is not listed (as Kafka's tool).
     assert sum(committed.values()) == 12
-    assert sum(o["lag"] for o in doc["offsets"]) == 25 - 12
     assert all(o["end_offset"] == (20 if o["partition"] == 0 else 5) for o in doc["offsets"])
+    assert all(o["lag"] == o["end_offset"] - o["committed"] for o in doc["offsets"])
+    lag = sum(o["lag"] for o in doc["offsets"])
     human = dray(b, "groups", "describe", group).stdout
-    assert "state:       Empty" in human and "total lag:   13" in human and "COMMITTED" in human
+    assert "state:       Empty" in human and f"total lag:   {lag}" in human and "COMMITTED" in human
 
     def offsets() -> dict[int, int]:
         return {o["partition"]: o["committed"] for o in dray_json(b, "groups", "describe", group)["offsets"]}
