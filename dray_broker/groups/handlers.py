@@ -235,10 +235,11 @@ async def _without_offsets_of_earlier_topics(broker, found: dict, listed: bool) 
     """Offsets committed before their topic was created belong to a deleted topic of the same name: as Kafka
     deletes a deleted topic's offsets, they count as none (else a group would skip into the new topic). listed:
     the caller asked for every committed offset, so such partitions are left out."""
+    created = {name: t.created_ms for name in {n for (n, _), o in found.items() if o is not None}
+               if (t := await broker.topics.get(name)) is not None}
     out = {}
     for (name, p), o in found.items():
-        topic = await broker.topics.get(name) if o is not None else None
-        if topic is not None and o.commit_timestamp < topic.created_ms:
+        if o is not None and name in created and o.commit_timestamp < created[name]:
             if listed:
                 continue
             o = None
