@@ -14,12 +14,14 @@ from dray_broker.produce.response import encode_produce_response
 from dray_broker.produce.wal_writer import FlushError
 from dray_broker.protocol.codec import Request, make, response_module
 from dray_broker.records.batch import InvalidBatchError, validate_batches
+from dray_broker.records.legacy import up_convert
 from dray_broker.routing.zones import owner
 from dray_broker.server.connection import NO_RESPONSE
 
 log = logging.getLogger(__name__)
 
 TRANSACTIONS_UNSUPPORTED = "transactions are not supported by this broker"
+_MAGIC_AT = 16
 
 
 async def handle_produce(broker, req: Request):
@@ -29,9 +31,8 @@ async def handle_produce(broker, req: Request):
     # Per topic: (partition index, ErrorCode or a future of the base offset, error message)
     pending: list[tuple[object, list]] = []
     for topic_data in body.topic_data:
-        name = getattr(topic_data, "name", None)
-        topic_id = getattr(topic_data, "topic_id", None)
-        topic = await broker.topics.get(name) if name is not None else broker.topics.by_id(topic_id)
+        name = getattr(topic_data, "name", None)  # v0-v12
+        topic = await broker.topics.get(name) if name is not None else broker.topics.by_id(topic_data.topic_id)
         parts = []
         for pd in topic_data.partition_data:
             if body.transactional_id is not None:
@@ -50,7 +51,7 @@ async def handle_produce(broker, req: Request):
             elif pd.records is None:
                 parts.append((pd.index, ErrorCode.corrupt_message, "no records"))
             else:
-                parts.append((pd.index, *_append(broker, topic, pd)))
+                parts.append((pd.index, *_append(broker, topic, pd.index, pd.records, req.version)))
         pending.append((topic_data, parts))
 
     if acks == 0:
@@ -62,21 +63,29 @@ async def handle_produce(broker, req: Request):
     return _respond(broker, req, pending, started)
 
 
-def _append(broker, topic, pd) -> tuple[ErrorCode | asyncio.Future, str | None]:
+def _append(broker, topic, index: int, records, version: int) -> tuple[ErrorCode | asyncio.Future, str | None]:
     try:
-        summary = validate_batches(pd.records, topic.int_config("max.message.bytes"))
+        if version < 3 and _is_legacy(records):
+            records = up_convert(records, now_ms=int(time.time() * 1000))
+        summary = validate_batches(records, topic.int_config("max.message.bytes"))
     except InvalidBatchError as e:
         return ErrorCode(e.kafka_error), str(e)
     if summary.is_transactional:
         return ErrorCode.transactional_id_authorization_failed, TRANSACTIONS_UNSUPPORTED
-    ref = topic.partition(pd.index)
+    ref = topic.partition(index)
     if summary.producer_id < 0:
-        return broker.wal_writer.append(ref, pd.records, summary), None
+        return broker.wal_writer.append(ref, records, summary), None
     # Idempotent: reserved (deduplicated) first, then appended; the connection does not wait for either.
     return broker.producers.submit(
         ref, summary, broker.reader.cached_log_end(ref),
-        lambda deadline: broker.wal_writer.append(ref, pd.records, summary, deadline=deadline),
+        lambda deadline: broker.wal_writer.append(ref, records, summary, deadline=deadline),
     ), None
+
+
+def _is_legacy(records) -> bool:
+    """Magic 0 or 1: a message set of an old client (Produce v0-v2), which Kafka up-converted to v2 batches as
+    this broker does. The magic byte is at the same place in every format."""
+    return len(records) > _MAGIC_AT and records[_MAGIC_AT] < 2
 
 
 def _log_unacked_failure(future: asyncio.Future) -> None:

@@ -2,8 +2,9 @@
 kio's generic writer costs ~40 us each (this: a few). tests/unit/test_produce_response.py checks every version
 byte for byte against kio.
 
-Versions 3-13: log_append_time and log_start_offset are always -1 (CreateTime; the start is not reported), no
-record errors, no tagged fields (current_leader and node_endpoints are only for NOT_LEADER answers with
+Versions 0-13 (kio has no schema for v0-v2, which Kafka 4 dropped; their layout: v0 has no throttle time and v0-v1
+no log_append_time). log_append_time and log_start_offset are always -1 (CreateTime; the start is not reported),
+no record errors, no tagged fields (current_leader and node_endpoints are only for NOT_LEADER answers with
 leader hints, which this broker does not give)."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Sequence
 from dray_broker.protocol.codec import EncodedBody
 
 _I32 = struct.Struct(">i")
-_PARTITION_V3 = struct.Struct(">ihqq")  # index, error code, base offset, log append time
+_PARTITION_V0 = struct.Struct(">ihq")  # index, error code, base offset
+_PARTITION_V2 = struct.Struct(">ihqq")  # ... and log append time
 _PARTITION_V5 = struct.Struct(">ihqqq")  # ... and log start offset
 _NO_TAGS = b"\x00"
 
@@ -54,8 +56,10 @@ def encode_produce_response(version: int, topics: Sequence[TopicResult]) -> Enco
         for index, error, base_offset, message in partitions:
             if version >= 5:
                 out += _PARTITION_V5.pack(index, error, base_offset, -1, -1)
+            elif version >= 2:
+                out += _PARTITION_V2.pack(index, error, base_offset, -1)
             else:
-                out += _PARTITION_V3.pack(index, error, base_offset, -1)
+                out += _PARTITION_V0.pack(index, error, base_offset)
             if version >= 8:
                 out += _count(0, flexible)  # record errors
                 out += _string(message, flexible)
@@ -63,7 +67,8 @@ def encode_produce_response(version: int, topics: Sequence[TopicResult]) -> Enco
                 out += _NO_TAGS
         if flexible:
             out += _NO_TAGS
-    out += _I32.pack(0)  # throttle time
+    if version >= 1:
+        out += _I32.pack(0)  # throttle time
     if flexible:
         out += _NO_TAGS
-    return EncodedBody(bytes(out))
+    return EncodedBody(bytes(out), flexible_header=flexible)

@@ -1,6 +1,7 @@
 """The one table of Kafka APIs this broker implements, and the ApiVersions answer built from it.
 
-Only APIs with a handler are advertised. Version floors follow Kafka 4 (KIP-896)."""
+Only APIs with a handler are advertised. Version floors follow Kafka 4 (KIP-896), except Produce, taken from v0 as
+Kafka 4.1 does again for old clients (their message sets are up-converted to v2 batches, as Kafka 3 did)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ CONSUMER_GROUP_DESCRIBE = 69
 IMPLEMENTED: dict[int, ApiSpec] = {
     s.key: s
     for s in [
-        ApiSpec(PRODUCE, "Produce", 3, 13),
+        ApiSpec(PRODUCE, "Produce", 0, 13),  # v0-v2 (dropped by Kafka 4) for old clients: produce/legacy_request.py
         ApiSpec(FETCH, "Fetch", 4, 18),
         ApiSpec(LIST_OFFSETS, "ListOffsets", 1, 11),
         ApiSpec(METADATA, "Metadata", 0, 13),

@@ -51,9 +51,11 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class EncodedBody:
-    """A response body its handler encoded itself (hot paths); encode_response only adds the header."""
+    """A response body its handler encoded itself (hot paths); encode_response only adds the header, which has
+    a tag buffer after the correlation id when flexible (response header v1)."""
 
     data: bytes
+    flexible_header: bool
 
 
 class ChunkWriter(list):
@@ -103,19 +105,10 @@ def _writers(api_key: int, version: int):
     return header_cls, entity_writer(header_cls), entity_writer(cls)
 
 
-@cache
-def _flexible_header(api_key: int, version: int) -> bool:
-    """Whether the response header has tagged fields (v1: correlation id + an empty tag buffer)."""
-    header_cls, write_header, _ = _writers(api_key, version)
-    out = ChunkWriter()
-    write_header(out, header_cls(correlation_id=0))
-    return sum(map(len, out)) == 5
-
-
 def encode_response(api_key: int, version: int, correlation_id: int, response: Any) -> list:
     """The whole response frame (size prefix, header, body) as a list of chunks."""
     if isinstance(response, EncodedBody):  # the hot path: header by hand too
-        header = _SIZE.pack(correlation_id) + (b"\x00" if _flexible_header(api_key, version) else b"")
+        header = _SIZE.pack(correlation_id) + (b"\x00" if response.flexible_header else b"")
         return [_SIZE.pack(len(header) + len(response.data)), header, response.data]
     header_cls, write_header, write_body = _writers(api_key, version)
     out = ChunkWriter([b""])

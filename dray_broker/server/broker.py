@@ -24,6 +24,7 @@ from dray_broker.observability.instrumented import timed_metadata_store, timed_o
 from dray_broker.observability.metrics import ApiMetrics, BrokerMetrics, CacheCollector
 from dray_broker.produce.handler import handle_init_producer_id, handle_produce
 from dray_broker.produce.producers import ProducerStates, batch_headers
+from dray_broker.produce.legacy_request import decode_legacy_produce_request
 from dray_broker.produce.wal_writer import WalWriter
 from dray_broker.protocol import apis
 from dray_broker.protocol.api_versions import api_versions_response, unsupported_api_versions_frame
@@ -224,7 +225,10 @@ class Broker:
             conn.close(f"API key {api_key} version {version} is not supported")
             return NO_RESPONSE
         try:
-            req = decode_request(frame)
+            if api_key == apis.PRODUCE and version < 3:
+                req = decode_legacy_produce_request(frame)
+            else:
+                req = decode_request(frame)
         except UnsupportedVersionError as e:
             conn.close(str(e))
             return NO_RESPONSE

@@ -162,22 +162,25 @@ def create_topic(bootstrap: str, name: str, partitions: int, timeout: float = 10
 
 
 def produce(client: str, bootstrap: str, topic: str, records: list[Rec], *, codec: str = "none",
-            acks: int | str = "all", timeout: float = 15.0) -> list[Rec]:
+            acks: int | str = "all", timeout: float = 15.0, confluent_config: dict | None = None) -> list[Rec]:
     """Send records with client and codec; return them with their offsets. With acks=0 no offset comes back:
-    confluent and kcat give -1, kafka-python makes some up (do not use them)."""
-    fn = {"confluent": _produce_confluent, "aiokafka": _produce_aiokafka, "kafka-python": _produce_kafka_python,
-          "kcat": _produce_kcat}[client]
+    confluent and kcat give -1, kafka-python makes some up (do not use them). confluent_config: more librdkafka
+    properties for the confluent producer."""
     assert codec in CODECS, codec
+    if client == "confluent":
+        return _produce_confluent(bootstrap, topic, records, codec, acks, timeout, confluent_config or {})
+    assert confluent_config is None, "confluent_config is for the confluent producer"
+    fn = {"aiokafka": _produce_aiokafka, "kafka-python": _produce_kafka_python, "kcat": _produce_kcat}[client]
     return fn(bootstrap, topic, records, codec, acks, timeout)
 
 
-def _produce_confluent(bootstrap, topic, records, codec, acks, timeout):
+def _produce_confluent(bootstrap, topic, records, codec, acks, timeout, config):
     from confluent_kafka import Producer
 
     producer = Producer({
         "bootstrap.servers": bootstrap, "compression.type": codec, "acks": str(acks), "linger.ms": 5,
         "message.timeout.ms": int(timeout * 1000), "socket.timeout.ms": int(timeout * 1000),
-        "enable.idempotence": False,
+        "enable.idempotence": False, **config,
     })
     offsets: list[int | None] = [None] * len(records)
     errors = []

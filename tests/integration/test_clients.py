@@ -100,3 +100,26 @@ def test_concurrent_producers_get_dense_unique_offsets(broker, topic_name):
     for p, recs in by_partition(acked).items():
         assert sorted(r.offset for r in recs) == list(range(len(recs))), f"partition {p}: offsets not dense/unique"
     read_back("confluent", broker.bootstrap, topic_name, acked, counts=expected_counts(acked, PARTITIONS))
+
+
+# broker.version.fallback -> what librdkafka then sends without asking ApiVersions: Produce v0 and magic 0 messages
+# (0.8.2), Produce v1 and magic 0 (0.9.0), Produce v2 and magic 1 with timestamps (0.10.0). Codecs chosen so that
+# each message format meets each codec once, LZ4 with magic 0 (Kafka's broken frame checksum, KAFKA-1493) included.
+LEGACY_PRODUCERS = [("0.10.0", "none"), ("0.10.0", "gzip"), ("0.10.0", "snappy"), ("0.10.0", "lz4"),
+                    ("0.9.0", "lz4"), ("0.9.0", "snappy"), ("0.8.2", "gzip"), ("0.8.2", "none")]
+
+
+@pytest.mark.parametrize(("fallback", "codec"), LEGACY_PRODUCERS)
+def test_old_producers_send_legacy_message_sets(broker, topic_name, fallback, codec):
+    """Produce v0-v2 with magic 0/1 message sets, up-converted on the way in: a current consumer reads the same
+    keys, values, timestamps (magic 1; magic 0 has none) and offsets the old producer was given."""
+    create_topic(broker.bootstrap, topic_name, PARTITIONS)
+    with_timestamps = fallback == "0.10.0"
+    records = [replace(r, headers=(), timestamp=r.timestamp if with_timestamps else None)  # no headers before v2
+               for r in make_records(3000, PARTITIONS, seed=300 + LEGACY_PRODUCERS.index((fallback, codec)))]
+    acked = produce("confluent", broker.bootstrap, topic_name, records, codec=codec,
+                    confluent_config={"api.version.request": False, "broker.version.fallback": fallback})
+    assert_offsets_as_kafka(acked)
+    read = read_back("confluent", broker.bootstrap, topic_name, acked, counts=expected_counts(acked, PARTITIONS))
+    if not with_timestamps:
+        assert {r.timestamp for r in read} == {-1}, "magic 0 messages carry no timestamp"

@@ -7,6 +7,7 @@ import uuid
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kafka.protocol.old import produce as old_produce
 from kio.schema.errors import ErrorCode
 
 from dray_broker.produce.response import encode_produce_response
@@ -44,3 +45,19 @@ def test_typical_response():
     for version in range(3, 14):
         assert b"".join(encode_response(0, version, 42, encode_produce_response(version, topics))) \
             == _kio(version, topics)
+
+
+@pytest.mark.parametrize("version", range(0, 3))
+@settings(max_examples=60, deadline=None)
+@given(topics=st.lists(topic, max_size=3))
+def test_legacy_versions_decode_with_kafka_python(version, topics):
+    """kio has no v0-v2 schema; kafka-python's legacy protocol classes read what an old client reads."""
+    frame = b"".join(encode_response(0, version, 42, encode_produce_response(version, topics)))
+    cls = getattr(old_produce, f"ProduceResponse_v{version}")
+    decoded = cls.decode(frame[4:], header=True)
+    assert decoded.header.correlation_id == 42
+    got = [(name, [tuple(p)[:3] for p in parts]) for name, parts in decoded.responses]
+    assert got == [(name, [(i, e, o) for i, e, o, _ in parts]) for name, _, parts in topics]
+    if version >= 1:
+        assert decoded.throttle_time_ms == 0
+    assert decoded.encode(header=True) == frame[4:]  # every byte accounted for, log_append_time (v2) included
