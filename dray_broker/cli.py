@@ -30,6 +30,7 @@ def _settings_or_exit(args):
 
 async def _run_broker(settings, after_start=None) -> None:
     """Run a broker until SIGTERM or SIGINT, then drain it. after_start: a coroutine function run once it serves."""
+    from dray_broker.cluster_identity import ClusterMismatchError
     from dray_broker.routing.registry import BrokerIdInUse
     from dray_broker.server.broker import Broker
 
@@ -40,7 +41,7 @@ async def _run_broker(settings, after_start=None) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await broker.start()
-    except (BrokerIdInUse, OSError) as e:
+    except (BrokerIdInUse, ClusterMismatchError, OSError) as e:
         log.error("cannot start: %s", e)
         raise SystemExit(1) from None
     if after_start is not None:

@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 
+from dray_broker.cluster_identity import ClusterMismatchError
 from dray_pipelines.settings import LakeSettings, LakeSettingsError, load_lake_settings
 
 _STORAGE_FLAGS = {
@@ -71,7 +72,11 @@ def cmd_compact(args) -> int:
 
     report = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     runner = Runner(settings, report=report, log_level="ERROR")
-    result = runner.run_all(force=args.all, maintenance=args.maintenance)
+    try:
+        result = runner.run_all(force=args.all, maintenance=args.maintenance)
+    except ClusterMismatchError as e:
+        print(f"dray compact: {e}", file=sys.stderr)
+        return 1
     if not args.quiet:
         print(f"{len(result.runs)} runs, {len(result.failed)} failed" if result.runs else "nothing to do")
     for failed in result.failed:

@@ -20,6 +20,7 @@ from typing import AsyncIterator
 from ulid import ULID
 
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef
+from dray_broker.cluster_identity import check_cluster_identity
 from dray_broker.metadata import MetadataStore, VersionMismatchError, open_metadata_store
 from dray_broker.metadata.base import parse_sequence_key
 from dray_broker.objectstore import ObjectStore, open_object_store
@@ -215,6 +216,7 @@ async def open_lake(settings: LakeSettings) -> AsyncIterator[Lake]:
     store = await open_metadata_store(settings.metadata_url)
     objects = open_object_store(settings.object_store_url)
     try:
+        await check_cluster_identity(store, objects)  # before any GC could take another cluster's WAL for orphans
         yield Lake(settings, store, objects)
     finally:
         await objects.close()

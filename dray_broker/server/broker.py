@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import Any, Awaitable, Callable
 
+from dray_broker.cluster_identity import ensure_cluster_identity
 from dray_broker.config import Settings
 from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.fetch.handler import handle_fetch
@@ -17,14 +18,14 @@ from dray_broker.fetch.reader import PartitionReader
 from dray_broker.groups.coordinator import GroupCoordinator
 from dray_broker.index.offsets import OffsetIndex, PartitionRef
 from dray_broker.logs import request_context
-from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, VersionMismatchError, open_metadata_store
+from dray_broker.metadata import MetadataStore, open_metadata_store
 from dray_broker.objectstore import ObjectStore, open_object_store
 from dray_broker.observability.http import HttpEndpoint
 from dray_broker.observability.instrumented import timed_metadata_store, timed_object_store
 from dray_broker.observability.metrics import ApiMetrics, BrokerMetrics, CacheCollector
 from dray_broker.produce.handler import handle_init_producer_id, handle_produce
-from dray_broker.produce.producers import ProducerStates, batch_headers
 from dray_broker.produce.legacy_request import decode_legacy_produce_request
+from dray_broker.produce.producers import ProducerStates, batch_headers
 from dray_broker.produce.wal_writer import WalWriter
 from dray_broker.protocol import apis
 from dray_broker.protocol.api_versions import api_versions_response, unsupported_api_versions_frame
@@ -44,7 +45,6 @@ from dray_broker.topics.catalog import TopicCatalog
 log = logging.getLogger(__name__)
 
 Handler = Callable[["Broker", Request], Awaitable[Any]]
-CLUSTER_KEY = "/dray/cluster"
 INDEX_PREFIX = "/dray/idx/"
 # How long a draining broker waits for answers to requests already read (long polls end sooner: see fetch).
 DRAIN_TIMEOUT_S = 10.0
@@ -98,7 +98,7 @@ class Broker:
         self.metadata = timed_metadata_store(
             await open_metadata_store(s.metadata_url, session_timeout_ms=s.session_timeout_ms), self.metrics)
         self.objects = timed_object_store(open_object_store(s.object_store_url), self.metrics)
-        self.cluster_id = await self._cluster_id()
+        self.cluster_id = await ensure_cluster_identity(self.metadata, self.objects)
         self.broker_id = s.broker_id if s.broker_id is not None else await allocate_broker_id(self.metadata)
         self.index = OffsetIndex(self.metadata)
         self.topics = TopicCatalog(self.metadata)
@@ -183,13 +183,6 @@ class Broker:
         await self.objects.close()
         await self.metadata.close()
         log.info("dray broker %d stopped", self.broker_id)
-
-    async def _cluster_id(self) -> str:
-        try:
-            await self.metadata.put(CLUSTER_KEY, str(uuid.uuid4()).encode(), expected_version=MUST_NOT_EXIST)
-        except VersionMismatchError:
-            pass
-        return (await self.metadata.get(CLUSTER_KEY)).value.decode()
 
     async def _batch_headers(self, p: PartitionRef, entry) -> list[tuple[int, int, int, int]]:
         return batch_headers((await self.reader.load(entry)).data)

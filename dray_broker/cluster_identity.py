@@ -1,0 +1,68 @@
+"""One cluster id shared by the metadata store and the object store, so that a broker or pipeline never pairs the
+stores of two different clusters.
+
+The pairing matters because the stores only make sense together: the offset index (metadata) points into WAL
+objects (object store). A fresh metadata store pointed at a bucket that already holds another cluster's WAL would
+serve none of that data, and orphan GC would then delete all of it as "written, never indexed".
+
+The metadata store keeps the id at CLUSTER_KEY (made by the first broker); the object store keeps a copy in the
+object MARKER_KEY, written create-only by the first broker that starts on it. Brokers refuse to start on a
+mismatch; pipelines refuse to run (and so to collect garbage).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, VersionMismatchError
+from dray_broker.objectstore import ObjectExistsError, ObjectNotFoundError, ObjectStore
+
+CLUSTER_KEY = "/dray/cluster"
+MARKER_KEY = "dray-cluster-id"
+
+
+class ClusterMismatchError(Exception):
+    """The metadata store and the object store belong to different clusters."""
+
+
+async def ensure_cluster_identity(metadata: MetadataStore, objects: ObjectStore) -> str:
+    """The cluster id (made on first use), after checking the object store's marker (written on first use)."""
+    try:
+        await metadata.put(CLUSTER_KEY, str(uuid.uuid4()).encode(), expected_version=MUST_NOT_EXIST)
+    except VersionMismatchError:
+        pass
+    cluster_id = (await metadata.get(CLUSTER_KEY)).value.decode()
+    marker = await _marker(objects)
+    if marker is None:
+        try:
+            await objects.put(MARKER_KEY, cluster_id.encode(), create_only=True)
+        except ObjectExistsError:  # another broker of some cluster got there first
+            pass
+        marker = await _marker(objects)
+    _check(cluster_id, marker)
+    return cluster_id
+
+
+async def check_cluster_identity(metadata: MetadataStore, objects: ObjectStore) -> None:
+    """For pipelines: refuse a mismatch, and an object store of a cluster paired with a metadata store of none;
+    change nothing (an object store no broker has used yet has no marker, and nothing to collect)."""
+    marker = await _marker(objects)
+    if marker is not None:
+        entry = await metadata.get(CLUSTER_KEY)
+        _check(entry.value.decode() if entry is not None else None, marker)
+
+
+async def _marker(objects: ObjectStore) -> str | None:
+    try:
+        return (await objects.get(MARKER_KEY)).decode()
+    except ObjectNotFoundError:
+        return None
+
+
+def _check(cluster_id: str | None, marker: str | None) -> None:
+    if marker != cluster_id:
+        raise ClusterMismatchError(
+            f"the object store belongs to cluster {marker} but the metadata store to "
+            f"{'cluster ' + cluster_id if cluster_id else 'no cluster'}: "
+            f"use the metadata store and object store of one cluster (the object store's {MARKER_KEY} object "
+            f"names its cluster)")
