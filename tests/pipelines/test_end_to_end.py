@@ -124,7 +124,7 @@ def test_consumer_during_swaps_sees_every_offset_once(tmp_path, dagster_instance
     deletes what was swapped (grace 0); every pass reads every offset exactly once, with the same records."""
     broker = BrokerProcess(tmp_path / "data", extra_args=["--fetch-cache-bytes", "200000"]).start()
     try:
-        settings = lake_settings(broker.data_dir, wal_gc_grace_ms=0, compact_max_bytes=100_000,
+        settings = lake_settings(broker.data_dir, wal_gc_grace_ms=0, compact_max_bytes=150_000,
                                  row_group_bytes=16_000)
         topic = "swapping"
         create_topic(broker.bootstrap, topic, 1, {"retention.ms": "-1"})
