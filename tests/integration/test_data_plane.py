@@ -16,6 +16,8 @@ from dataclasses import replace
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from kafka.protocol.old import produce as old_produce
+from kafka.record.legacy_records import LegacyRecordBatchBuilder
 
 from tests import services
 from tests.integration.brokers import BrokerProcess
@@ -554,6 +556,13 @@ def _valid_frames(topic: str) -> list[bytes]:
     ]:
         request.with_header(correlation_id=1, client_id="fuzz")
         frames.append(bytes(request.encode(version=version, header=True, framed=True)))
+    # Produce v1 with a gzip wrapper of magic 0 messages: the hand decoder and the up-conversion.
+    legacy = LegacyRecordBatchBuilder(0, LegacyRecordBatchBuilder.CODEC_GZIP, 1 << 20)
+    for i in range(3):
+        legacy.append(i, None, b"k", b"v" * 50)
+    request = old_produce.ProduceRequest_v1(acks=-1, timeout_ms=1000, topic_data=[(topic, [(0, bytes(legacy.build()))])])
+    request.with_header(correlation_id=1, client_id="fuzz")
+    frames.append(bytes(request.encode(header=True, framed=True)))
     return frames
 
 
