@@ -67,6 +67,7 @@ def _append(broker, topic, index: int, records, version: int) -> tuple[ErrorCode
     try:
         if version < 3 and _is_legacy(records):
             records = up_convert(records, now_ms=int(time.time() * 1000))
+            broker.metrics.produce_conversions.inc()
         summary = validate_batches(records, topic.int_config("max.message.bytes"))
     except InvalidBatchError as e:
         return ErrorCode(e.kafka_error), str(e)

@@ -7,10 +7,14 @@ records, in order per partition, at the offsets the producer's delivery reports 
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 from dataclasses import replace
 
 import pytest
+from kafka.protocol.old import produce as old_produce
+from kafka.record.legacy_records import LegacyRecordBatchBuilder
 
 from tests.integration.clients import (
     CLIENTS,
@@ -102,24 +106,68 @@ def test_concurrent_producers_get_dense_unique_offsets(broker, topic_name):
     read_back("confluent", broker.bootstrap, topic_name, acked, counts=expected_counts(acked, PARTITIONS))
 
 
-# broker.version.fallback -> what librdkafka then sends without asking ApiVersions: Produce v0 and magic 0 messages
-# (0.8.2), Produce v1 and magic 0 (0.9.0), Produce v2 and magic 1 with timestamps (0.10.0). Codecs chosen so that
-# each message format meets each codec once, LZ4 with magic 0 (Kafka's broken frame checksum, KAFKA-1493) included.
-LEGACY_PRODUCERS = [("0.10.0", "none"), ("0.10.0", "gzip"), ("0.10.0", "snappy"), ("0.10.0", "lz4"),
-                    ("0.9.0", "lz4"), ("0.9.0", "snappy"), ("0.8.2", "gzip"), ("0.8.2", "none")]
+# broker.version.fallback -> what librdkafka then sends without asking ApiVersions: Produce v1 (0.9.0) or v0 (0.8.2)
+# with magic 0 messages, compressed in wrapper messages (LZ4 with Kafka's broken frame checksum, KAFKA-1493).
+# (Any fallback from 0.10 on makes librdkafka ask ApiVersions, and then it sends v2 batches.)
+LEGACY_PRODUCERS = [("0.9.0", "none"), ("0.9.0", "gzip"), ("0.9.0", "snappy"), ("0.9.0", "lz4"),
+                    ("0.8.2", "gzip"), ("0.8.2", "lz4")]
 
 
 @pytest.mark.parametrize(("fallback", "codec"), LEGACY_PRODUCERS)
 def test_old_producers_send_legacy_message_sets(broker, topic_name, fallback, codec):
-    """Produce v0-v2 with magic 0/1 message sets, up-converted on the way in: a current consumer reads the same
-    keys, values, timestamps (magic 1; magic 0 has none) and offsets the old producer was given."""
+    """Produce v0/v1 with magic 0 message sets, up-converted on the way in: a current consumer reads the same keys,
+    values and offsets the old producer was given (and no timestamp: magic 0 has none)."""
     create_topic(broker.bootstrap, topic_name, PARTITIONS)
-    with_timestamps = fallback == "0.10.0"
-    records = [replace(r, headers=(), timestamp=r.timestamp if with_timestamps else None)  # no headers before v2
+    records = [replace(r, headers=(), timestamp=None)  # neither headers nor timestamps before magic 1 / 2
                for r in make_records(3000, PARTITIONS, seed=300 + LEGACY_PRODUCERS.index((fallback, codec)))]
     acked = produce("confluent", broker.bootstrap, topic_name, records, codec=codec,
                     confluent_config={"api.version.request": False, "broker.version.fallback": fallback})
     assert_offsets_as_kafka(acked)
     read = read_back("confluent", broker.bootstrap, topic_name, acked, counts=expected_counts(acked, PARTITIONS))
-    if not with_timestamps:
-        assert {r.timestamp for r in read} == {-1}, "magic 0 messages carry no timestamp"
+    assert {r.timestamp for r in read} == {-1}
+
+
+LEGACY_CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3}
+
+
+@pytest.mark.parametrize("codec", LEGACY_CODECS)
+def test_magic_1_message_sets_keep_their_timestamps(broker, topic_name, codec):
+    """Produce v2 with magic 1 messages (timestamps, CreateTime), as a Kafka 0.10 client sends them: no client here
+    still speaks it (librdkafka asks ApiVersions from 0.10 on), so kafka-python's own legacy encoders build the
+    request. The broker answers each partition's base offset; a current consumer reads the records and timestamps."""
+    create_topic(broker.bootstrap, topic_name, PARTITIONS)
+    records = [replace(r, headers=()) for r in make_records(600, PARTITIONS, seed=400 + LEGACY_CODECS[codec])]
+    acked = []
+    for round_ in range(2):  # twice: the second request's offsets continue after the first
+        part = records[round_ * 300:(round_ + 1) * 300]
+        sets = {}
+        for p, recs in by_partition(part).items():
+            builder = LegacyRecordBatchBuilder(1, LEGACY_CODECS[codec], 1 << 20)
+            for i, r in enumerate(recs):
+                builder.append(i, r.timestamp, r.key, r.value)
+            sets[p] = bytes(builder.build())
+        request = old_produce.ProduceRequest_v2(acks=-1, timeout_ms=10_000,
+                                                topic_data=[(topic_name, sorted(sets.items()))])
+        request.with_header(correlation_id=7, client_id="kafka-0.10")
+        with socket.create_connection(tuple(broker.bootstrap.rsplit(":", 1)), timeout=10) as s:
+            s.sendall(request.encode(header=True, framed=True))
+            size = struct.unpack(">i", _read_exactly(s, 4))[0]
+            response = old_produce.ProduceResponse_v2.decode(_read_exactly(s, size), header=True)
+        [(name, partitions)] = response.responses
+        assert name == topic_name
+        base = {p[0]: p[2] for p in partitions}
+        assert all(p[1] == 0 for p in partitions), partitions
+        start = expected_counts(acked, PARTITIONS)
+        assert base == {p: start[p] for p in sets}
+        for p, recs in by_partition(part).items():
+            acked += [replace(r, offset=base[p] + i) for i, r in enumerate(recs)]
+    read_back("confluent", broker.bootstrap, topic_name, acked, counts=expected_counts(acked, PARTITIONS))
+
+
+def _read_exactly(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        assert chunk, "the broker closed the connection"
+        data += chunk
+    return data

@@ -76,7 +76,17 @@ def test_metrics_health_and_json_logs(observed_broker, topic_name):
     misses = m[("dray_fetch_cache_lookups_total", (("result", "miss"),))]
     assert hits >= 1 and misses >= 0
     assert m[("dray_compaction_lag_offsets", (("partition", "0"), ("topic", topic_name)))] == 500
+    assert m[("dray_produce_message_conversions_total", ())] == 0
     consumer.close()
+
+    # An old producer's message sets are up-converted, and counted.
+    old = Producer({"bootstrap.servers": observed_broker.bootstrap, "api.version.request": False,
+                    "broker.version.fallback": "0.9.0", "linger.ms": 50, "log_level": 3})
+    for i in range(10):
+        old.produce(topic_name, value=b"old", partition=0)
+    assert old.flush(15) == 0
+    conversions = _samples(_get(base + "/metrics")[1])[("dray_produce_message_conversions_total", ())]
+    assert 1 <= conversions <= 10
 
     # Every log line is one JSON object; lines written while handling a request carry its client id.
     lines = [json.loads(line) for line in observed_broker.log().splitlines() if line.startswith("{")]
