@@ -3,8 +3,6 @@ never share counters)."""
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -57,17 +55,6 @@ class BrokerMetrics:
             m = self._apis[name] = ApiMetrics(self.requests.labels(name), self.request_errors.labels(name),
                                               self.request_seconds.labels(name))
         return m
-
-    @contextmanager
-    def timed_store_call(self, store: str, op: str):
-        started = time.perf_counter()
-        try:
-            yield
-        except Exception:
-            self.store_errors.labels(store, op).inc()
-            raise
-        finally:
-            self.store_seconds.labels(store, op).observe(time.perf_counter() - started)
 
 
 class CacheCollector:
