@@ -7,31 +7,50 @@ serve none of that data, and orphan GC would then delete all of it as "written, 
 
 The metadata store keeps the id at CLUSTER_KEY (made by the first broker); the object store keeps a copy in the
 object MARKER_KEY, written create-only by the first broker that starts on it. Brokers refuse to start on a
-mismatch; pipelines refuse to run (and so to collect garbage).
+mismatch; pipelines refuse to run (and so to collect garbage). A broker whose object store does not answer at
+start still starts (reporting not ready on /readyz), with a warning: the check that prevents data loss is the
+pipelines', which runs before every garbage collection.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 
 from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, VersionMismatchError
-from dray_broker.objectstore import ObjectExistsError, ObjectNotFoundError, ObjectStore
+from dray_broker.objectstore import ObjectExistsError, ObjectNotFoundError, ObjectStore, ObjectStoreError
+
+log = logging.getLogger(__name__)
 
 CLUSTER_KEY = "/dray/cluster"
 MARKER_KEY = "dray-cluster-id"
+# How long a starting broker waits for the object store to answer the check.
+CHECK_TIMEOUT_S = 5.0
 
 
 class ClusterMismatchError(Exception):
     """The metadata store and the object store belong to different clusters."""
 
 
-async def ensure_cluster_identity(metadata: MetadataStore, objects: ObjectStore) -> str:
-    """The cluster id (made on first use), after checking the object store's marker (written on first use)."""
+async def ensure_cluster_identity(metadata: MetadataStore, objects: ObjectStore,
+                                  timeout_s: float = CHECK_TIMEOUT_S) -> str:
+    """The cluster id (made on first use), after checking the object store's marker (written on first use).
+    Raise ClusterMismatchError on a mismatch; only warn if the object store does not answer in timeout_s."""
     try:
         await metadata.put(CLUSTER_KEY, str(uuid.uuid4()).encode(), expected_version=MUST_NOT_EXIST)
     except VersionMismatchError:
         pass
     cluster_id = (await metadata.get(CLUSTER_KEY)).value.decode()
+    try:
+        await asyncio.wait_for(_mark(objects, cluster_id), timeout_s)
+    except (ObjectStoreError, asyncio.TimeoutError) as e:
+        log.warning("cannot check which cluster the object store belongs to (%s); starting anyway: pipelines "
+                    "check it before collecting any garbage", str(e) or f"no answer in {timeout_s:.0f} s")
+    return cluster_id
+
+
+async def _mark(objects: ObjectStore, cluster_id: str) -> None:
     marker = await _marker(objects)
     if marker is None:
         try:
@@ -40,7 +59,6 @@ async def ensure_cluster_identity(metadata: MetadataStore, objects: ObjectStore)
             pass
         marker = await _marker(objects)
     _check(cluster_id, marker)
-    return cluster_id
 
 
 async def check_cluster_identity(metadata: MetadataStore, objects: ObjectStore) -> None:
