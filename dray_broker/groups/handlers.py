@@ -235,8 +235,11 @@ async def _without_offsets_of_earlier_topics(broker, found: dict, listed: bool) 
     """Offsets committed before their topic was created belong to a deleted topic of the same name: as Kafka
     deletes a deleted topic's offsets, they count as none (else a group would skip into the new topic). listed:
     the caller asked for every committed offset, so such partitions are left out."""
-    created = {name: t.created_ms for name in {n for (n, _), o in found.items() if o is not None}
-               if (t := await broker.topics.get(name)) is not None}
+    created = {}  # topic name -> creation time, for the topics that have committed offsets here
+    for name in {n for (n, _), o in found.items() if o is not None}:
+        topic = await broker.topics.get(name)
+        if topic is not None:
+            created[name] = topic.created_ms
     out = {}
     for (name, p), o in found.items():
         if o is not None and name in created and o.commit_timestamp < created[name]:

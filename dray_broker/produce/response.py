@@ -14,6 +14,7 @@ import uuid
 from typing import Sequence
 
 from dray_broker.protocol.codec import EncodedBody
+from dray_broker.protocol.primitives import encode_uvarint
 
 _I32 = struct.Struct(">i")
 _PARTITION_V0 = struct.Struct(">ihq")  # index, error code, base offset
@@ -27,24 +28,15 @@ PartitionResult = tuple[int, int, int, str | None]
 TopicResult = tuple[str | None, uuid.UUID | None, Sequence[PartitionResult]]
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _count(n: int, flexible: bool) -> bytes:
-    return _uvarint(n + 1) if flexible else _I32.pack(n)
+    return encode_uvarint(n + 1) if flexible else _I32.pack(n)
 
 
 def _string(s: str | None, flexible: bool) -> bytes:
     if s is None:
         return b"\x00" if flexible else b"\xff\xff"
     data = s.encode()
-    return (_uvarint(len(data) + 1) if flexible else struct.pack(">h", len(data))) + data
+    return (encode_uvarint(len(data) + 1) if flexible else struct.pack(">h", len(data))) + data
 
 
 def encode_produce_response(version: int, topics: Sequence[TopicResult]) -> EncodedBody:

@@ -23,6 +23,8 @@ from typing import Union, get_args, get_origin
 
 from kio.serial._introspect import EntityField, EntityTupleField, PrimitiveTupleField, classify_field, is_optional
 
+from dray_broker.protocol.primitives import encode_uvarint
+
 _FIXED = {"bool": 1, "int8": 1, "int16": 2, "uint16": 2, "int32": 4, "int64": 8, "float64": 8, "uuid": 16,
           "timedelta_i32": 4, "timedelta_i64": 8, "datetime_i64": 8, "uint32": 4, "uint64": 8, "uint8": 1}
 
@@ -209,22 +211,13 @@ def _tagged_fields(plan: _Plan, buf, pos: int, end: int, edits: list) -> int:
             if inner:
                 dropped = True
                 value = _apply(buf, pos, value_end, inner)
-                kept.append(_encode_uvarint(tag) + _encode_uvarint(len(value)) + value)
+                kept.append(encode_uvarint(tag) + encode_uvarint(len(value)) + value)
             else:
                 kept.append(bytes(buf[entry:value_end]))
         pos = value_end
     if dropped:
-        edits.append((start, pos, _encode_uvarint(len(kept)) + b"".join(kept)))
+        edits.append((start, pos, encode_uvarint(len(kept)) + b"".join(kept)))
     return pos
-
-
-def _encode_uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _apply(buf, start: int, end: int, edits: list) -> bytes:
