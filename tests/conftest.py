@@ -6,9 +6,9 @@
 
 Each server starts on first use only. Their binaries are built and cached by tests/services.py; when a collected
 test may need one, it is built before the first test runs, so that a first build (minutes) does not count
-against a test's timeout. A service that cannot be built or started skips its tests, except with CI=true, where
-it fails them. With CI=true any skipped test fails the run. The exception is Oxia: no registry here serves an
-Oxia server, so without one (DRAY_OXIA_BIN or a cached build) its tests are skipped and the summary says how many.
+against a test's timeout. A service that cannot be built or started skips its tests with the reason (a
+developer without Go still runs the rest), except with CI=true, where it fails them. With CI=true any skipped
+test fails the run: a green CI means every backend's tests ran.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ class _State:
         self.build_errors: dict[str, str] = {}  # "oxia" | "s3" -> why the binary could not be built
         self.notes: list[str] = []  # timings for the terminal summary
         self.used: dict[str, set[str]] = {"oxia": set(), "s3": set()}  # nodeids of passed tests
-        self.skipped = 0
-        self.oxia_not_run = 0  # tests skipped because no Oxia server can be had on this machine
+        self.skipped: dict[str, int] = {}  # why -> how many tests were skipped for it
 
 
 _state = _State()
@@ -97,7 +96,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         started = time.monotonic()
         try:
             ensure()
-        except Exception as e:  # noqa: BLE001 - reported by the fixture, as a skip or (CI) a failure
+        except Exception as e:  # noqa: BLE001 - CI stops here; elsewhere the fixture skips with the reason
+            if _in_ci():
+                pytest.exit(f"CI=true: the {name} test server could not be built, so its tests cannot run:\n{e}",
+                            returncode=pytest.ExitCode.TESTS_FAILED)
             _state.build_errors[name] = str(e)
             if reporter is not None:
                 reporter.write_line(f"services: building {name} failed:\n{e}", red=True)
@@ -108,13 +110,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 # --------------------------------------------------------------------------------------- fixtures
 
 
-OXIA_UNAVAILABLE = "oxia test server unavailable"
+UNAVAILABLE = "test server unavailable"
 
 
 def _unavailable(name: str, error: Exception | str) -> None:
-    message = f"{name} test server unavailable: {error}"
-    # No registry here serves an Oxia server (tests/services.py): its tests are skipped, and said so, even in CI.
-    if _in_ci() and name != "oxia":
+    message = f"{name} {UNAVAILABLE}: {error}"
+    if _in_ci():
         pytest.fail(message + "\n(CI=true: a test service that cannot start fails the run)", pytrace=False)
     pytest.skip(message)
 
@@ -166,10 +167,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             if fixture in requested:
                 _state.used[name].add(item.nodeid)
     if report.skipped and not hasattr(report, "wasxfail"):
-        if OXIA_UNAVAILABLE in str(report.longrepr):
-            _state.oxia_not_run += 1
-        else:
-            _state.skipped += 1
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ").split(":", 1)[0] if UNAVAILABLE in reason else "other reasons"
+        _state.skipped[reason] = _state.skipped.get(reason, 0) + 1
     return report
 
 
@@ -183,11 +183,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if _state.notes:
         line += f" ({'; '.join(_state.notes)})"
     terminalreporter.write_line(line)
-    if _state.oxia_not_run:
-        terminalreporter.write_line(
-            f"services: {_state.oxia_not_run} tests NOT RUN for want of an Oxia server (set DRAY_OXIA_BIN; no "
-            "registry here serves one)", red=True)
+    for reason, count in sorted(_state.skipped.items()):
+        terminalreporter.write_line(f"services: {count} tests skipped: {reason}", red=True)
+    for name, error in sorted(_state.build_errors.items()):
+        terminalreporter.write_line(f"services: the {name} server could not be built: {error.splitlines()[0]}",
+                                    red=True)
     if _in_ci() and _state.skipped:
         terminalreporter.write_line(
-            f"CI=true: {_state.skipped} skipped tests fail this run (no test may be skipped in CI)", red=True
-        )
+            f"CI=true: {sum(_state.skipped.values())} skipped tests fail this run (no test may be skipped in CI)",
+            red=True)

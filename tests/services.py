@@ -5,10 +5,11 @@ Binaries are built with the Go toolchain once and cached in ``$DRAY_SERVICES_DIR
 when it is missing (a new pin gets a new path). Each started server gets its own temporary directory (data and
 a log file), free loopback ports, and its own process group, killed by ``stop()`` (and at interpreter exit).
 
-Oxia: no registry here serves an Oxia server (the Go module proxy refuses github.com/oxia-db/oxia and
-github.com/streamnative/oxia with 403). The binary is taken from ``$DRAY_OXIA_BIN`` (an Oxia v0.14.x server you
-installed), else from the cache, else ``go install github.com/oxia-db/oxia/cmd@v0.14.4`` is tried, for machines
-whose proxy serves it. When none works, the Oxia tests are skipped with that reason (see tests/conftest.py).
+Oxia: the binary is taken from ``$DRAY_OXIA_BIN`` (an Oxia v0.14.x server you installed), else from the cache,
+else ``go install github.com/oxia-db/oxia/cmd@v0.14.4`` (machines whose Go module proxy serves it), else it is
+built from the Oxia v0.14.4 source tree in ``$DRAY_OXIA_SOURCE`` or ``../shared/third_party/oxia-v0.14.4`` beside
+this checkout (or beside the repository it was cloned from): the module proxy here refuses the Oxia modules
+(403) but serves their dependencies. The source tree may be read-only: the build writes only into the cache.
 
 PostgreSQL (for the Iceberg SQL catalog) comes from Debian's postgresql package, which ./dev test installs.
 
@@ -152,13 +153,51 @@ def _install_binary(final: Path, build: Callable[[Path, Path], Path | None], nam
     return final
 
 
+OXIA_SOURCE_DIR = f"shared/third_party/oxia-{OXIA_VERSION}"
+
+
+def _origin_checkout() -> Path | None:
+    """The repository this checkout was cloned from, when it is a local path (a CI clone of a working copy)."""
+    try:
+        url = subprocess.run(["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    url = url.removeprefix("file://")
+    return Path(url) if url.startswith("/") and Path(url).is_dir() else None
+
+
+def oxia_source_candidates() -> list[Path]:
+    """Where an Oxia source tree is looked for, in order."""
+    candidates = []
+    if os.environ.get("DRAY_OXIA_SOURCE"):
+        candidates.append(Path(os.environ["DRAY_OXIA_SOURCE"]).expanduser())
+    candidates.append(REPO.parent / OXIA_SOURCE_DIR)
+    origin = _origin_checkout()
+    if origin is not None:
+        candidates.append(origin.resolve().parent / OXIA_SOURCE_DIR)
+    return candidates
+
+
 def _build_oxia(work: Path, log: Path) -> Path | None:
     gobin = work / "gobin"
     if _run_logged([_go(), "install", f"{OXIA_PACKAGE}@{OXIA_VERSION}"], cwd=work, env=_go_env(gobin), log=log) == 0:
         return gobin / "cmd"
-    with open(log, "a") as out:
-        out.write("\nno Oxia server: the Go module proxy does not serve it here; set DRAY_OXIA_BIN to an Oxia "
-                  f"{OXIA_VERSION} server binary\n")
+    sources = [p for p in oxia_source_candidates() if (p / "go.mod").is_file() and (p / "cmd").is_dir()]
+    if not sources:
+        with open(log, "a") as out:
+            out.write(f"\nno Oxia server: `go install` failed (the Go module proxy refuses the Oxia modules here) "
+                      f"and no Oxia {OXIA_VERSION} source tree was found in "
+                      f"{', '.join(map(str, oxia_source_candidates()))}; set DRAY_OXIA_SOURCE to one or "
+                      "DRAY_OXIA_BIN to a server binary\n")
+        return None
+    # The tree may be read-only (CI): the binary goes to the work directory, caches stay in Go's defaults (the
+    # user's, writable) and the module cache is left writable so that it can be cleaned.
+    env = _go_env()
+    env["GOFLAGS"] += " -modcacherw"
+    built = work / "oxia"
+    if _run_logged([_go(), "build", "-o", str(built), "./cmd"], cwd=sources[0], env=env, log=log) == 0:
+        return built
     return None
 
 
