@@ -307,8 +307,8 @@ def test_cluster_status_offsets_and_compaction_lag(embedded_broker, topic_name):
     assert "no metadata store" in missing
 
 
-def test_cluster_status_groups_brokers_by_zone(tmp_path):
-    shared = [f"--metadata=sqlite://{tmp_path}/meta.db", f"--object-store=file://{tmp_path}/objects"]
+def test_cluster_status_groups_brokers_by_zone(tmp_path, cluster_stores):
+    shared = cluster_stores.args()
     brokers = [BrokerProcess(tmp_path / f"b{i}", extra_args=[*shared, f"--broker-id={i}", f"--zone={zone}"])
                for i, zone in ((1, "zone-a"), (2, "zone-b"), (3, "zone-a"))]
     try:

@@ -40,7 +40,12 @@ def test_webserver_and_daemon_compact_on_their_own(tmp_path, monkeypatch):
                 break
             time.sleep(1)
         assert state.watermark == 40, (handle.home / "logs" / "dagster-daemon.log").read_text()[-5000:]
-        time.sleep(5)  # more sensor ticks over the same state: nothing more to run
+        # Two more sensor ticks over the same state: they must ask for nothing more.
+        ticks = _sensor_ticks(handle.urls[0][1], "compaction_sensor")
+        deadline = time.monotonic() + 60
+        while _sensor_ticks(handle.urls[0][1], "compaction_sensor") < ticks + 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _sensor_ticks(handle.urls[0][1], "compaction_sensor") >= ticks + 2
         runs = _graphql(handle.urls[0][1], '{ runsOrError(filter: {pipelineName: "compaction"}) '
                                            '{ ... on Runs { results { status tags { key value } } } } }')
         results = runs["data"]["runsOrError"]["results"]
@@ -50,6 +55,14 @@ def test_webserver_and_daemon_compact_on_their_own(tmp_path, monkeypatch):
     finally:
         handle.stop(grace_s=5)
     assert all(p.poll() is not None for _, p in handle.procs)
+
+
+def _sensor_ticks(base: str, sensor: str) -> int:
+    """How many ticks the daemon has evaluated for the sensor (the newest 1000)."""
+    doc = _graphql(base, '{ repositoriesOrError { ... on RepositoryConnection { nodes { sensors { name '
+                         'sensorState { ticks(limit: 1000) { status } } } } } } }')
+    return sum(len(s["sensorState"]["ticks"]) for repo in doc["data"]["repositoriesOrError"]["nodes"]
+               for s in repo["sensors"] if s["name"] == sensor)
 
 
 def _graphql(base: str, query: str) -> dict:
