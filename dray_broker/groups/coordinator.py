@@ -11,7 +11,9 @@ holder (or, for an unleased group, the rendezvous choice over live brokers), so 
 Per group, each request runs the state machine synchronously, then `_settle` persists the group's snapshot if it
 changed (CAS on the state key's version; a mismatch means another broker took over: the group is dropped here and
 its parked requests get NOT_COORDINATOR) and only then releases the replies, so no member sees a generation that is
-not stored. One asyncio timer per group calls `tick` at the group's next deadline.
+not stored. One asyncio timer per group calls `tick` at the group's next deadline. Loading a group and settling it
+run in tasks of the coordinator, not of the request: a client that disconnects cancels its request, and must not
+stop a state write half-way (its new version unrecorded, the next CAS would fail) nor the replies to other members.
 
 A group id holds one type at a time (the stored record says which): a classic group with members refuses
 ConsumerGroupHeartbeat and a consumer group with members refuses JoinGroup (GROUP_ID_NOT_FOUND, as Kafka without
@@ -158,10 +160,16 @@ class GroupCoordinator:
         for task in list(self._tasks):
             task.cancel()
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _unowned(self, coro):
+        """Run coro in a task of the coordinator and wait for it: cancelling the caller (its client went away)
+        does not cancel the work."""
+        return asyncio.shield(self._spawn(coro))
 
     @staticmethod
     def now() -> int:
@@ -215,16 +223,20 @@ class GroupCoordinator:
             await asyncio.shield(pending)
         done = asyncio.get_running_loop().create_future()
         self._acquiring[group_id] = done
-        try:
-            return await self._acquire(group_id, create, kind)
-        except CoordinatorError:
-            raise
-        except MetadataError as e:
-            log.warning("cannot load group %r: %r", group_id, e)
-            raise CoordinatorError(ErrorCode.coordinator_not_available, f"metadata store: {e!r}") from None
-        finally:
-            del self._acquiring[group_id]
-            done.set_result(None)
+
+        async def acquire() -> _Runtime | None:
+            try:
+                return await self._acquire(group_id, create, kind)
+            except CoordinatorError:
+                raise
+            except MetadataError as e:
+                log.warning("cannot load group %r: %r", group_id, e)
+                raise CoordinatorError(ErrorCode.coordinator_not_available, f"metadata store: {e!r}") from None
+            finally:
+                del self._acquiring[group_id]
+                done.set_result(None)
+
+        return await self._unowned(acquire())
 
     async def _acquire(self, group_id: str, create: bool, kind: str = "classic") -> _Runtime | None:
         lease = await self.store.get_lease(group_id)
@@ -307,8 +319,12 @@ class GroupCoordinator:
             rt.state_version = await self.store.put_state(rt.group.group_id, record, rt.state_version)
             rt.persisted_seq = seq
 
-    async def _settle(self, rt: _Runtime) -> None:
-        """After the state machine ran: persist its snapshot if it changed, then release its replies."""
+    def _settle(self, rt: _Runtime):
+        """After the state machine ran: persist its snapshot if it changed, then release its replies (in a task of
+        the coordinator: a request cancelled meanwhile stops neither)."""
+        return self._unowned(self._settle_now(rt))
+
+    async def _settle_now(self, rt: _Runtime) -> None:
         replies = rt.group.take_outbox()
         self._reschedule(rt)
         group = rt.group
@@ -346,7 +362,7 @@ class GroupCoordinator:
             rt.group.tick(self.now(), self.topics_view())
         else:
             rt.group.tick(self.now())
-        self._spawn(self._settle(rt))
+        self._spawn(self._settle_now(rt))
 
     # --- JoinGroup, SyncGroup, Heartbeat, LeaveGroup ------------------------------------------------------------
 
@@ -533,6 +549,10 @@ class GroupCoordinator:
             return error
         rt.group.delete(self.now())
         self._unload(rt, ErrorCode.coordinator_not_available)
+        return await self._unowned(self._delete_stored(rt))
+
+    async def _delete_stored(self, rt: _Runtime) -> ErrorCode:
+        group_id = rt.group.group_id
         try:
             await self.store.delete_all_offsets(group_id)
             await self.store.delete_state(group_id, rt.state_version)
