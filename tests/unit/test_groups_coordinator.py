@@ -21,6 +21,8 @@ CONFIG = GroupConfig(initial_rebalance_delay_ms=0, min_session_timeout_ms=100)
 
 
 class FakeRegistry:
+    ready = True  # registered in the live session generation
+
     def __init__(self, brokers: dict[int, BrokerInfo], me: BrokerInfo):
         self.brokers = brokers
         self.me = me
@@ -54,7 +56,7 @@ async def _close(*coordinators, crash=False):
             for rt in list(c._groups.values()):
                 if rt.timer:
                     rt.timer.cancel()
-            for t in [c._watch_task, c._sweep_task, *c._tasks]:
+            for t in [c._watch_task, c._sweep_task, c._session_task, *c._tasks]:
                 if t:
                     t.cancel()
         del c.broker.registry.brokers[c.broker.broker_id]
