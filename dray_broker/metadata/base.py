@@ -96,9 +96,9 @@ class SessionLife:
             await store.session.wait_ended(generation)
             ... forget what belonged to that generation
 
-    put(..., session=g) creates its key only while generation g is alive (SessionExpiredError otherwise), so a
-    key never lands in a session its writer did not see begin. The backend calls begin() and end() on the event
-    loop of the store."""
+    put(..., session=g) refuses (SessionExpiredError) once generation g is over, so a key never lands in a
+    generation its writer did not see begin; a put that succeeded just before g ended is followed by g's end, as
+    every other key of g. The backend calls begin() and end() on the event loop of the store."""
 
     def __init__(self) -> None:
         self.generation = 0

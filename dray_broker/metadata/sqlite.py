@@ -248,6 +248,7 @@ class SqliteMetadataStore(MetadataStore):
         self._t_session_id: int | None = None
         self._t_expires_at = 0.0
         self._t_ended: list[int] = []
+        self._t_renew_failures = 0
         # Watch state, touched only by the store thread (except _watch_objs, touched only by the loop).
         self._watch_filters: dict[int, tuple[_WatchFilter, asyncio.AbstractEventLoop, _SqliteWatch]] = {}
         self._watch_seq = 0
@@ -672,7 +673,7 @@ class SqliteMetadataStore(MetadataStore):
             self._session_wake.clear()
             try:
                 if conn is None:
-                    conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+                    conn = sqlite3.connect(self._path, isolation_level=None)
                     # A lost session row costs nothing after a power loss (every session is over then): no fsync.
                     conn.execute("PRAGMA synchronous = NORMAL")
                 wait = self._session_step(conn, loop)
@@ -690,8 +691,11 @@ class SqliteMetadataStore(MetadataStore):
             try:
                 sid, expires_at = self._write_session(conn, interval, self._op_renew_session)
             except sqlite3.Error as e:
-                log.warning("metadata session: cannot open a new one yet: %s", e)
+                log.log(logging.INFO if self._t_renew_failures else logging.WARNING,
+                        "metadata session: cannot open a new one yet (retrying): %s", e)
+                self._t_renew_failures += 1
                 return min(interval, 0.5)
+            self._t_renew_failures = 0
             self._t_ended.clear()
             self._t_generation += 1
             self._t_session_id, self._t_expires_at = sid, expires_at
