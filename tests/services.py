@@ -18,6 +18,10 @@ PostgreSQL (for the Iceberg SQL catalog) comes from Debian's postgresql package,
     pg = start_postgres()        # pg.url == "postgresql://dray@127.0.0.1:PORT/dray"
     ...
     handle.stop(); s3.stop()
+
+Fault injection (bench/faults.py): ``handle.pause()`` / ``handle.resume()`` (SIGSTOP / SIGCONT),
+``handle.crash()`` (SIGKILL) and ``handle.restart()`` (SIGKILL if running, then the same command on the same ports
+and data).
 """
 
 from __future__ import annotations
@@ -264,6 +268,9 @@ class _Server:
     process: subprocess.Popen
     workdir: Path
     log_path: Path
+    argv: list[str] = field(default_factory=list, repr=False)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    ready: Callable[[], bool] | None = field(default=None, repr=False)  # the readiness probe, for restart()
     _stopped: bool = field(default=False, repr=False)
 
     def alive(self) -> bool:
@@ -311,7 +318,7 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], workdir: Path) -> _S
             preexec_fn=_die_with_parent if main else None,
             start_new_session=not main,
         )
-    server = _Server(name, process, workdir, log_path)
+    server = _Server(name, process, workdir, log_path, argv, env)
     with _running_lock:
         _running.add(server)
     return server
@@ -340,6 +347,7 @@ def _start(
                 break
             try:
                 if ready(info):
+                    server.ready = lambda: ready(info)  # for restart()
                     return server, info
             except Exception as e:  # noqa: BLE001 - not ready yet; keep the reason for the error message
                 last_error = f"{type(e).__name__}: {e}"
@@ -366,6 +374,40 @@ class ServerHandle:
 
     def stop(self) -> None:
         self._server.stop()
+
+    def pause(self) -> None:
+        """SIGSTOP the server's process group: it stalls, connections stay open."""
+        os.killpg(self._server.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self._server.process.pid, signal.SIGCONT)
+
+    def crash(self) -> None:
+        """SIGKILL the server's process group; its data stays for restart()."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._server.process.pid, signal.SIGKILL)
+        self._server.process.wait()
+
+    def restart(self) -> None:
+        """Kill the server (SIGKILL: as a crash) if it runs and start it again with the same command, ports and
+        data."""
+        old = self._server
+        self.crash()
+        with _running_lock:
+            _running.discard(old)
+        server = _spawn(old.name, old.argv, old.env, old.workdir)
+        server.ready = old.ready
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            with contextlib.suppress(Exception):
+                if server.alive() and server.ready():
+                    break
+            if not server.alive() or time.monotonic() > deadline:
+                server.stop(keep_files=True)
+                raise ServiceError(f"{old.name} did not come back after a restart; log {server.log_path}:\n"
+                                   f"{server.log_tail()}")
+            time.sleep(0.2)
+        self._server = server
 
 
 # ------------------------------------------------------------------------------------------------ Oxia

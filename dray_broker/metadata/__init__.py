@@ -14,6 +14,7 @@ from dray_broker.metadata.base import (
     Notification,
     NotificationType,
     SessionExpiredError,
+    SessionLife,
     VersionMismatchError,
     Watch,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "Notification",
     "NotificationType",
     "SessionExpiredError",
+    "SessionLife",
     "VersionMismatchError",
     "Watch",
     "open_metadata_store",

@@ -43,6 +43,10 @@ class BrokerMetrics:
         self.store_errors = Counter("dray_store_errors", "object and metadata store calls that failed",
                                     ["store", "op"], registry=r)
         self.connections = Gauge("dray_connections", "open client connections", registry=r)
+        self.session_generation = Gauge("dray_metadata_session_generation",
+                                        "metadata session generation (1 + sessions lost and renewed)", registry=r)
+        self.session_alive = Gauge("dray_metadata_session_alive", "1 while the metadata session is alive",
+                                   registry=r)
         self.compaction_lag = Gauge("dray_compaction_lag_offsets",
                                     "offsets above the compacted watermark, per partition this broker served",
                                     ["topic", "partition"], registry=r)

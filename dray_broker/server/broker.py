@@ -149,7 +149,10 @@ class Broker:
         self.metrics.connections.dec()
 
     async def refresh_gauges(self) -> None:
-        """Gauges computed at scrape time: compaction lag of the partitions this broker has served."""
+        """Gauges computed at scrape time: the metadata session, compaction lag of the partitions this broker has
+        served."""
+        self.metrics.session_generation.set(self.metadata.session.generation)
+        self.metrics.session_alive.set(1 if self.metadata.session.alive else 0)
         self.metrics.compaction_lag.clear()
         for ref, log_end in list(self.reader.log_ends().items())[:MAX_LAG_PARTITIONS]:
             topic = self.topics.by_id(ref.topic_id)

@@ -25,6 +25,13 @@ def cluster(tmp_path, cluster_stores):
                for i, zone in ((1, "a"), (2, "a"), (3, "b"))]
     for b in brokers:
         b.start()
+    # Each broker learns of the others through the store's watch, a moment after they registered.
+    for b in brokers:
+        admin = AdminClient({"bootstrap.servers": b.bootstrap, "log_level": 3})
+        deadline = time.monotonic() + 30
+        while len(admin.list_topics(timeout=10).brokers) < len(brokers):
+            assert time.monotonic() < deadline, f"broker on {b.bootstrap} does not see every broker"
+            time.sleep(0.02)
     yield brokers
     for b in brokers:
         b.kill()

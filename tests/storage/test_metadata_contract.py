@@ -22,6 +22,7 @@ from dray_broker.metadata import (
     Comparison,
     Entry,
     KeyNotFoundError,
+    MetadataError,
     MetadataStore,
     Notification,
     NotificationType,
@@ -440,41 +441,57 @@ async def test_ephemeral_key_goes_with_close(store_factory: StoreFactory, pfx: s
     await watch.aclose()
 
 
+class Child:
+    """metadata_child.py: another process holding an ephemeral key in every generation of its session."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, url: str, key: str, session_timeout_ms: int) -> "Child":
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(CHILD), url, key, str(session_timeout_ms),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(REPO_ROOT),
+        )
+        return cls(proc)
+
+    async def ready(self, generation: int, timeout: float = 60) -> None:
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        except asyncio.TimeoutError:
+            line = b""
+        if line.strip() != b"ready %d" % generation:
+            self.proc.kill()
+            err = await self.proc.stderr.read()
+            pytest.fail(f"child did not get ready in generation {generation}: {line!r} "
+                        f"{err.decode(errors='replace')}")
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
 async def test_ephemeral_key_goes_when_owner_is_killed(store_factory: StoreFactory, pfx: str):
     observer = await store_factory.open()
     k = pfx + "child-eph"
     session_timeout_ms = 2000
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     # Watching before the child starts: its writes come from another process.
     watch = await observer.watch(pfx)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(CHILD),
-        store_factory.url,
-        k,
-        str(session_timeout_ms),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=str(REPO_ROOT),
-    )
+    child = await Child.start(store_factory.url, k, session_timeout_ms)
     try:
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        except asyncio.TimeoutError:
-            line = b""
-        if line.strip() != b"ready":
-            proc.kill()
-            err = await proc.stderr.read()
-            pytest.fail(f"child did not get ready: {line!r} {err.decode(errors='replace')}")
+        await child.ready(1)
         seen = await observer.get(k)
         assert seen is not None and seen.ephemeral
         (created,) = await next_notifications(watch, 1)
         assert (created.key, created.type, created.version) == (k, NotificationType.CREATED, seen.version)
 
-        os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await child.kill()
         killed_at = time.monotonic()
 
         async def gone():
@@ -487,28 +504,53 @@ async def test_ephemeral_key_goes_when_owner_is_killed(store_factory: StoreFacto
         notes = await next_notifications(watch, 1)
         assert notes[0].key == k and notes[0].type == NotificationType.DELETED
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await child.kill()
         await watch.aclose()
 
 
-async def test_ephemeral_put_fails_after_own_session_expired(store_factory: StoreFactory, pfx: str):
+async def test_a_stalled_session_expires_and_is_renewed(store_factory: StoreFactory, pfx: str):
+    """A process stalled past its session timeout loses its session (its ephemeral key goes); once it runs again
+    its store opens the next generation by itself, and the key is written again, in the new session."""
     observer = await store_factory.open()
+    k = pfx + "stalled"
+    child = await Child.start(store_factory.url, k, 2000)
+    try:
+        await child.ready(1)
+        assert (await observer.get(k)).value.endswith(b"generation=1")
+        child.signal(signal.SIGSTOP)
+
+        async def gone():
+            return await observer.get(k) is None
+
+        await wait_until(gone, 20, "the stalled owner's ephemeral key to go")
+        child.signal(signal.SIGCONT)
+        await child.ready(2, timeout=30)
+        renewed = await observer.get(k)
+        assert renewed is not None and renewed.ephemeral and renewed.value.endswith(b"generation=2")
+
+        await child.kill()
+        await wait_until(gone, 20, "the renewed session's key to go with the killed owner")
+    finally:
+        await child.kill()
+
+
+async def test_session_generations(store_factory: StoreFactory, pfx: str):
     s = await store_factory.open(session_timeout_ms=2000)
-    await s.put(pfx + "eph", b"1", ephemeral=True)
-    # Stall the event loop (the keepalive with it) well past the session timeout.
-    time.sleep(3.5)
-    with pytest.raises(SessionExpiredError):
-        await s.put(pfx + "eph2", b"2", ephemeral=True)
-
-    async def gone():
-        return await observer.get(pfx + "eph") is None
-
-    await wait_until(gone, 15.0, "the expired session's ephemeral key to go")
-    assert await observer.get(pfx + "eph2") is None
-    # Durable writes still work on the store.
-    assert (await s.put(pfx + "durable", b"ok")).value == b"ok"
+    assert s.session.alive and s.session.generation == 1
+    assert await s.session.wait_alive() == 1
+    e = await s.put(pfx + "eph", b"1", ephemeral=True, session=1)
+    assert e.ephemeral
+    with pytest.raises(SessionExpiredError):  # a generation that is not the live one
+        await s.put(pfx + "eph2", b"2", ephemeral=True, session=2)
+    assert await s.get(pfx + "eph2") is None
+    ended = asyncio.ensure_future(s.session.wait_ended(1))
+    await asyncio.sleep(0.1)
+    assert not ended.done()  # the session lives on while nothing stalls
+    await store_factory.close(s)
+    await asyncio.wait_for(ended, 5)  # closing ends it
+    assert not s.session.alive
+    with pytest.raises(MetadataError):
+        await s.session.wait_alive()
 
 
 # ---------------------------------------------------------------------------------------------------- watches
