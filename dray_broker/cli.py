@@ -39,13 +39,13 @@ def _listeners(settings) -> list[tuple[str, str, str]]:
     return listeners
 
 
-def _check_free_or_exit(settings) -> None:
+def _check_free_or_exit(settings, more_listeners=()) -> None:
     """Refuse at once, in one line, a data directory or a port that another process holds (before anything
     starts: `dray up` would otherwise start a second Dagster daemon next to the first)."""
     from dray_broker.server.in_use import InUse, check_free
 
     try:
-        check_free(settings.data_dir, _listeners(settings))
+        check_free(settings.data_dir, [*_listeners(settings), *more_listeners])
     except InUse as e:
         print(f"dray: {e}", file=sys.stderr)
         sys.exit(1)
@@ -128,7 +128,10 @@ def cmd_up(args) -> int:
     if settings.http_listen is None:
         settings.http_listen = DEFAULT_UP_HTTP
     setup_logging(settings.log_level, settings.log_json)
-    _check_free_or_exit(settings)
+    # The ports of the services other packages add, which they set as a default of this parser (dray_pipelines:
+    # the Dagster UI's), are checked with the broker's.
+    _check_free_or_exit(settings, [listener for listeners in getattr(args, "service_listeners", [])
+                                   for listener in listeners(args)])
     host, port = settings.advertised
     services = []
 

@@ -7,12 +7,13 @@ import csv
 import datetime
 import json
 import logging
+import os
 import sys
 
 from dray_broker.cluster_identity import ClusterMismatchError
 from dray_broker.config import flag_help
 from dray_broker.tools.output import Progress
-from dray_pipelines.services import DAGSTER_HOST, DAGSTER_PORT
+from dray_pipelines.services import DAGSTER_HOST, DAGSTER_PORT, ui_address
 from dray_pipelines.settings import ENV_PREFIX, LakeSettings, LakeSettingsError, load_lake_settings
 
 _STORAGE_FLAGS = {
@@ -46,12 +47,19 @@ UP_FLAGS = ["compact_bytes", "compact_age_ms", "compact_max_bytes", "row_group_b
             "wal_gc_grace_ms", "orphan_ttl_ms", "snapshot_retention_ms", "sensor_interval_s"]
 
 
+def _ui_listener(args) -> list[tuple[str, str, str]]:
+    """The Dagster UI's address, checked by `dray up` before it starts anything (see dray_broker.cli)."""
+    host, port = ui_address(vars(args))
+    return [(f"{host}:{port}", "the Dagster UI", "--dagster-port {port}")]
+
+
 def _add_up_flags(up: argparse.ArgumentParser) -> None:
     g = up.add_argument_group("the Dagster pipelines (compaction, garbage collection, retention)")
     g.add_argument("--dagster-host", metavar="HOST", help=flag_help("host the Dagster UI binds", "DRAY_DAGSTER_HOST",
                                                                     DAGSTER_HOST))
     g.add_argument("--dagster-port", type=int, metavar="PORT",
                    help=flag_help("port of the Dagster UI", "DRAY_DAGSTER_PORT", DAGSTER_PORT))
+    up.set_defaults(service_listeners=[*(up.get_default("service_listeners") or []), _ui_listener])
     for name in UP_FLAGS:
         info = LakeSettings.model_fields[name]
         metavar = {"ms": "MS", "bytes": "BYTES", "s": "SECONDS"}.get(name.rsplit("_", 1)[-1], "N")
@@ -85,6 +93,18 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_sql)
 
 
+def _up_instance(settings: LakeSettings):
+    """The Dagster instance `dray up` keeps in <data-dir>/dagster, when there is one and DAGSTER_HOME is not set:
+    the runs then show in its UI, and its daemon and `dray compact` skip each other's finished run keys. None: the
+    Runner's default (DAGSTER_HOME's instance, else an ephemeral one)."""
+    home = settings.data_dir / "dagster"
+    if os.environ.get("DAGSTER_HOME") or not (home / "dagster.yaml").exists():
+        return None
+    from dagster import DagsterInstance
+
+    return DagsterInstance.from_config(str(home.resolve()))
+
+
 def cmd_compact(args) -> int:
     settings = _settings(args, wal_gc_grace_ms=args.grace_ms)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -100,7 +120,8 @@ def cmd_compact(args) -> int:
             if not args.quiet:
                 print(line, flush=True)
 
-        runner = Runner(settings, report=report, log_level="ERROR", progress=bar.describe)
+        runner = Runner(settings, instance=_up_instance(settings), report=report, log_level="ERROR",
+                        progress=bar.describe)
         try:
             result = runner.run_all(force=args.all, maintenance=args.maintenance)
         except ClusterMismatchError as e:

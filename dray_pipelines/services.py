@@ -170,6 +170,13 @@ def _signal_group(p: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def ui_address(flags: Mapping[str, Any]) -> tuple[str, int]:
+    """Where the Dagster UI listens: --dagster-host/--dagster-port, else DRAY_DAGSTER_HOST/PORT, else defaults."""
+    host = flags.get("dagster_host") or os.environ.get("DRAY_DAGSTER_HOST", DAGSTER_HOST)
+    port = flags.get("dagster_port") or int(os.environ.get("DRAY_DAGSTER_PORT", DAGSTER_PORT))
+    return host, int(port)
+
+
 def _pipeline_env(flags: Mapping[str, Any]) -> dict[str, str]:
     """The pipeline settings given as flags, as DRAY_* variables (checked first: RuntimeError when invalid)."""
     given = {name: flags[name] for name in LakeSettings.model_fields if flags.get(name) is not None
@@ -188,8 +195,7 @@ def start(settings, flags: Mapping[str, Any] | None = None, *, host: str | None 
     flags = flags or {}
     data_dir = Path(settings.data_dir).resolve()
     home = Path(os.environ.get("DAGSTER_HOME") or data_dir / "dagster").resolve()
-    host = host or flags.get("dagster_host") or os.environ.get("DRAY_DAGSTER_HOST", DAGSTER_HOST)
-    port = port or flags.get("dagster_port") or int(os.environ.get("DRAY_DAGSTER_PORT", DAGSTER_PORT))
+    host, port = host or ui_address(flags)[0], port or ui_address(flags)[1]
     pipeline_env = _pipeline_env(flags)
     check_free(None, [(f"{host}:{port}", "the Dagster UI", "--dagster-port {port}")])
     workspace = prepare_home(home)

@@ -45,18 +45,29 @@ def _can_bind(host: str, port: int) -> bool:
     return True
 
 
-def _process(pid: int | None) -> tuple[str | None, bool]:
-    """A process's command as shown to the user ('dray up', 'java -cp ...'), and whether it is Dray."""
-    if pid is None:
-        return None, False
-    try:
-        argv = psutil.Process(pid).cmdline()
-    except psutil.Error:
-        return None, False
-    for i, arg in enumerate(argv[:3]):  # dray ARGS, or python -m dray_broker.cli ARGS
+def _dray_command(argv: list[str]) -> str | None:
+    """'dray up' when argv runs Dray (dray ARGS, or python -m dray_broker.cli ARGS), else None."""
+    for i, arg in enumerate(argv[:3]):
         if arg.rsplit("/", 1)[-1] in ("dray", "dray_broker.cli"):
-            return " ".join(["dray", *argv[i + 1:i + 2]]), True
-    return " ".join([argv[0].rsplit("/", 1)[-1], *argv[1:3]]) if argv else None, False
+            return " ".join(["dray", *argv[i + 1:i + 2]])
+    return None
+
+
+def _process(pid: int | None) -> tuple[int | None, str | None, bool]:
+    """(pid, command as shown to the user, whether it is Dray). A process that Dray started (the Dagster UI of
+    `dray up`) is shown as that Dray process."""
+    if pid is None:
+        return None, None, False
+    try:
+        process = psutil.Process(pid)
+        argv = process.cmdline()
+        for candidate in [process, *process.parents()]:
+            command = _dray_command(argv if candidate is process else candidate.cmdline())
+            if command is not None:
+                return candidate.pid, command, True
+    except psutil.Error:
+        return pid, None, False
+    return pid, " ".join([argv[0].rsplit("/", 1)[-1], *argv[1:3]]) if argv else None, False
 
 
 def _listener_pid(port: int) -> int | None:
@@ -75,8 +86,7 @@ def port_taken(address: str, what: str, change: str) -> Taken | None:
     if port == 0 or _can_bind(host, port):
         return None
     free = next((p for p in range(port + 1, min(port + 1 + NEXT_PORTS_TRIED, 65536)) if _can_bind(host, p)), None)
-    pid = _listener_pid(port)
-    command, is_dray = _process(pid)
+    pid, command, is_dray = _process(_listener_pid(port))
     return Taken(f"{host}:{port} ({what})", change.format(host=host, port=free if free is not None else "PORT"),
                  pid, command, is_dray)
 
@@ -86,8 +96,7 @@ def data_dir_taken(path: Path) -> Taken | None:
     holder = BrokerDir(path).holder()
     if holder is None:
         return None
-    pid = holder.get("pid")
-    command, _ = _process(pid)
+    pid, command, _ = _process(holder.get("pid"))
     return Taken(f"the data directory {Path(path).resolve()}", "--data-dir OTHER_DIR", pid, command, True)
 
 

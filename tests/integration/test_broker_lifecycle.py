@@ -84,13 +84,14 @@ def test_a_taken_port_or_data_directory_is_explained(embedded_broker, tmp_path):
         err = one_line_error(dray(None, "broker", "--data-dir", str(tmp_path / "y"), "--listen", taken, expect=1))
         assert f"another program (pid {os.getpid()}: " in err and f"uses {taken} (the Kafka listener)" in err
 
-        # `dray up`: its Dagster port too, and the pipeline's settings, are checked before anything runs on them.
+        # `dray up`: the Dagster UI's port is checked with the broker's, before anything starts.
         up = ["up", "--data-dir", str(tmp_path / "up"), "--listen", f"127.0.0.1:{free_port()}",
               "--http-listen", f"127.0.0.1:{free_port()}"]
-        failed = dray(None, *up, "--dagster-port", taken.rsplit(":", 1)[1], expect=1)
-        assert f"cannot start: another program (pid {os.getpid()}: " in failed.stderr
-        assert re.search(f"uses {taken} \\(the Dagster UI\\):.* start this one with --dagster-port \\d+$",
-                         failed.stderr, re.MULTILINE), failed.stderr
+        err = one_line_error(dray(None, *up, "--dagster-port", taken.rsplit(":", 1)[1], expect=1))
+        assert re.fullmatch(f"dray: another program \\(pid {os.getpid()}: .*\\) uses {taken} \\(the Dagster UI\\): "
+                            "stop it .*, or start this one with --dagster-port \\d+", err), err
+        assert not (tmp_path / "up").exists()
+    # The pipeline's settings are checked before the Dagster processes start.
     failed = dray(None, *up, "--compact-bytes", "-5", expect=1)
     assert "cannot start: invalid pipeline settings: compact_bytes" in failed.stderr
 

@@ -88,3 +88,23 @@ def test_compact_shows_progress_on_a_terminal_only(tmp_path):
     # Without a terminal (as above for stdout, here for both): no progress drawn anywhere.
     again = dray("compact", "--all", "--data-dir", str(data))
     assert again.returncode == 0 and again.stderr == "" and again.stdout == "nothing to do\n"
+
+
+def test_compact_records_its_runs_in_the_instance_of_dray_up(tmp_path):
+    """With the Dagster instance `dray up` keeps in <data-dir>/dagster, `dray compact`'s runs show in its UI."""
+    from dagster import DagsterInstance
+
+    from dray_pipelines.services import prepare_home
+
+    data = tmp_path / "data"
+    asyncio.run(write_log(lake_settings(data), "cli.seen", 1, batches=2, records_per_batch=10))
+    prepare_home(data / "dagster")
+    done = dray("compact", "--all", "--data-dir", str(data))
+    assert done.returncode == 0 and "compact:cli.seen-0:0-20" in done.stdout, done.stdout + done.stderr
+    instance = DagsterInstance.from_config(str(data / "dagster"))
+    try:
+        runs = instance.get_runs()
+        assert [(r.job_name, r.status.value, r.tags.get("dagster/run_key")) for r in runs
+                if r.job_name == "compaction"] == [("compaction", "SUCCESS", "compact:cli.seen-0:0-20")]
+    finally:
+        instance.dispose()

@@ -88,6 +88,16 @@ def test_dray_up_passes_its_pipeline_flags_and_stops_saying_what_it_waits_for(tm
     try:
         _wait(lambda: any(line.startswith("Dray ") and " is up " in line for line in output), 240, output)
         children = psutil.Process(up.pid).children(recursive=True)
+        # A second `dray up` here (a second `./dev up`): refused at once, saying what runs and how to go on.
+        again = subprocess.run([sys.executable, "-m", "dray_broker.cli", "up", "--data-dir", str(data), "--listen",
+                                kafka, "--http-listen", http, "--dagster-port", ui.rsplit(":", 1)[1]],
+                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1 and again.stdout == ""
+        assert re.fullmatch(
+            f"dray: Dray is running already \\(pid {up.pid}: dray up\\), using the data directory {data.resolve()}, "
+            f"{kafka} \\(the Kafka listener\\), {http} \\(metrics and health\\) and {ui} \\(the Dagster UI\\): "
+            f"stop it \\(Ctrl-C where it runs, or kill {up.pid}\\), or start this one with --data-dir OTHER_DIR "
+            "--listen 127.0.0.1:\\d+ --http-listen 127.0.0.1:\\d+ --dagster-port \\d+\n", again.stderr), again.stderr
         assert {" ".join(c.cmdline()[1:2]).rsplit("/", 1)[-1] for c in children} >= {"dagster-webserver",
                                                                                        "dagster-daemon"}
         p = Producer({"bootstrap.servers": kafka, "log_level": 3})
