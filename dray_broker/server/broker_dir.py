@@ -62,9 +62,10 @@ class BrokerDir:
 
     def holder(self) -> dict | None:
         """Who holds the directory ({"pid", "listen"}), or None when it is free (takes the lock and lets it go)."""
-        if not (self.path / LOCK_FILE).exists():
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR)
+        except OSError:  # no lock file (never used), or not ours to open: the broker's own lock() will say
             return None
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -36,12 +36,12 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def _can_bind(host: str, port: int) -> bool:
+    """False only when the address is in use; any other problem is left to the server's own bind to report."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        socket.create_server((host, port)).close()  # with SO_REUSEADDR, as the servers bind
+        socket.create_server((host, port), family=family).close()  # with SO_REUSEADDR, as the servers bind
     except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            return False
-        raise
+        return e.errno != errno.EADDRINUSE
     return True
 
 
