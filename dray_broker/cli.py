@@ -96,7 +96,7 @@ async def _run_broker(settings, after_start=None, on_stop=None, on_force=None) -
         log.warning("second signal: stopping at once")
         if on_force is not None:
             on_force()
-        os._exit(1)
+        os._exit(130)  # as an interrupted command
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, force)

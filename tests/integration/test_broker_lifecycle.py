@@ -145,6 +145,30 @@ def test_stopping_says_what_it_waits_for(s3_service, tmp_path, topic_name):
         assert re.search(r"dray broker \d+ stopped", log)
         p.flush(5)
         assert acked == [b"before"], "nothing is acked that was not written"
+
+        # Once more, and a second signal while it drains: it stops at once.
+        os.killpg(minio._server.process.pid, signal.SIGCONT)
+        frozen = False
+        b.start()
+        p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all", "linger.ms": 0, "log_level": 3})
+        p.produce(topic_name, b"again", on_delivery=report)
+        assert p.flush(30) == 0 and acked == [b"before", b"again"]
+        os.killpg(minio._server.process.pid, signal.SIGSTOP)
+        frozen = True
+        p.produce(topic_name, b"during again", on_delivery=report)
+        p.poll(0)
+        deadline = time.monotonic() + 30
+        while 'dray_requests_total{api="Produce"} 2.0' not in _metrics(http):
+            assert time.monotonic() < deadline, "the produce never reached the broker"
+            time.sleep(0.1)
+        seen = len(b.log())
+        b.proc.send_signal(signal.SIGTERM)
+        while "draining: waiting for" not in b.log()[seen:]:
+            assert b.proc.poll() is None and time.monotonic() < deadline + 30, b.log()[seen:]
+            time.sleep(0.1)
+        b.proc.send_signal(signal.SIGTERM)
+        assert b.proc.wait(10) == 130
+        assert "second signal: stopping at once" in b.log()[seen:]
     finally:
         if frozen:
             os.killpg(minio._server.process.pid, signal.SIGCONT)
