@@ -38,9 +38,11 @@ from dray_broker.protocol.codec import (
 )
 from dray_broker.routing.metadata_api import handle_metadata
 from dray_broker.routing.registry import BrokerInfo, BrokerRegistry, allocate_broker_id
+from dray_broker.server.broker_dir import BrokerDir, broker_id_of, lock_data_dir
 from dray_broker.server.connection import NO_RESPONSE, Connection
 from dray_broker.server.faults import Faults
 from dray_broker.topics.catalog import TopicCatalog
+from dray_broker.version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ Handler = Callable[["Broker", Request], Awaitable[Any]]
 INDEX_PREFIX = "/dray/idx/"
 # How long a draining broker waits for answers to requests already read (long polls end sooner: see fetch).
 DRAIN_TIMEOUT_S = 10.0
+DRAIN_REPORT_S = 1.0  # while draining, say what it waits for this often
 # Compaction lag gauges cover at most this many partitions (one metadata read each per scrape).
 MAX_LAG_PARTITIONS = 1000
 
@@ -86,20 +89,21 @@ class Broker:
         self._index_watch_task: asyncio.Task | None = None
         self.cluster_id = ""
         self.broker_id = -1
+        self.dir: BrokerDir | None = None
         self.groups: GroupCoordinator | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         s = self.settings
-        if s.metadata is None or s.object_store is None:
-            s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = lock_data_dir(s.data_dir, s.listen)
         self.metrics = BrokerMetrics()
         self.metadata = timed_metadata_store(
             await open_metadata_store(s.metadata_url, session_timeout_ms=s.session_timeout_ms), self.metrics)
         self.objects = timed_object_store(open_object_store(s.object_store_url), self.metrics)
         self.cluster_id = await ensure_cluster_identity(self.metadata, self.objects)
-        self.broker_id = s.broker_id if s.broker_id is not None else await allocate_broker_id(self.metadata)
+        self.broker_id, known_id = await broker_id_of(
+            self.dir, s.broker_id, self.cluster_id, allocate=lambda: allocate_broker_id(self.metadata))
         self.index = OffsetIndex(self.metadata)
         self.topics = TopicCatalog(self.metadata)
         await self.topics.start()
@@ -123,8 +127,8 @@ class Broker:
         bound_port = self._server.sockets[0].getsockname()[1]
         adv_host, adv_port = s.advertised
         self.registry = BrokerRegistry(self.metadata, BrokerInfo(self.broker_id, adv_host, adv_port or bound_port, s.zone))
-        # A restarted broker with a fixed id waits for its dead predecessor's registration to expire.
-        await self.registry.start(wait_for_id_s=s.session_timeout_ms / 1000 + 2 if s.broker_id is not None else 0)
+        # A restarted broker with a known id waits for its dead predecessor's registration to expire.
+        await self.registry.start(wait_for_id_s=s.session_timeout_ms / 1000 + 2 if known_id else 0)
         # After registering: the coordinator picks groups by the live brokers and takes over dead ones' leases.
         await self.groups.start()
         self.port = bound_port
@@ -134,8 +138,8 @@ class Broker:
             self.http = HttpEndpoint(self, http_host, int(http_port))
             log.info("metrics and health on http://%s:%d (/metrics /healthz /readyz)", http_host,
                      await self.http.start())
-        log.info("dray broker %d ready on %s:%d (advertised %s:%d, zone %s, cluster %s, metadata %s, objects %s)",
-                 self.broker_id, host, bound_port, adv_host, adv_port or bound_port, s.zone, self.cluster_id,
+        log.info("dray %s broker %d ready on %s:%d (advertised %s:%d, zone %s, cluster %s, metadata %s, objects %s)",
+                 VERSION, self.broker_id, host, bound_port, adv_host, adv_port or bound_port, s.zone, self.cluster_id,
                  s.metadata_url, s.object_store_url)
 
     def _new_connection(self) -> Connection:
@@ -170,13 +174,21 @@ class Broker:
         await self.groups.stop()
         # Shutdown is bounded (an orchestrator kills a broker that takes too long): what the stores do not commit
         # in time is answered with an error or not at all, never acked, so producers retry it elsewhere.
-        drained = asyncio.gather(self.wal_writer.close(), *(c.drain() for c in list(self.connections)))
-        try:
-            await asyncio.wait_for(drained, DRAIN_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            log.warning("after %.0f s, %d WAL flushes were still in flight and %d connections had unanswered "
-                        "requests; closing anyway", DRAIN_TIMEOUT_S, self.wal_writer.flushes_in_flight,
-                        sum(1 for c in self.connections if c.unanswered))
+        drained = asyncio.ensure_future(
+            asyncio.gather(self.wal_writer.close(), *(c.drain() for c in list(self.connections))))
+        waited = 0.0
+        while not drained.done() and waited < DRAIN_TIMEOUT_S:
+            step = min(DRAIN_REPORT_S, DRAIN_TIMEOUT_S - waited)
+            await asyncio.wait({drained}, timeout=step)
+            waited += step
+            if not drained.done() and waited < DRAIN_TIMEOUT_S:
+                log.info("draining: waiting for %s (at most %.0f s more)", self._undrained(), DRAIN_TIMEOUT_S - waited)
+        if not drained.done():
+            log.warning("after %.0f s, still waiting for %s; closing anyway", DRAIN_TIMEOUT_S, self._undrained())
+            drained.cancel()
+        (outcome,) = await asyncio.gather(drained, return_exceptions=True)
+        if isinstance(outcome, Exception):
+            log.error("draining failed: %r", outcome)
         for c in list(self.connections):
             c.close("broker shutting down")
         if self._index_watch_task:
@@ -185,7 +197,15 @@ class Broker:
         await self.topics.stop()
         await self.objects.close()
         await self.metadata.close()
+        if self.dir is not None:
+            self.dir.unlock()
         log.info("dray broker %d stopped", self.broker_id)
+
+    def _undrained(self) -> str:
+        flushes = self.wal_writer.flushes_in_flight
+        waiting = sum(1 for c in self.connections if c.unanswered)
+        return (f"{flushes} WAL flush{'es' if flushes != 1 else ''} in flight and {waiting} "
+                f"connection{'s' if waiting != 1 else ''} with unanswered requests")
 
     async def _batch_headers(self, p: PartitionRef, entry) -> list[tuple[int, int, int, int]]:
         return batch_headers((await self.reader.load(entry)).data)
