@@ -16,6 +16,11 @@ The index: literal ACLs in a dict by (resource type, name) (the `*` name include
 in a sorted list of prefixes searched by bisection (each step finds a prefix of the name or shortens the search to
 the common prefix, as StandardAuthorizerData does), so a check costs a few dict lookups and bisections.
 
+One deliberate difference: StandardAuthorizer does not apply `*` ACLs to a resource whose name starts with '*' (its
+prefix walk skips them; such names are legal for groups and transactional ids), so there a `*` DENY does not deny
+group "*x". Here `*` ACLs apply to every name. tests/unit/test_auth_kafka_oracle.py checks everything else against
+Kafka's StandardAuthorizer.
+
 Filters (DescribeAcls, DeleteAcls) follow Kafka's AclBindingFilter: null name/principal/host and ANY match anything;
 pattern type MATCH matches the literal name, the `*` literal and every prefix of the name.
 """
@@ -368,6 +373,7 @@ class Authorizer:
         deny_literal: set[str] = set()
         deny_prefixed: set[str] = set()
         allows: list[AclBinding] = []
+        wildcard_allow = False
         for b in self._all:
             if (b.resource_type is not resource_type or b.principal not in principals
                     or b.host not in (host, WILDCARD) or b.operation not in (operation, Operation.ALL)):
@@ -380,9 +386,11 @@ class Authorizer:
                 else:
                     deny_prefixed.add(b.name)
             elif b.pattern_type is PatternType.LITERAL and b.name == WILDCARD:
-                return True
+                wildcard_allow = True  # decided after the loop: a `*` DENY met later still wins
             else:
                 allows.append(b)
+        if wildcard_allow:
+            return True
         for b in allows:
             if b.pattern_type is PatternType.LITERAL and b.name in deny_literal:
                 continue

@@ -8,8 +8,10 @@ builder names a TLS client from its certificate (KIP-371, ssl.principal.mapping.
   `DEFAULT` keeps the name, `RULE:pattern/replacement/[LU]` replaces a full match (Java regex and `$1` references;
   L or U changes the case), rules separated by commas and tried in order; a name no rule matches fails the connection.
 
-RFC 2253 names: the attribute types Java prints by keyword are CN, C, L, ST, O, OU, STREET, DC and UID; any other
-(emailAddress, serialNumber, ...) is printed as its dotted OID and `#` plus the hex of its DER value, as Java does.
+RFC 2253 names, exactly as the JDK's AVA.toRFC2253String: the attribute types printed by keyword are CN, C, L, ST, O,
+OU, STREET, DC and UID; any other (emailAddress, serialNumber, ...) and any value that is not a string type is printed
+as its dotted OID (or keyword) and `#` plus the hex of its DER value; `,=+<>#;"\` are escaped anywhere, NUL as \00,
+leading and trailing spaces each. tests/unit/test_auth_kafka_oracle.py compares with X500Principal itself.
 """
 
 from __future__ import annotations
@@ -51,9 +53,10 @@ _RFC2253_KEYWORDS = {
     "2.5.4.3": "CN", "2.5.4.6": "C", "2.5.4.7": "L", "2.5.4.8": "ST", "2.5.4.10": "O", "2.5.4.11": "OU",
     "2.5.4.9": "STREET", "0.9.2342.19200300.100.1.25": "DC", "0.9.2342.19200300.100.1.1": "UID",
 }
-# ASN.1 string types and how their bytes read.
-_STRING_CODECS = {12: "utf-8", 19: "latin-1", 22: "latin-1", 20: "latin-1", 26: "latin-1", 30: "utf-16-be",
-                  28: "utf-32-be"}
+# The ASN.1 string types Java prints as text, and how it reads their bytes (AVA.isDerString / getCharset):
+# UTF8String, PrintableString, T61String, IA5String, GeneralString, BMPString. Others are printed as #hex.
+_STRING_CODECS = {12: "utf-8", 19: "latin-1", 20: "latin-1", 22: "latin-1", 27: "latin-1", 30: "utf-16-be"}
+_ESCAPED = ',=+<>#;"\\'  # Java escapes these anywhere in a value (RFC 2253 asks for fewer; RFC 4514 allows it)
 
 
 class CertificateError(ValueError):
@@ -90,12 +93,11 @@ def _attribute(oid: str, value_tlv: bytes) -> str:
 
 
 def _escape(value: str) -> str:
-    out = "".join("\\" + c if c in ',+"\\<>;' else c for c in value)
-    if out.startswith(("#", " ")):
-        out = "\\" + out
-    if out.endswith(" ") and not out.endswith("\\ "):
-        out = out[:-1] + "\\ "
-    return out
+    """Java's AVA.toRFC2253String: a backslash before each special character, NUL as \\00, then a backslash before
+    every leading and trailing space or CR."""
+    text = "".join("\\" + c if c in _ESCAPED else "\\00" if c == "\x00" else c for c in value)
+    lead, trail = len(text) - len(text.lstrip(" \r")), len(text.rstrip(" \r"))
+    return "".join("\\" + c if i < lead or i >= trail else c for i, c in enumerate(text))
 
 
 def _read_name(der: bytes) -> list[list[tuple[str, bytes]]]:
