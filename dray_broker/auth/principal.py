@@ -10,8 +10,9 @@ builder names a TLS client from its certificate (KIP-371, ssl.principal.mapping.
 
 RFC 2253 names, exactly as the JDK's AVA.toRFC2253String: the attribute types printed by keyword are CN, C, L, ST, O,
 OU, STREET, DC and UID; any other (emailAddress, serialNumber, ...) and any value that is not a string type is printed
-as its dotted OID (or keyword) and `#` plus the hex of its DER value; `,=+<>#;"\` are escaped anywhere, NUL as \00,
-leading and trailing spaces each. tests/unit/test_auth_kafka_oracle.py compares with X500Principal itself.
+as its dotted OID (or keyword) and `#` plus the hex of its DER value; the characters ,=+<>#;"\\ are escaped
+anywhere, NUL as \\00, and each leading and trailing space. tests/unit/test_auth_kafka_oracle.py compares with the
+JDK's X500Principal.
 """
 
 from __future__ import annotations
