@@ -206,9 +206,11 @@ API_CHECKS: dict[int, ApiChecks] = {
     49: ApiChecks("AlterClientQuotas", (_cluster(Op.ALTER_CONFIGS),)),
     50: ApiChecks("DescribeUserScramCredentials", (_cluster(Op.DESCRIBE),)),
     51: ApiChecks("AlterUserScramCredentials", (_cluster(Op.ALTER),)),
+    55: ApiChecks("DescribeQuorum", (_cluster(Op.DESCRIBE),)),
     57: ApiChecks("UpdateFeatures", (_cluster(Op.ALTER),)),
     60: ApiChecks("DescribeCluster", (), authorized_operations=(_CLUSTER_OPERATIONS,)),
     61: ApiChecks("DescribeProducers", (_topics(Op.READ),)),
+    64: ApiChecks("UnregisterBroker", (_cluster(Op.ALTER),)),
     65: ApiChecks("DescribeTransactions", (
         Check(Op.DESCRIBE, R.TRANSACTIONAL_ID, "transactional_ids[]", Scope.EACH, _TXN_DENIED),
         _topics(Op.DESCRIBE, "response:transaction_states[].topics[].topic", Scope.FILTER),

@@ -14,16 +14,18 @@ clock skew (clock.skew.seconds, 30), `aud` containing one of expected.audience w
 expected.issuer when that is set, the subject claim (sub.claim.name, `sub`) a non-empty string, the scope claim
 (scope.claim.name, `scope`) a space-separated string or a list of strings.
 
-Sans-I/O: the key set is built from JWKS JSON the caller got (a file, or a URL fetched by the I/O shell), and the
-clock is passed in. PyJWT (with `cryptography`) checks signatures; time claims are checked here against that clock.
+Sans-I/O: the key set is built from JWKS JSON the caller got (a file, or a URL fetched by the I/O shell; a
+RefreshingKeySet refetches it on a schedule and on key rotation through an injected fetch), and the clock is passed
+in. PyJWT (with `cryptography`) checks signatures; time claims are checked here against that clock.
 """
 
 from __future__ import annotations
 
 import enum
+import inspect
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +127,45 @@ class JsonWebKeySet:
         if kid is None:
             return self.keys[0] if len(self.keys) == 1 else None
         return self._by_kid.get(kid)
+
+
+class RefreshingKeySet:
+    """A JWKS kept fresh from the identity provider (Kafka's RefreshingHttpsJwks): `fetch` returns the JWKS document
+    (a file read or an HTTPS GET: the caller's I/O, sync or async). It is fetched again every refresh_ms
+    (sasl.oauthbearer.jwks.endpoint.refresh.ms, 1 hour), and at once when a token names a kid the set does not have
+    (a key rotation), at most every min_refetch_ms. A failed fetch keeps the keys it had; with no keys yet, the login
+    fails. `key_for` is the sasl.py key lookup."""
+
+    def __init__(self, fetch: Callable[[], bytes | str | Awaitable[bytes | str]], clock_ms: Callable[[], int],
+                 refresh_ms: int = 3_600_000, min_refetch_ms: int = 10_000):
+        self._fetch = fetch
+        self._clock_ms = clock_ms
+        self.refresh_ms = refresh_ms
+        self.min_refetch_ms = min_refetch_ms
+        self.keys: JsonWebKeySet | None = None
+        self._fetched_at_ms: int | None = None
+
+    async def key_for(self, kid: str | None) -> VerificationKey | None:
+        now = self._clock_ms()
+        if self.keys is None or now - self._fetched_at_ms >= self.refresh_ms:
+            await self._refresh(now)
+        key = self.keys.key_for(kid) if self.keys is not None else None
+        if key is None and self.keys is not None and now - self._fetched_at_ms >= self.min_refetch_ms:
+            await self._refresh(now)
+            key = self.keys.key_for(kid)
+        return key
+
+    async def _refresh(self, now: int) -> None:
+        try:
+            document = self._fetch()
+            if inspect.isawaitable(document):
+                document = await document
+            self.keys = JsonWebKeySet.from_json(document)
+        except Exception:  # noqa: BLE001 - keep serving the keys we have; without any, the caller's login fails
+            if self.keys is None:
+                raise
+        finally:
+            self._fetched_at_ms = now
 
 
 def _verification_key(jwk: object) -> VerificationKey | None:

@@ -22,6 +22,7 @@ from dray_broker.auth.oauthbearer import (
     JsonWebKeySet,
     OAuthBearerServer,
     OAuthBearerSettings,
+    RefreshingKeySet,
     parse_client_response,
     token_key_id,
     validate_token,
@@ -250,3 +251,54 @@ def test_accept_and_authorization_id(keys, jwks):
     response = server.receive_initial(b"n,a=bob,\x01auth=Bearer " + token(keys).encode() + b"\x01\x01")
     with pytest.raises(AuthenticationFailed, match="authorization id"):
         server.accept(response, check(jwks, response.token))
+
+
+def _drive(coro):
+    """Run a coroutine that never suspends (the fetches here are synchronous file reads)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("suspended")
+
+
+def test_refreshing_key_set_follows_key_rotation(keys, tmp_path):
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [_jwk("old", keys["rsa1"])]}))
+    fetches = []
+    clock = [NOW_MS]
+
+    def fetch():
+        fetches.append(clock[0])
+        return path.read_bytes()
+
+    keyset = RefreshingKeySet(fetch, lambda: clock[0], refresh_ms=3_600_000, min_refetch_ms=10_000)
+    assert _drive(keyset.key_for("old")).kid == "old" and len(fetches) == 1
+    assert _drive(keyset.key_for("old")) and len(fetches) == 1  # cached
+    # The provider rotates to a new key: a token with the new kid makes the set refetch at once...
+    path.write_text(json.dumps({"keys": [_jwk("old", keys["rsa1"]), _jwk("new", keys["ec1"])]}))
+    clock[0] += 10_000
+    assert _drive(keyset.key_for("new")).kid == "new" and len(fetches) == 2
+    # ...but unknown kids do not make it refetch more than every min_refetch_ms.
+    assert _drive(keyset.key_for("bogus")) is None and len(fetches) == 2
+    clock[0] += 10_000
+    assert _drive(keyset.key_for("bogus")) is None and len(fetches) == 3
+    # A failed fetch keeps the keys; the scheduled refresh happens after refresh_ms.
+    path.unlink()
+    clock[0] += 3_600_000
+    assert _drive(keyset.key_for("new")).kid == "new" and len(fetches) == 4
+    validated = validate_token(token(keys, "new", "ES256", signer="ec1"), _drive(keyset.key_for("new")), SETTINGS,
+                               NOW_MS)
+    assert validated.principal_name == "alice"
+
+
+def test_refreshing_key_set_without_any_keys_fails():
+    def fetch():
+        raise OSError("no such file")
+
+    keyset = RefreshingKeySet(fetch, lambda: NOW_MS)
+    with pytest.raises(OSError):
+        _drive(keyset.key_for("k"))
+    keyset = RefreshingKeySet(lambda: b'{"keys": []}', lambda: NOW_MS)
+    with pytest.raises(InvalidKeySet):
+        _drive(keyset.key_for("k"))

@@ -2,6 +2,9 @@
 and v1 (SaslAuthenticate) with the SCRAM, PLAIN and OAUTHBEARER clients of kafka-python and aiokafka, Kafka's error
 codes and messages, KIP-368 session lifetimes and re-authentication, and hypothesis fuzzing of the whole machine."""
 
+import asyncio
+import json
+
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -10,7 +13,7 @@ from jwt.algorithms import ECAlgorithm
 from kio.schema.errors import ErrorCode
 
 from dray_broker.auth.credentials import ScramMechanism
-from dray_broker.auth.oauthbearer import JsonWebKeySet, OAuthBearerSettings
+from dray_broker.auth.oauthbearer import JsonWebKeySet, OAuthBearerSettings, RefreshingKeySet
 from dray_broker.auth.principal import user
 from dray_broker.auth.sasl import (
     API_VERSIONS,
@@ -177,8 +180,6 @@ def test_async_credential_lookup():
     async def slow_lookup(username, mechanism):
         return lookup(username, mechanism)
 
-    import asyncio
-
     async def scenario():
         conn = make(["SCRAM-SHA-256"], credentials=slow_lookup)
         handshake(conn, "SCRAM-SHA-256")
@@ -216,6 +217,16 @@ def test_oauthbearer_login_and_token_bounded_session():
     assert reply.session_lifetime_ms == 600_000  # the token expires before connections.max.reauth.ms
     clock.now += 600_001
     assert conn.admit(PRODUCE).action is Action.CLOSE
+
+
+def test_oauthbearer_with_a_refreshing_key_set():
+    """The JWKS as the broker will use it: fetched through an injected callable, looked up asynchronously."""
+    document = json.dumps({"keys": [{**ECAlgorithm.to_jwk(EC_KEY.public_key(), as_dict=True), "kid": "k1"}]})
+    keyset = RefreshingKeySet(lambda: document, Clock())
+    conn = make(["OAUTHBEARER"], oauth_keys=keyset.key_for)
+    handshake(conn, "OAUTHBEARER")
+    assert run(conn.authenticate(KafkaPythonOAuth(bearer()).initial(), 1)).error_code is ErrorCode.none
+    assert conn.principal == user("alice")
 
 
 def test_oauthbearer_invalid_token_exchange():
