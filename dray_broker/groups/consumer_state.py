@@ -13,7 +13,10 @@ Semantics follow Apache Kafka's group coordinator (ConsumerGroup, CurrentAssignm
   epoch, its assignment shrinks to what it keeps, state UNREVOKED_PARTITIONS) and only once the member acknowledges
   (its owned partitions no longer hold them) does it move to the target epoch. A partition still held by another
   member (in its assignment or pending revocation) is not handed out (UNRELEASED_PARTITIONS) until it is released.
-  So no partition is ever owned by two members.
+  So no partition is ever owned by two members. A partition being moved stays with its owner until the owner's
+  next heartbeat (at the group.consumer.heartbeat.interval.ms it was told, 5 s by default as in Kafka) tells it to
+  revoke; the member waiting for it is told a shorter interval (waiting_heartbeat_interval_ms), so that it gets
+  the partition soon after the owner acknowledged the revocation rather than up to one more interval later.
 - Member epochs are validated: a bigger epoch than the member's, or a smaller one that is not its previous epoch
   with owned partitions within its assignment, is FENCED_MEMBER_EPOCH. Epoch 0 joins, -1 leaves, -2 is a static
   member leaving for a while (it keeps its assignment until the session times out; rejoining with its instance id
@@ -60,6 +63,9 @@ Parts = dict[str, set[int]]  # topic id -> partitions
 class ConsumerConfig:
     session_timeout_ms: int = 45_000
     heartbeat_interval_ms: int = 5_000
+    # A member waiting for partitions that others still hold is told to come back this soon (if sooner than the
+    # interval), so that it gets them shortly after their owners revoke (Kafka keeps the interval).
+    waiting_heartbeat_interval_ms: int = 500
     assignors: tuple[str, ...] = assignors.ASSIGNORS  # the first is the default
 
 
@@ -342,9 +348,14 @@ class ConsumerGroup:
                                          and req.owned is not None)
         self._take_snapshot_if_changed()
         return HeartbeatResult(
-            ErrorCode.none, None, member.member_id, member.epoch, self.config.heartbeat_interval_ms,
+            ErrorCode.none, None, member.member_id, member.epoch, self._heartbeat_interval(member),
             _copy(member.assigned) if full or member.assigned != before_assigned else None,
         )
+
+    def _heartbeat_interval(self, m: ConsumerMember) -> int:
+        if m.state == M_UNRELEASED:
+            return min(self.config.heartbeat_interval_ms, self.config.waiting_heartbeat_interval_ms)
+        return self.config.heartbeat_interval_ms
 
     def _error(self, error: ErrorCode, req: HeartbeatRequest, message: str | None = None) -> HeartbeatResult:
         return HeartbeatResult(error, message, req.member_id, req.member_epoch, self.config.heartbeat_interval_ms)

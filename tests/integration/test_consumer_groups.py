@@ -285,7 +285,7 @@ def test_committed_offsets_resume(cg_broker):
 
 def test_describe_and_list_consumer_groups(cg_broker):
     from confluent_kafka import ConsumerGroupType
-    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 
     bootstrap = cg_broker.bootstrap
     topic = f"cg-{uuid.uuid4().hex[:8]}"
@@ -303,6 +303,13 @@ def test_describe_and_list_consumer_groups(cg_broker):
         assert d.type == ConsumerGroupType.CONSUMER
         assert len(d.members) == 1 and d.members[0].client_id == "described"
         assert {tp.partition for tp in d.members[0].assignment.topic_partitions} == set(range(TOPIC_PARTITIONS))
+        # The broker settings under Kafka's names.
+        broker_id = str(admin.describe_cluster().result(30).nodes[0].id)
+        (future,) = admin.describe_configs([ConfigResource(ResourceType.BROKER, broker_id)]).values()
+        configs = future.result(30)
+        assert configs["group.consumer.heartbeat.interval.ms"].value == str(HEARTBEAT_MS)
+        assert configs["group.consumer.heartbeat.interval.ms"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+        assert configs["group.consumer.session.timeout.ms"].value == str(SESSION_MS)
     finally:
         c.close()
 

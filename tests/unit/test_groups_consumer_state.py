@@ -100,13 +100,16 @@ def test_revocation_before_reassignment():
     c1.heartbeat(0, tv)
     r = c2.heartbeat(10, tv)
     assert r.member_epoch == 2 and c2.owned == {}  # its partitions are still c1's
+    assert r.heartbeat_interval_ms == CFG.waiting_heartbeat_interval_ms  # it waits for them: come back soon
     assert g.state == "Reconciling"
     r = c1.heartbeat(20, tv)
     assert r.member_epoch == 1 and c1.count() == 3  # revoke first, at the old epoch
+    assert r.heartbeat_interval_ms == CFG.heartbeat_interval_ms
     r = c1.heartbeat(30, tv)  # acknowledges the revocation
     assert r.member_epoch == 2
-    c2.heartbeat(40, tv)
+    r = c2.heartbeat(40, tv)  # the next heartbeat after the acknowledgement gets them
     assert c2.count() == 3 and c2.epoch == 2
+    assert r.heartbeat_interval_ms == CFG.heartbeat_interval_ms
     assert_disjoint([c1, c2])
     assert g.state == "Stable"
 
