@@ -215,7 +215,7 @@ async def _commit_target_errors(broker, t, by_id: bool) -> tuple[str | None, lis
 async def handle_offset_commit(broker, req: Request):
     body = req.body
     M = response_module(req.api_key, req.version)
-    checked = []  # per topic: (name, [error or None per partition])
+    checked = []  # per topic: per partition, the error to answer or None (committed by the group)
     entries = []
     for t in body.topics:
         name, errors = await _commit_target_errors(broker, t, by_id=req.version >= 10)
