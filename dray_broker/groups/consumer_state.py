@@ -369,8 +369,10 @@ class ConsumerGroup:
                 return invalid("RebalanceTimeoutMs must be provided in first request.")
             if req.owned is None or any(req.owned.values()):
                 return invalid("TopicPartitions must be empty when (re-)joining.")
-            if req.subscribed_topic_names is None and not req.subscribed_topic_regex:
-                return invalid("SubscribedTopicNames or SubscribedTopicRegex must be set in first request.")
+            # As Kafka: empty names or an empty regex join without a subscription (librdkafka sends "" for none).
+            if req.subscribed_topic_names is None and req.subscribed_topic_regex is None:
+                return invalid("Either SubscribedTopicNames or SubscribedTopicRegex must be non-null when "
+                               "(re-)joining.")
         elif req.member_epoch < LEAVE_STATIC_EPOCH:
             return invalid(f"MemberEpoch {req.member_epoch} is invalid.")
         elif req.member_epoch == LEAVE_STATIC_EPOCH and req.instance_id is None:

@@ -177,6 +177,11 @@ def test_epoch_fencing_and_unknown_member():
     r = g.heartbeat(1, HeartbeatRequest(member_id="x", member_epoch=0, rebalance_timeout_ms=1000,
                                         subscribed_topic_regex="(", owned={}), tv)
     assert r.error == ErrorCode.invalid_regular_expression
+    # As Kafka: a join with no names and an empty regex (librdkafka's "no regex") is a member without a subscription.
+    r = g.heartbeat(1, HeartbeatRequest(member_id="y", member_epoch=0, rebalance_timeout_ms=1000,
+                                        subscribed_topic_regex="", owned={}), tv)
+    assert r.error == ErrorCode.none and r.assignment == {}
+    assert g.members["y"].subscribed_names == () and g.members["y"].subscribed_regex is None
 
 
 def test_previous_epoch_is_accepted_when_the_response_was_lost():
