@@ -34,6 +34,9 @@ class BrokerMetrics:
         self.produce_conversions = Counter("dray_produce_message_conversions",
                                            "legacy message sets (magic 0/1, Produce v0-v2) up-converted to v2 "
                                            "batches (Kafka's ProduceMessageConversionsPerSec)", registry=r)
+        self.produce_recompressions = Counter("dray_produce_recompressions",
+                                              "produced record sets recompressed to their topic's compression.type",
+                                              registry=r)
         self.wal_flush_bytes = Histogram("dray_wal_flush_bytes", "bytes per WAL object", buckets=SIZE_BUCKETS,
                                          registry=r)
         self.wal_flush_seconds = Histogram("dray_wal_flush_seconds", "time to write a WAL object and index it",

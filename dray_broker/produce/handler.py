@@ -14,7 +14,9 @@ from dray_broker.produce.response import encode_produce_response
 from dray_broker.produce.wal_writer import FlushError
 from dray_broker.protocol.codec import Request, make, response_module
 from dray_broker.records.batch import InvalidBatchError, validate_batches
+from dray_broker.records.decode import RecordDecodeError
 from dray_broker.records.legacy import up_convert
+from dray_broker.records.recompress import TOPIC_CODECS, needs_recompression, recompress
 from dray_broker.routing.zones import owner
 from dray_broker.server.connection import NO_RESPONSE
 
@@ -68,9 +70,17 @@ def _append(broker, topic, index: int, records, version: int) -> tuple[ErrorCode
         if version < 3 and _is_legacy(records):
             records = up_convert(records, now_ms=int(time.time() * 1000))
             broker.metrics.produce_conversions.inc()
-        summary = validate_batches(records, topic.int_config("max.message.bytes"))
+        max_bytes = topic.int_config("max.message.bytes")
+        summary = validate_batches(records, max_bytes)
+        codec = TOPIC_CODECS[topic.config("compression.type")]
+        if codec is not None and needs_recompression(records, codec):
+            records = recompress(records, codec)
+            broker.metrics.produce_recompressions.inc()
+            summary = validate_batches(records, max_bytes)  # as Kafka, the size limit holds for what is stored
     except InvalidBatchError as e:
         return ErrorCode(e.kafka_error), str(e)
+    except RecordDecodeError as e:
+        return ErrorCode.corrupt_message, str(e)
     if summary.is_transactional:
         return ErrorCode.transactional_id_authorization_failed, TRANSACTIONS_UNSUPPORTED
     ref = topic.partition(index)

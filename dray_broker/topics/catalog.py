@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from dray_broker.index.offsets import PartitionRef
 from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, NotificationType, VersionMismatchError
+from dray_broker.records.recompress import PRODUCER, TOPIC_CODECS
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ TOPIC_CONFIGS: dict[str, ConfigSpec] = {
     "retention.bytes": ConfigSpec("-1", int, minimum=-1),
     "max.message.bytes": ConfigSpec("1048588", int, minimum=0),
     "cleanup.policy": ConfigSpec("delete", str, choices=("delete",)),
+    "compression.type": ConfigSpec(PRODUCER, str, choices=tuple(TOPIC_CODECS)),
 }
 
 

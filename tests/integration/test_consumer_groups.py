@@ -204,6 +204,61 @@ def test_regex_subscription_picks_up_new_topics(cg_broker):
     assert not any(t == other for t, _, _ in _read([c]))
 
 
+def test_resubscription_replaces_the_subscription(cg_broker):
+    """A consumer that changes its subscription (regex -> another regex -> names -> regex and names) ends with
+    exactly the new subscription's partitions; the ones it no longer wants are revoked before new ones come, so it
+    never holds partitions of both (as librdkafka's test 0045_resubscribe_with_regex expects)."""
+    from confluent_kafka import Consumer
+
+    bootstrap = cg_broker.bootstrap
+    prefix = f"rs{uuid.uuid4().hex[:6]}"
+    sizes = {f"{prefix}-a1": 2, f"{prefix}-a2": 1, f"{prefix}-b1": 3, f"{prefix}-n": 2}
+    for topic, n in sizes.items():
+        create_topic(bootstrap, topic, n)
+    owned: set[tuple[str, int]] = set()
+    history: list[frozenset] = []
+
+    def on_assign(_consumer, tps):
+        owned.update((tp.topic, tp.partition) for tp in tps)
+        history.append(frozenset(owned))
+
+    def on_revoke(_consumer, tps):
+        owned.difference_update((tp.topic, tp.partition) for tp in tps)
+        history.append(frozenset(owned))
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{prefix}", "group.protocol": "consumer",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "topic.metadata.refresh.interval.ms": 1_000})
+
+    def partitions(*topics):
+        return {(t, p) for t in topics for p in range(sizes[t])}
+
+    def subscribe(subscription, expected):
+        before = frozenset(owned)
+        del history[:]
+        consumer.subscribe(subscription, on_assign=on_assign, on_revoke=on_revoke)
+        deadline = time.monotonic() + 30
+        while owned != expected and time.monotonic() < deadline:
+            consumer.poll(0.1)
+        assert owned == expected, (subscription, sorted(owned))
+        for held in history:
+            assert not (held & (before - expected) and held & (expected - before)), \
+                f"{subscription}: held old and new partitions at once: {sorted(held)}"
+
+    try:
+        # As Kafka, a regex new to the group is resolved after the heartbeat that brought it: the joining member
+        # gets its named topic first, the regex's topics at its next heartbeat.
+        subscribe([f"^{prefix}-a.*", f"{prefix}-n"], partitions(f"{prefix}-a1", f"{prefix}-a2", f"{prefix}-n"))
+        assert history[0] == partitions(f"{prefix}-n"), history
+        subscribe([f"^{prefix}-a.*"], partitions(f"{prefix}-a1", f"{prefix}-a2"))
+        subscribe([f"^{prefix}-b.*"], partitions(f"{prefix}-b1"))
+        subscribe([f"{prefix}-n"], partitions(f"{prefix}-n"))
+        subscribe([f"^{prefix}-a.*", f"{prefix}-n"], partitions(f"{prefix}-a1", f"{prefix}-a2", f"{prefix}-n"))
+        subscribe([f"^{prefix}-.1"], partitions(f"{prefix}-a1", f"{prefix}-b1"))
+    finally:
+        consumer.close()
+
+
 def test_committed_offsets_resume(cg_broker):
     bootstrap = cg_broker.bootstrap
     topic = f"cg-{uuid.uuid4().hex[:8]}"
@@ -231,7 +286,7 @@ def test_committed_offsets_resume(cg_broker):
 
 def test_describe_and_list_consumer_groups(cg_broker):
     from confluent_kafka import ConsumerGroupType
-    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 
     bootstrap = cg_broker.bootstrap
     topic = f"cg-{uuid.uuid4().hex[:8]}"
@@ -249,6 +304,13 @@ def test_describe_and_list_consumer_groups(cg_broker):
         assert d.type == ConsumerGroupType.CONSUMER
         assert len(d.members) == 1 and d.members[0].client_id == "described"
         assert {tp.partition for tp in d.members[0].assignment.topic_partitions} == set(range(TOPIC_PARTITIONS))
+        # The broker settings under Kafka's names.
+        broker_id = str(admin.describe_cluster().result(30).nodes[0].id)
+        (future,) = admin.describe_configs([ConfigResource(ResourceType.BROKER, broker_id)]).values()
+        configs = future.result(30)
+        assert configs["group.consumer.heartbeat.interval.ms"].value == str(HEARTBEAT_MS)
+        assert configs["group.consumer.heartbeat.interval.ms"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+        assert configs["group.consumer.session.timeout.ms"].value == str(SESSION_MS)
     finally:
         c.close()
 
