@@ -8,6 +8,7 @@ Every multi-key protocol is built from these single-key operations; there are no
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 from dataclasses import dataclass
 from typing import Sequence
@@ -54,6 +55,16 @@ class Entry:
     value: bytes
     version: int  # changes on every write of the key; compare with expected_version
     ephemeral: bool = False
+
+
+@dataclass(frozen=True)
+class SequentialPut:
+    """One put_sequential of a put_sequential_batch."""
+
+    prefix: str
+    value: bytes
+    deltas: Sequence[int]
+    partition_key: str
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,16 @@ class MetadataStore(abc.ABC):
         """Append under prefix: the store adds deltas to the running sums taken from the newest existing key
         'prefix-%020d-%020d...' and writes the new key with the sums. Atomic: concurrent callers never get the same
         sums. Deleting the newest key rewinds the sums."""
+
+    async def put_sequential_batch(self, puts: Sequence[SequentialPut]) -> list[Entry | Exception]:
+        """Several put_sequential (at most one per prefix) as one unit where the backend can: SQLite runs them in
+        one transaction, Oxia sends concurrent writes of a shard in one write request (so this default, which issues
+        them together, is one request there). Each succeeds or fails by itself: the result holds its Entry or its
+        exception, in the order of puts."""
+        return list(await asyncio.gather(
+            *(self.put_sequential(p.prefix, p.value, p.deltas, partition_key=p.partition_key) for p in puts),
+            return_exceptions=True,
+        ))
 
     @abc.abstractmethod
     async def delete(

@@ -1,11 +1,17 @@
 """Buffers produced batches across connections and partitions and commits them: one WAL object per flush, then
-one index append per partition, then the acks (DESIGN.md section 5).
+the flush's index appends (one per partition, sent to the store as one batch), then the acks (DESIGN.md section 5).
 
-A flush starts when the buffer holds flush_bytes or its oldest batch has waited flush_ms. Two flushes may be in
-flight: their objects are written in parallel, but index appends happen in flush order, so the offsets of a
-partition follow the order in which batches arrived. Nothing is acked before its object is durable and its index
-entry committed; a failed step fails exactly the appends of that flush (or of that partition) with an error the
-client retries.
+Group commit: when nothing is being written, a flush starts at once (at the end of the event-loop iteration in
+which the first batch arrived, so requests read together share it). While flushes are being written, batches
+gather and go out together as soon as one finishes; flush_ms caps that wait: a buffer that waited flush_ms goes out
+in a flush of its own if the object store allows another put in flight (ObjectStore.parallel_puts, more on S3
+where a put takes long than on a local disk). A buffer of flush_bytes goes out at once. So an idle broker acks
+after one put and one index commit, and a busy one writes fewer, larger objects.
+
+Objects are written in parallel, but a flush's index appends start only after the previous flush's are committed,
+so the offsets of a partition follow the order in which batches arrived. Nothing is acked before its object is
+durable and its index entry committed; a failed step fails exactly the appends of that flush (or of that
+partition) with an error the client retries.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Callable
 
 from ulid import ULID
 
-from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef, WalLocation
+from dray_broker.index.offsets import Append, IndexEntry, OffsetIndex, PartitionRef, WalLocation
 from dray_broker.objectstore import ObjectStore
 from dray_broker.records.batch import BatchSummary
 from dray_broker.wal import format as wal
@@ -26,7 +32,6 @@ from dray_broker.wal import format as wal
 log = logging.getLogger(__name__)
 
 WAL_PREFIX = "wal/"
-MAX_FLUSHES_IN_FLIGHT = 2
 
 
 class FlushError(Exception):
@@ -57,25 +62,41 @@ class WalWriter:
         self.metrics = metrics
         self._buffer: dict[PartitionRef, list[_Append]] = {}
         self._buffered_bytes = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._slots = asyncio.Semaphore(MAX_FLUSHES_IN_FLIGHT)
+        self._flush_soon: asyncio.Handle | None = None  # a flush at the end of this loop iteration
+        self._timer: asyncio.TimerHandle | None = None  # the flush_ms cap
+        self._parallel_puts = max(1, objects.parallel_puts)
+        self._put_slots = asyncio.Semaphore(self._parallel_puts)
+        self._writing = 0  # flushes started whose object is not written yet
         self._previous_indexed: asyncio.Future | None = None
         self._flushes: set[asyncio.Task] = set()
 
     def append(self, partition: PartitionRef, data: bytes | memoryview, summary: BatchSummary,
                deadline: float | None = None) -> asyncio.Future:
         """Buffer one partition's batches; the future gives their base offset once committed."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._buffer.setdefault(partition, []).append(_Append(data, summary, future, deadline))
         self._buffered_bytes += len(data)
         if self._buffered_bytes >= self.flush_bytes:
             self.flush()
+        elif self._writing == 0:
+            if self._flush_soon is None:
+                self._flush_soon = loop.call_soon(self.flush)
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.flush_s, self.flush)
+            self._timer = loop.call_later(self.flush_s, self._waited_long_enough)
         return future
+
+    def _waited_long_enough(self) -> None:
+        self._timer = None
+        if self._writing < self._parallel_puts:
+            self.flush()
+        # else the next flush that finishes writing takes the buffer
 
     def flush(self) -> None:
         """Start committing what is buffered."""
+        if self._flush_soon is not None:
+            self._flush_soon.cancel()
+            self._flush_soon = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -85,6 +106,7 @@ class WalWriter:
         previous = self._previous_indexed
         indexed = asyncio.get_running_loop().create_future()
         self._previous_indexed = indexed
+        self._writing += 1
         task = asyncio.create_task(self._commit(batch, previous, indexed), name="wal-flush")
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
@@ -103,12 +125,17 @@ class WalWriter:
                       indexed: asyncio.Future) -> None:
         started = time.perf_counter()
         try:
-            async with self._slots:
-                key, chunks = await self._write_object(batch)
+            try:
+                async with self._put_slots:
+                    key, chunks = await self._write_object(batch)
+            finally:
+                self._writing -= 1
+                if self._buffer and self._writing < self._parallel_puts:
+                    self.flush()  # group commit: what arrived meanwhile goes out now
             if previous is not None:
                 await asyncio.shield(previous)
             if key is not None:
-                await asyncio.gather(*(self._index(p, key, chunk, batch[p]) for p, chunk in chunks.items()))
+                await self._index(key, batch, chunks)
                 if self.metrics is not None:
                     self.metrics.wal_flush_seconds.observe(time.perf_counter() - started)
                     self.metrics.wal_flush_bytes.observe(sum(c.data_length for c in chunks.values()))
@@ -138,28 +165,42 @@ class WalWriter:
                   (time.perf_counter() - started) * 1000)
         return key, dict(zip(batch.keys(), table))
 
-    async def _index(self, p: PartitionRef, key: str, chunk: wal.Chunk, appends: list[_Append]) -> None:
-        location = WalLocation(
-            key, chunk.data_offset, chunk.data_length, chunk.data_crc, chunk.min_timestamp, chunk.max_timestamp,
-            tuple(n for a in appends for n in a.summary.batch_records),
-            tuple(n for a in appends for n in a.summary.batch_sizes),
-        )
-        if any(a.deadline is not None and a.deadline < time.monotonic() for a in appends):
-            _fail(appends, FlushError("an idempotent batch's reservation expired before its index append"))
+    async def _index(self, key: str, batch: dict[PartitionRef, list[_Append]], chunks: dict) -> None:
+        """Append every partition's chunk to the index in one store batch; ack each partition that committed."""
+        now = time.monotonic()
+        todo: list[tuple[PartitionRef, list[_Append]]] = []
+        for p, appends in batch.items():
+            if any(a.deadline is not None and a.deadline < now for a in appends):
+                _fail(appends, FlushError("an idempotent batch's reservation expired before its index append"))
+            else:
+                todo.append((p, appends))
+        if not todo:
             return
+        requests = []
+        for p, appends in todo:
+            chunk = chunks[p]
+            location = WalLocation(
+                key, chunk.data_offset, chunk.data_length, chunk.data_crc, chunk.min_timestamp, chunk.max_timestamp,
+                tuple(n for a in appends for n in a.summary.batch_records),
+                tuple(n for a in appends for n in a.summary.batch_sizes),
+            )
+            requests.append(Append(p, location, chunk.record_count, chunk.data_length))
         try:
-            entry = await self.index.append(p, location, chunk.record_count, chunk.data_length)
+            results = await self.index.append_batch(requests)
         except Exception as e:
-            log.warning("index append for %s failed: %r", p, e)
-            _fail(appends, FlushError(f"index commit failed: {e!r}"))
-            return
-        offset = entry.start
-        for a in appends:
-            if not a.future.done():
-                a.future.set_result(offset)
-            offset += a.summary.record_count
-        if self.on_commit is not None:
-            self.on_commit(p, entry, [a.data for a in appends])
+            results = [e] * len(requests)
+        for (p, appends), entry in zip(todo, results):
+            if isinstance(entry, Exception):
+                log.warning("index append for %s failed: %r", p, entry)
+                _fail(appends, FlushError(f"index commit failed: {entry!r}"))
+                continue
+            offset = entry.start
+            for a in appends:
+                if not a.future.done():
+                    a.future.set_result(offset)
+                offset += a.summary.record_count
+            if self.on_commit is not None:
+                self.on_commit(p, entry, [a.data for a in appends])
 
 
 def _fail(appends: list[_Append], error: Exception) -> None:
