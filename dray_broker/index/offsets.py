@@ -150,8 +150,8 @@ class OffsetIndex:
         return _appended(p, entry.key, record_count, location)
 
     async def append_batch(self, appends: list[Append]) -> list[IndexEntry | Exception]:
-        """Several partitions' appends (one each) as one store write where the store can; each commits or fails by
-        itself: its IndexEntry or its exception, in order."""
+        """Several appends as one store write where the store can; a partition's appends get their offsets in
+        the order given. Each commits or fails by itself: its IndexEntry or its exception, in order."""
         results = await self.store.put_sequential_batch([
             SequentialPut(a.partition.dir + "wal", a.location.encode(), [a.record_count, a.byte_count],
                           a.partition.partition_key)

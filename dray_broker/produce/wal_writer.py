@@ -8,10 +8,11 @@ in a flush of its own if the object store allows another put in flight (ObjectSt
 where a put takes long than on a local disk). A buffer of flush_bytes goes out at once. So an idle broker acks
 after one put and one index commit, and a busy one writes fewer, larger objects.
 
-Objects are written in parallel, but a flush's index appends start only after the previous flush's are committed,
-so the offsets of a partition follow the order in which batches arrived. Nothing is acked before its object is
-durable and its index entry committed; a failed step fails exactly the appends of that flush (or of that
-partition) with an error the client retries.
+Objects are written in parallel, but index appends follow flush order, so the offsets of a partition follow the
+order in which batches arrived: one index write at a time takes every written flush at the head of the line (in
+flush order) in one store batch, so the index keeps up however many flushes are in flight. Nothing is acked
+before its object is durable and its index entry committed; a failed step fails exactly the appends of that flush
+(or of that partition) with an error the client retries.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ulid import ULID
@@ -46,6 +48,15 @@ class _Append:
     deadline: float | None  # monotonic time after which it must not be indexed (an idempotent reservation)
 
 
+@dataclass(slots=True)
+class _Flush:
+    batch: dict[PartitionRef, list[_Append]]
+    started: float
+    written: bool = False  # the object write ended (key is None if it failed)
+    key: str | None = None
+    chunks: dict[PartitionRef, wal.Chunk] = field(default_factory=dict)
+
+
 # Called after a partition's entry is committed, with the entry and the chunk's bytes (for the fetch cache).
 CommitListener = Callable[[PartitionRef, IndexEntry, list], None]
 
@@ -67,7 +78,8 @@ class WalWriter:
         self._parallel_puts = max(1, objects.parallel_puts)
         self._put_slots = asyncio.Semaphore(self._parallel_puts)
         self._writing = 0  # flushes started whose object is not written yet
-        self._previous_indexed: asyncio.Future | None = None
+        self._unindexed: deque[_Flush] = deque()  # in flush order
+        self._indexing = False
         self._flushes: set[asyncio.Task] = set()
 
     def append(self, partition: PartitionRef, data: bytes | memoryview, summary: BatchSummary,
@@ -102,12 +114,13 @@ class WalWriter:
             self._timer = None
         if not self._buffer:
             return
-        batch, self._buffer, self._buffered_bytes = self._buffer, {}, 0
-        previous = self._previous_indexed
-        indexed = asyncio.get_running_loop().create_future()
-        self._previous_indexed = indexed
+        flush = _Flush(self._buffer, time.perf_counter())
+        self._buffer, self._buffered_bytes = {}, 0
+        self._unindexed.append(flush)
         self._writing += 1
-        task = asyncio.create_task(self._commit(batch, previous, indexed), name="wal-flush")
+        self._track(asyncio.create_task(self._write(flush), name="wal-write"))
+
+    def _track(self, task: asyncio.Task) -> None:
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
@@ -121,26 +134,44 @@ class WalWriter:
         while self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
 
-    async def _commit(self, batch: dict[PartitionRef, list[_Append]], previous: asyncio.Future | None,
-                      indexed: asyncio.Future) -> None:
-        started = time.perf_counter()
+    async def _write(self, flush: _Flush) -> None:
         try:
-            try:
-                async with self._put_slots:
-                    key, chunks = await self._write_object(batch)
-            finally:
-                self._writing -= 1
-                if self._buffer and self._writing < self._parallel_puts:
-                    self.flush()  # group commit: what arrived meanwhile goes out now
-            if previous is not None:
-                await asyncio.shield(previous)
-            if key is not None:
-                await self._index(key, batch, chunks)
-                if self.metrics is not None:
-                    self.metrics.wal_flush_seconds.observe(time.perf_counter() - started)
-                    self.metrics.wal_flush_bytes.observe(sum(c.data_length for c in chunks.values()))
+            async with self._put_slots:
+                flush.key, flush.chunks = await self._write_object(flush.batch)
         finally:
-            indexed.set_result(None)
+            flush.written = True
+            self._writing -= 1
+            if self._buffer and self._writing < self._parallel_puts:
+                self.flush()  # group commit: what arrived meanwhile goes out now
+            self._index_written()
+
+    def _index_written(self) -> None:
+        """Unless an index write is under way, start one with every written flush at the head of the line."""
+        if self._indexing:
+            return  # it calls again when done
+        ready = []
+        while self._unindexed and self._unindexed[0].written:
+            ready.append(self._unindexed.popleft())
+        if ready:
+            self._indexing = True
+            self._track(asyncio.create_task(self._index_flushes(ready), name="wal-index"))
+
+    async def _index_flushes(self, flushes: list[_Flush]) -> None:
+        try:
+            await self._index(flushes)
+        except Exception as e:  # a bug: fail what waits rather than hang it
+            log.exception("indexing WAL objects failed")
+            for f in flushes:
+                _fail([a for appends in f.batch.values() for a in appends], FlushError(f"index commit failed: {e!r}"))
+        finally:
+            self._indexing = False
+            self._index_written()
+        if self.metrics is not None:
+            done = time.perf_counter()
+            for f in flushes:
+                if f.key is not None:
+                    self.metrics.wal_flush_seconds.observe(done - f.started)
+                    self.metrics.wal_flush_bytes.observe(sum(c.data_length for c in f.chunks.values()))
 
     async def _write_object(self, batch: dict[PartitionRef, list[_Append]]):
         inputs = []
@@ -165,26 +196,29 @@ class WalWriter:
                   (time.perf_counter() - started) * 1000)
         return key, dict(zip(batch.keys(), table))
 
-    async def _index(self, key: str, batch: dict[PartitionRef, list[_Append]], chunks: dict) -> None:
-        """Append every partition's chunk to the index in one store batch; ack each partition that committed."""
-        now = time.monotonic()
+    async def _index(self, flushes: list[_Flush]) -> None:
+        """Append the flushes' chunks to the index as one store batch (in flush order, so a partition's offsets
+        follow arrival order); ack each partition whose append committed."""
+        now = time.monotonic()  # idempotent reservations must not have expired by now
         todo: list[tuple[PartitionRef, list[_Append]]] = []
-        for p, appends in batch.items():
-            if any(a.deadline is not None and a.deadline < now for a in appends):
-                _fail(appends, FlushError("an idempotent batch's reservation expired before its index append"))
-            else:
+        requests: list[Append] = []
+        for f in flushes:
+            if f.key is None:
+                continue  # its object write failed, and failed its appends
+            for p, appends in f.batch.items():
+                if any(a.deadline is not None and a.deadline < now for a in appends):
+                    _fail(appends, FlushError("an idempotent batch's reservation expired before its index append"))
+                    continue
+                chunk = f.chunks[p]
+                location = WalLocation(
+                    f.key, chunk.data_offset, chunk.data_length, chunk.data_crc, chunk.min_timestamp,
+                    chunk.max_timestamp, tuple(n for a in appends for n in a.summary.batch_records),
+                    tuple(n for a in appends for n in a.summary.batch_sizes),
+                )
                 todo.append((p, appends))
-        if not todo:
+                requests.append(Append(p, location, chunk.record_count, chunk.data_length))
+        if not requests:
             return
-        requests = []
-        for p, appends in todo:
-            chunk = chunks[p]
-            location = WalLocation(
-                key, chunk.data_offset, chunk.data_length, chunk.data_crc, chunk.min_timestamp, chunk.max_timestamp,
-                tuple(n for a in appends for n in a.summary.batch_records),
-                tuple(n for a in appends for n in a.summary.batch_sizes),
-            )
-            requests.append(Append(p, location, chunk.record_count, chunk.data_length))
         try:
             results = await self.index.append_batch(requests)
         except Exception as e:

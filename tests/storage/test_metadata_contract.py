@@ -408,6 +408,16 @@ async def test_put_sequential_batch_each_put_on_its_own(store_factory: StoreFact
     assert await stores[0].list(three + "-", three + "-~", partition_key=pk) == [sequence_key(three, [1, 1, 1])]
     assert await stores[0].put_sequential_batch([]) == []
 
+    # Puts under one prefix apply in the order given, also on a store that has not seen the prefix yet.
+    fresh = await store_factory.open()
+    a, b = prefixes[1], pfx + "p3/new"
+    top = parse_sequence_key(a, (await fresh.list(a + "-", a + "-~", partition_key=pk))[-1])
+    out = await fresh.put_sequential_batch([SequentialPut(a, b"1", [1, 1], pk), SequentialPut(b, b"2", [2, 2], pk),
+                                            SequentialPut(a, b"3", [5, 5], pk), SequentialPut(b, b"4", [1, 1], pk)])
+    assert [e.key for e in out] == [sequence_key(a, [top[0] + 1, top[1] + 1]), sequence_key(b, [2, 2]),
+                                    sequence_key(a, [top[0] + 6, top[1] + 6]), sequence_key(b, [3, 3])]
+    assert [e.value for e in out] == [b"1", b"2", b"3", b"4"]
+
 
 # ---------------------------------------------------------------------------------------------------- deletes
 
