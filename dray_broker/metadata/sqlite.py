@@ -750,7 +750,8 @@ class SqliteMetadataStore(MetadataStore):
         return await self._submit(lambda conn: self._append_sequential(conn, prefix, value, deltas), write=True)
 
     async def put_sequential_batch(self, puts: Sequence[SequentialPut]) -> list[Entry | Exception]:
-        """One write op: the puts share a transaction, each in its own savepoint."""
+        """One write op: the puts share a transaction. A put the store refuses fails alone (it is refused before
+        it writes); an SQLite error fails the whole batch, as it fails a transaction."""
         results: list[Entry | Exception | None] = []
         todo: list[tuple[int, str, bytes, list[int]]] = []
         for i, p in enumerate(puts):
@@ -762,19 +763,21 @@ class SqliteMetadataStore(MetadataStore):
 
         def op(conn: sqlite3.Connection) -> None:
             for i, prefix, value, deltas in todo:
-                conn.execute("SAVEPOINT seq")
                 try:
                     results[i] = self._append_sequential(conn, prefix, value, deltas)
-                except (MetadataError, sqlite3.Error) as e:
-                    conn.execute("ROLLBACK TO seq")
-                    results[i] = e if isinstance(e, MetadataError) else MetadataError(f"sqlite: {e}")
-                conn.execute("RELEASE seq")
+                except MetadataError as e:
+                    results[i] = e
 
         if todo:
-            await self._submit(op, write=True)
+            try:
+                await self._submit(op, write=True)
+            except MetadataError as e:
+                for i, *_ in todo:
+                    results[i] = e
         return results  # type: ignore[return-value]
 
     def _append_sequential(self, conn: sqlite3.Connection, prefix: str, value: bytes, deltas: list[int]) -> Entry:
+        """Raises MetadataError before it writes anything."""
         lo = hierarchical_sort_key(prefix + "-")
         hi = hierarchical_sort_key(sequence_key(prefix, [_MAX_SEQUENCE]))
         last: list[int] = []
@@ -791,9 +794,8 @@ class SqliteMetadataStore(MetadataStore):
         if any(s > _MAX_SEQUENCE for s in sums):
             raise MetadataError(f"put_sequential {prefix}: sequence overflow")
         key = sequence_key(prefix, sums)
-        sk = hierarchical_sort_key(key)
-        existed = conn.execute("SELECT 1 FROM kv WHERE sk = ?", (sk,)).fetchone() is not None
-        version = self._write_key(conn, key, sk, value, existed, None)
+        # A new key: it sorts after the newest sequence key, the greatest under the prefix that parses.
+        version = self._write_key(conn, key, hierarchical_sort_key(key), value, False, None)
         return Entry(key, value, version, False)
 
     async def delete(

@@ -1,5 +1,6 @@
 """Buffers produced batches across connections and partitions and commits them: one WAL object per flush, then
-the flush's index appends (one per partition, sent to the store as one batch), then the acks (DESIGN.md section 5).
+one index append per partition of the flush (sent to the metadata store in batches), then the acks (DESIGN.md
+section 5).
 
 Group commit: when nothing is being written, a flush starts at once (at the end of the event-loop iteration in
 which the first batch arrived, so requests read together share it). While flushes are being written, batches
