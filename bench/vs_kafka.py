@@ -41,6 +41,7 @@ from bench import workload  # noqa: E402
 from bench.kafka_service import start_kafka  # noqa: E402
 from dray_broker.config import Settings  # noqa: E402
 from tests.integration.brokers import BrokerProcess  # noqa: E402
+from tests.services import start_minio, start_oxia  # noqa: E402
 
 PARTITIONS = 8
 
@@ -181,8 +182,6 @@ def main() -> None:
 
     print(f"machine: {machine()}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    from tests.services import start_minio, start_oxia
-
     services = []
     with tempfile.TemporaryDirectory(prefix="dray-vs-kafka-") as tmp:
         broker = BrokerProcess(Path(tmp) / "dray", extra_args=["--flush-ms", str(args.flush_ms)])
