@@ -163,7 +163,7 @@ def report(targets: list[Target], rounds: list[dict[str, dict[str, float]]], met
         for name in [kafka, *others]:
             ratios = [r[dray][m.key] / r[name][m.key] for r in rounds
                       if m.key in r[name] and r[name][m.key] > 0]
-            cells.append(f"{statistics.median(ratios):.2f}x" if ratios else "-")
+            cells.append(f"{statistics.median(ratios):.2g}x" if ratios else "-")
         print(f"| {m.label} | " + " | ".join(cells) + f" | {m.target} |")
 
 
