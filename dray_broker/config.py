@@ -43,7 +43,8 @@ class Settings(BaseModel):
     broker_id: int | None = Field(None, ge=0, description="broker id (default: the one kept in "
                                  "<data-dir>/meta.properties, else a new one from the metadata store)")
     zone: str | None = Field(None, description="availability zone (broker.rack)")
-    flush_ms: float = Field(10.0, gt=0, description="longest a produced batch waits before its WAL flush")
+    flush_ms: float = Field(10.0, gt=0, description="longest a produced batch waits for its WAL flush while other "
+                            "flushes are being written (with none in flight, a flush starts at once)")
     flush_bytes: int = Field(4 * 1024 * 1024, gt=0, description="buffered bytes that trigger a WAL flush")
     max_request_bytes: int = Field(100 * 1024 * 1024, gt=0, description="largest request frame accepted")
     auto_create_topics: bool = Field(True, description="create unknown topics on Metadata/Produce")

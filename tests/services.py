@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import signal
@@ -408,6 +409,62 @@ class ServerHandle:
                                    f"{server.log_tail()}")
             time.sleep(0.2)
         self._server = server
+
+
+# ------------------------------------------------------------------------------------------------ Java programs
+
+
+def java_program() -> str:
+    """The `java` to run Java servers with: $JAVA_HOME/bin/java, else the one on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home and os.access(Path(home) / "bin" / "java", os.X_OK) else None
+    java = java or shutil.which("java")
+    if java is None:
+        raise ServiceError("Java (`java`, 11 or newer) is not installed or not on PATH")
+    return java
+
+
+def _cached_classpath(path: Path) -> str | None:
+    try:
+        classpath = path.read_text().strip()
+    except OSError:
+        return None
+    jars = classpath.split(os.pathsep)
+    if classpath and all(Path(jar).is_file() for jar in jars):  # ~/.m2 may have been cleaned since
+        return classpath
+    return None
+
+
+def maven_classpath(pom: Path, name: str) -> str:
+    """The run-time classpath of the jars ``pom`` names (a pom without sources), resolved once from Maven Central
+    with ``mvn dependency:build-classpath`` and cached in ``$DRAY_SERVICES_DIR/<name>/<hash of pom>/classpath.txt``;
+    later calls run no Maven (the jars stay in ~/.m2)."""
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
+    cache = services_dir() / name / digest
+    out = cache / "classpath.txt"
+    classpath = _cached_classpath(out)
+    if classpath:
+        return classpath
+    with _lock(name):
+        classpath = _cached_classpath(out)  # resolved by another process while we waited
+        if classpath:
+            return classpath
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise ServiceError(f"Maven (`mvn`) is not installed or not on PATH; it fetches the jars {pom} names "
+                               "from Maven Central once")
+        cache.mkdir(parents=True, exist_ok=True)
+        log = cache / "maven.log"
+        log.write_text("")
+        tmp = out.with_name(out.name + ".tmp")
+        argv = [mvn, "-q", "-B", "-f", str(pom), "dependency:build-classpath", f"-Dmdep.outputFile={tmp}"]
+        code = _run_logged(argv, cwd=pom.parent, env=dict(os.environ), log=log)
+        classpath = tmp.read_text().strip() if code == 0 and tmp.is_file() else ""
+        if not classpath:
+            raise ServiceError(f"Maven could not resolve the classpath of {pom} (exit {code}); the end of {log}:\n"
+                               f"{_tail(log)}")
+        os.replace(tmp, out)
+        return classpath
 
 
 # ------------------------------------------------------------------------------------------------ Oxia

@@ -61,6 +61,16 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class SequentialPut:
+    """One put_sequential of a put_sequential_batch."""
+
+    prefix: str
+    value: bytes
+    deltas: Sequence[int]
+    partition_key: str
+
+
+@dataclass(frozen=True)
 class Notification:
     key: str
     type: NotificationType
@@ -211,6 +221,27 @@ class MetadataStore(abc.ABC):
         """Append under prefix: the store adds deltas to the running sums taken from the newest existing key
         'prefix-%020d-%020d...' and writes the new key with the sums. Atomic: concurrent callers never get the same
         sums. Deleting the newest key rewinds the sums."""
+
+    async def put_sequential_batch(self, puts: Sequence[SequentialPut]) -> list[Entry | Exception]:
+        """Several put_sequential as one unit where the backend can (SQLite: one transaction; Oxia: one write
+        request). Puts under one prefix are applied in the order given. Each succeeds or fails by itself: the
+        result holds its Entry or its exception, in the order of puts. This default issues the puts of different
+        prefixes concurrently, and those of one prefix one after another."""
+        results: list[Entry | Exception | None] = [None] * len(puts)
+        by_prefix: dict[str, list[int]] = {}
+        for i, p in enumerate(puts):
+            by_prefix.setdefault(p.prefix, []).append(i)
+
+        async def in_order(indexes: list[int]) -> None:
+            for i in indexes:
+                p = puts[i]
+                try:
+                    results[i] = await self.put_sequential(p.prefix, p.value, p.deltas, partition_key=p.partition_key)
+                except Exception as e:  # noqa: BLE001 - reported in the result
+                    results[i] = e
+
+        await asyncio.gather(*(in_order(indexes) for indexes in by_prefix.values()))
+        return results  # type: ignore[return-value]
 
     @abc.abstractmethod
     async def delete(

@@ -57,6 +57,7 @@ from dray_broker.metadata.base import (
     MetadataStore,
     Notification,
     NotificationType,
+    SequentialPut,
     SessionExpiredError,
     SessionLife,
     VersionMismatchError,
@@ -1407,13 +1408,17 @@ class OxiaMetadataStore(MetadataStore):
             raise MetadataError("oxia: store closed")
 
     async def _write(self, shard: int, kind: int, payload: bytes, idempotent: bool) -> Any:
+        return await self._submit_write(shard, kind, payload, idempotent)
+
+    def _submit_write(self, shard: int, kind: int, payload: bytes, idempotent: bool) -> asyncio.Future:
+        """Queue a write on its shard's writer now (writes queued in order are applied in order)."""
         self._check_open()
         writer = self._writers.get(shard)
         if writer is None:
             writer = self._writers[shard] = _ShardWriter(self, shard)
         fut = self._loop.create_future()
         writer.submit(_WriteOp(kind, payload, fut, idempotent, self._loop.time() + self._op_timeout))
-        return await fut
+        return fut
 
     async def _read(self, shard: int, key: str, comparison: int, include_value: bool = True) -> Any:
         self._check_open()
@@ -1644,6 +1649,47 @@ class OxiaMetadataStore(MetadataStore):
     async def put_sequential(
         self, prefix: str, value: bytes, deltas: Sequence[int], *, partition_key: str
     ) -> Entry:
+        self._check_sequential(prefix, deltas, partition_key)
+        known = self._sequence_sums.get(prefix)
+        if known is None:
+            known = await self._newest_sequence_sums(self._shard_for(partition_key), prefix)
+        shard, value, payload = self._sequential_put(prefix, value, deltas, partition_key, known)
+        return self._sequential_entry(prefix, value, deltas, await self._write(shard, _PUT, payload, False))
+
+    async def put_sequential_batch(self, puts: Sequence[SequentialPut]) -> list[Entry | Exception]:
+        """Queued together, in order, on their shards' writers: one write request per shard, applied in order."""
+        results: list[Entry | Exception | None] = [None] * len(puts)
+        known: dict[str, int | BaseException] = {}
+        unknown: dict[str, str] = {}
+        for p in puts:
+            if p.prefix in self._sequence_sums:
+                known[p.prefix] = self._sequence_sums[p.prefix]
+            elif p.partition_key is not None:
+                unknown[p.prefix] = p.partition_key
+        found = await asyncio.gather(
+            *(self._newest_sequence_sums(self._shard_for(pk), prefix) for prefix, pk in unknown.items()),
+            return_exceptions=True)
+        known.update(zip(unknown, found))
+        queued = []
+        for i, p in enumerate(puts):
+            try:
+                self._check_sequential(p.prefix, p.deltas, p.partition_key)
+                sums = known[p.prefix]
+                if isinstance(sums, BaseException):
+                    raise sums
+                shard, value, payload = self._sequential_put(p.prefix, p.value, p.deltas, p.partition_key, sums)
+                queued.append((i, value, self._submit_write(shard, _PUT, payload, False)))
+            except Exception as e:  # noqa: BLE001 - reported in the result
+                results[i] = e
+        for i, value, fut in queued:
+            try:
+                results[i] = self._sequential_entry(puts[i].prefix, value, puts[i].deltas, await fut)
+            except Exception as e:  # noqa: BLE001 - reported in the result
+                results[i] = e
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _check_sequential(prefix: str, deltas: Sequence[int], partition_key: str | None) -> None:
         # The server fails the whole write request (every operation coalesced with this one) on these.
         if partition_key is None:
             raise ValueError("put_sequential needs a partition_key")
@@ -1651,16 +1697,19 @@ class OxiaMetadataStore(MetadataStore):
             raise ValueError(f"put_sequential deltas must be non-negative, the first > 0: {list(deltas)}")
         if prefix.startswith(_INTERNAL_PREFIX):
             raise MetadataError(f"oxia: keys under {_INTERNAL_PREFIX} belong to Oxia")
+
+    def _sequential_put(
+        self, prefix: str, value: bytes, deltas: Sequence[int], partition_key: str, known: int
+    ) -> tuple[int, bytes, bytes]:
+        """(shard, value, payload) of a checked put_sequential under a prefix whose newest key has known sums."""
         if type(value) is not bytes:
             value = bytes(value)
-        shard = self._shard_for(partition_key)
-        known = self._sequence_sums.get(prefix)
-        if known is None:
-            known = await self._newest_sequence_sums(shard, prefix)
         if len(deltas) < known:
             raise MetadataError(f"put_sequential {prefix}: the newest key has {known} sums, got {len(deltas)} deltas")
-        payload = _enc_put(prefix, value, None, None, None, partition_key, deltas)
-        status, version_id, session_id, key = await self._write(shard, _PUT, payload, False)
+        return self._shard_for(partition_key), value, _enc_put(prefix, value, None, None, None, partition_key, deltas)
+
+    def _sequential_entry(self, prefix: str, value: bytes, deltas: Sequence[int], result: tuple) -> Entry:
+        status, version_id, session_id, key = result
         if status != _OK or key is None:
             raise MetadataError(f"oxia: put_sequential {prefix!r} failed with status {status}")
         if len(self._sequence_sums) >= 100_000:

@@ -44,6 +44,7 @@ from dray_broker.metadata.base import (
     MetadataStore,
     Notification,
     NotificationType,
+    SequentialPut,
     SessionExpiredError,
     SessionLife,
     VersionMismatchError,
@@ -89,6 +90,15 @@ _CREATED = NotificationType.CREATED.value
 _MODIFIED = NotificationType.MODIFIED.value
 _DELETED = NotificationType.DELETED.value
 _RANGE_DELETED = NotificationType.RANGE_DELETED.value
+
+
+def _checked_deltas(deltas: Sequence[int]) -> list[int]:
+    deltas = [int(d) for d in deltas]
+    if not deltas:
+        raise ValueError("put_sequential needs at least one delta")
+    if deltas[0] <= 0 or any(d < 0 for d in deltas):
+        raise ValueError(f"put_sequential deltas must be >= 0 and the first > 0: {deltas}")
+    return deltas
 
 
 def _prefix_successor(b: bytes) -> bytes | None:
@@ -846,38 +856,58 @@ class SqliteMetadataStore(MetadataStore):
     async def put_sequential(
         self, prefix: str, value: bytes, deltas: Sequence[int], *, partition_key: str
     ) -> Entry:
-        deltas = [int(d) for d in deltas]
-        if not deltas:
-            raise ValueError("put_sequential needs at least one delta")
-        if deltas[0] <= 0 or any(d < 0 for d in deltas):
-            raise ValueError(f"put_sequential deltas must be >= 0 and the first > 0: {deltas}")
+        deltas = _checked_deltas(deltas)
         value = bytes(value)
+        return await self._submit(lambda conn: self._append_sequential(conn, prefix, value, deltas), write=True)
+
+    async def put_sequential_batch(self, puts: Sequence[SequentialPut]) -> list[Entry | Exception]:
+        """One write op: the puts share a transaction. A put the store refuses fails alone (it is refused before
+        it writes); an SQLite error fails the whole batch, as it fails a transaction."""
+        results: list[Entry | Exception | None] = []
+        todo: list[tuple[int, str, bytes, list[int]]] = []
+        for i, p in enumerate(puts):
+            try:
+                todo.append((i, p.prefix, bytes(p.value), _checked_deltas(p.deltas)))
+                results.append(None)
+            except ValueError as e:
+                results.append(e)
+
+        def op(conn: sqlite3.Connection) -> None:
+            for i, prefix, value, deltas in todo:
+                try:
+                    results[i] = self._append_sequential(conn, prefix, value, deltas)
+                except MetadataError as e:
+                    results[i] = e
+
+        if todo:
+            try:
+                await self._submit(op, write=True)
+            except MetadataError as e:
+                for i, *_ in todo:
+                    results[i] = e
+        return results  # type: ignore[return-value]
+
+    def _append_sequential(self, conn: sqlite3.Connection, prefix: str, value: bytes, deltas: list[int]) -> Entry:
+        """Raises MetadataError before it writes anything."""
         lo = hierarchical_sort_key(prefix + "-")
         hi = hierarchical_sort_key(sequence_key(prefix, [_MAX_SEQUENCE]))
-
-        def op(conn: sqlite3.Connection) -> Entry:
-            last: list[int] = []
-            for (k,) in conn.execute(
-                "SELECT key FROM kv WHERE sk >= ? AND sk < ? ORDER BY sk DESC", (lo, hi)
-            ):
-                parsed = parse_sequence_key(prefix, k)
-                if parsed is not None:
-                    last = parsed
-                    break
-            if len(last) > len(deltas):
-                raise MetadataError(
-                    f"put_sequential {prefix}: the newest key has {len(last)} sums, got {len(deltas)} deltas"
-                )
-            sums = [(last[i] if i < len(last) else 0) + d for i, d in enumerate(deltas)]
-            if any(s > _MAX_SEQUENCE for s in sums):
-                raise MetadataError(f"put_sequential {prefix}: sequence overflow")
-            key = sequence_key(prefix, sums)
-            sk = hierarchical_sort_key(key)
-            existed = conn.execute("SELECT 1 FROM kv WHERE sk = ?", (sk,)).fetchone() is not None
-            version = self._write_key(conn, key, sk, value, existed, None)
-            return Entry(key, value, version, False)
-
-        return await self._submit(op, write=True)
+        last: list[int] = []
+        for (k,) in conn.execute("SELECT key FROM kv WHERE sk >= ? AND sk < ? ORDER BY sk DESC", (lo, hi)):
+            parsed = parse_sequence_key(prefix, k)
+            if parsed is not None:
+                last = parsed
+                break
+        if len(last) > len(deltas):
+            raise MetadataError(
+                f"put_sequential {prefix}: the newest key has {len(last)} sums, got {len(deltas)} deltas"
+            )
+        sums = [(last[i] if i < len(last) else 0) + d for i, d in enumerate(deltas)]
+        if any(s > _MAX_SEQUENCE for s in sums):
+            raise MetadataError(f"put_sequential {prefix}: sequence overflow")
+        key = sequence_key(prefix, sums)
+        # A new key: it sorts after the newest sequence key, the greatest under the prefix that parses.
+        version = self._write_key(conn, key, hierarchical_sort_key(key), value, False, None)
+        return Entry(key, value, version, False)
 
     async def delete(
         self, key: str, *, expected_version: int | None = None, partition_key: str | None = None

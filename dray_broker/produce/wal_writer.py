@@ -1,11 +1,19 @@
 """Buffers produced batches across connections and partitions and commits them: one WAL object per flush, then
-one index append per partition, then the acks (DESIGN.md section 5).
+one index append per partition of the flush (sent to the metadata store in batches), then the acks (DESIGN.md
+section 5).
 
-A flush starts when the buffer holds flush_bytes or its oldest batch has waited flush_ms. Two flushes may be in
-flight: their objects are written in parallel, but index appends happen in flush order, so the offsets of a
-partition follow the order in which batches arrived. Nothing is acked before its object is durable and its index
-entry committed; a failed step fails exactly the appends of that flush (or of that partition) with an error the
-client retries.
+Group commit: when nothing is being written, a flush starts at once (at the end of the event-loop iteration in
+which the first batch arrived, so requests read together share it). While flushes are being written, batches
+gather and go out together as soon as one finishes; flush_ms caps that wait: a buffer that waited flush_ms goes out
+in a flush of its own if the object store allows another put in flight (ObjectStore.parallel_puts, more on S3
+where a put takes long than on a local disk). A buffer of flush_bytes goes out at once. So an idle broker acks
+after one put and one index commit, and a busy one writes fewer, larger objects.
+
+Objects are written in parallel, but index appends follow flush order, so the offsets of a partition follow the
+order in which batches arrived: one index write at a time takes every written flush at the head of the line (in
+flush order) in one store batch, so the index keeps up however many flushes are in flight. Nothing is acked
+before its object is durable and its index entry committed; a failed step fails exactly the appends of that flush
+(or of that partition) with an error the client retries.
 """
 
 from __future__ import annotations
@@ -13,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ulid import ULID
 
-from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef, WalLocation
+from dray_broker.index.offsets import Append, IndexEntry, OffsetIndex, PartitionRef, WalLocation
 from dray_broker.objectstore import ObjectStore
 from dray_broker.records.batch import BatchSummary
 from dray_broker.wal import format as wal
@@ -26,7 +35,6 @@ from dray_broker.wal import format as wal
 log = logging.getLogger(__name__)
 
 WAL_PREFIX = "wal/"
-MAX_FLUSHES_IN_FLIGHT = 2
 
 
 class FlushError(Exception):
@@ -39,6 +47,15 @@ class _Append:
     summary: BatchSummary
     future: asyncio.Future
     deadline: float | None  # monotonic time after which it must not be indexed (an idempotent reservation)
+
+
+@dataclass(slots=True)
+class _Flush:
+    batch: dict[PartitionRef, list[_Append]]
+    started: float
+    written: bool = False  # the object write ended (key is None if it failed)
+    key: str | None = None
+    chunks: dict[PartitionRef, wal.Chunk] = field(default_factory=dict)
 
 
 # Called after a partition's entry is committed, with the entry and the chunk's bytes (for the fetch cache).
@@ -57,35 +74,54 @@ class WalWriter:
         self.metrics = metrics
         self._buffer: dict[PartitionRef, list[_Append]] = {}
         self._buffered_bytes = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._slots = asyncio.Semaphore(MAX_FLUSHES_IN_FLIGHT)
-        self._previous_indexed: asyncio.Future | None = None
+        self._flush_soon: asyncio.Handle | None = None  # a flush at the end of this loop iteration
+        self._timer: asyncio.TimerHandle | None = None  # the flush_ms cap
+        self._parallel_puts = max(1, objects.parallel_puts)
+        self._put_slots = asyncio.Semaphore(self._parallel_puts)
+        self._writing = 0  # flushes started whose object is not written yet
+        self._unindexed: deque[_Flush] = deque()  # in flush order
+        self._indexing = False
         self._flushes: set[asyncio.Task] = set()
 
     def append(self, partition: PartitionRef, data: bytes | memoryview, summary: BatchSummary,
                deadline: float | None = None) -> asyncio.Future:
         """Buffer one partition's batches; the future gives their base offset once committed."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._buffer.setdefault(partition, []).append(_Append(data, summary, future, deadline))
         self._buffered_bytes += len(data)
         if self._buffered_bytes >= self.flush_bytes:
             self.flush()
+        elif self._writing == 0:
+            if self._flush_soon is None:
+                self._flush_soon = loop.call_soon(self.flush)
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.flush_s, self.flush)
+            self._timer = loop.call_later(self.flush_s, self._waited_long_enough)
         return future
+
+    def _waited_long_enough(self) -> None:
+        self._timer = None
+        if self._writing < self._parallel_puts:
+            self.flush()
+        # else the next flush that finishes writing takes the buffer
 
     def flush(self) -> None:
         """Start committing what is buffered."""
+        if self._flush_soon is not None:
+            self._flush_soon.cancel()
+            self._flush_soon = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if not self._buffer:
             return
-        batch, self._buffer, self._buffered_bytes = self._buffer, {}, 0
-        previous = self._previous_indexed
-        indexed = asyncio.get_running_loop().create_future()
-        self._previous_indexed = indexed
-        task = asyncio.create_task(self._commit(batch, previous, indexed), name="wal-flush")
+        flush = _Flush(self._buffer, time.perf_counter())
+        self._buffer, self._buffered_bytes = {}, 0
+        self._unindexed.append(flush)
+        self._writing += 1
+        self._track(asyncio.create_task(self._write(flush), name="wal-write"))
+
+    def _track(self, task: asyncio.Task) -> None:
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
@@ -99,21 +135,44 @@ class WalWriter:
         while self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
 
-    async def _commit(self, batch: dict[PartitionRef, list[_Append]], previous: asyncio.Future | None,
-                      indexed: asyncio.Future) -> None:
-        started = time.perf_counter()
+    async def _write(self, flush: _Flush) -> None:
         try:
-            async with self._slots:
-                key, chunks = await self._write_object(batch)
-            if previous is not None:
-                await asyncio.shield(previous)
-            if key is not None:
-                await asyncio.gather(*(self._index(p, key, chunk, batch[p]) for p, chunk in chunks.items()))
-                if self.metrics is not None:
-                    self.metrics.wal_flush_seconds.observe(time.perf_counter() - started)
-                    self.metrics.wal_flush_bytes.observe(sum(c.data_length for c in chunks.values()))
+            async with self._put_slots:
+                flush.key, flush.chunks = await self._write_object(flush.batch)
         finally:
-            indexed.set_result(None)
+            flush.written = True
+            self._writing -= 1
+            if self._buffer and self._writing < self._parallel_puts:
+                self.flush()  # group commit: what arrived meanwhile goes out now
+            self._index_written()
+
+    def _index_written(self) -> None:
+        """Unless an index write is under way, start one with every written flush at the head of the line."""
+        if self._indexing:
+            return  # it calls again when done
+        ready = []
+        while self._unindexed and self._unindexed[0].written:
+            ready.append(self._unindexed.popleft())
+        if ready:
+            self._indexing = True
+            self._track(asyncio.create_task(self._index_flushes(ready), name="wal-index"))
+
+    async def _index_flushes(self, flushes: list[_Flush]) -> None:
+        try:
+            await self._index(flushes)
+        except Exception as e:  # a bug: fail what waits rather than hang it
+            log.exception("indexing WAL objects failed")
+            for f in flushes:
+                _fail([a for appends in f.batch.values() for a in appends], FlushError(f"index commit failed: {e!r}"))
+        finally:
+            self._indexing = False
+            self._index_written()
+        if self.metrics is not None:
+            done = time.perf_counter()
+            for f in flushes:
+                if f.key is not None:
+                    self.metrics.wal_flush_seconds.observe(done - f.started)
+                    self.metrics.wal_flush_bytes.observe(sum(c.data_length for c in f.chunks.values()))
 
     async def _write_object(self, batch: dict[PartitionRef, list[_Append]]):
         inputs = []
@@ -138,28 +197,45 @@ class WalWriter:
                   (time.perf_counter() - started) * 1000)
         return key, dict(zip(batch.keys(), table))
 
-    async def _index(self, p: PartitionRef, key: str, chunk: wal.Chunk, appends: list[_Append]) -> None:
-        location = WalLocation(
-            key, chunk.data_offset, chunk.data_length, chunk.data_crc, chunk.min_timestamp, chunk.max_timestamp,
-            tuple(n for a in appends for n in a.summary.batch_records),
-            tuple(n for a in appends for n in a.summary.batch_sizes),
-        )
-        if any(a.deadline is not None and a.deadline < time.monotonic() for a in appends):
-            _fail(appends, FlushError("an idempotent batch's reservation expired before its index append"))
+    async def _index(self, flushes: list[_Flush]) -> None:
+        """Append the flushes' chunks to the index as one store batch (in flush order, so a partition's offsets
+        follow arrival order); ack each partition whose append committed."""
+        now = time.monotonic()  # idempotent reservations must not have expired by now
+        todo: list[tuple[PartitionRef, list[_Append]]] = []
+        requests: list[Append] = []
+        for f in flushes:
+            if f.key is None:
+                continue  # its object write failed, and failed its appends
+            for p, appends in f.batch.items():
+                if any(a.deadline is not None and a.deadline < now for a in appends):
+                    _fail(appends, FlushError("an idempotent batch's reservation expired before its index append"))
+                    continue
+                chunk = f.chunks[p]
+                location = WalLocation(
+                    f.key, chunk.data_offset, chunk.data_length, chunk.data_crc, chunk.min_timestamp,
+                    chunk.max_timestamp, tuple(n for a in appends for n in a.summary.batch_records),
+                    tuple(n for a in appends for n in a.summary.batch_sizes),
+                )
+                todo.append((p, appends))
+                requests.append(Append(p, location, chunk.record_count, chunk.data_length))
+        if not requests:
             return
         try:
-            entry = await self.index.append(p, location, chunk.record_count, chunk.data_length)
+            results = await self.index.append_batch(requests)
         except Exception as e:
-            log.warning("index append for %s failed: %r", p, e)
-            _fail(appends, FlushError(f"index commit failed: {e!r}"))
-            return
-        offset = entry.start
-        for a in appends:
-            if not a.future.done():
-                a.future.set_result(offset)
-            offset += a.summary.record_count
-        if self.on_commit is not None:
-            self.on_commit(p, entry, [a.data for a in appends])
+            results = [e] * len(requests)
+        for (p, appends), entry in zip(todo, results):
+            if isinstance(entry, Exception):
+                log.warning("index append for %s failed: %r", p, entry)
+                _fail(appends, FlushError(f"index commit failed: {entry!r}"))
+                continue
+            offset = entry.start
+            for a in appends:
+                if not a.future.done():
+                    a.future.set_result(offset)
+                offset += a.summary.record_count
+            if self.on_commit is not None:
+                self.on_commit(p, entry, [a.data for a in appends])
 
 
 def _fail(appends: list[_Append], error: Exception) -> None:

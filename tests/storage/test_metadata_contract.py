@@ -26,6 +26,7 @@ from dray_broker.metadata import (
     MetadataStore,
     Notification,
     NotificationType,
+    SequentialPut,
     SessionExpiredError,
     VersionMismatchError,
     open_metadata_store,
@@ -366,6 +367,57 @@ async def test_put_sequential_rewinds_after_deleting_newest(metadata_store: Meta
     assert o.key == sequence_key(pfx + "p2/other", [7, 70])
     e7 = await s.put_sequential(prefix, b"7", [1, 1], partition_key=pk)
     assert e7.key == sequence_key(prefix, [5, 41])
+
+
+async def test_put_sequential_batch_each_put_on_its_own(store_factory: StoreFactory, pfx: str):
+    """A batch appends to several sequences at once, concurrently with single appends from another store; each
+    put of a batch commits or fails by itself."""
+    stores = [await store_factory.open(), await store_factory.open()]
+    pk = pfx + "p3"
+    prefixes = [pfx + f"p3/s{i}" for i in range(4)]
+    results: dict[str, list[tuple[Entry, list[int]]]] = {prefix: [] for prefix in prefixes}
+
+    async def batches():
+        for i in range(10):
+            deltas = [[1 + (i + j) % 3, 10 + j] for j in range(len(prefixes))]
+            out = await stores[0].put_sequential_batch(
+                [SequentialPut(prefix, b"b%d" % i, d, pk) for prefix, d in zip(prefixes, deltas)])
+            assert len(out) == len(prefixes)
+            for prefix, d, e in zip(prefixes, deltas, out):
+                assert isinstance(e, Entry) and e.value == b"b%d" % i
+                results[prefix].append((e, d))
+
+    async def singles():
+        for i in range(10):
+            for prefix in prefixes[:2]:
+                results[prefix].append((await stores[1].put_sequential(prefix, b"s", [2, 1], partition_key=pk), [2, 1]))
+
+    await asyncio.gather(batches(), singles())
+    for prefix in prefixes:
+        keys = await stores[0].list(prefix + "-", prefix + "-~", partition_key=pk)
+        check_dense(prefix, results[prefix], keys)
+
+    # A put the store refuses (fewer sums than the sequence has) fails alone; the others of its batch commit.
+    three = pfx + "p3/three"
+    await stores[0].put_sequential(three, b"", [1, 1, 1], partition_key=pk)
+    before = parse_sequence_key(prefixes[0], (await stores[0].list(prefixes[0] + "-", prefixes[0] + "-~",
+                                                                   partition_key=pk))[-1])
+    out = await stores[0].put_sequential_batch([SequentialPut(three, b"x", [1], pk),
+                                                SequentialPut(prefixes[0], b"y", [1, 1], pk)])
+    assert isinstance(out[0], Exception)
+    assert out[1].key == sequence_key(prefixes[0], [before[0] + 1, before[1] + 1])
+    assert await stores[0].list(three + "-", three + "-~", partition_key=pk) == [sequence_key(three, [1, 1, 1])]
+    assert await stores[0].put_sequential_batch([]) == []
+
+    # Puts under one prefix apply in the order given, also on a store that has not seen the prefix yet.
+    fresh = await store_factory.open()
+    a, b = prefixes[1], pfx + "p3/new"
+    top = parse_sequence_key(a, (await fresh.list(a + "-", a + "-~", partition_key=pk))[-1])
+    out = await fresh.put_sequential_batch([SequentialPut(a, b"1", [1, 1], pk), SequentialPut(b, b"2", [2, 2], pk),
+                                            SequentialPut(a, b"3", [5, 5], pk), SequentialPut(b, b"4", [1, 1], pk)])
+    assert [e.key for e in out] == [sequence_key(a, [top[0] + 1, top[1] + 1]), sequence_key(b, [2, 2]),
+                                    sequence_key(a, [top[0] + 6, top[1] + 6]), sequence_key(b, [3, 3])]
+    assert [e.value for e in out] == [b"1", b"2", b"3", b"4"]
 
 
 # ---------------------------------------------------------------------------------------------------- deletes
