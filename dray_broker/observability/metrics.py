@@ -43,6 +43,11 @@ class BrokerMetrics:
         self.store_errors = Counter("dray_store_errors", "object and metadata store calls that failed",
                                     ["store", "op"], registry=r)
         self.connections = Gauge("dray_connections", "open client connections", registry=r)
+        self.request_bytes = Gauge("dray_request_bytes", "bytes of requests being received or waiting for their "
+                                   "answers (bounded by queued_max_request_bytes)",
+                                   registry=r)
+        self.connections_waiting = Gauge("dray_connections_waiting_for_request_bytes", "connections that stopped "
+                                         "reading until requests in flight give bytes back", registry=r)
         self.compaction_lag = Gauge("dray_compaction_lag_offsets",
                                     "offsets above the compacted watermark, per partition this broker served",
                                     ["topic", "partition"], registry=r)

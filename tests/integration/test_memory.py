@@ -1,0 +1,231 @@
+"""Memory is bounded by settings, not by clients (DESIGN.md invariant 8), and bad input gets a Kafka error and
+loses nothing: hostile and greedy clients over real sockets against a broker process, whose resident memory is
+read from /proc.
+
+- a length prefix announcing 100 MiB allocates nothing until the bytes come; idle connections cost kilobytes;
+- many large pipelined produce requests are held back by queued_max_request_bytes (reading pauses), all are
+  committed, and another client is served meanwhile;
+- a client that goes away with many produce requests pipelined leaves its records committed and no asyncio
+  complaint (a coroutine never awaited, an exception never retrieved) in the broker's log.
+
+The sizes in the assertions are generous: what they tell apart is kilobytes from megabytes per connection, and a
+bound of megabytes from hundreds of them.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from kafka.protocol.producer.produce import ProduceResponse
+
+from tests.integration.brokers import BrokerProcess, free_port
+from tests.integration.clients import RawClient, create_topic, make_batch
+
+MiB = 1024 * 1024
+ASYNCIO_COMPLAINTS = ("was never awaited", "exception was never retrieved", "Task was destroyed but it is pending")
+
+
+def _status(pid: int, field: str) -> int:
+    """A size from /proc/<pid>/status (VmRSS: resident now, VmHWM: the most it ever was), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _topic(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _api_versions(sock: socket.socket, correlation_id: int) -> None:
+    """ApiVersions v0 on a raw socket, and its answer read."""
+    payload = struct.pack(">hhih", 18, 0, correlation_id, 4) + b"idle"
+    sock.sendall(struct.pack(">i", len(payload)) + payload)
+    size = struct.unpack(">i", _exactly(sock, 4))[0]
+    assert struct.unpack_from(">i", _exactly(sock, size))[0] == correlation_id
+
+
+def _exactly(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        assert chunk, "the broker closed the connection"
+        out += chunk
+    return out
+
+
+def _round_trip(bootstrap: str, topic: str, value: bytes) -> None:
+    """Produce one record with librdkafka and read it back: the broker serves."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "message.timeout.ms": 10_000,
+                         "enable.idempotence": False})
+    delivered = []
+    producer.produce(topic, value=value, partition=0,
+                     on_delivery=lambda err, msg: delivered.append((err, msg.offset())))
+    producer.flush(10)
+    assert delivered and delivered[0][0] is None, delivered
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "memory-test", "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(topic, 0, delivered[0][1])])
+        msg = _wait_for(lambda: consumer.poll(0.2), 10, "the record to come back")
+        assert msg.error() is None and msg.value() == value
+    finally:
+        consumer.close()
+
+
+def _log_end(bootstrap: str, topic: str, partition: int) -> int:
+    with RawClient(bootstrap) as c:
+        data = c.fetch({(topic, partition): 0}, max_wait_ms=0, partition_max_bytes=1024)[(topic, partition)]
+    assert data.error_code == 0, data
+    return data.high_watermark
+
+
+@pytest.fixture
+def own_broker(tmp_path):
+    """Start a broker of this test's own (its memory is measured), stopped at the end; its log is printed."""
+    started: list[BrokerProcess] = []
+
+    def start(*extra_args: str) -> BrokerProcess:
+        b = BrokerProcess(tmp_path / f"broker-{len(started)}", extra_args=list(extra_args)).start()
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+        print(f"--- log of broker {b.bootstrap} (last 30 lines)\n" + "\n".join(b.log().splitlines()[-30:]))
+
+
+# --------------------------------------------------------------------------------------------- connections
+
+
+def test_a_huge_length_prefix_allocates_nothing(own_broker):
+    """Eight connections each announce a 100 MiB request and send 4 bytes of it (before: +800 MB at once); the
+    broker stays small and keeps serving other clients."""
+    b = own_broker()
+    topic = _topic("prefix")
+    _round_trip(b.bootstrap, topic, b"warm-up")
+    before = _status(b.proc.pid, "VmRSS")
+    hostile = []
+    for _ in range(8):
+        s = socket.create_connection(("127.0.0.1", b.port), timeout=10)
+        s.sendall(struct.pack(">i", 100 * MiB) + b"\x00\x00\x00\x00")
+        hostile.append(s)
+    _round_trip(b.bootstrap, topic, b"served while 800 MiB are announced")
+    assert _status(b.proc.pid, "VmRSS") - before < 64 * MiB
+    for s in hostile:
+        s.close()
+    _round_trip(b.bootstrap, topic, b"served after")
+
+
+def test_idle_connections_cost_kilobytes(own_broker):
+    """300 connections, each answered once, then idle (before: 1 MiB of buffer each)."""
+    b = own_broker()
+    socks = [socket.create_connection(("127.0.0.1", b.port), timeout=10)]
+    _api_versions(socks[0], 0)
+    before = _status(b.proc.pid, "VmRSS")
+    for i in range(1, 301):
+        socks.append(socket.create_connection(("127.0.0.1", b.port), timeout=10))
+        _api_versions(socks[-1], i)
+    grown = _status(b.proc.pid, "VmRSS") - before
+    assert grown < 300 * 100 * 1024, f"{grown / 300 / 1024:.0f} KiB per idle connection"
+    for i, s in enumerate(socks):  # all still served
+        _api_versions(s, 1000 + i)
+        s.close()
+
+
+def test_back_pressure_holds_many_large_requests(own_broker):
+    """32 connections each pipeline 10 produce requests of 900 KB (288 MB at once) into a broker whose
+    queued_max_request_bytes is 8 MiB: its memory stays far below what is offered, every request is committed,
+    and a librdkafka client is served meanwhile."""
+    b = own_broker("--queued-max-request-bytes", str(8 * MiB), "--fetch-cache-bytes", str(MiB),
+                   "--default-partitions", "4")
+    topic, other = _topic("flood"), _topic("beside")
+    batch = make_batch([(b"k%d" % i, bytes([i % 251]) * 1000) for i in range(900)])
+    connections, requests = 32, 10
+    with RawClient(b.bootstrap) as c:
+        c.metadata([topic])
+        assert c.produce({(topic, 0): batch})[(topic, 0)].error_code == 0  # warm-up
+    _round_trip(b.bootstrap, other, b"warm-up")
+    before = _status(b.proc.pid, "VmRSS")
+    errors: list = []
+
+    def flood(n: int) -> None:
+        try:
+            with RawClient(b.bootstrap, timeout=120) as c:
+                ids = [c.send(RawClient.produce_request({(topic, n % 4): batch}), 9) for _ in range(requests)]
+                for want in ids:
+                    response = c.receive(ProduceResponse, 9)
+                    assert response.header.correlation_id == want
+                    p = response.responses[0].partition_responses[0]
+                    assert p.error_code == 0, p
+        except BaseException as e:  # noqa: BLE001 - checked below
+            errors.append(e)
+
+    threads = [threading.Thread(target=flood, args=(n,)) for n in range(connections)]
+    for t in threads:
+        t.start()
+    _round_trip(b.bootstrap, other, b"served during the flood")
+    for t in threads:
+        t.join(180)
+    assert not errors, errors[:3]
+    peak = _status(b.proc.pid, "VmHWM") - before
+    offered = connections * requests * len(batch)
+    assert peak < 128 * MiB, f"peak RSS grew {peak / MiB:.0f} MiB for {offered / MiB:.0f} MiB offered"
+    total = sum(_log_end(b.bootstrap, topic, p) for p in range(4))
+    assert total == 900 * (1 + connections * requests)
+
+
+# --------------------------------------------------------------------------------------------- closing
+
+
+def _metric(http_port: int, name: str) -> float:
+    """A sample of the broker's /metrics (0 when a labelled counter has not been counted yet)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_client_gone_with_produces_in_flight_leaves_them_committed(own_broker):
+    """30 produce requests pipelined on one socket, which is reset while they wait for their WAL flush (1 s): every
+    record is committed (a produce that was committed stays committed; its answer is dropped), the request bytes
+    all go back to the budget, and the broker logs no asyncio complaint."""
+    http_port = free_port()
+    b = own_broker("--flush-ms", "1000", "--http-listen", f"127.0.0.1:{http_port}")
+    topic = _topic("gone")
+    create_topic(b.bootstrap, topic, 1)
+    produced = _metric(http_port, 'dray_requests_total{api="Produce"}')
+    batch = make_batch([(b"k%d" % i, b"v%d" % i) for i in range(10)])
+    request = RawClient.produce_request({(topic, 0): batch}, acks=-1)
+    request.with_header(correlation_id=1, client_id="gone")
+    data = bytes(request.encode(version=9, header=True, framed=True))
+    with RawClient(b.bootstrap) as c:
+        c.sock.sendall(data * 30)
+        _wait_for(lambda: _metric(http_port, 'dray_requests_total{api="Produce"}') == produced + 30, 10,
+                  "the broker to read the 30 requests")
+        assert _log_end(b.bootstrap, topic, 0) == 0  # they wait for the flush
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+    _wait_for(lambda: _log_end(b.bootstrap, topic, 0) == 300, 30, "all 300 records to be committed")
+    _wait_for(lambda: _metric(http_port, "dray_request_bytes") == 0, 10, "the request bytes to be given back")
+    _round_trip(b.bootstrap, topic, b"served after")
+    b.stop()
+    complaints = [line for line in b.log().splitlines() if any(c in line for c in ASYNCIO_COMPLAINTS)]
+    assert not complaints, complaints
