@@ -61,11 +61,12 @@ async def handle_produce(broker, req: Request):
 
 
 def _append(broker, topic, index: int, records, version: int) -> tuple[ErrorCode | asyncio.Future, str | None]:
+    max_bytes = topic.int_config("max.message.bytes")
     try:
         if version < 3 and _is_legacy(records):
-            records = up_convert(records, now_ms=int(time.time() * 1000))
+            records = up_convert(records, now_ms=int(time.time() * 1000), max_bytes=max_bytes)
             broker.metrics.produce_conversions.inc()
-        summary = validate_batches(records, topic.int_config("max.message.bytes"))
+        summary = validate_batches(records, max_bytes)
     except InvalidBatchError as e:
         return ErrorCode(e.kafka_error), str(e)
     if summary.is_transactional:

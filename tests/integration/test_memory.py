@@ -5,6 +5,8 @@ read from /proc.
 - a length prefix announcing 100 MiB allocates nothing until the bytes come; idle connections cost kilobytes;
 - many large pipelined produce requests are held back by queued_max_request_bytes (reading pauses), all are
   committed, and another client is served meanwhile;
+- a gzip bomb (a small batch, built by kafka-python, whose records inflate far beyond max.message.bytes) gets
+  MESSAGE_TOO_LARGE and nothing is stored; so does an old client's compressed message set;
 - a client that goes away with many produce requests pipelined leaves its records committed and no asyncio
   complaint (a coroutine never awaited, an exception never retrieved) in the broker's log.
 
@@ -25,12 +27,16 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from kafka.protocol.old import produce as old_produce
 from kafka.protocol.producer.produce import ProduceResponse
+from kafka.record.default_records import DefaultRecordBatchBuilder
+from kafka.record.legacy_records import LegacyRecordBatchBuilder
 
 from tests.integration.brokers import BrokerProcess, free_port
-from tests.integration.clients import RawClient, create_topic, make_batch
+from tests.integration.clients import RawClient, create_topic, decode_records, make_batch
 
 MiB = 1024 * 1024
+MESSAGE_TOO_LARGE = 10
 ASYNCIO_COMPLAINTS = ("was never awaited", "exception was never retrieved", "Task was destroyed but it is pending")
 
 
@@ -192,6 +198,55 @@ def test_back_pressure_holds_many_large_requests(own_broker):
     assert peak < 128 * MiB, f"peak RSS grew {peak / MiB:.0f} MiB for {offered / MiB:.0f} MiB offered"
     total = sum(_log_end(b.bootstrap, topic, p) for p in range(4))
     assert total == 900 * (1 + connections * requests)
+
+
+# --------------------------------------------------------------------------------------------- decompression bombs
+
+
+def _gzip_bomb(inflated_mib: int) -> bytes:
+    """A v2 batch built by kafka-python's producer code: inflated_mib records of 1 MiB of zeros, gzip."""
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=1, is_transactional=False, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 31)
+    for i in range(inflated_mib):
+        builder.append(i, 1_700_000_000_000, b"k", bytes(MiB), [])
+    return bytes(builder.build())
+
+
+def test_a_gzip_bomb_is_refused_and_nothing_is_stored(broker):
+    """A 256 KiB gzip batch whose records inflate to 256 MiB (max.message.bytes: 1 MiB) gets MESSAGE_TOO_LARGE;
+    the other partition of the same request is stored; the partition holds nothing; the broker serves on."""
+    topic = _topic("bomb")
+    create_topic(broker.bootstrap, topic, 2)
+    bomb = _gzip_bomb(256)
+    assert len(bomb) < MiB
+    good = make_batch([(b"k", b"fits")], codec="gzip")
+    with RawClient(broker.bootstrap) as c:
+        c.metadata([topic])
+        response = c.produce({(topic, 0): bomb, (topic, 1): good})
+        assert response[(topic, 0)].error_code == MESSAGE_TOO_LARGE, response
+        assert response[(topic, 1)].error_code == 0, response
+        fetched = c.fetch({(topic, 0): 0, (topic, 1): 0})
+    assert fetched[(topic, 0)].high_watermark == 0 and not decode_records(fetched[(topic, 0)].records)
+    assert [v for _, _, v in decode_records(fetched[(topic, 1)].records)] == [b"fits"]
+    _round_trip(broker.bootstrap, topic, b"served after the bomb")
+
+
+def test_an_old_clients_compressed_message_set_is_bounded_too(broker):
+    """Produce v1 with a gzip wrapper of magic 0 messages inflating to 64 MiB: MESSAGE_TOO_LARGE, nothing stored."""
+    topic = _topic("legacy-bomb")
+    create_topic(broker.bootstrap, topic, 1)
+    legacy = LegacyRecordBatchBuilder(0, LegacyRecordBatchBuilder.CODEC_GZIP, 1 << 31)
+    for i in range(64):
+        legacy.append(i, None, b"k", bytes(MiB))
+    request = old_produce.ProduceRequest_v1(acks=-1, timeout_ms=10_000,
+                                            topic_data=[(topic, [(0, bytes(legacy.build()))])])
+    request.with_header(correlation_id=7, client_id="kafka-0.9")
+    with RawClient(broker.bootstrap) as c:
+        c.sock.sendall(request.encode(header=True, framed=True))
+        response = old_produce.ProduceResponse_v1.decode(c.receive_frame(), header=True)
+    [(name, [partition])] = response.responses
+    assert name == topic and partition[1] == MESSAGE_TOO_LARGE, response
+    assert _log_end(broker.bootstrap, topic, 0) == 0
 
 
 # --------------------------------------------------------------------------------------------- closing
