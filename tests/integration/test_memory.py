@@ -26,7 +26,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 from kafka.protocol.old import produce as old_produce
 from kafka.protocol.producer.produce import ProduceResponse
 from kafka.record.default_records import DefaultRecordBatchBuilder
@@ -34,6 +35,8 @@ from kafka.record.legacy_records import LegacyRecordBatchBuilder
 
 from tests.integration.brokers import BrokerProcess, free_port
 from tests.integration.clients import RawClient, create_topic, decode_records, make_batch
+from tests.integration.java_client import JavaClient, ensure_built
+from tests.integration.java_client import Record as JavaRecord
 
 MiB = 1024 * 1024
 MESSAGE_TOO_LARGE = 10
@@ -102,6 +105,11 @@ def _log_end(bootstrap: str, topic: str, partition: int) -> int:
         data = c.fetch({(topic, partition): 0}, max_wait_ms=0, partition_max_bytes=1024)[(topic, partition)]
     assert data.error_code == 0, data
     return data.high_watermark
+
+
+@pytest.fixture(scope="module")
+def java() -> JavaClient:
+    return JavaClient(ensure_built())
 
 
 @pytest.fixture
@@ -247,6 +255,53 @@ def test_an_old_clients_compressed_message_set_is_bounded_too(broker):
     [(name, [partition])] = response.responses
     assert name == topic and partition[1] == MESSAGE_TOO_LARGE, response
     assert _log_end(broker.bootstrap, topic, 0) == 0
+
+
+def _text_records(n: int, size: int = 1000) -> list[bytes]:
+    """Values of text that compress about 5x."""
+    words = [b"alpha", b"bravo", b"charlie", b"delta", b"echo", b"foxtrot", b"golf", b"hotel", b"india"]
+    return [b" ".join(words[(i * 7 + j * 3) % len(words)] + b"%d" % (j % 97) for j in range(200))[:size]
+            for i in range(n)]
+
+
+def test_librdkafka_gets_message_too_large_for_a_batch_that_inflates_too_far(broker):
+    """librdkafka batches up to 1 MB of records before compressing: into a topic whose max.message.bytes is 64 KiB,
+    such a batch (about 200 KiB gzip) is refused and reported to the application at once (librdkafka treats
+    MSG_SIZE_TOO_LARGE as permanent), nothing of it is stored, and small batches (the first ones librdkafka sends
+    before its batches fill, and later ones) go in."""
+    topic = _topic("inflate-rdkafka")
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": str(64 * 1024)})])[topic].result(15)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "compression.type": "gzip", "linger.ms": 200,
+                         "batch.size": 1_000_000, "message.timeout.ms": 20_000, "enable.idempotence": False})
+    reports = []
+    for value in _text_records(1000):
+        producer.produce(topic, value=value, partition=0, on_delivery=lambda err, msg: reports.append(err))
+    started = time.monotonic()
+    assert producer.flush(30) == 0
+    assert time.monotonic() - started < 15, "the refusal came only when the messages timed out"
+    refused = [e for e in reports if e is not None]
+    assert len(reports) == 1000 and len(refused) > 500, {str(e) for e in reports}
+    assert all(e.code() == KafkaError.MSG_SIZE_TOO_LARGE for e in refused), {str(e) for e in refused}
+    assert _log_end(broker.bootstrap, topic, 0) == 1000 - len(refused)  # what was acked, nothing refused
+    _round_trip(broker.bootstrap, topic, b"a small batch fits")
+
+
+def test_the_java_producer_splits_a_batch_that_inflates_too_far(broker, java):
+    """The Java producer answers MESSAGE_TOO_LARGE by splitting the batch (its estimate of the compression ratio
+    lets a batch's records grow past batch.size, here the topic's max.message.bytes): every record is acked once,
+    in order, and reads back the same."""
+    topic = _topic("inflate-java")
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": "100000"})])[topic].result(15)
+    values = _text_records(3000)
+    records = [JavaRecord(key=b"k%d" % i, value=v, partition=0) for i, v in enumerate(values)]
+    acks = java.produce(broker.bootstrap, topic, records,
+                        props={"compression.type": "gzip", "batch.size": 100000, "linger.ms": 50})
+    assert [a.offset for a in sorted(acks, key=lambda a: a.offset)] == list(range(3000))
+    assert all(a.offset == a.index for a in acks), "records were acked out of order"
+    got = java.consume(broker.bootstrap, topic, count=3000, assign="all")
+    assert [(r.offset, r.value) for r in got] == list(enumerate(values))
 
 
 # --------------------------------------------------------------------------------------------- closing
