@@ -192,6 +192,7 @@ def traffic(args, tmp: str) -> None:
             if i % 2000 == 0:
                 producer.poll(0)
         producer.flush(300)
+        del producer  # its threads would try to reconnect once the broker stops
         produce_s = time.perf_counter() - started
         produce_peak = sampler.take_peak()
         after_produce = rss_bytes(pid)

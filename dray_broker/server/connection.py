@@ -309,7 +309,7 @@ class Connection(asyncio.BufferedProtocol):
         self._budget.release(reserved)
 
     def _update_reading(self) -> None:
-        if self._lost or self._transport is None:
+        if self._closing or self._transport is None:
             return
         in_flight = len(self._frames) + len(self._responses)
         if in_flight > MAX_IN_FLIGHT:
