@@ -79,15 +79,17 @@ def create_topic(bootstrap: str, topic: str, partitions: int, config: dict[str, 
 
 
 def produce(bootstrap: str, topic: str, *, records: int, size: int = 1024, partitions: int = 8, rate: int = 0,
-            linger_ms: float = 5, count_requests: bool = False) -> ProduceResult:
+            linger_ms: float = 5, count_requests: bool = False, compression: str = "none",
+            values: list[bytes] | None = None) -> ProduceResult:
     """Produce records (keys "0", "1", ..., round-robin over the partitions) as fast as possible, or at a fixed
-    rate (records/s); wait for every delivery report."""
-    value = os.urandom(size)
+    rate (records/s); wait for every delivery report. Values cycle through `values` (default: one random value of
+    `size` bytes)."""
+    values = values or [os.urandom(size)]
     stats: list[dict] = []
     config = {
         "bootstrap.servers": bootstrap, "acks": "all", "linger.ms": linger_ms, "batch.size": 1_000_000,
         "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 2_000_000,
-        "enable.idempotence": False, "log_level": 3,
+        "enable.idempotence": False, "log_level": 3, "compression.type": compression,
     }
     if count_requests:
         config.update({"statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": lambda s: stats.append(json.loads(s))})
@@ -105,7 +107,8 @@ def produce(bootstrap: str, topic: str, *, records: int, size: int = 1024, parti
     def send(i: int) -> None:
         while True:
             try:
-                producer.produce(topic, value=value, key=b"%d" % i, partition=i % partitions, on_delivery=delivered)
+                producer.produce(topic, value=values[i % len(values)], key=b"%d" % i, partition=i % partitions,
+                                 on_delivery=delivered)
                 return
             except BufferError:
                 producer.poll(0.001)

@@ -47,6 +47,10 @@ class Settings(BaseModel):
                             "flushes are being written (with none in flight, a flush starts at once)")
     flush_bytes: int = Field(4 * 1024 * 1024, gt=0, description="buffered bytes that trigger a WAL flush")
     max_request_bytes: int = Field(100 * 1024 * 1024, gt=0, description="largest request frame accepted")
+    queued_max_request_bytes: int = Field(256 * 1024 * 1024, gt=0, description="bytes of requests being received or "
+                                          "waiting for their answers, across all connections (Kafka's "
+                                          "queued.max.request.bytes): past it, connections stop reading until "
+                                          "answers go out (one request larger than this still passes, alone)")
     auto_create_topics: bool = Field(True, description="create unknown topics on Metadata/Produce")
     default_partitions: int = Field(1, gt=0, description="partitions of an auto-created topic")
     session_timeout_ms: int = Field(6000, ge=1000, description="metadata store session: a dead broker's keys "

@@ -50,6 +50,11 @@ class BrokerMetrics:
                                         "metadata session generation (1 + sessions lost and renewed)", registry=r)
         self.session_alive = Gauge("dray_metadata_session_alive", "1 while the metadata session is alive",
                                    registry=r)
+        self.request_bytes = Gauge("dray_request_bytes", "bytes of requests being received or waiting for their "
+                                   "answers (bounded by queued_max_request_bytes)",
+                                   registry=r)
+        self.connections_waiting = Gauge("dray_connections_waiting_for_request_bytes", "connections that stopped "
+                                         "reading until requests in flight give bytes back", registry=r)
         self.compaction_lag = Gauge("dray_compaction_lag_offsets",
                                     "offsets above the compacted watermark, per partition this broker served",
                                     ["topic", "partition"], registry=r)

@@ -38,9 +38,11 @@ from dray_broker.protocol.codec import (
 )
 from dray_broker.routing.metadata_api import handle_metadata
 from dray_broker.routing.registry import BrokerInfo, BrokerRegistry, allocate_broker_id
+from dray_broker.server import allocator
 from dray_broker.server.broker_dir import BrokerDir, broker_id_of, lock_data_dir
 from dray_broker.server.connection import NO_RESPONSE, Connection
 from dray_broker.server.faults import Faults
+from dray_broker.server.request_budget import RequestBudget
 from dray_broker.topics.catalog import TopicCatalog
 from dray_broker.version import VERSION
 
@@ -53,6 +55,10 @@ DRAIN_TIMEOUT_S = 10.0
 DRAIN_REPORT_S = 1.0  # while draining, say what it waits for this often
 # Compaction lag gauges cover at most this many partitions (one metadata read each per scrape).
 MAX_LAG_PARTITIONS = 1000
+# Connections are swept (idle receive buffers given back, stalled frames closed) this often; freed memory is
+# handed back to the system every TRIM_EVERY sweeps.
+SWEEP_S = 1.0
+TRIM_EVERY = 5
 
 
 def default_handlers() -> dict[int, Handler]:
@@ -85,8 +91,10 @@ class Broker:
         self.metadata: MetadataStore | None = None
         self.objects: ObjectStore | None = None
         self.connections: set[Connection] = set()
+        self.request_budget = RequestBudget(settings.queued_max_request_bytes)
         self._server: asyncio.Server | None = None
         self._index_watch_task: asyncio.Task | None = None
+        self._sweep_task: asyncio.Task | None = None
         self.cluster_id = ""
         self.broker_id = -1
         self.dir: BrokerDir | None = None
@@ -98,6 +106,8 @@ class Broker:
         s = self.settings
         self.dir = lock_data_dir(s.data_dir, s.listen)
         self.metrics = BrokerMetrics()
+        self.metrics.request_bytes.set_function(lambda: self.request_budget.used)
+        self.metrics.connections_waiting.set_function(lambda: self.request_budget.waiting)
         self.metadata = timed_metadata_store(
             await open_metadata_store(s.metadata_url, session_timeout_ms=s.session_timeout_ms), self.metrics)
         self.objects = timed_object_store(open_object_store(s.object_store_url), self.metrics)
@@ -119,6 +129,7 @@ class Broker:
                                         expiration_ms=s.producer_id_expiration_ms)
         index_watch = await self.metadata.watch(INDEX_PREFIX)
         self._index_watch_task = asyncio.create_task(self._follow_index(index_watch), name="index-watch")
+        self._sweep_task = asyncio.create_task(self._sweep(), name="connection-sweep")
         host, port = s.listen.rsplit(":", 1)
         self._server = await asyncio.get_running_loop().create_server(
             self._new_connection,
@@ -143,7 +154,8 @@ class Broker:
                  s.metadata_url, s.object_store_url)
 
     def _new_connection(self) -> Connection:
-        conn = Connection(self.handle_frame, self.settings.max_request_bytes, self._connection_closed)
+        conn = Connection(self.handle_frame, self.settings.max_request_bytes, self._connection_closed,
+                          self.request_budget)
         self.connections.add(conn)
         self.metrics.connections.inc()
         return conn
@@ -151,6 +163,16 @@ class Broker:
     def _connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
         self.metrics.connections.dec()
+
+    async def _sweep(self) -> None:
+        sweeps = 0
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            for conn in list(self.connections):
+                conn.sweep()
+            sweeps += 1
+            if sweeps % TRIM_EVERY == 0:
+                allocator.release_free_memory()
 
     async def refresh_gauges(self) -> None:
         """Gauges computed at scrape time: the metadata session, compaction lag of the partitions this broker has
@@ -193,6 +215,8 @@ class Broker:
             c.close("broker shutting down")
         if self._index_watch_task:
             self._index_watch_task.cancel()
+        if self._sweep_task:
+            self._sweep_task.cancel()
         await self.registry.stop()
         await self.topics.stop()
         await self.objects.close()
@@ -270,6 +294,8 @@ class Broker:
     async def _encode_later(self, req: Request, metrics: ApiMetrics, started: float, pending) -> list | None:
         try:
             response = await pending
+            if response is NO_RESPONSE:  # acks=0: nothing to answer once its batches are committed
+                return NO_RESPONSE
         except ConnectionResetError as e:
             log.warning("dropping the connection: %s", e)
             return None
