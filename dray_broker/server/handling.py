@@ -26,7 +26,11 @@ T = TypeVar("T")
 S = TypeVar("S")
 
 
-@dataclass(frozen=True, slots=True)
+# RequestContext, Response and Deferred are made for every request: plain slotted dataclasses (a frozen one costs
+# twice as much to make).
+
+
+@dataclass(slots=True)
 class RequestContext:
     """Who sent a request, as the handlers need it. (The authenticated principal goes here with authentication.)"""
 
@@ -34,7 +38,7 @@ class RequestContext:
     client_host: str  # "/<ip>" of the peer, as Kafka reports it (JoinGroup, ConsumerGroupHeartbeat keep it)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Response:
     """An answer to send: a kio response entity of the request's version, or an EncodedBody (protocol/codec.py) the
     handler encoded itself."""
@@ -54,7 +58,7 @@ class NoResponse:
 NO_RESPONSE = NoResponse()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Deferred(Generic[T]):
     """An answer that comes later: `answer` is awaited after the connection moved on to its next request."""
 
