@@ -98,8 +98,8 @@ def test_a_taken_port_or_data_directory_is_explained(embedded_broker, tmp_path):
 
 def test_help_shows_every_setting_with_its_variable_and_default():
     broker_help = " ".join(dray(None, "broker", "--help").stdout.split())
-    assert "--flush-ms MS longest a produced batch waits before its WAL flush [env DRAY_FLUSH_MS, default 10.0]" \
-        in broker_help
+    assert "--flush-ms MS longest a produced batch waits for its WAL flush while other flushes are being written " \
+           "(with none in flight, a flush starts at once) [env DRAY_FLUSH_MS, default 10.0]" in broker_help
     assert "--auto-create-topics, --no-auto-create-topics create unknown topics on Metadata/Produce [env " \
            "DRAY_AUTO_CREATE_TOPICS, default on]" in broker_help
     assert "--data-dir DIR where embedded defaults keep their files [env DRAY_DATA_DIR, default ./dray-data]" \
