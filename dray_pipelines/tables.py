@@ -53,8 +53,8 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
+from dray_broker.config import LakeSettings
 from dray_broker.fetch import compacted as C
-from dray_pipelines.settings import LakeSettings
 
 log = logging.getLogger(__name__)
 
