@@ -293,7 +293,8 @@ class LakeSettings(StorageSettings):
 
     namespace: str = Field("dray", description="Iceberg namespace of the topic tables")
     compact_bytes: int = Field(64 * MiB, ge=0, description="uncompacted WAL bytes of a partition that start a run")
-    compact_age_ms: int = Field(10 * 60_000, ge=0, description="age of the oldest uncompacted WAL entry that starts a run")
+    compact_age_ms: int = Field(10 * 60_000, ge=0, description="age of the oldest uncompacted WAL entry that starts a "
+                                "run")
     compact_max_bytes: int = Field(256 * MiB, gt=0, description="most WAL bytes one compaction run takes")
     row_group_bytes: int = Field(8 * MiB, gt=0, description="record bytes per Parquet row group (one fetch unit)")
     row_group_records: int = Field(32_768, gt=0, description="most records per Parquet row group")

@@ -50,8 +50,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "compact", help="run pending compaction, index swaps, retention and GC once, in process",
         description="Evaluate the pipeline's sensors once and execute the runs they request, in this process, "
-                    "through the same Dagster definitions the daemon uses. Thresholds come from DRAY_* variables or the "
-                    "--config file.")
+                    "through the same Dagster definitions the daemon uses. Thresholds come from DRAY_* variables "
+                    "or the --config file.")
     add_flags(p, LakeSettings, STORAGE_FIELDS)
     p.add_argument("--all", action="store_true",
                    help="ignore the size/age thresholds: compact everything committed so far")

@@ -19,10 +19,10 @@ import json
 import os
 import re
 import shlex
-from unittest import mock
 from collections import Counter
 from importlib.metadata import entry_points
 from pathlib import Path
+from unittest import mock
 from urllib.parse import parse_qs, urlparse
 
 import click
