@@ -15,6 +15,7 @@ from typing import Any, Coroutine
 
 from dray_broker.cluster_identity import ensure_cluster_identity
 from dray_broker.config import Settings
+from dray_broker.faults import FAULTS
 from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.fetch.reader import PartitionReader
 from dray_broker.groups.coordinator import GroupCoordinator, config_from_settings, consumer_config_from_settings
@@ -31,7 +32,6 @@ from dray_broker.server import allocator
 from dray_broker.server.broker_dir import broker_id_of, lock_data_dir
 from dray_broker.server.connection import Connection
 from dray_broker.server.dispatch import Dispatcher
-from dray_broker.server.faults import Faults
 from dray_broker.server.handling import NoService
 from dray_broker.server.request_budget import RequestBudget
 from dray_broker.server.routes import ROUTES
@@ -57,7 +57,8 @@ class Broker:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = BrokerMetrics()
-        self.faults = Faults()
+        self.faults = FAULTS
+        self.faults.load()  # DRAY_FAULTS: a malformed one stops the broker here, not at its first produce
         self.request_budget = RequestBudget(settings.queued_max_request_bytes)
         self.metrics.request_bytes.set_function(lambda: self.request_budget.used)
         self.metrics.connections_waiting.set_function(lambda: self.request_budget.waiting)

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 from dray_broker.config import Settings
+from dray_broker.faults import Faults
 from dray_broker.fetch.reader import PartitionReader
 from dray_broker.groups.coordinator import GroupCoordinator
 from dray_broker.index.offsets import OffsetIndex
@@ -17,7 +18,6 @@ from dray_broker.produce.producers import ProducerStates
 from dray_broker.produce.wal_writer import WalWriter
 from dray_broker.routing.registry import BrokerInfo, BrokerRegistry
 from dray_broker.routing.zones import owner
-from dray_broker.server.faults import Faults
 from dray_broker.topics.catalog import TopicCatalog
 
 
