@@ -19,6 +19,7 @@ from dray_broker.metadata.base import (
     VersionMismatchError,
     Watch,
 )
+from dray_broker.metadata.keys import hierarchical_sort_key
 
 __all__ = [
     "MUST_NOT_EXIST",
@@ -34,6 +35,7 @@ __all__ = [
     "SessionLife",
     "VersionMismatchError",
     "Watch",
+    "hierarchical_sort_key",
     "open_metadata_store",
 ]
 

@@ -62,8 +62,8 @@ from dray_broker.metadata.base import (
     SessionLife,
     VersionMismatchError,
     Watch,
-    hierarchical_sort_key,
 )
+from dray_broker.metadata.keys import KeyPrefix, hierarchical_sort_key
 
 log = logging.getLogger("dray.metadata.oxia")
 
@@ -96,9 +96,13 @@ _RETRIABLE_DETAILS = (
 _SESSION_NOT_FOUND = "session not found"  # 108
 
 _INTERNAL_PREFIX = "__oxia/"
-# Every key whose first segment is "__oxia" (Oxia's own) sorts in [_INTERNAL_LO, _INTERNAL_HI).
+# Every key whose first segment is "__oxia" (Oxia's own) sorts in [_INTERNAL_LO, _INTERNAL_HI): the server takes
+# "__oxia\0/" as the first key after them. In sort-key space they fill [_INTERNAL_LO_SK, _INTERNAL_HI_SK): every
+# sort key that starts with the directory segment 0x01 "__oxia" 0x00.
 _INTERNAL_LO = "__oxia/"
 _INTERNAL_HI = "__oxia\x00/"
+_INTERNAL_LO_SK = hierarchical_sort_key(_INTERNAL_LO)
+_INTERNAL_HI_SK = b"\x01__oxia\x01"
 
 _COMPARISON_CODE = {
     Comparison.EQUAL: 0,
@@ -493,56 +497,17 @@ def _dec_create_session_response(buf: bytes) -> int:
 # Key order helpers
 
 
-def compare_keys(a: str, b: str) -> int:
-    """Oxia's key order (common/compare.CompareWithSlash), exactly: -1, 0 or 1."""
-    x = a.encode()
-    y = b.encode()
-    while x and y:
-        ia = x.find(b"/")
-        ib = y.find(b"/")
-        if ia < 0 and ib < 0:
-            return (x > y) - (x < y)
-        if ia < 0:
-            return -1
-        if ib < 0:
-            return 1
-        sa, sb = x[:ia], y[:ib]
-        if sa != sb:
-            return (sa > sb) - (sa < sb)
-        x, y = x[ia + 1 :], y[ib + 1 :]
-    return (len(x) > len(y)) - (len(x) < len(y))
-
-
 def _user_ranges(start: str, end: str) -> list[tuple[str, str]]:
     """[start, end) without Oxia's internal block [__oxia/, __oxia\\0/)."""
-    if compare_keys(start, end) >= 0:
+    a, b = hierarchical_sort_key(start), hierarchical_sort_key(end)
+    if a >= b:
         return []
     out = []
-    if compare_keys(start, _INTERNAL_LO) < 0:
-        out.append((start, end if compare_keys(end, _INTERNAL_LO) <= 0 else _INTERNAL_LO))
-    if compare_keys(end, _INTERNAL_HI) > 0:
-        out.append((start if compare_keys(start, _INTERNAL_HI) >= 0 else _INTERNAL_HI, end))
+    if a < _INTERNAL_LO_SK:
+        out.append((start, end if b <= _INTERNAL_LO_SK else _INTERNAL_LO))
+    if b > _INTERNAL_HI_SK:
+        out.append((start if a >= _INTERNAL_HI_SK else _INTERNAL_HI, end))
     return out
-
-
-def _prefix_blocks(prefix: str) -> tuple[bytes, bytes]:
-    """The two byte prefixes, in hierarchical_sort_key space, of the keys that start with prefix: same depth
-    (the last segment starts with the prefix's last part) and deeper (a directory segment starts with it)."""
-    head, sep, last = prefix.rpartition("/")
-    base = hierarchical_sort_key(head + sep + "x")[:-2] if sep else b""
-    r = last.encode()
-    return base + b"\x00" + r, base + b"\x01" + r
-
-
-def range_touches_prefix(start: str, end: str, prefix: str) -> bool:
-    """Whether [start, end) (hierarchical order) may contain a key that starts with prefix."""
-    a = hierarchical_sort_key(start)
-    b = hierarchical_sort_key(end)
-    for q in _prefix_blocks(prefix):
-        lo = a if a > q else q
-        if lo.startswith(q) and lo < b:
-            return True
-    return False
 
 
 def shard_hash(key: str) -> int:
@@ -1129,10 +1094,10 @@ class _NotificationFeed:
                 if t is None:
                     continue
                 if t is NotificationType.RANGE_DELETED:
-                    if range_last is None or not range_touches_prefix(key, range_last, w.prefix):
+                    if range_last is None or not w.prefix.touches_range(key, range_last):
                         continue
                     w._push(Notification(key, t, None, range_last))
-                elif key.startswith(w.prefix):
+                elif w.prefix.matches(key):
                     w._push(Notification(key, t, None if t is NotificationType.DELETED else version_id))
 
     async def close(self) -> None:
@@ -1145,7 +1110,7 @@ class _NotificationFeed:
 class OxiaWatch(Watch):
     def __init__(self, store: "OxiaMetadataStore", prefix: str) -> None:
         self.store = store
-        self.prefix = prefix
+        self.prefix = KeyPrefix(prefix)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.closed = False
 
@@ -1466,8 +1431,9 @@ class OxiaMetadataStore(MetadataStore):
         and with it the other gets of its Read call. User keys starting with '/' sort before the block."""
         if comparison is Comparison.EQUAL:
             return await self._get_simple(shard, key, comparison)
-        below = key.startswith("/") or compare_keys(key, _INTERNAL_LO) < 0
-        above = not below and compare_keys(key, _INTERNAL_HI) >= 0
+        sk = hierarchical_sort_key(key)
+        below = key.startswith("/") or sk < _INTERNAL_LO_SK
+        above = not below and sk >= _INTERNAL_HI_SK
         if comparison in (Comparison.CEILING, Comparison.HIGHER):
             if below:
                 entry = await self._get_simple(shard, key, comparison)
@@ -1483,8 +1449,8 @@ class OxiaMetadataStore(MetadataStore):
             # Only search down from key if a user key lies in [_INTERNAL_HI, key]; else skip the block.
             first = await self._get_simple(shard, _INTERNAL_HI, Comparison.CEILING)
             if first is not None:
-                c = compare_keys(first.key, key)
-                if c < 0 or (c == 0 and comparison is Comparison.FLOOR):
+                first_sk = hierarchical_sort_key(first.key)
+                if first_sk < sk or (first_sk == sk and comparison is Comparison.FLOOR):
                     try:
                         entry = await self._get_simple(shard, key, comparison)
                     except MetadataError as e:  # raced with a delete of `first`, landed in the block

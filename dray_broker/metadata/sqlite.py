@@ -49,10 +49,10 @@ from dray_broker.metadata.base import (
     SessionLife,
     VersionMismatchError,
     Watch,
-    hierarchical_sort_key,
     parse_sequence_key,
     sequence_key,
 )
+from dray_broker.metadata.keys import KeyPrefix, hierarchical_sort_key
 
 log = logging.getLogger(__name__)
 
@@ -101,43 +101,19 @@ def _checked_deltas(deltas: Sequence[int]) -> list[int]:
     return deltas
 
 
-def _prefix_successor(b: bytes) -> bytes | None:
-    """The smallest byte string greater than every string that starts with b (None: no bound)."""
-    b = b.rstrip(b"\xff")
-    if not b:
-        return None
-    return b[:-1] + bytes([b[-1] + 1])
-
-
-def _prefix_intervals(prefix: str) -> list[tuple[bytes, bytes | None]]:
-    """The sort-key intervals [lo, hi) that hold exactly the keys starting with prefix (hierarchical order).
-
-    A key starting with 'd1/d2/s' continues the segment s either as its final segment or as a directory: two
-    contiguous intervals."""
-    parts = prefix.encode().split(b"/")
-    dirs = b"".join(b"\x01" + p + b"\x00" for p in parts[:-1])
-    out = []
-    for marker in (b"\x00", b"\x01"):
-        lo = dirs + marker + parts[-1]
-        out.append((lo, _prefix_successor(lo)))
-    return out
-
-
 class _WatchFilter:
-    __slots__ = ("prefix", "start", "intervals")
+    __slots__ = ("prefix", "start")
 
     def __init__(self, prefix: str, start: int) -> None:
-        self.prefix = prefix
+        self.prefix = KeyPrefix(prefix)
         self.start = start
-        self.intervals = _prefix_intervals(prefix)
 
     def matches(self, change_id: int, key: str, type_: int, range_end: str | None) -> bool:
         if change_id <= self.start:
             return False
         if type_ != _RANGE_DELETED:
-            return key.startswith(self.prefix)
-        lo_r, hi_r = hierarchical_sort_key(key), hierarchical_sort_key(range_end or "")
-        return any((hi is None or lo_r < hi) and lo < hi_r for lo, hi in self.intervals)
+            return self.prefix.matches(key)
+        return self.prefix.touches_range(key, range_end or "")
 
 
 class _SqliteWatch(Watch):

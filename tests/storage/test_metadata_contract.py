@@ -31,7 +31,8 @@ from dray_broker.metadata import (
     VersionMismatchError,
     open_metadata_store,
 )
-from dray_broker.metadata.base import hierarchical_sort_key, parse_sequence_key, sequence_key
+from dray_broker.metadata import hierarchical_sort_key
+from dray_broker.metadata.base import parse_sequence_key, sequence_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("metadata_child.py")

@@ -1,6 +1,7 @@
 """Oxia-specific tests of dray_broker.metadata.oxia (the shared behaviour is in test_metadata_contract.py).
 
-- the hand-written protobuf codec against the PyPI package's betterproto2 classes, key order and hashing helpers;
+- the hand-written protobuf codec against the PyPI package's betterproto2 classes, the key hash, and the ranges
+  that skip Oxia's own keys;
 - coalescing of concurrent operations into few requests, and the guards against requests the server would fail
   as a whole;
 - on private servers: multi-shard routing (checked against the Go client, `oxia client`), Oxia's own `__oxia/`
@@ -31,10 +32,12 @@ from dray_broker.metadata import (
     open_metadata_store,
 )
 from dray_broker.metadata import oxia as ox
-from dray_broker.metadata.base import hierarchical_sort_key, parse_sequence_key, sequence_key
+from dray_broker.metadata import hierarchical_sort_key
+from dray_broker.metadata.base import parse_sequence_key, sequence_key
 from dray_broker.metadata.oxia import OxiaMetadataStore
 from oxia.internal.proto.io.streamnative.oxia import proto as pb
 from tests import services
+from tests.storage.test_metadata_keys import compare_with_slash
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
@@ -228,39 +231,20 @@ def test_shard_hash_matches_the_servers_test_vectors():
     assert [ox.shard_hash(k) for k in ("foo", "bar", "baz")] == [125730186, 2687685474, 862947621]
 
 
-def _random_key(rng: random.Random) -> str:
-    segs = ["".join(rng.choice("ab-_~z0") for _ in range(rng.randint(0, 3))) for _ in range(rng.randint(1, 4))]
-    return "/".join(segs)
-
-
-def test_key_order_helpers_agree_with_hierarchical_sort_key():
-    rng = random.Random(7)
-    keys = sorted({_random_key(rng) for _ in range(400)})
-    for a in keys[:150]:
-        for b in keys[:150]:
-            ha, hb = hierarchical_sort_key(a), hierarchical_sort_key(b)
-            assert ox.compare_keys(a, b) == (ha > hb) - (ha < hb), (a, b)
-    # range_touches_prefix is exact on these keys: true iff some key in [start, end) starts with prefix.
-    for _ in range(3000):
-        start, end, prefix = _random_key(rng), _random_key(rng), _random_key(rng)[: rng.randint(0, 4)]
-        hs, he = hierarchical_sort_key(start), hierarchical_sort_key(end)
-        inside = [k for k in keys if hs <= hierarchical_sort_key(k) < he and k.startswith(prefix)]
-        if inside:
-            assert ox.range_touches_prefix(start, end, prefix), (start, end, prefix, inside)
-
-
 def test_user_ranges_skip_oxias_own_keys():
     internal = ["__oxia/commit-offset", "__oxia/term", "__oxia/notifications/000000000000000a",
                 "__oxia/session/0000000000000001", "__oxia/session/0000000000000001/%2Fa%2Fb"]
-    user = ["/a", "/dray/x/y", "a", "zz", "__oxia", "__oxib/x", "__oxi/x", "mc-1/a", "mc-1/a/b", "~/~/~"]
+    user = ["/a", "/dray/x/y", "a", "zz", "__oxia", "__oxiaz", "__oxiaa/x", "__oxib/x", "__oxi/x", "mc-1/a",
+            "mc-1/a/b", "~/~/~"]
     everything = ("", "~~/~~/~~/~~/~~")
-    for start, end in [everything, ("/", "zz/"), ("__oxia/", "__oxia/~"), ("a/", "z/")]:
+    for start, end in [everything, ("/", "zz/"), ("__oxia/", "__oxia/~"), ("a/", "z/"), ("__oxia/x", "__oxib/"),
+                       ("__oxia", "__oxia/z")]:
         ranges = ox._user_ranges(start, end)
         for k in internal:
-            assert not any(ox.compare_keys(s, k) <= 0 < ox.compare_keys(e, k) for s, e in ranges), (k, ranges)
+            assert not any(compare_with_slash(s, k) <= 0 < compare_with_slash(e, k) for s, e in ranges), (k, ranges)
         for k in user:
-            in_range = ox.compare_keys(start, k) <= 0 < ox.compare_keys(end, k)
-            covered = any(ox.compare_keys(s, k) <= 0 < ox.compare_keys(e, k) for s, e in ranges)
+            in_range = compare_with_slash(start, k) <= 0 < compare_with_slash(end, k)
+            covered = any(compare_with_slash(s, k) <= 0 < compare_with_slash(e, k) for s, e in ranges)
             assert covered == in_range, (start, end, k, ranges)
     assert ox._user_ranges("/b", "/a") == [] and ox._user_ranges("/a", "/a") == []
 
