@@ -20,6 +20,7 @@ from dray_broker.metadata.base import (
     Watch,
 )
 from dray_broker.metadata.keys import hierarchical_sort_key
+from dray_broker.metadata.sequence import parse_sequence_key, sequence_key
 
 __all__ = [
     "MUST_NOT_EXIST",
@@ -37,6 +38,8 @@ __all__ = [
     "Watch",
     "hierarchical_sort_key",
     "open_metadata_store",
+    "parse_sequence_key",
+    "sequence_key",
 ]
 
 

@@ -271,17 +271,3 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Close the session (its ephemeral keys go) and release connections."""
-
-
-def sequence_key(prefix: str, sums: Sequence[int]) -> str:
-    return prefix + "".join(f"-{s:020d}" for s in sums)
-
-
-def parse_sequence_key(prefix: str, key: str) -> list[int] | None:
-    """The sums in a key written by put_sequential under prefix, or None if key is not one."""
-    if not key.startswith(prefix + "-"):
-        return None
-    rest = key[len(prefix) + 1 :].split("-")
-    if not all(len(p) == 20 and p.isdigit() for p in rest):
-        return None
-    return [int(p) for p in rest]

@@ -64,6 +64,7 @@ from dray_broker.metadata.base import (
     Watch,
 )
 from dray_broker.metadata.keys import KeyPrefix, hierarchical_sort_key
+from dray_broker.metadata.sequence import check_sequential, check_sums_covered, newest_key_bound, sums_of_newest
 
 log = logging.getLogger("dray.metadata.oxia")
 
@@ -1615,7 +1616,7 @@ class OxiaMetadataStore(MetadataStore):
     async def put_sequential(
         self, prefix: str, value: bytes, deltas: Sequence[int], *, partition_key: str
     ) -> Entry:
-        self._check_sequential(prefix, deltas, partition_key)
+        deltas = self._check_sequential(prefix, deltas, partition_key)
         known = self._sequence_sums.get(prefix)
         if known is None:
             known = await self._newest_sequence_sums(self._shard_for(partition_key), prefix)
@@ -1639,11 +1640,11 @@ class OxiaMetadataStore(MetadataStore):
         queued = []
         for i, p in enumerate(puts):
             try:
-                self._check_sequential(p.prefix, p.deltas, p.partition_key)
+                deltas = self._check_sequential(p.prefix, p.deltas, p.partition_key)
                 sums = known[p.prefix]
                 if isinstance(sums, BaseException):
                     raise sums
-                shard, value, payload = self._sequential_put(p.prefix, p.value, p.deltas, p.partition_key, sums)
+                shard, value, payload = self._sequential_put(p.prefix, p.value, deltas, p.partition_key, sums)
                 queued.append((i, value, self._submit_write(shard, _PUT, payload, False)))
             except Exception as e:  # noqa: BLE001 - reported in the result
                 results[i] = e
@@ -1655,14 +1656,12 @@ class OxiaMetadataStore(MetadataStore):
         return results  # type: ignore[return-value]
 
     @staticmethod
-    def _check_sequential(prefix: str, deltas: Sequence[int], partition_key: str | None) -> None:
+    def _check_sequential(prefix: str, deltas: Sequence[int], partition_key: str | None) -> list[int]:
         # The server fails the whole write request (every operation coalesced with this one) on these.
-        if partition_key is None:
-            raise ValueError("put_sequential needs a partition_key")
-        if not deltas or deltas[0] <= 0 or any(d < 0 or d >= 1 << 64 for d in deltas):
-            raise ValueError(f"put_sequential deltas must be non-negative, the first > 0: {list(deltas)}")
+        checked = check_sequential(prefix, deltas, partition_key)
         if prefix.startswith(_INTERNAL_PREFIX):
             raise MetadataError(f"oxia: keys under {_INTERNAL_PREFIX} belong to Oxia")
+        return checked
 
     def _sequential_put(
         self, prefix: str, value: bytes, deltas: Sequence[int], partition_key: str, known: int
@@ -1670,8 +1669,7 @@ class OxiaMetadataStore(MetadataStore):
         """(shard, value, payload) of a checked put_sequential under a prefix whose newest key has known sums."""
         if type(value) is not bytes:
             value = bytes(value)
-        if len(deltas) < known:
-            raise MetadataError(f"put_sequential {prefix}: the newest key has {known} sums, got {len(deltas)} deltas")
+        check_sums_covered(prefix, known, deltas)
         return self._shard_for(partition_key), value, _enc_put(prefix, value, None, None, None, partition_key, deltas)
 
     def _sequential_entry(self, prefix: str, value: bytes, deltas: Sequence[int], result: tuple) -> Entry:
@@ -1684,16 +1682,11 @@ class OxiaMetadataStore(MetadataStore):
         return Entry(key, value, version_id, False)
 
     async def _newest_sequence_sums(self, shard: int, prefix: str) -> int:
-        """The number of sums in the newest key under prefix, found as the server finds it (the key below
-        'prefix-<max uint64>'). The server fails the whole write request, not just one put, when a put_sequential
-        has fewer deltas than that or the key does not parse, so both are refused here first."""
-        newest = await self._get_on_shard(shard, f"{prefix}-{(1 << 64) - 1:020d}", Comparison.LOWER)
-        if newest is None or not newest.key.startswith(prefix):
-            return 0
-        parts = newest.key[len(prefix) :].split("-")[1:]
-        if not all(p.isascii() and p.isdigit() and len(p) <= 20 for p in parts):
-            raise MetadataError(f"put_sequential {prefix}: the newest key {newest.key!r} is not a sequence key")
-        return len(parts)
+        """The number of sums in the newest key under prefix, found as the server finds it. The server fails the
+        whole write request, not just one put, when a put_sequential has fewer deltas than that or the key does
+        not parse, so both are refused here first."""
+        newest = await self._get_on_shard(shard, newest_key_bound(prefix), Comparison.LOWER)
+        return len(sums_of_newest(prefix, newest.key if newest is not None else None))
 
     async def delete(
         self, key: str, *, expected_version: int | None = None, partition_key: str | None = None

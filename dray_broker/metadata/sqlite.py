@@ -49,14 +49,19 @@ from dray_broker.metadata.base import (
     SessionLife,
     VersionMismatchError,
     Watch,
-    parse_sequence_key,
-    sequence_key,
 )
 from dray_broker.metadata.keys import KeyPrefix, hierarchical_sort_key
+from dray_broker.metadata.sequence import (
+    MAX_SUM,
+    check_sequential,
+    check_sums_covered,
+    newest_key_bound,
+    sequence_key,
+    sums_of_newest,
+)
 
 log = logging.getLogger(__name__)
 
-_MAX_SEQUENCE = 2**64 - 1  # as Oxia: sums are uint64, printed with %020d
 _BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
@@ -90,15 +95,6 @@ _CREATED = NotificationType.CREATED.value
 _MODIFIED = NotificationType.MODIFIED.value
 _DELETED = NotificationType.DELETED.value
 _RANGE_DELETED = NotificationType.RANGE_DELETED.value
-
-
-def _checked_deltas(deltas: Sequence[int]) -> list[int]:
-    deltas = [int(d) for d in deltas]
-    if not deltas:
-        raise ValueError("put_sequential needs at least one delta")
-    if deltas[0] <= 0 or any(d < 0 for d in deltas):
-        raise ValueError(f"put_sequential deltas must be >= 0 and the first > 0: {deltas}")
-    return deltas
 
 
 class _WatchFilter:
@@ -832,7 +828,7 @@ class SqliteMetadataStore(MetadataStore):
     async def put_sequential(
         self, prefix: str, value: bytes, deltas: Sequence[int], *, partition_key: str
     ) -> Entry:
-        deltas = _checked_deltas(deltas)
+        deltas = check_sequential(prefix, deltas, partition_key)
         value = bytes(value)
         return await self._submit(lambda conn: self._append_sequential(conn, prefix, value, deltas), write=True)
 
@@ -843,7 +839,7 @@ class SqliteMetadataStore(MetadataStore):
         todo: list[tuple[int, str, bytes, list[int]]] = []
         for i, p in enumerate(puts):
             try:
-                todo.append((i, p.prefix, bytes(p.value), _checked_deltas(p.deltas)))
+                todo.append((i, p.prefix, bytes(p.value), check_sequential(p.prefix, p.deltas, p.partition_key)))
                 results.append(None)
             except ValueError as e:
                 results.append(e)
@@ -865,23 +861,17 @@ class SqliteMetadataStore(MetadataStore):
 
     def _append_sequential(self, conn: sqlite3.Connection, prefix: str, value: bytes, deltas: list[int]) -> Entry:
         """Raises MetadataError before it writes anything."""
-        lo = hierarchical_sort_key(prefix + "-")
-        hi = hierarchical_sort_key(sequence_key(prefix, [_MAX_SEQUENCE]))
-        last: list[int] = []
-        for (k,) in conn.execute("SELECT key FROM kv WHERE sk >= ? AND sk < ? ORDER BY sk DESC", (lo, hi)):
-            parsed = parse_sequence_key(prefix, k)
-            if parsed is not None:
-                last = parsed
-                break
-        if len(last) > len(deltas):
-            raise MetadataError(
-                f"put_sequential {prefix}: the newest key has {len(last)} sums, got {len(deltas)} deltas"
-            )
+        row = conn.execute(
+            "SELECT key FROM kv WHERE sk >= ? AND sk < ? ORDER BY sk DESC LIMIT 1",
+            (hierarchical_sort_key(prefix + "-"), hierarchical_sort_key(newest_key_bound(prefix))),
+        ).fetchone()
+        last = sums_of_newest(prefix, row[0] if row else None)
+        check_sums_covered(prefix, len(last), deltas)
         sums = [(last[i] if i < len(last) else 0) + d for i, d in enumerate(deltas)]
-        if any(s > _MAX_SEQUENCE for s in sums):
+        if any(s > MAX_SUM for s in sums):
             raise MetadataError(f"put_sequential {prefix}: sequence overflow")
         key = sequence_key(prefix, sums)
-        # A new key: it sorts after the newest sequence key, the greatest under the prefix that parses.
+        # A new key: it sorts after the newest key under the prefix.
         version = self._write_key(conn, key, hierarchical_sort_key(key), value, False, None)
         return Entry(key, value, version, False)
 
