@@ -63,8 +63,9 @@ from dray_broker.metadata.base import (
     VersionMismatchError,
     Watch,
 )
-from dray_broker.metadata.keys import KeyPrefix, hierarchical_sort_key
+from dray_broker.metadata.keys import hierarchical_sort_key
 from dray_broker.metadata.sequence import check_sequential, check_sums_covered, newest_key_bound, sums_of_newest
+from dray_broker.metadata.watch import WatchQueue
 
 log = logging.getLogger("dray.metadata.oxia")
 
@@ -1038,16 +1039,13 @@ class _Session:
 # Notifications
 
 
-_END = object()
-
-
 class _NotificationFeed:
     """The GetNotifications stream of one shard, fanned out to this store's watches."""
 
     def __init__(self, store: "OxiaMetadataStore", shard: int) -> None:
         self.store = store
         self.shard = shard
-        self.watches: set[OxiaWatch] = set()
+        self.watches: set[WatchQueue] = set()
         self.offset: int | None = None
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -1082,7 +1080,7 @@ class _NotificationFeed:
                     if not self.ready.done():
                         self.ready.set_exception(err)
                     for w in list(self.watches):
-                        w._push(err)
+                        w.fail(err)
                     return
                 log.debug("oxia: notification stream of shard %d failed: %s", self.shard, _details(e))
                 await asyncio.sleep(backoff.next())
@@ -1090,6 +1088,7 @@ class _NotificationFeed:
     def _dispatch(self, items: list[tuple[str, int, int | None, str | None]]) -> None:
         items.sort(key=lambda it: hierarchical_sort_key(it[0]))
         for w in list(self.watches):
+            notes = []
             for key, ntype, version_id, range_last in items:
                 t = _NOTIFICATION_TYPES.get(ntype)
                 if t is None:
@@ -1097,47 +1096,17 @@ class _NotificationFeed:
                 if t is NotificationType.RANGE_DELETED:
                     if range_last is None or not w.prefix.touches_range(key, range_last):
                         continue
-                    w._push(Notification(key, t, None, range_last))
+                    notes.append(Notification(key, t, None, range_last))
                 elif w.prefix.matches(key):
-                    w._push(Notification(key, t, None if t is NotificationType.DELETED else version_id))
+                    notes.append(Notification(key, t, None if t is NotificationType.DELETED else version_id))
+            if notes:
+                w.push_many(notes)
 
     async def close(self) -> None:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
         if not self.ready.done():
             self.ready.cancel()
-
-
-class OxiaWatch(Watch):
-    def __init__(self, store: "OxiaMetadataStore", prefix: str) -> None:
-        self.store = store
-        self.prefix = KeyPrefix(prefix)
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.closed = False
-
-    def _push(self, item: Any) -> None:
-        if not self.closed:
-            self.queue.put_nowait(item)
-
-    async def __anext__(self) -> Notification:
-        if self.closed and self.queue.empty():
-            raise StopAsyncIteration
-        item = await self.queue.get()
-        if item is _END:
-            self.queue.put_nowait(_END)
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            self.closed = True
-            self.queue.put_nowait(_END)
-            raise item
-        return item
-
-    async def aclose(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.queue.put_nowait(_END)
-        await self.store._unsubscribe(self)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1249,8 +1218,7 @@ class OxiaMetadataStore(MetadataStore):
                              return_exceptions=True)
         for feed in list(self._feeds.values()):
             for w in list(feed.watches):
-                w.closed = True
-                w.queue.put_nowait(_END)
+                w.end()
             await feed.close()
         self._feeds.clear()
         for w in list(self._writers.values()):
@@ -1768,7 +1736,7 @@ class OxiaMetadataStore(MetadataStore):
 
     async def watch(self, prefix: str) -> Watch:
         self._check_open()
-        w = OxiaWatch(self, prefix)
+        w = WatchQueue(prefix, self._unsubscribe)
         async with self._feed_lock:
             feeds = []
             for shard in self._all_shards():
@@ -1788,7 +1756,7 @@ class OxiaMetadataStore(MetadataStore):
             raise
         return w
 
-    async def _unsubscribe(self, w: OxiaWatch) -> None:
+    async def _unsubscribe(self, w: WatchQueue) -> None:
         async with self._feed_lock:
             for shard, feed in list(self._feeds.items()):
                 feed.watches.discard(w)

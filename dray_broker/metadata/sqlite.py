@@ -24,7 +24,6 @@ Oxia write request: one unit, conditions per operation, no rollback of the other
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import queue
@@ -51,6 +50,7 @@ from dray_broker.metadata.base import (
     Watch,
 )
 from dray_broker.metadata.keys import KeyPrefix, hierarchical_sort_key
+from dray_broker.metadata.watch import WatchQueue
 from dray_broker.metadata.sequence import (
     MAX_SUM,
     check_sequential,
@@ -100,8 +100,8 @@ _RANGE_DELETED = NotificationType.RANGE_DELETED.value
 class _WatchFilter:
     __slots__ = ("prefix", "start")
 
-    def __init__(self, prefix: str, start: int) -> None:
-        self.prefix = KeyPrefix(prefix)
+    def __init__(self, prefix: KeyPrefix, start: int) -> None:
+        self.prefix = prefix
         self.start = start
 
     def matches(self, change_id: int, key: str, type_: int, range_end: str | None) -> bool:
@@ -110,44 +110,6 @@ class _WatchFilter:
         if type_ != _RANGE_DELETED:
             return self.prefix.matches(key)
         return self.prefix.touches_range(key, range_end or "")
-
-
-class _SqliteWatch(Watch):
-    def __init__(self, store: "SqliteMetadataStore", watch_id: int) -> None:
-        self._store = store
-        self._id = watch_id
-        self._items: collections.deque[Notification] = collections.deque()
-        self._event = asyncio.Event()
-        self._closed = False  # aclose(): stop at once
-        self._ended = False  # the store closed: stop after what is queued
-
-    def _push(self, notes: list[Notification]) -> None:
-        if not self._closed:
-            self._items.extend(notes)
-            self._event.set()
-
-    def _end(self) -> None:
-        self._ended = True
-        self._event.set()
-
-    async def __anext__(self) -> Notification:
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._items:
-                return self._items.popleft()
-            if self._ended:
-                raise StopAsyncIteration
-            self._event.clear()
-            await self._event.wait()
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._items.clear()
-        self._event.set()
-        self._store._unregister_watch(self._id)
 
 
 class _Op:
@@ -232,10 +194,10 @@ class SqliteMetadataStore(MetadataStore):
         self._t_ended: list[int] = []
         self._t_renew_failures = 0
         # Watch state, touched only by the store thread (except _watch_objs, touched only by the loop).
-        self._watch_filters: dict[int, tuple[_WatchFilter, asyncio.AbstractEventLoop, _SqliteWatch]] = {}
+        self._watch_filters: dict[int, tuple[_WatchFilter, asyncio.AbstractEventLoop, WatchQueue]] = {}
         self._watch_seq = 0
         self._cursor = 0
-        self._watch_objs: dict[int, _SqliteWatch] = {}
+        self._watch_objs: dict[int, WatchQueue] = {}
         self._next_reap = 0.0
         self._next_prune = 0.0
         self._next_poll = 0.0
@@ -297,7 +259,7 @@ class SqliteMetadataStore(MetadataStore):
         finally:
             await self._stop_thread()
             for w in list(self._watch_objs.values()):
-                w._end()
+                w.end()
             self._watch_objs.clear()
 
     async def _stop_thread(self) -> None:
@@ -558,13 +520,13 @@ class SqliteMetadataStore(MetadataStore):
             for wid, notes in out.items():
                 _flt, loop, w = self._watch_filters[wid]
                 try:
-                    loop.call_soon_threadsafe(w._push, notes)
+                    loop.call_soon_threadsafe(w.push_many, notes)
                 except RuntimeError:
                     pass
             if len(rows) < 2000:
                 return
 
-    def _op_register_watch(self, w: _SqliteWatch, prefix: str, loop: asyncio.AbstractEventLoop) -> None:
+    def _op_register_watch(self, wid: int, w: WatchQueue, loop: asyncio.AbstractEventLoop) -> None:
         # The newest change id now: the watch reports every change after it. Commits are serialized by the
         # write lock, so a change committed after this read always has a greater id.
         (start,) = self._conn.execute(
@@ -572,7 +534,7 @@ class SqliteMetadataStore(MetadataStore):
         ).fetchone()
         if not self._watch_filters:
             self._cursor = start
-        self._watch_filters[w._id] = (_WatchFilter(prefix, start), loop, w)
+        self._watch_filters[wid] = (_WatchFilter(w.prefix, start), loop, w)
         self._cursor = min(self._cursor, start)
         self._next_poll = time.monotonic() + self.WATCH_POLL_S
 
@@ -932,9 +894,10 @@ class SqliteMetadataStore(MetadataStore):
     async def watch(self, prefix: str) -> Watch:
         loop = asyncio.get_running_loop()
         self._watch_seq += 1
-        w = _SqliteWatch(self, self._watch_seq)
-        await self._submit(lambda _c: self._op_register_watch(w, prefix, loop), write=False)
-        self._watch_objs[w._id] = w
+        wid = self._watch_seq
+        w = WatchQueue(prefix, lambda _w: self._unregister_watch(wid))
+        await self._submit(lambda _c: self._op_register_watch(wid, w, loop), write=False)
+        self._watch_objs[wid] = w
         return w
 
     # ------------------------------------------------------------------ introspection (tests, tools)

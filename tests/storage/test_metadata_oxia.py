@@ -36,7 +36,7 @@ from dray_broker.metadata import hierarchical_sort_key, parse_sequence_key, sequ
 from dray_broker.metadata.oxia import OxiaMetadataStore
 from oxia.internal.proto.io.streamnative.oxia import proto as pb
 from tests import services
-from tests.storage.test_metadata_keys import compare_with_slash
+from tests.storage.test_metadata_shared import compare_with_slash
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
