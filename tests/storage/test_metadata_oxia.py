@@ -31,7 +31,7 @@ from dray_broker.metadata import (
     SessionExpiredError,
     open_metadata_store,
 )
-from dray_broker.metadata import oxia as ox
+from dray_broker.metadata.oxia import store as ox
 from dray_broker.metadata import hierarchical_sort_key, parse_sequence_key, sequence_key
 from dray_broker.metadata.oxia import OxiaMetadataStore
 from oxia.internal.proto.io.streamnative.oxia import proto as pb
