@@ -31,6 +31,7 @@ from dray_broker.metadata import (
     SessionExpiredError,
     open_metadata_store,
 )
+from dray_broker.metadata.oxia import codec
 from dray_broker.metadata.oxia import store as ox
 from dray_broker.metadata import hierarchical_sort_key, parse_sequence_key, sequence_key
 from dray_broker.metadata.oxia import OxiaMetadataStore
@@ -153,14 +154,14 @@ async def next_notes(watch, n: int, timeout: float = 15.0):
 
 def test_write_request_encoding_matches_betterproto():
     puts = [
-        ox._enc_put("/a/b", b"value", None, None, None, None, None),
-        ox._enc_put("/a/c", b"", -1, 77, "me", "pk", None),
-        ox._enc_put("/a/idx", b"\x00\xff" * 100, None, None, None, "pk2", [1, 0, (1 << 64) - 1]),
-        ox._enc_put("k" * 300, b"v" * 70_000, 123456789012, None, None, None, None),
+        codec.encode_put("/a/b", b"value", None, None, None, None, None),
+        codec.encode_put("/a/c", b"", -1, 77, "me", "pk", None),
+        codec.encode_put("/a/idx", b"\x00\xff" * 100, None, None, None, "pk2", [1, 0, (1 << 64) - 1]),
+        codec.encode_put("k" * 300, b"v" * 70_000, 123456789012, None, None, None, None),
     ]
-    deletes = [ox._enc_delete("/d", None), ox._enc_delete("/e", 0), ox._enc_delete("/f", 5)]
-    ranges = [ox._enc_delete_range("/a/", "/a/~")]
-    req = pb.WriteRequest.parse(ox._enc_write_request(3, puts, deletes, ranges))
+    deletes = [codec.encode_delete("/d", None), codec.encode_delete("/e", 0), codec.encode_delete("/f", 5)]
+    ranges = [codec.encode_delete_range("/a/", "/a/~")]
+    req = pb.WriteRequest.parse(codec.encode_write_request(3, puts, deletes, ranges))
     assert req.shard == 3
     p = req.puts
     assert (p[0].key, p[0].value, p[0].expected_version_id, p[0].session_id, p[0].partition_key) == (
@@ -174,21 +175,21 @@ def test_write_request_encoding_matches_betterproto():
 
 
 def test_other_requests_match_betterproto():
-    read = pb.ReadRequest.parse(ox._enc_read_request(0, [ox._enc_get("/x", True, 0), ox._enc_get("/y", False, 4)]))
+    read = pb.ReadRequest.parse(codec.encode_read_request(0, [codec.encode_get("/x", True, 0), codec.encode_get("/y", False, 4)]))
     assert read.shard == 0
     assert [(g.key, g.include_value, g.comparison_type) for g in read.gets] == [
         ("/x", True, pb.KeyComparisonType.EQUAL), ("/y", False, pb.KeyComparisonType.HIGHER)]
-    lst = pb.ListRequest.parse(ox._enc_range_request(2, "/a", "/b"))
+    lst = pb.ListRequest.parse(codec.encode_range_request(2, "/a", "/b"))
     assert (lst.shard, lst.start_inclusive, lst.end_exclusive) == (2, "/a", "/b")
-    scan = pb.RangeScanRequest.parse(ox._enc_range_request(1, "", "~"))
+    scan = pb.RangeScanRequest.parse(codec.encode_range_request(1, "", "~"))
     assert (scan.shard, scan.start_inclusive, scan.end_exclusive) == (1, "", "~")
-    hb = pb.SessionHeartbeat.parse(ox._enc_shard_session(5, 1 << 40))
+    hb = pb.SessionHeartbeat.parse(codec.encode_shard_session(5, 1 << 40))
     assert (hb.shard, hb.session_id) == (5, 1 << 40)
-    cs = pb.CreateSessionRequest.parse(ox._enc_create_session(1, 2000, "id"))
+    cs = pb.CreateSessionRequest.parse(codec.encode_create_session(1, 2000, "id"))
     assert (cs.shard, cs.session_timeout_ms, cs.client_identity) == (1, 2000, "id")
-    nr = pb.NotificationsRequest.parse(ox._enc_notifications_request(4, None))
+    nr = pb.NotificationsRequest.parse(codec.encode_notifications_request(4, None))
     assert (nr.shard, nr.start_offset_exclusive) == (4, None)
-    nr = pb.NotificationsRequest.parse(ox._enc_notifications_request(4, 0))
+    nr = pb.NotificationsRequest.parse(codec.encode_notifications_request(4, 0))
     assert (nr.shard, nr.start_offset_exclusive) == (4, 0)
 
 
@@ -201,7 +202,7 @@ def test_response_decoding_matches_betterproto():
         deletes=[pb.DeleteResponse(), pb.DeleteResponse(status=pb.Status.KEY_NOT_FOUND)],
         delete_ranges=[pb.DeleteRangeResponse()],
     )
-    puts, deletes, ranges = ox._dec_write_response(bytes(resp))
+    puts, deletes, ranges = codec.decode_write_response(bytes(resp))
     assert puts == [(0, 42, 9, None), (2, 0, None, None), (0, 0, None, "/s-00000000000000000001")]
     assert deletes == [0, 1] and ranges == [0]
 
@@ -210,17 +211,17 @@ def test_response_decoding_matches_betterproto():
         pb.GetResponse(status=pb.Status.KEY_NOT_FOUND),
         pb.GetResponse(version=pb.Version(version_id=-5), value=b""),
     ])
-    assert ox._dec_get_responses(bytes(read)) == [
+    assert codec.decode_get_responses(bytes(read)) == [
         (0, 42, 9, b"val", "/k"), (1, 0, None, b"", None), (0, -5, None, b"", None)]
-    assert ox._dec_list_response(bytes(pb.ListResponse(keys=["/a", "/b/ü"]))) == ["/a", "/b/ü"]
-    assert ox._dec_create_session_response(bytes(pb.CreateSessionResponse(session_id=123))) == 123
+    assert codec.decode_list_response(bytes(pb.ListResponse(keys=["/a", "/b/ü"]))) == ["/a", "/b/ü"]
+    assert codec.decode_create_session_response(bytes(pb.CreateSessionResponse(session_id=123))) == 123
 
     batch = pb.NotificationBatch(shard=2, offset=99, timestamp=5, notifications={
         "/a": pb.Notification(type=pb.NotificationType.KEY_CREATED, version_id=0),
         "/b": pb.Notification(type=pb.NotificationType.KEY_DELETED),
         "/c": pb.Notification(type=pb.NotificationType.KEY_RANGE_DELETED, key_range_last="/d"),
     })
-    shard, offset, items = ox._dec_notification_batch(bytes(batch))
+    shard, offset, items = codec.decode_notification_batch(bytes(batch))
     assert (shard, offset) == (2, 99)
     assert sorted(items) == [("/a", 0, 0, None), ("/b", 2, None, None), ("/c", 3, None, "/d")]
 
@@ -506,7 +507,7 @@ async def test_oxias_own_keys_stay_hidden(private_oxia):
             await s._close_session(sess)
         s._sessions.clear()
         shard = s.shards[0]
-        poison = s._read(shard, "zzz/zzz", ox._COMPARISON_CODE[Comparison.LOWER])
+        poison = s._read(shard, "zzz/zzz", codec.COMPARISON_CODE[Comparison.LOWER])
         good = [s.get(f"/k{i}") for i in range(5)]
         res = await asyncio.gather(poison, *good, return_exceptions=True)
         assert isinstance(res[0], MetadataError) and "eserialize" in str(res[0]), res[0]

@@ -64,6 +64,7 @@ from dray_broker.metadata.base import (
     Watch,
 )
 from dray_broker.metadata.keys import hierarchical_sort_key
+from dray_broker.metadata.oxia import codec
 from dray_broker.metadata.sequence import check_sequential, check_sums_covered, newest_key_bound, sums_of_newest
 from dray_broker.metadata.watch import WatchQueue
 
@@ -79,12 +80,6 @@ _M_NOTIFICATIONS = _SERVICE + "GetNotifications"
 _M_CREATE_SESSION = _SERVICE + "CreateSession"
 _M_KEEP_ALIVE = _SERVICE + "KeepAlive"
 _M_CLOSE_SESSION = _SERVICE + "CloseSession"
-
-# Status enum (client.proto)
-_OK = 0
-_KEY_NOT_FOUND = 1
-_UNEXPECTED_VERSION_ID = 2
-_SESSION_DOES_NOT_EXIST = 3
 
 # The server's gRPC status codes (common/constant/grpc_errors.go). grpc-python maps codes above 16 to UNKNOWN,
 # so the messages are matched as well.
@@ -106,19 +101,6 @@ _INTERNAL_HI = "__oxia\x00/"
 _INTERNAL_LO_SK = hierarchical_sort_key(_INTERNAL_LO)
 _INTERNAL_HI_SK = b"\x01__oxia\x01"
 
-_COMPARISON_CODE = {
-    Comparison.EQUAL: 0,
-    Comparison.FLOOR: 1,
-    Comparison.CEILING: 2,
-    Comparison.LOWER: 3,
-    Comparison.HIGHER: 4,
-}
-_NOTIFICATION_TYPES = {
-    0: NotificationType.CREATED,
-    1: NotificationType.MODIFIED,
-    2: NotificationType.DELETED,
-    3: NotificationType.RANGE_DELETED,
-}
 
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
@@ -132,371 +114,7 @@ _GRPC_OPTIONS = [
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# A minimal protobuf wire codec for the hot messages of client.proto.
-
-
-def _put_varint(out: bytearray, n: int) -> None:
-    if n < 0:
-        n += 1 << 64
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-
-
-def _put_bytes(out: bytearray, tag: int, data: bytes) -> None:
-    out.append(tag)
-    n = len(data)
-    if n < 0x80:
-        out.append(n)
-    else:
-        _put_varint(out, n)
-    out += data
-
-
-def _get_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    b = buf[pos]
-    pos += 1
-    if b < 0x80:
-        return b, pos
-    result = b & 0x7F
-    shift = 7
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _signed(n: int) -> int:
-    return n - (1 << 64) if n >= 1 << 63 else n
-
-
-def _fields(buf: bytes, pos: int, end: int):
-    """(field number, wire type, value): an int for varint/fixed fields, (start, end) for length-delimited."""
-    while pos < end:
-        tag, pos = _get_varint(buf, pos)
-        wt = tag & 7
-        if wt == 0:
-            v, pos = _get_varint(buf, pos)
-        elif wt == 2:
-            n, pos = _get_varint(buf, pos)
-            v = (pos, pos + n)
-            pos += n
-        elif wt == 1:
-            v = int.from_bytes(buf[pos : pos + 8], "little")
-            pos += 8
-        elif wt == 5:
-            v = int.from_bytes(buf[pos : pos + 4], "little")
-            pos += 4
-        else:
-            raise MetadataError(f"oxia: unsupported protobuf wire type {wt}")
-        yield tag >> 3, wt, v
-
-
-def _enc_put(
-    key: str,
-    value: bytes,
-    expected_version: int | None,
-    session_id: int | None,
-    client_identity: str | None,
-    partition_key: str | None,
-    deltas: Sequence[int] | None,
-) -> bytes:
-    out = bytearray()
-    _put_bytes(out, 0x0A, key.encode())
-    if value:
-        _put_bytes(out, 0x12, value)
-    if expected_version is not None:
-        out.append(0x18)
-        _put_varint(out, expected_version)
-    if session_id is not None:
-        out.append(0x20)
-        _put_varint(out, session_id)
-    if client_identity is not None:
-        _put_bytes(out, 0x2A, client_identity.encode())
-    if partition_key is not None:
-        _put_bytes(out, 0x32, partition_key.encode())
-    if deltas:
-        packed = bytearray()
-        for d in deltas:
-            _put_varint(packed, d)
-        _put_bytes(out, 0x3A, packed)
-    return bytes(out)
-
-
-def _enc_delete(key: str, expected_version: int | None) -> bytes:
-    out = bytearray()
-    _put_bytes(out, 0x0A, key.encode())
-    if expected_version is not None:
-        out.append(0x10)
-        _put_varint(out, expected_version)
-    return bytes(out)
-
-
-def _enc_delete_range(start: str, end: str) -> bytes:
-    out = bytearray()
-    _put_bytes(out, 0x0A, start.encode())
-    _put_bytes(out, 0x12, end.encode())
-    return bytes(out)
-
-
-def _enc_get(key: str, include_value: bool, comparison: int) -> bytes:
-    out = bytearray()
-    _put_bytes(out, 0x0A, key.encode())
-    if include_value:
-        out += b"\x10\x01"
-    if comparison:
-        out.append(0x18)
-        out.append(comparison)
-    return bytes(out)
-
-
-def _enc_write_request(shard: int, puts: list[bytes], deletes: list[bytes], ranges: list[bytes]) -> bytes:
-    out = bytearray(b"\x08")
-    _put_varint(out, shard)
-    for p in puts:
-        _put_bytes(out, 0x12, p)
-    for d in deletes:
-        _put_bytes(out, 0x1A, d)
-    for r in ranges:
-        _put_bytes(out, 0x22, r)
-    return bytes(out)
-
-
-def _enc_read_request(shard: int, gets: list[bytes]) -> bytes:
-    out = bytearray(b"\x08")
-    _put_varint(out, shard)
-    for g in gets:
-        _put_bytes(out, 0x12, g)
-    return bytes(out)
-
-
-def _enc_range_request(shard: int, start: str, end: str) -> bytes:
-    """ListRequest and RangeScanRequest share their first three fields."""
-    out = bytearray(b"\x08")
-    _put_varint(out, shard)
-    _put_bytes(out, 0x12, start.encode())
-    _put_bytes(out, 0x1A, end.encode())
-    return bytes(out)
-
-
-def _enc_shard_session(shard: int, session_id: int) -> bytes:
-    """SessionHeartbeat and CloseSessionRequest: shard = 1, session_id = 2."""
-    out = bytearray(b"\x08")
-    _put_varint(out, shard)
-    out.append(0x10)
-    _put_varint(out, session_id)
-    return bytes(out)
-
-
-def _enc_create_session(shard: int, timeout_ms: int, client_identity: str) -> bytes:
-    out = bytearray(b"\x08")
-    _put_varint(out, shard)
-    out.append(0x10)
-    _put_varint(out, timeout_ms)
-    _put_bytes(out, 0x1A, client_identity.encode())
-    return bytes(out)
-
-
-def _enc_notifications_request(shard: int, start_offset_exclusive: int | None) -> bytes:
-    out = bytearray(b"\x08")
-    _put_varint(out, shard)
-    if start_offset_exclusive is not None:
-        out.append(0x10)
-        _put_varint(out, start_offset_exclusive)
-    return bytes(out)
-
-
-def _skip(buf: bytes, pos: int, wt: int) -> int:
-    """The position after a field's value of wire type wt that starts at pos."""
-    if wt == 0:
-        while buf[pos] & 0x80:
-            pos += 1
-        return pos + 1
-    if wt == 2:
-        n, pos = _get_varint(buf, pos)
-        return pos + n
-    if wt == 1:
-        return pos + 8
-    if wt == 5:
-        return pos + 4
-    raise MetadataError(f"oxia: unsupported protobuf wire type {wt}")
-
-
-# The decoders below match one-byte tags of the fields they want (all field numbers < 16) and skip the rest.
-
-
-def _dec_version(buf: bytes, pos: int, end: int) -> tuple[int, int | None]:
-    """(version_id, session_id)"""
-    version_id = 0
-    session_id = None
-    while pos < end:
-        tag = buf[pos]
-        if tag == 0x08:
-            version_id, pos = _get_varint(buf, pos + 1)
-            if version_id >= 1 << 63:
-                version_id -= 1 << 64
-        elif tag == 0x28:
-            session_id, pos = _get_varint(buf, pos + 1)
-            if session_id >= 1 << 63:
-                session_id -= 1 << 64
-        else:
-            tag, pos = _get_varint(buf, pos)
-            pos = _skip(buf, pos, tag & 7)
-    return version_id, session_id
-
-
-def _dec_put_response(buf: bytes, pos: int, end: int) -> tuple[int, int, int | None, str | None]:
-    """(status, version_id, session_id, key)"""
-    status = _OK
-    version_id = 0
-    session_id = None
-    key = None
-    while pos < end:
-        tag = buf[pos]
-        if tag == 0x12:
-            n, pos = _get_varint(buf, pos + 1)
-            version_id, session_id = _dec_version(buf, pos, pos + n)
-            pos += n
-        elif tag == 0x1A:
-            n, pos = _get_varint(buf, pos + 1)
-            key = buf[pos : pos + n].decode()
-            pos += n
-        elif tag == 0x08:
-            status, pos = _get_varint(buf, pos + 1)
-        else:
-            tag, pos = _get_varint(buf, pos)
-            pos = _skip(buf, pos, tag & 7)
-    return status, version_id, session_id, key
-
-
-def _dec_status_only(buf: bytes, pos: int, end: int) -> int:
-    status = _OK
-    while pos < end:
-        tag = buf[pos]
-        if tag == 0x08:
-            status, pos = _get_varint(buf, pos + 1)
-        else:
-            tag, pos = _get_varint(buf, pos)
-            pos = _skip(buf, pos, tag & 7)
-    return status
-
-
-def _dec_write_response(buf: bytes) -> tuple[list, list, list]:
-    puts: list = []
-    deletes: list = []
-    ranges: list = []
-    pos = 0
-    end = len(buf)
-    while pos < end:
-        tag = buf[pos]
-        if tag == 0x0A or tag == 0x12 or tag == 0x1A:
-            n, pos = _get_varint(buf, pos + 1)
-            if tag == 0x0A:
-                puts.append(_dec_put_response(buf, pos, pos + n))
-            elif tag == 0x12:
-                deletes.append(_dec_status_only(buf, pos, pos + n))
-            else:
-                ranges.append(_dec_status_only(buf, pos, pos + n))
-            pos += n
-        else:
-            tag, pos = _get_varint(buf, pos)
-            pos = _skip(buf, pos, tag & 7)
-    return puts, deletes, ranges
-
-
-def _dec_get_response(buf: bytes, pos: int, end: int) -> tuple[int, int, int | None, bytes, str | None]:
-    """(status, version_id, session_id, value, key)"""
-    status = _OK
-    version_id = 0
-    session_id = None
-    value = b""
-    key = None
-    while pos < end:
-        tag = buf[pos]
-        if tag == 0x12:
-            n, pos = _get_varint(buf, pos + 1)
-            version_id, session_id = _dec_version(buf, pos, pos + n)
-            pos += n
-        elif tag == 0x1A:
-            n, pos = _get_varint(buf, pos + 1)
-            value = buf[pos : pos + n]
-            pos += n
-        elif tag == 0x22:
-            n, pos = _get_varint(buf, pos + 1)
-            key = buf[pos : pos + n].decode()
-            pos += n
-        elif tag == 0x08:
-            status, pos = _get_varint(buf, pos + 1)
-        else:
-            tag, pos = _get_varint(buf, pos)
-            pos = _skip(buf, pos, tag & 7)
-    return status, version_id, session_id, value, key
-
-
-def _dec_get_responses(buf: bytes) -> list:
-    """ReadResponse.gets and RangeScanResponse.records (both field 1)."""
-    out = []
-    pos = 0
-    end = len(buf)
-    while pos < end:
-        tag = buf[pos]
-        if tag == 0x0A:
-            n, pos = _get_varint(buf, pos + 1)
-            out.append(_dec_get_response(buf, pos, pos + n))
-            pos += n
-        else:
-            tag, pos = _get_varint(buf, pos)
-            pos = _skip(buf, pos, tag & 7)
-    return out
-
-
-def _dec_list_response(buf: bytes) -> list[str]:
-    return [buf[v[0] : v[1]].decode() for f, _wt, v in _fields(buf, 0, len(buf)) if f == 1]
-
-
-def _dec_notification_batch(buf: bytes) -> tuple[int, int, list[tuple[str, int, int | None, str | None]]]:
-    """(shard, offset, [(key, type, version_id, key_range_last)])"""
-    shard = 0
-    offset = 0
-    items = []
-    for f, _wt, v in _fields(buf, 0, len(buf)):
-        if f == 1:
-            shard = _signed(v)
-        elif f == 2:
-            offset = _signed(v)
-        elif f == 4:
-            key = ""
-            ntype = 0
-            version_id = None
-            range_last = None
-            for ef, _ewt, ev in _fields(buf, v[0], v[1]):
-                if ef == 1:
-                    key = buf[ev[0] : ev[1]].decode()
-                elif ef == 2:
-                    for nf, _nwt, nv in _fields(buf, ev[0], ev[1]):
-                        if nf == 1:
-                            ntype = nv
-                        elif nf == 2:
-                            version_id = _signed(nv)
-                        elif nf == 3:
-                            range_last = buf[nv[0] : nv[1]].decode()
-            items.append((key, ntype, version_id, range_last))
-    return shard, offset, items
-
-
-def _dec_create_session_response(buf: bytes) -> int:
-    for f, _wt, v in _fields(buf, 0, len(buf)):
-        if f == 1:
-            return _signed(v)
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Key order helpers
+# Oxia's own keys
 
 
 def _user_ranges(start: str, end: str) -> list[tuple[str, str]]:
@@ -803,7 +421,7 @@ class _ShardWriter:
             n += 1
         if not n:
             return None
-        request = _enc_write_request(
+        request = codec.encode_write_request(
             self.shard, [o.payload for o in puts], [o.payload for o in deletes], [o.payload for o in ranges]
         )
         return _WriteBatch(puts + deletes + ranges, request)
@@ -816,7 +434,7 @@ class _ShardWriter:
         self._release()
         self.backoff.reset()
         try:
-            puts, deletes, ranges = _dec_write_response(raw)
+            puts, deletes, ranges = codec.decode_write_response(raw)
             results = puts + deletes + ranges
             if len(results) != len(batch.ops):
                 raise MetadataError(f"oxia: write response has {len(results)} results for {len(batch.ops)} ops")
@@ -966,10 +584,10 @@ class _ShardReader:
         try:
             try:
                 conn = self.store._leader_conn(self.shard)
-                request = _enc_read_request(self.shard, [o.payload for o in ops])
+                request = codec.encode_read_request(self.shard, [o.payload for o in ops])
                 call = conn.read(request, timeout=self.store._rpc_timeout)
                 async for raw in call:
-                    for res in _dec_get_responses(raw):
+                    for res in codec.decode_get_responses(raw):
                         op = ops[done]
                         done += 1
                         if not op.future.done():
@@ -1055,10 +673,10 @@ class _NotificationFeed:
         while True:
             try:
                 conn = self.store._leader_conn(self.shard)
-                call = conn.notifications(_enc_notifications_request(self.shard, self.offset))
+                call = conn.notifications(codec.encode_notifications_request(self.shard, self.offset))
                 async for raw in call:
                     backoff.reset()
-                    _shard, offset, items = _dec_notification_batch(raw)
+                    _shard, offset, items = codec.decode_notification_batch(raw)
                     if self.offset is None:
                         # The first batch of a stream opened without an offset: positioned at the commit offset.
                         self.offset = offset
@@ -1090,7 +708,7 @@ class _NotificationFeed:
         for w in list(self.watches):
             notes = []
             for key, ntype, version_id, range_last in items:
-                t = _NOTIFICATION_TYPES.get(ntype)
+                t = codec.NOTIFICATION_TYPES.get(ntype)
                 if t is None:
                     continue
                 if t is NotificationType.RANGE_DELETED:
@@ -1360,7 +978,7 @@ class OxiaMetadataStore(MetadataStore):
         if reader is None:
             reader = self._readers[shard] = _ShardReader(self, shard)
         fut = self._loop.create_future()
-        reader.submit(_ReadOp(_enc_get(key, include_value, comparison), fut, self._loop.time() + self._op_timeout))
+        reader.submit(_ReadOp(codec.encode_get(key, include_value, comparison), fut, self._loop.time() + self._op_timeout))
         return await fut
 
     async def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -1385,14 +1003,14 @@ class OxiaMetadataStore(MetadataStore):
 
     def _entry(self, res: tuple, key: str) -> Entry | None:
         status, version_id, session_id, value, rkey = res
-        if status == _KEY_NOT_FOUND:
+        if status == codec.KEY_NOT_FOUND:
             return None
-        if status != _OK:
+        if status != codec.OK:
             raise MetadataError(f"oxia: get {key!r} failed with status {status}")
         return Entry(rkey if rkey is not None else key, bytes(value), version_id, session_id is not None)
 
     async def _get_simple(self, shard: int, key: str, comparison: Comparison) -> Entry | None:
-        return self._entry(await self._read(shard, key, _COMPARISON_CODE[comparison]), key)
+        return self._entry(await self._read(shard, key, codec.COMPARISON_CODE[comparison]), key)
 
     async def _get_on_shard(self, shard: int, key: str, comparison: Comparison) -> Entry | None:
         """A get that never returns, nor lands on, Oxia's own keys. They sort together in [_INTERNAL_LO,
@@ -1464,12 +1082,12 @@ class OxiaMetadataStore(MetadataStore):
             async with lock:
                 if self._sessions.get(shard) is not None or self.session.generation != live:
                     continue
-                request = _enc_create_session(shard, self.session_timeout_ms, self.client_identity)
+                request = codec.encode_create_session(shard, self.session_timeout_ms, self.client_identity)
 
                 async def create() -> bytes:
                     return await self._leader_conn(shard).create_session(request, timeout=self._rpc_timeout)
 
-                s = _Session(shard, _dec_create_session_response(await self._retrying("create session", create)),
+                s = _Session(shard, codec.decode_create_session_response(await self._retrying("create session", create)),
                              live)
                 self._check_open()
                 if self.session.generation != live or not self.session.alive:  # ended while we asked
@@ -1481,7 +1099,7 @@ class OxiaMetadataStore(MetadataStore):
 
     async def _keep_alive(self, s: _Session) -> None:
         interval = self.session_timeout_ms / 3000
-        request = _enc_shard_session(s.shard, s.id)
+        request = codec.encode_shard_session(s.shard, s.id)
         last_ok = self._loop.time()
         while True:
             await asyncio.sleep(interval)
@@ -1524,7 +1142,7 @@ class OxiaMetadataStore(MetadataStore):
     async def _close_session(self, s: _Session) -> None:
         if s.expired:
             return
-        request = _enc_shard_session(s.shard, s.id)
+        request = codec.encode_shard_session(s.shard, s.id)
         try:
             leader = self._leaders.get(s.shard)
             if leader and leader in self._conns:
@@ -1558,7 +1176,7 @@ class OxiaMetadataStore(MetadataStore):
             value = bytes(value)
         shard = self.shard_of(key, partition_key)
         owner = await self._session_for(shard, session) if ephemeral else None
-        payload = _enc_put(
+        payload = codec.encode_put(
             key,
             value,
             expected_version,
@@ -1568,16 +1186,16 @@ class OxiaMetadataStore(MetadataStore):
             None,
         )
         status, version_id, session_id, _key = await self._write(shard, _PUT, payload, expected_version is None)
-        if status == _OK:
+        if status == codec.OK:
             return Entry(key, value, version_id, session_id is not None)
-        if status == _UNEXPECTED_VERSION_ID:
+        if status == codec.UNEXPECTED_VERSION_ID:
             raise await self._version_error(key, expected_version, partition_key)
-        if status == _SESSION_DOES_NOT_EXIST:
+        if status == codec.SESSION_DOES_NOT_EXIST:
             if owner is not None:
                 owner.expired = True
                 self._end_generation(owner.generation, f"Oxia dropped session {owner.id} of shard {shard}")
             raise SessionExpiredError(f"oxia: session of shard {shard} does not exist")
-        if status == _KEY_NOT_FOUND:
+        if status == codec.KEY_NOT_FOUND:
             raise KeyNotFoundError(key)
         raise MetadataError(f"oxia: put {key!r} failed with status {status}")
 
@@ -1638,11 +1256,11 @@ class OxiaMetadataStore(MetadataStore):
         if type(value) is not bytes:
             value = bytes(value)
         check_sums_covered(prefix, known, deltas)
-        return self._shard_for(partition_key), value, _enc_put(prefix, value, None, None, None, partition_key, deltas)
+        return self._shard_for(partition_key), value, codec.encode_put(prefix, value, None, None, None, partition_key, deltas)
 
     def _sequential_entry(self, prefix: str, value: bytes, deltas: Sequence[int], result: tuple) -> Entry:
         status, version_id, session_id, key = result
-        if status != _OK or key is None:
+        if status != codec.OK or key is None:
             raise MetadataError(f"oxia: put_sequential {prefix!r} failed with status {status}")
         if len(self._sequence_sums) >= 100_000:
             self._sequence_sums.clear()
@@ -1663,13 +1281,13 @@ class OxiaMetadataStore(MetadataStore):
             return False
         shard = self.shard_of(key, partition_key)
         status = await self._write(
-            shard, _DELETE, _enc_delete(key, expected_version), expected_version is None
+            shard, _DELETE, codec.encode_delete(key, expected_version), expected_version is None
         )
-        if status == _OK:
+        if status == codec.OK:
             return True
-        if status == _KEY_NOT_FOUND:
+        if status == codec.KEY_NOT_FOUND:
             return False
-        if status == _UNEXPECTED_VERSION_ID:
+        if status == codec.UNEXPECTED_VERSION_ID:
             raise await self._version_error(key, expected_version, partition_key)
         raise MetadataError(f"oxia: delete {key!r} failed with status {status}")
 
@@ -1679,10 +1297,10 @@ class OxiaMetadataStore(MetadataStore):
             return
         shards = [self._shard_for(partition_key)] if partition_key is not None else self._all_shards()
         calls = [
-            self._write(shard, _DELETE_RANGE, _enc_delete_range(s, e), True) for shard in shards for s, e in ranges
+            self._write(shard, _DELETE_RANGE, codec.encode_delete_range(s, e), True) for shard in shards for s, e in ranges
         ]
         for status in await asyncio.gather(*calls):
-            if status != _OK:
+            if status != codec.OK:
                 raise MetadataError(f"oxia: delete_range [{start!r}, {end!r}) failed with status {status}")
 
     # -- list and scan -----------------------------------------------------------------------------------------
@@ -1690,9 +1308,9 @@ class OxiaMetadataStore(MetadataStore):
     async def _list_shard(self, shard: int, start: str, end: str) -> list[str]:
         async def once() -> list[str]:
             keys: list[str] = []
-            call = self._leader_conn(shard).list(_enc_range_request(shard, start, end), timeout=self._rpc_timeout)
+            call = self._leader_conn(shard).list(codec.encode_range_request(shard, start, end), timeout=self._rpc_timeout)
             async for raw in call:
-                keys.extend(_dec_list_response(raw))
+                keys.extend(codec.decode_list_response(raw))
             return keys
 
         return await self._retrying("list", once)
@@ -1701,10 +1319,10 @@ class OxiaMetadataStore(MetadataStore):
         async def once() -> list[Entry]:
             entries: list[Entry] = []
             call = self._leader_conn(shard).range_scan(
-                _enc_range_request(shard, start, end), timeout=self._rpc_timeout
+                codec.encode_range_request(shard, start, end), timeout=self._rpc_timeout
             )
             async for raw in call:
-                for status, version_id, session_id, value, key in _dec_get_responses(raw):
+                for status, version_id, session_id, value, key in codec.decode_get_responses(raw):
                     entries.append(Entry(key or "", bytes(value), version_id, session_id is not None))
             return entries
 
