@@ -39,11 +39,10 @@ import asyncio
 import bisect
 import logging
 import os
-import random
 import socket
 import uuid
 from collections import deque
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import grpc
 import grpc.aio
@@ -64,7 +63,7 @@ from dray_broker.metadata.base import (
     Watch,
 )
 from dray_broker.metadata.keys import hierarchical_sort_key
-from dray_broker.metadata.oxia import codec
+from dray_broker.metadata.oxia import codec, retries
 from dray_broker.metadata.sequence import check_sequential, check_sums_covered, newest_key_bound, sums_of_newest
 from dray_broker.metadata.watch import WatchQueue
 
@@ -81,16 +80,6 @@ _M_CREATE_SESSION = _SERVICE + "CreateSession"
 _M_KEEP_ALIVE = _SERVICE + "KeepAlive"
 _M_CLOSE_SESSION = _SERVICE + "CloseSession"
 
-# The server's gRPC status codes (common/constant/grpc_errors.go). grpc-python maps codes above 16 to UNKNOWN,
-# so the messages are matched as well.
-_RETRIABLE_DETAILS = (
-    "not leader",  # 106 CodeNodeIsNotLeader
-    "invalid status",  # 102 CodeInvalidStatus (leader fenced)
-    "already closed",  # 104 CodeAlreadyClosed (leader closing)
-    "not initialized",  # 100 CodeNotInitialized
-    "operation was cancelled",  # 103 CodeCancelled (assignment dispatcher restarting)
-)
-_SESSION_NOT_FOUND = "session not found"  # 108
 
 _INTERNAL_PREFIX = "__oxia/"
 # Every key whose first segment is "__oxia" (Oxia's own) sorts in [_INTERNAL_LO, _INTERNAL_HI): the server takes
@@ -133,59 +122,6 @@ def _user_ranges(start: str, end: str) -> list[tuple[str, str]]:
 def shard_hash(key: str) -> int:
     """The server's key hash (common/hash.Xxh332): the low 32 bits of XXH3-64."""
     return xxhash.xxh3_64_intdigest(key.encode()) & 0xFFFFFFFF
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Errors and retries
-
-
-def _details(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (_StreamBroken, asyncio.TimeoutError, ConnectionError)):
-        return True
-    if isinstance(exc, grpc.aio.AioRpcError):
-        code = exc.code()
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return True
-        details = (exc.details() or "").lower()
-        return any(d in details for d in _RETRIABLE_DETAILS)
-    return False
-
-
-def _is_not_leader(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.aio.AioRpcError) and "not leader" in (exc.details() or "").lower()
-
-
-def _is_session_not_found(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.aio.AioRpcError) and _SESSION_NOT_FOUND in (exc.details() or "").lower()
-
-
-class _StreamBroken(Exception):
-    pass
-
-
-class _Closed(MetadataError):
-    pass
-
-
-class _Backoff:
-    def __init__(self, initial: float = 0.05, maximum: float = 2.0) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.current = initial
-
-    def reset(self) -> None:
-        self.current = self.initial
-
-    def next(self) -> float:
-        delay = self.current * (0.5 + random.random() / 2)
-        self.current = min(self.current * 2, self.maximum)
-        return delay
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,7 +191,7 @@ class _WriteStream:
         try:
             await self.call.write(batch.request)
         except asyncio.CancelledError:
-            self.fail(_Closed("oxia: store closed"))
+            self.fail(retries.Closed("oxia: store closed"))
             raise
         except Exception as e:  # noqa: BLE001
             # A write that fails was not handed to the transport: the server cannot have this batch.
@@ -280,16 +216,16 @@ class _WriteStream:
             while True:
                 raw = await self.call.read()
                 if raw is grpc.aio.EOF:
-                    raise _StreamBroken("oxia: write stream ended")
+                    raise retries.StreamBroken("oxia: write stream ended")
                 if not self.pending:
-                    raise _StreamBroken("oxia: write response without a request")
+                    raise retries.StreamBroken("oxia: write response without a request")
                 batch = self.pending.popleft()
                 self.answered += 1
                 if batch.timer is not None:
                     batch.timer.cancel()
                 self.writer.complete(batch, raw)
         except asyncio.CancelledError:
-            self.fail(_Closed("oxia: store closed"))
+            self.fail(retries.Closed("oxia: store closed"))
         except Exception as e:  # noqa: BLE001
             self.fail(e)
 
@@ -304,7 +240,7 @@ class _WriteStream:
             if b.timer is not None:
                 b.timer.cancel()
         # A leader that refuses the stream does so before reading any request.
-        never_applied = self.answered == 0 and _is_not_leader(exc)
+        never_applied = self.answered == 0 and retries.is_not_leader(exc)
         self.writer.stream_failed(self, pending, exc, never_applied)
 
 
@@ -319,7 +255,7 @@ class _ShardWriter:
         self.slot_free = asyncio.Event()
         self.inflight = 0
         self.stream: _WriteStream | None = None
-        self.backoff = _Backoff()
+        self.backoff = retries.Backoff()
         self.requests_sent = 0  # statistics: WriteRequests and the operations they carried
         self.ops_sent = 0
         self.last_error: BaseException | None = None
@@ -350,7 +286,7 @@ class _ShardWriter:
                 continue
             if now >= op.deadline:
                 op.future.set_exception(
-                    MetadataError(f"oxia: shard {self.shard} unavailable: {_details(exc) if exc else 'timeout'}")
+                    MetadataError(f"oxia: shard {self.shard} unavailable: {retries.details(exc) if exc else 'timeout'}")
                 )
             else:
                 keep.append(op)
@@ -385,9 +321,9 @@ class _ShardWriter:
                 raise
             except Exception as e:  # noqa: BLE001
                 self.last_error = e
-                if not _is_transient(e) and not isinstance(e, MetadataError):
-                    self._fail_queue(MetadataError(f"oxia: write to shard {self.shard} failed: {_details(e)}"))
-                log.debug("oxia: opening the write stream of shard %d failed: %s", self.shard, _details(e))
+                if not retries.is_transient(e) and not isinstance(e, MetadataError):
+                    self._fail_queue(MetadataError(f"oxia: write to shard {self.shard} failed: {retries.details(e)}"))
+                log.debug("oxia: opening the write stream of shard %d failed: %s", self.shard, retries.details(e))
                 self.retry_at = asyncio.get_running_loop().time() + self.backoff.next()
                 return
         while self.inflight >= self.store._max_inflight_writes and not stream.failed:
@@ -459,16 +395,16 @@ class _ShardWriter:
             self.stream = None
         self.inflight -= len(pending)
         self.slot_free.set()
-        if isinstance(exc, _Closed):
+        if isinstance(exc, retries.Closed):
             for b in pending:
                 for op in b.ops:
                     if not op.future.done():
                         op.future.set_exception(exc)
             return
-        log.info("oxia: write stream of shard %d failed: %s", self.shard, _details(exc))
+        log.info("oxia: write stream of shard %d failed: %s", self.shard, retries.details(exc))
         self.last_error = exc
         self.retry_at = asyncio.get_running_loop().time() + self.backoff.next()
-        transient = _is_transient(exc)
+        transient = retries.is_transient(exc)
         retry: list[_WriteOp] = []
         for b in pending:
             for op in b.ops:
@@ -477,10 +413,10 @@ class _ShardWriter:
                 if transient and (never_applied or op.idempotent):
                     retry.append(op)
                 elif never_applied and not transient:
-                    op.future.set_exception(MetadataError(f"oxia: write failed: {_details(exc)}"))
+                    op.future.set_exception(MetadataError(f"oxia: write failed: {retries.details(exc)}"))
                 else:
                     op.future.set_exception(
-                        MetadataError(f"oxia: the write may or may not have been applied: {_details(exc)}")
+                        MetadataError(f"oxia: the write may or may not have been applied: {retries.details(exc)}")
                     )
         if retry:
             self.queue.extendleft(reversed(retry))
@@ -497,8 +433,8 @@ class _ShardWriter:
         stream = self.stream
         if stream is not None:
             stream.reader.cancel()
-            stream.fail(_Closed("oxia: store closed"))
-        self._fail_queue(_Closed("oxia: store closed"))
+            stream.fail(retries.Closed("oxia: store closed"))
+        self._fail_queue(retries.Closed("oxia: store closed"))
         await asyncio.gather(self.task, *( [stream.reader] if stream else []), return_exceptions=True)
 
 
@@ -527,7 +463,7 @@ class _ShardReader:
         self.slot_free = asyncio.Event()
         self.inflight = 0
         self.calls: set[asyncio.Task] = set()
-        self.backoff = _Backoff()
+        self.backoff = retries.Backoff()
         self.requests_sent = 0  # statistics: Read calls and the gets they carried
         self.ops_sent = 0
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -593,7 +529,7 @@ class _ShardReader:
                         if not op.future.done():
                             op.future.set_result(res)
                 if done < len(ops):
-                    raise _StreamBroken(f"oxia: read returned {done} of {len(ops)} results")
+                    raise retries.StreamBroken(f"oxia: read returned {done} of {len(ops)} results")
                 self.backoff.reset()
             finally:
                 self.inflight -= 1
@@ -601,11 +537,11 @@ class _ShardReader:
         except asyncio.CancelledError:
             for op in ops[done:]:
                 if not op.future.done():
-                    op.future.set_exception(_Closed("oxia: store closed"))
+                    op.future.set_exception(retries.Closed("oxia: store closed"))
             raise
         except Exception as e:  # noqa: BLE001
             rest = ops[done:]
-            if not _is_transient(e):
+            if not retries.is_transient(e):
                 if len(rest) > 1 or (rest and not rest[0].alone):
                     # The server stops a Read call at the first get it cannot serve: find which one it was.
                     for op in rest:
@@ -615,16 +551,16 @@ class _ShardReader:
                     return
                 for op in rest:
                     if not op.future.done():
-                        op.future.set_exception(MetadataError(f"oxia: read failed: {_details(e)}"))
+                        op.future.set_exception(MetadataError(f"oxia: read failed: {retries.details(e)}"))
                 return
-            log.debug("oxia: read on shard %d failed, retrying: %s", self.shard, _details(e))
+            log.debug("oxia: read on shard %d failed, retrying: %s", self.shard, retries.details(e))
             await asyncio.sleep(self.backoff.next())
             now = asyncio.get_running_loop().time()
             for op in rest:
                 if op.future.done():
                     continue
                 if now >= op.deadline:
-                    op.future.set_exception(MetadataError(f"oxia: read failed: {_details(e)}"))
+                    op.future.set_exception(MetadataError(f"oxia: read failed: {retries.details(e)}"))
                 else:
                     self.queue.append(op)
             self.wakeup.set()
@@ -636,7 +572,7 @@ class _ShardReader:
         while self.queue:
             op = self.queue.popleft()
             if not op.future.done():
-                op.future.set_exception(_Closed("oxia: store closed"))
+                op.future.set_exception(retries.Closed("oxia: store closed"))
         await asyncio.gather(self.task, *self.calls, return_exceptions=True)
 
 
@@ -669,7 +605,7 @@ class _NotificationFeed:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        backoff = _Backoff()
+        backoff = retries.Backoff()
         while True:
             try:
                 conn = self.store._leader_conn(self.shard)
@@ -689,18 +625,18 @@ class _NotificationFeed:
                     self.offset = offset
                     if items:
                         self._dispatch(items)
-                raise _StreamBroken("oxia: notification stream ended")
+                raise retries.StreamBroken("oxia: notification stream ended")
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001
-                if not _is_transient(e):
-                    err = MetadataError(f"oxia: notifications of shard {self.shard} failed: {_details(e)}")
+                if not retries.is_transient(e):
+                    err = MetadataError(f"oxia: notifications of shard {self.shard} failed: {retries.details(e)}")
                     if not self.ready.done():
                         self.ready.set_exception(err)
                     for w in list(self.watches):
                         w.fail(err)
                     return
-                log.debug("oxia: notification stream of shard %d failed: %s", self.shard, _details(e))
+                log.debug("oxia: notification stream of shard %d failed: %s", self.shard, retries.details(e))
                 await asyncio.sleep(backoff.next())
 
     def _dispatch(self, items: list[tuple[str, int, int | None, str | None]]) -> None:
@@ -864,7 +800,7 @@ class OxiaMetadataStore(MetadataStore):
 
     def _conn(self, address: str) -> _Conn:
         if self._closed:
-            raise _Closed("oxia: store closed")
+            raise retries.Closed("oxia: store closed")
         conn = self._conns.get(address)
         if conn is None:
             conn = self._conns[address] = _Conn(address)
@@ -873,14 +809,14 @@ class OxiaMetadataStore(MetadataStore):
     def _leader_conn(self, shard: int) -> _Conn:
         leader = self._leaders.get(shard)
         if not leader:
-            raise _StreamBroken(f"oxia: shard {shard} has no leader")
+            raise retries.StreamBroken(f"oxia: shard {shard} has no leader")
         return self._conn(leader)
 
     async def _assignments_loop(self) -> None:
         # Imported here: the PyPI package's message classes are only needed for this rarely used message.
         from oxia.internal.proto.io.streamnative.oxia import proto as pb
 
-        backoff = _Backoff(0.1, 2.0)
+        backoff = retries.Backoff(0.1, 2.0)
         request = bytes(pb.ShardAssignmentsRequest(namespace=self.namespace))
         attempt = 0
         while not self._closed:
@@ -898,14 +834,14 @@ class OxiaMetadataStore(MetadataStore):
                     self._apply_assignments(nsa, pb)
                     backoff.reset()
                     attempt = 0
-                raise _StreamBroken("oxia: shard assignment stream ended")
+                raise retries.StreamBroken("oxia: shard assignment stream ended")
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001
-                if not self._assigned.done() and "namespace not found" in _details(e).lower():
+                if not self._assigned.done() and "namespace not found" in retries.details(e).lower():
                     self._assigned.set_exception(MetadataError(f"oxia: namespace {self.namespace!r} not found"))
                     return
-                log.info("oxia: shard assignment stream from %s failed, reconnecting: %s", address, _details(e))
+                log.info("oxia: shard assignment stream from %s failed, reconnecting: %s", address, retries.details(e))
             await asyncio.sleep(backoff.next())
 
     def _apply_assignments(self, nsa: Any, pb: Any) -> None:
@@ -980,24 +916,6 @@ class OxiaMetadataStore(MetadataStore):
         fut = self._loop.create_future()
         reader.submit(_ReadOp(codec.encode_get(key, include_value, comparison), fut, self._loop.time() + self._op_timeout))
         return await fut
-
-    async def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run an idempotent call, retrying transient failures with backoff until the operation deadline."""
-        deadline = self._loop.time() + self._op_timeout
-        backoff = _Backoff()
-        while True:
-            self._check_open()
-            try:
-                return await fn()
-            except asyncio.CancelledError:
-                raise
-            except MetadataError:
-                raise
-            except Exception as e:  # noqa: BLE001
-                if not _is_transient(e) or self._loop.time() + backoff.current > deadline:
-                    raise MetadataError(f"oxia: {what} failed: {_details(e)}") from e
-                log.debug("oxia: %s failed, retrying: %s", what, _details(e))
-                await asyncio.sleep(backoff.next())
 
     # -- get ---------------------------------------------------------------------------------------------------
 
@@ -1087,7 +1005,7 @@ class OxiaMetadataStore(MetadataStore):
                 async def create() -> bytes:
                     return await self._leader_conn(shard).create_session(request, timeout=self._rpc_timeout)
 
-                s = _Session(shard, codec.decode_create_session_response(await self._retrying("create session", create)),
+                s = _Session(shard, codec.decode_create_session_response(await retries.retrying("create session", create, timeout=self._op_timeout, check_open=self._check_open)),
                              live)
                 self._check_open()
                 if self.session.generation != live or not self.session.alive:  # ended while we asked
@@ -1110,15 +1028,15 @@ class OxiaMetadataStore(MetadataStore):
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001
-                if _is_session_not_found(e):
+                if retries.is_session_not_found(e):
                     s.expired = True
                     self._end_generation(s.generation, f"Oxia dropped session {s.id} of shard {s.shard}")
                     return
                 if self._loop.time() - last_ok > self.session_timeout_ms / 1000:
                     self._end_generation(s.generation, f"no keepalive of session {s.id} of shard {s.shard} got "
-                                                       f"through within the session timeout ({_details(e)})")
+                                                       f"through within the session timeout ({retries.details(e)})")
                     return
-                log.info("oxia: keep-alive of session %d on shard %d failed: %s", s.id, s.shard, _details(e))
+                log.info("oxia: keep-alive of session %d on shard %d failed: %s", s.id, s.shard, retries.details(e))
 
     def _end_generation(self, generation: int, reason: str) -> None:
         """End the session generation: close every shard's session of it (their keys go now, not at their
@@ -1148,7 +1066,7 @@ class OxiaMetadataStore(MetadataStore):
             if leader and leader in self._conns:
                 await self._conns[leader].close_session(request, timeout=min(5.0, self._rpc_timeout))
         except Exception as e:  # noqa: BLE001
-            log.info("oxia: closing session %d on shard %d failed: %s", s.id, s.shard, _details(e))
+            log.info("oxia: closing session %d on shard %d failed: %s", s.id, s.shard, retries.details(e))
 
     async def _version_error(
         self, key: str, expected_version: int | None, partition_key: str | None
@@ -1313,7 +1231,7 @@ class OxiaMetadataStore(MetadataStore):
                 keys.extend(codec.decode_list_response(raw))
             return keys
 
-        return await self._retrying("list", once)
+        return await retries.retrying("list", once, timeout=self._op_timeout, check_open=self._check_open)
 
     async def _scan_shard(self, shard: int, start: str, end: str) -> list[Entry]:
         async def once() -> list[Entry]:
@@ -1326,7 +1244,7 @@ class OxiaMetadataStore(MetadataStore):
                     entries.append(Entry(key or "", bytes(value), version_id, session_id is not None))
             return entries
 
-        return await self._retrying("range scan", once)
+        return await retries.retrying("range scan", once, timeout=self._op_timeout, check_open=self._check_open)
 
     def _targets(self, partition_key: str | None) -> list[int]:
         self._check_open()
