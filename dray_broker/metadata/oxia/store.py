@@ -36,7 +36,6 @@ write request (every operation coalesced with it). Always use the same number of
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import os
 import socket
@@ -46,7 +45,6 @@ from typing import Any, Sequence
 
 import grpc
 import grpc.aio
-import xxhash
 
 from dray_broker.metadata.base import (
     Comparison,
@@ -64,22 +62,11 @@ from dray_broker.metadata.base import (
 )
 from dray_broker.metadata.keys import hierarchical_sort_key
 from dray_broker.metadata.oxia import codec, retries
+from dray_broker.metadata.oxia.routing import Router
 from dray_broker.metadata.sequence import check_sequential, check_sums_covered, newest_key_bound, sums_of_newest
 from dray_broker.metadata.watch import WatchQueue
 
 log = logging.getLogger("dray.metadata.oxia")
-
-_SERVICE = "/io.streamnative.oxia.proto.OxiaClient/"
-_M_ASSIGNMENTS = _SERVICE + "GetShardAssignments"
-_M_WRITE_STREAM = _SERVICE + "WriteStream"
-_M_READ = _SERVICE + "Read"
-_M_LIST = _SERVICE + "List"
-_M_RANGE_SCAN = _SERVICE + "RangeScan"
-_M_NOTIFICATIONS = _SERVICE + "GetNotifications"
-_M_CREATE_SESSION = _SERVICE + "CreateSession"
-_M_KEEP_ALIVE = _SERVICE + "KeepAlive"
-_M_CLOSE_SESSION = _SERVICE + "CloseSession"
-
 
 _INTERNAL_PREFIX = "__oxia/"
 # Every key whose first segment is "__oxia" (Oxia's own) sorts in [_INTERNAL_LO, _INTERNAL_HI): the server takes
@@ -89,17 +76,6 @@ _INTERNAL_LO = "__oxia/"
 _INTERNAL_HI = "__oxia\x00/"
 _INTERNAL_LO_SK = hierarchical_sort_key(_INTERNAL_LO)
 _INTERNAL_HI_SK = b"\x01__oxia\x01"
-
-
-_GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
-]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -117,33 +93,6 @@ def _user_ranges(start: str, end: str) -> list[tuple[str, str]]:
     if b > _INTERNAL_HI_SK:
         out.append((start if a >= _INTERNAL_HI_SK else _INTERNAL_HI, end))
     return out
-
-
-def shard_hash(key: str) -> int:
-    """The server's key hash (common/hash.Xxh332): the low 32 bits of XXH3-64."""
-    return xxhash.xxh3_64_intdigest(key.encode()) & 0xFFFFFFFF
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Connections
-
-
-class _Conn:
-    """A channel to one server, with its multi-callables (requests and responses stay raw bytes)."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=_GRPC_OPTIONS)
-        ch = self.channel
-        self.assignments = ch.unary_stream(_M_ASSIGNMENTS)
-        self.write_stream = ch.stream_stream(_M_WRITE_STREAM)
-        self.read = ch.unary_stream(_M_READ)
-        self.list = ch.unary_stream(_M_LIST)
-        self.range_scan = ch.unary_stream(_M_RANGE_SCAN)
-        self.notifications = ch.unary_stream(_M_NOTIFICATIONS)
-        self.create_session = ch.unary_unary(_M_CREATE_SESSION)
-        self.keep_alive = ch.unary_unary(_M_KEEP_ALIVE)
-        self.close_session = ch.unary_unary(_M_CLOSE_SESSION)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -267,7 +216,7 @@ class _ShardWriter:
         self.wakeup.set()
 
     async def _open(self) -> _WriteStream:
-        conn = self.store._leader_conn(self.shard)
+        conn = self.store.router.leader_conn(self.shard)
         call = conn.write_stream(
             metadata=(("namespace", self.store.namespace), ("shard-id", str(self.shard))),
         )
@@ -519,7 +468,7 @@ class _ShardReader:
         done = 0
         try:
             try:
-                conn = self.store._leader_conn(self.shard)
+                conn = self.store.router.leader_conn(self.shard)
                 request = codec.encode_read_request(self.shard, [o.payload for o in ops])
                 call = conn.read(request, timeout=self.store._rpc_timeout)
                 async for raw in call:
@@ -608,7 +557,7 @@ class _NotificationFeed:
         backoff = retries.Backoff()
         while True:
             try:
-                conn = self.store._leader_conn(self.shard)
+                conn = self.store.router.leader_conn(self.shard)
                 call = conn.notifications(codec.encode_notifications_request(self.shard, self.offset))
                 async for raw in call:
                     backoff.reset()
@@ -693,12 +642,7 @@ class OxiaMetadataStore(MetadataStore):
         self._max_inflight_writes = max_inflight_writes
         self._max_inflight_reads = max_inflight_reads
         self._loop = asyncio.get_running_loop()
-        self._conns: dict[str, _Conn] = {}
-        # Sorted by min hash: (min, max, shard)
-        self._ranges: list[tuple[int, int, int]] = []
-        self._range_mins: list[int] = []
-        self._leaders: dict[int, str] = {}
-        self._router_ok = True
+        self.router = Router(address, namespace)
         self._writers: dict[int, _ShardWriter] = {}
         self._readers: dict[int, _ShardReader] = {}
         self.session = SessionLife()
@@ -709,9 +653,6 @@ class OxiaMetadataStore(MetadataStore):
         self._feed_lock = asyncio.Lock()
         # prefix -> number of sums of its newest sequence key (see put_sequential)
         self._sequence_sums: dict[str, int] = {}
-        self._closed = False
-        self._assigned: asyncio.Future = self._loop.create_future()
-        self._assignments_task: asyncio.Task | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -744,10 +685,10 @@ class OxiaMetadataStore(MetadataStore):
             max_inflight_writes=max_inflight_writes,
             max_inflight_reads=max_inflight_reads,
         )
-        store._assignments_task = store._loop.create_task(store._assignments_loop())
+        store.router.start()
         store.session.begin()
         try:
-            await asyncio.wait_for(asyncio.shield(store._assigned), connect_timeout)
+            await store.router.wait_assigned(connect_timeout)
         except BaseException as e:
             await store.close()
             if isinstance(e, asyncio.TimeoutError):
@@ -758,9 +699,9 @@ class OxiaMetadataStore(MetadataStore):
         return store
 
     async def close(self) -> None:
-        if self._closed:
+        if self.router.closed:
             return
-        self._closed = True
+        self.router.stop()
         self.session.close()
         # Sessions first, so that their ephemeral keys go now rather than at expiry.
         sessions = list(self._sessions.values())
@@ -781,14 +722,7 @@ class OxiaMetadataStore(MetadataStore):
             await r.close()
         self._writers.clear()
         self._readers.clear()
-        if self._assignments_task is not None:
-            self._assignments_task.cancel()
-            await asyncio.gather(self._assignments_task, return_exceptions=True)
-        if not self._assigned.done():
-            self._assigned.cancel()
-        for conn in list(self._conns.values()):
-            await conn.channel.close()
-        self._conns.clear()
+        await self.router.close()
 
     async def __aenter__(self) -> "OxiaMetadataStore":
         return self
@@ -796,111 +730,23 @@ class OxiaMetadataStore(MetadataStore):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # -- assignments and routing ------------------------------------------------------------------------------
-
-    def _conn(self, address: str) -> _Conn:
-        if self._closed:
-            raise retries.Closed("oxia: store closed")
-        conn = self._conns.get(address)
-        if conn is None:
-            conn = self._conns[address] = _Conn(address)
-        return conn
-
-    def _leader_conn(self, shard: int) -> _Conn:
-        leader = self._leaders.get(shard)
-        if not leader:
-            raise retries.StreamBroken(f"oxia: shard {shard} has no leader")
-        return self._conn(leader)
-
-    async def _assignments_loop(self) -> None:
-        # Imported here: the PyPI package's message classes are only needed for this rarely used message.
-        from oxia.internal.proto.io.streamnative.oxia import proto as pb
-
-        backoff = retries.Backoff(0.1, 2.0)
-        request = bytes(pb.ShardAssignmentsRequest(namespace=self.namespace))
-        attempt = 0
-        while not self._closed:
-            # The service address first; when it fails, the known leaders too (any server streams them all).
-            candidates = [self.address] + sorted(set(self._leaders.values()) - {self.address, ""})
-            address = candidates[attempt % len(candidates)]
-            attempt += 1
-            try:
-                call = self._conn(address).assignments(request)
-                async for raw in call:
-                    assignments = pb.ShardAssignments.parse(raw)
-                    nsa = assignments.namespaces.get(self.namespace)
-                    if nsa is None:
-                        continue
-                    self._apply_assignments(nsa, pb)
-                    backoff.reset()
-                    attempt = 0
-                raise retries.StreamBroken("oxia: shard assignment stream ended")
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001
-                if not self._assigned.done() and "namespace not found" in retries.details(e).lower():
-                    self._assigned.set_exception(MetadataError(f"oxia: namespace {self.namespace!r} not found"))
-                    return
-                log.info("oxia: shard assignment stream from %s failed, reconnecting: %s", address, retries.details(e))
-            await asyncio.sleep(backoff.next())
-
-    def _apply_assignments(self, nsa: Any, pb: Any) -> None:
-        ranges = []
-        leaders = {}
-        for a in nsa.assignments:
-            r = a.int32_hash_range
-            lo, hi = (r.min_hash_inclusive, r.max_hash_inclusive) if r is not None else (0, 0xFFFFFFFF)
-            ranges.append((lo, hi, a.shard))
-            leaders[a.shard] = a.leader
-        ranges.sort()
-        if not ranges:
-            return
-        self._router_ok = len(ranges) == 1 or nsa.shard_key_router == pb.ShardKeyRouter.XXHASH3
-        changed = {s for s, leader in leaders.items() if self._leaders.get(s) != leader}
-        self._ranges = ranges
-        self._range_mins = [r[0] for r in ranges]
-        self._leaders = leaders
-        if changed and self._assigned.done():
-            log.info("oxia: new leaders for shards %s", sorted(changed))
-        if not self._assigned.done():
-            self._assigned.set_result(None)
-
-    def _shard_for(self, key: str) -> int:
-        ranges = self._ranges
-        if len(ranges) == 1:
-            return ranges[0][2]
-        if not self._router_ok:
-            raise MetadataError("oxia: the namespace uses a shard key router this client does not know")
-        h = shard_hash(key)
-        i = bisect.bisect_right(self._range_mins, h) - 1
-        if i >= 0:
-            lo, hi, shard = ranges[i]
-            if lo <= h <= hi:
-                return shard
-        raise MetadataError(f"oxia: no shard for hash {h}")
-
-    def _all_shards(self) -> list[int]:
-        return [r[2] for r in self._ranges]
+    # -- routing ---------------------------------------------------------------------------------------------
 
     @property
     def shards(self) -> list[int]:
-        return self._all_shards()
+        return self.router.shards
 
     def shard_of(self, key: str, partition_key: str | None = None) -> int:
-        return self._shard_for(partition_key if partition_key is not None else key)
+        return self.router.shard_for(partition_key if partition_key is not None else key)
 
     # -- low-level operations --------------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise MetadataError("oxia: store closed")
 
     async def _write(self, shard: int, kind: int, payload: bytes, idempotent: bool) -> Any:
         return await self._submit_write(shard, kind, payload, idempotent)
 
     def _submit_write(self, shard: int, kind: int, payload: bytes, idempotent: bool) -> asyncio.Future:
         """Queue a write on its shard's writer now (writes queued in order are applied in order)."""
-        self._check_open()
+        self.router.check_open()
         writer = self._writers.get(shard)
         if writer is None:
             writer = self._writers[shard] = _ShardWriter(self, shard)
@@ -909,7 +755,7 @@ class OxiaMetadataStore(MetadataStore):
         return fut
 
     async def _read(self, shard: int, key: str, comparison: int, include_value: bool = True) -> Any:
-        self._check_open()
+        self.router.check_open()
         reader = self._readers.get(shard)
         if reader is None:
             reader = self._readers[shard] = _ShardReader(self, shard)
@@ -976,10 +822,10 @@ class OxiaMetadataStore(MetadataStore):
     ) -> Entry | None:
         if comparison is Comparison.EQUAL and key.startswith(_INTERNAL_PREFIX):
             return None
-        if comparison is Comparison.EQUAL or partition_key is not None or len(self._ranges) == 1:
+        if comparison is Comparison.EQUAL or partition_key is not None or self.router.shard_count == 1:
             return await self._get_on_shard(self.shard_of(key, partition_key), key, comparison)
         # A comparison without a partition key searches every shard.
-        found = await asyncio.gather(*(self._get_on_shard(s, key, comparison) for s in self._all_shards()))
+        found = await asyncio.gather(*(self._get_on_shard(s, key, comparison) for s in self.router.shards))
         entries = [e for e in found if e is not None]
         if not entries:
             return None
@@ -1003,11 +849,11 @@ class OxiaMetadataStore(MetadataStore):
                 request = codec.encode_create_session(shard, self.session_timeout_ms, self.client_identity)
 
                 async def create() -> bytes:
-                    return await self._leader_conn(shard).create_session(request, timeout=self._rpc_timeout)
+                    return await self.router.leader_conn(shard).create_session(request, timeout=self._rpc_timeout)
 
-                s = _Session(shard, codec.decode_create_session_response(await retries.retrying("create session", create, timeout=self._op_timeout, check_open=self._check_open)),
+                s = _Session(shard, codec.decode_create_session_response(await retries.retrying("create session", create, timeout=self._op_timeout, check_open=self.router.check_open)),
                              live)
-                self._check_open()
+                self.router.check_open()
                 if self.session.generation != live or not self.session.alive:  # ended while we asked
                     self._close_later(s)
                     continue
@@ -1022,7 +868,7 @@ class OxiaMetadataStore(MetadataStore):
         while True:
             await asyncio.sleep(interval)
             try:
-                await self._leader_conn(s.shard).keep_alive(request, timeout=interval)
+                await self.router.leader_conn(s.shard).keep_alive(request, timeout=interval)
                 last_ok = self._loop.time()
                 continue
             except asyncio.CancelledError:
@@ -1049,7 +895,7 @@ class OxiaMetadataStore(MetadataStore):
             if s.task is not None and s.task is not asyncio.current_task():
                 s.task.cancel()
             self._close_later(s)
-        if not self._closed:
+        if not self.router.closed:
             self.session.begin()
 
     def _close_later(self, s: _Session) -> None:
@@ -1062,9 +908,9 @@ class OxiaMetadataStore(MetadataStore):
             return
         request = codec.encode_shard_session(s.shard, s.id)
         try:
-            leader = self._leaders.get(s.shard)
-            if leader and leader in self._conns:
-                await self._conns[leader].close_session(request, timeout=min(5.0, self._rpc_timeout))
+            conn = self.router.open_leader_conn(s.shard)
+            if conn is not None:
+                await conn.close_session(request, timeout=min(5.0, self._rpc_timeout))
         except Exception as e:  # noqa: BLE001
             log.info("oxia: closing session %d on shard %d failed: %s", s.id, s.shard, retries.details(e))
 
@@ -1123,7 +969,7 @@ class OxiaMetadataStore(MetadataStore):
         deltas = self._check_sequential(prefix, deltas, partition_key)
         known = self._sequence_sums.get(prefix)
         if known is None:
-            known = await self._newest_sequence_sums(self._shard_for(partition_key), prefix)
+            known = await self._newest_sequence_sums(self.router.shard_for(partition_key), prefix)
         shard, value, payload = self._sequential_put(prefix, value, deltas, partition_key, known)
         return self._sequential_entry(prefix, value, deltas, await self._write(shard, _PUT, payload, False))
 
@@ -1138,7 +984,7 @@ class OxiaMetadataStore(MetadataStore):
             elif p.partition_key is not None:
                 unknown[p.prefix] = p.partition_key
         found = await asyncio.gather(
-            *(self._newest_sequence_sums(self._shard_for(pk), prefix) for prefix, pk in unknown.items()),
+            *(self._newest_sequence_sums(self.router.shard_for(pk), prefix) for prefix, pk in unknown.items()),
             return_exceptions=True)
         known.update(zip(unknown, found))
         queued = []
@@ -1174,7 +1020,7 @@ class OxiaMetadataStore(MetadataStore):
         if type(value) is not bytes:
             value = bytes(value)
         check_sums_covered(prefix, known, deltas)
-        return self._shard_for(partition_key), value, codec.encode_put(prefix, value, None, None, None, partition_key, deltas)
+        return self.router.shard_for(partition_key), value, codec.encode_put(prefix, value, None, None, None, partition_key, deltas)
 
     def _sequential_entry(self, prefix: str, value: bytes, deltas: Sequence[int], result: tuple) -> Entry:
         status, version_id, session_id, key = result
@@ -1213,7 +1059,7 @@ class OxiaMetadataStore(MetadataStore):
         ranges = _user_ranges(start, end)
         if not ranges:
             return
-        shards = [self._shard_for(partition_key)] if partition_key is not None else self._all_shards()
+        shards = [self.router.shard_for(partition_key)] if partition_key is not None else self.router.shards
         calls = [
             self._write(shard, _DELETE_RANGE, codec.encode_delete_range(s, e), True) for shard in shards for s, e in ranges
         ]
@@ -1226,17 +1072,17 @@ class OxiaMetadataStore(MetadataStore):
     async def _list_shard(self, shard: int, start: str, end: str) -> list[str]:
         async def once() -> list[str]:
             keys: list[str] = []
-            call = self._leader_conn(shard).list(codec.encode_range_request(shard, start, end), timeout=self._rpc_timeout)
+            call = self.router.leader_conn(shard).list(codec.encode_range_request(shard, start, end), timeout=self._rpc_timeout)
             async for raw in call:
                 keys.extend(codec.decode_list_response(raw))
             return keys
 
-        return await retries.retrying("list", once, timeout=self._op_timeout, check_open=self._check_open)
+        return await retries.retrying("list", once, timeout=self._op_timeout, check_open=self.router.check_open)
 
     async def _scan_shard(self, shard: int, start: str, end: str) -> list[Entry]:
         async def once() -> list[Entry]:
             entries: list[Entry] = []
-            call = self._leader_conn(shard).range_scan(
+            call = self.router.leader_conn(shard).range_scan(
                 codec.encode_range_request(shard, start, end), timeout=self._rpc_timeout
             )
             async for raw in call:
@@ -1244,11 +1090,11 @@ class OxiaMetadataStore(MetadataStore):
                     entries.append(Entry(key or "", bytes(value), version_id, session_id is not None))
             return entries
 
-        return await retries.retrying("range scan", once, timeout=self._op_timeout, check_open=self._check_open)
+        return await retries.retrying("range scan", once, timeout=self._op_timeout, check_open=self.router.check_open)
 
     def _targets(self, partition_key: str | None) -> list[int]:
-        self._check_open()
-        return [self._shard_for(partition_key)] if partition_key is not None else self._all_shards()
+        self.router.check_open()
+        return [self.router.shard_for(partition_key)] if partition_key is not None else self.router.shards
 
     async def list(self, start: str, end: str, *, partition_key: str | None = None) -> list[str]:
         ranges = _user_ranges(start, end)
@@ -1271,11 +1117,11 @@ class OxiaMetadataStore(MetadataStore):
     # -- watch -------------------------------------------------------------------------------------------------
 
     async def watch(self, prefix: str) -> Watch:
-        self._check_open()
+        self.router.check_open()
         w = WatchQueue(prefix, self._unsubscribe)
         async with self._feed_lock:
             feeds = []
-            for shard in self._all_shards():
+            for shard in self.router.shards:
                 feed = self._feeds.get(shard)
                 if feed is None:
                     feed = self._feeds[shard] = _NotificationFeed(self, shard)
