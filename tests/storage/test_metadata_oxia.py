@@ -31,7 +31,7 @@ from dray_broker.metadata import (
     SessionExpiredError,
     open_metadata_store,
 )
-from dray_broker.metadata.oxia import codec
+from dray_broker.metadata.oxia import codec, own_keys
 from dray_broker.metadata.oxia import store as ox
 from dray_broker.metadata.oxia.routing import shard_hash
 from dray_broker.metadata import hierarchical_sort_key, parse_sequence_key, sequence_key
@@ -240,14 +240,14 @@ def test_user_ranges_skip_oxias_own_keys():
     everything = ("", "~~/~~/~~/~~/~~")
     for start, end in [everything, ("/", "zz/"), ("__oxia/", "__oxia/~"), ("a/", "z/"), ("__oxia/x", "__oxib/"),
                        ("__oxia", "__oxia/z")]:
-        ranges = ox._user_ranges(start, end)
+        ranges = own_keys.user_ranges(start, end)
         for k in internal:
             assert not any(compare_with_slash(s, k) <= 0 < compare_with_slash(e, k) for s, e in ranges), (k, ranges)
         for k in user:
             in_range = compare_with_slash(start, k) <= 0 < compare_with_slash(end, k)
             covered = any(compare_with_slash(s, k) <= 0 < compare_with_slash(e, k) for s, e in ranges)
             assert covered == in_range, (start, end, k, ranges)
-    assert ox._user_ranges("/b", "/a") == [] and ox._user_ranges("/a", "/a") == []
+    assert own_keys.user_ranges("/b", "/a") == [] and own_keys.user_ranges("/a", "/a") == []
 
 
 # ---------------------------------------------------------------------------------------------------- shared server

@@ -36,6 +36,7 @@ write request (every operation coalesced with it). Always use the same number of
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -61,38 +62,13 @@ from dray_broker.metadata.base import (
     Watch,
 )
 from dray_broker.metadata.keys import hierarchical_sort_key
-from dray_broker.metadata.oxia import codec, retries
+from dray_broker.metadata.oxia import codec, own_keys, retries
 from dray_broker.metadata.oxia.routing import Router
 from dray_broker.metadata.sequence import check_sequential, check_sums_covered, newest_key_bound, sums_of_newest
 from dray_broker.metadata.watch import WatchQueue
 
 log = logging.getLogger("dray.metadata.oxia")
 
-_INTERNAL_PREFIX = "__oxia/"
-# Every key whose first segment is "__oxia" (Oxia's own) sorts in [_INTERNAL_LO, _INTERNAL_HI): the server takes
-# "__oxia\0/" as the first key after them. In sort-key space they fill [_INTERNAL_LO_SK, _INTERNAL_HI_SK): every
-# sort key that starts with the directory segment 0x01 "__oxia" 0x00.
-_INTERNAL_LO = "__oxia/"
-_INTERNAL_HI = "__oxia\x00/"
-_INTERNAL_LO_SK = hierarchical_sort_key(_INTERNAL_LO)
-_INTERNAL_HI_SK = b"\x01__oxia\x01"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Oxia's own keys
-
-
-def _user_ranges(start: str, end: str) -> list[tuple[str, str]]:
-    """[start, end) without Oxia's internal block [__oxia/, __oxia\\0/)."""
-    a, b = hierarchical_sort_key(start), hierarchical_sort_key(end)
-    if a >= b:
-        return []
-    out = []
-    if a < _INTERNAL_LO_SK:
-        out.append((start, end if b <= _INTERNAL_LO_SK else _INTERNAL_LO))
-    if b > _INTERNAL_HI_SK:
-        out.append((start if a >= _INTERNAL_HI_SK else _INTERNAL_HI, end))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -777,41 +753,7 @@ class OxiaMetadataStore(MetadataStore):
         return self._entry(await self._read(shard, key, codec.COMPARISON_CODE[comparison]), key)
 
     async def _get_on_shard(self, shard: int, key: str, comparison: Comparison) -> Entry | None:
-        """A get that never returns, nor lands on, Oxia's own keys. They sort together in [_INTERNAL_LO,
-        _INTERNAL_HI), and some of them (notification batches) are not records: a get that lands on one fails,
-        and with it the other gets of its Read call. User keys starting with '/' sort before the block."""
-        if comparison is Comparison.EQUAL:
-            return await self._get_simple(shard, key, comparison)
-        sk = hierarchical_sort_key(key)
-        below = key.startswith("/") or sk < _INTERNAL_LO_SK
-        above = not below and sk >= _INTERNAL_HI_SK
-        if comparison in (Comparison.CEILING, Comparison.HIGHER):
-            if below:
-                entry = await self._get_simple(shard, key, comparison)
-                if entry is None or not entry.key.startswith(_INTERNAL_PREFIX):
-                    return entry
-            elif above:
-                return await self._get_simple(shard, key, comparison)
-            # The smallest key after the block: the block's 2-segment keys are records, so landing there is safe.
-            return await self._get_simple(shard, _INTERNAL_HI, Comparison.CEILING)
-        if below:
-            return await self._get_simple(shard, key, comparison)
-        if above:
-            # Only search down from key if a user key lies in [_INTERNAL_HI, key]; else skip the block.
-            first = await self._get_simple(shard, _INTERNAL_HI, Comparison.CEILING)
-            if first is not None:
-                first_sk = hierarchical_sort_key(first.key)
-                if first_sk < sk or (first_sk == sk and comparison is Comparison.FLOOR):
-                    try:
-                        entry = await self._get_simple(shard, key, comparison)
-                    except MetadataError as e:  # raced with a delete of `first`, landed in the block
-                        if "deserialize" not in str(e).lower():
-                            raise
-                        entry = None
-                    if entry is not None and not entry.key.startswith(_INTERNAL_PREFIX):
-                        return entry
-        entry = await self._get_simple(shard, _INTERNAL_LO, Comparison.LOWER)
-        return entry
+        return await own_keys.find(functools.partial(self._get_simple, shard), key, comparison)
 
     async def get(
         self,
@@ -820,7 +762,7 @@ class OxiaMetadataStore(MetadataStore):
         *,
         partition_key: str | None = None,
     ) -> Entry | None:
-        if comparison is Comparison.EQUAL and key.startswith(_INTERNAL_PREFIX):
+        if comparison is Comparison.EQUAL and own_keys.is_own(key):
             return None
         if comparison is Comparison.EQUAL or partition_key is not None or self.router.shard_count == 1:
             return await self._get_on_shard(self.shard_of(key, partition_key), key, comparison)
@@ -934,8 +876,8 @@ class OxiaMetadataStore(MetadataStore):
         session: int | None = None,
         partition_key: str | None = None,
     ) -> Entry:
-        if key.startswith(_INTERNAL_PREFIX):
-            raise MetadataError(f"oxia: keys under {_INTERNAL_PREFIX} belong to Oxia")
+        if own_keys.is_own(key):
+            raise MetadataError(f"oxia: keys under {own_keys.PREFIX} belong to Oxia")
         if type(value) is not bytes:
             value = bytes(value)
         shard = self.shard_of(key, partition_key)
@@ -1009,8 +951,8 @@ class OxiaMetadataStore(MetadataStore):
     def _check_sequential(prefix: str, deltas: Sequence[int], partition_key: str | None) -> list[int]:
         # The server fails the whole write request (every operation coalesced with this one) on these.
         checked = check_sequential(prefix, deltas, partition_key)
-        if prefix.startswith(_INTERNAL_PREFIX):
-            raise MetadataError(f"oxia: keys under {_INTERNAL_PREFIX} belong to Oxia")
+        if own_keys.is_own(prefix):
+            raise MetadataError(f"oxia: keys under {own_keys.PREFIX} belong to Oxia")
         return checked
 
     def _sequential_put(
@@ -1041,7 +983,7 @@ class OxiaMetadataStore(MetadataStore):
     async def delete(
         self, key: str, *, expected_version: int | None = None, partition_key: str | None = None
     ) -> bool:
-        if key.startswith(_INTERNAL_PREFIX):
+        if own_keys.is_own(key):
             return False
         shard = self.shard_of(key, partition_key)
         status = await self._write(
@@ -1056,7 +998,7 @@ class OxiaMetadataStore(MetadataStore):
         raise MetadataError(f"oxia: delete {key!r} failed with status {status}")
 
     async def delete_range(self, start: str, end: str, *, partition_key: str | None = None) -> None:
-        ranges = _user_ranges(start, end)
+        ranges = own_keys.user_ranges(start, end)
         if not ranges:
             return
         shards = [self.router.shard_for(partition_key)] if partition_key is not None else self.router.shards
@@ -1097,7 +1039,7 @@ class OxiaMetadataStore(MetadataStore):
         return [self.router.shard_for(partition_key)] if partition_key is not None else self.router.shards
 
     async def list(self, start: str, end: str, *, partition_key: str | None = None) -> list[str]:
-        ranges = _user_ranges(start, end)
+        ranges = own_keys.user_ranges(start, end)
         shards = self._targets(partition_key)
         parts = await asyncio.gather(*(self._list_shard(sh, s, e) for sh in shards for s, e in ranges))
         keys = [k for part in parts for k in part]
@@ -1106,7 +1048,7 @@ class OxiaMetadataStore(MetadataStore):
         return keys
 
     async def range_scan(self, start: str, end: str, *, partition_key: str | None = None) -> list[Entry]:
-        ranges = _user_ranges(start, end)
+        ranges = own_keys.user_ranges(start, end)
         shards = self._targets(partition_key)
         parts = await asyncio.gather(*(self._scan_shard(sh, s, e) for sh in shards for s, e in ranges))
         entries = [x for part in parts for x in part]
