@@ -277,7 +277,7 @@ async def test_concurrent_operations_are_coalesced(store: OxiaMetadataStore, pfx
     prefix = pfx + "p/idx"
     await store.put_sequential(prefix, b"first", [1, 1], partition_key=pk)
     shard = store.shard_of(prefix, pk)
-    writer = store._writers[shard]
+    writer = store.writes.writer(shard)
     requests, ops = writer.requests_sent, writer.ops_sent
     n = 600
     entries = await asyncio.gather(*(store.put_sequential(prefix, b"v%d" % i, [1, 10], partition_key=pk)
@@ -549,7 +549,7 @@ async def test_reconnects_after_the_server_is_killed_and_restarted(private_oxia,
         srv.stop(signal.SIGKILL)
 
         async def noticed():  # the streams have seen the connection go (a write sent before that is ambiguous)
-            return all(w.stream is None or w.stream.failed for w in s._writers.values())
+            return not any(w.connected for w in s.writes.writers)
 
         await wait_until(noticed, 10, "the write streams to notice the lost connection")
         # Issued while the server is down: not sent yet, so even a put_sequential is safely retried.
