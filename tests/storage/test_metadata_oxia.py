@@ -29,13 +29,14 @@ from dray_broker.metadata import (
     MetadataError,
     NotificationType,
     SessionExpiredError,
+    VersionMismatchError,
+    hierarchical_sort_key,
     open_metadata_store,
+    parse_sequence_key,
+    sequence_key,
 )
-from dray_broker.metadata.oxia import codec, own_keys
-from dray_broker.metadata.oxia import store as ox
+from dray_broker.metadata.oxia import OxiaMetadataStore, codec, own_keys
 from dray_broker.metadata.oxia.routing import shard_hash
-from dray_broker.metadata import hierarchical_sort_key, parse_sequence_key, sequence_key
-from dray_broker.metadata.oxia import OxiaMetadataStore
 from oxia.internal.proto.io.streamnative.oxia import proto as pb
 from tests import services
 from tests.storage.test_metadata_shared import compare_with_slash
@@ -128,7 +129,7 @@ def pfx() -> str:
 
 async def raw_get(store: OxiaMetadataStore, shard: int, key: str):
     """One EQUAL get sent straight to one shard, bypassing the routing."""
-    return store._entry(await store._read(shard, key, 0), key)
+    return await store.reads.get(shard, key, Comparison.EQUAL)
 
 
 async def wait_until(predicate, timeout: float, what: str):
@@ -287,7 +288,7 @@ async def test_concurrent_operations_are_coalesced(store: OxiaMetadataStore, pfx
     sums = sorted(parse_sequence_key(prefix, e.key) for e in entries)
     assert sums == [[2 + i, 11 + 10 * i] for i in range(n)]  # dense, no duplicates
 
-    reader = store._readers.get(shard) or store._readers.setdefault(shard, ox._ShardReader(store, shard))
+    reader = store.reads.reader(shard)
     requests, ops = reader.requests_sent, reader.ops_sent
     got = await asyncio.gather(*(store.get(e.key, partition_key=pk) for e in entries))
     assert got == entries
@@ -301,7 +302,7 @@ async def test_concurrent_operations_are_coalesced(store: OxiaMetadataStore, pfx
         return_exceptions=True,
     )
     wins = [r for r in results[:20] if not isinstance(r, Exception)]
-    assert len(wins) == 1 and all(isinstance(r, ox.VersionMismatchError) for r in results[:20] if r not in wins)
+    assert len(wins) == 1 and all(isinstance(r, VersionMismatchError) for r in results[:20] if r not in wins)
     assert results[20:] == [False] * 20
 
 
@@ -508,7 +509,7 @@ async def test_oxias_own_keys_stay_hidden(private_oxia):
             await s._close_session(sess)
         s._sessions.clear()
         shard = s.shards[0]
-        poison = s._read(shard, "zzz/zzz", codec.COMPARISON_CODE[Comparison.LOWER])
+        poison = s.reads.get(shard, "zzz/zzz", Comparison.LOWER)
         good = [s.get(f"/k{i}") for i in range(5)]
         res = await asyncio.gather(poison, *good, return_exceptions=True)
         assert isinstance(res[0], MetadataError) and "eserialize" in str(res[0]), res[0]

@@ -41,7 +41,6 @@ import logging
 import os
 import socket
 import uuid
-from collections import deque
 from typing import Any, Sequence
 
 
@@ -61,6 +60,7 @@ from dray_broker.metadata.base import (
 )
 from dray_broker.metadata.keys import hierarchical_sort_key
 from dray_broker.metadata.oxia import codec, own_keys, retries
+from dray_broker.metadata.oxia.reads import Reads
 from dray_broker.metadata.oxia.routing import Router
 from dray_broker.metadata.oxia.writes import DELETE, DELETE_RANGE, PUT, Writes
 from dray_broker.metadata.sequence import check_sequential, check_sums_covered, newest_key_bound, sums_of_newest
@@ -68,144 +68,6 @@ from dray_broker.metadata.watch import WatchQueue
 
 log = logging.getLogger("dray.metadata.oxia")
 
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Read batching
-
-
-class _ReadOp:
-    __slots__ = ("payload", "future", "deadline", "alone")
-
-    def __init__(self, payload: bytes, future: asyncio.Future, deadline: float) -> None:
-        self.payload = payload
-        self.future = future
-        self.deadline = deadline
-        self.alone = False  # its batch failed: send it by itself, so that one bad get fails only itself
-
-
-class _ShardReader:
-    """Coalesces the gets of one shard into Read calls."""
-
-    def __init__(self, store: "OxiaMetadataStore", shard: int) -> None:
-        self.store = store
-        self.shard = shard
-        self.queue: deque[_ReadOp] = deque()
-        self.wakeup = asyncio.Event()
-        self.slot_free = asyncio.Event()
-        self.inflight = 0
-        self.calls: set[asyncio.Task] = set()
-        self.backoff = retries.Backoff()
-        self.requests_sent = 0  # statistics: Read calls and the gets they carried
-        self.ops_sent = 0
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    def submit(self, op: _ReadOp) -> None:
-        self.queue.append(op)
-        self.wakeup.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._loop()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a bug: fail what waits rather than hang it
-                log.exception("oxia: the reader of shard %d failed", self.shard)
-                while self.queue:
-                    op = self.queue.popleft()
-                    if not op.future.done():
-                        op.future.set_exception(MetadataError(f"oxia: internal error in the reader: {e!r}"))
-                await asyncio.sleep(0.1)
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self.wakeup.wait()
-            if not self.queue:
-                self.wakeup.clear()
-                continue
-            while self.inflight >= self.store._max_inflight_reads:
-                self.slot_free.clear()
-                await self.slot_free.wait()
-            ops: list[_ReadOp] = []
-            max_ops = self.store._max_batch_ops
-            while self.queue and len(ops) < max_ops:
-                if self.queue[0].alone and ops:
-                    break
-                op = self.queue.popleft()
-                if not op.future.done():
-                    ops.append(op)
-                    if op.alone:
-                        break
-            if not ops:
-                continue
-            self.inflight += 1
-            self.requests_sent += 1
-            self.ops_sent += len(ops)
-            t = loop.create_task(self._call(ops))
-            self.calls.add(t)
-            t.add_done_callback(self.calls.discard)
-
-    async def _call(self, ops: list[_ReadOp]) -> None:
-        done = 0
-        try:
-            try:
-                conn = self.store.router.leader_conn(self.shard)
-                request = codec.encode_read_request(self.shard, [o.payload for o in ops])
-                call = conn.read(request, timeout=self.store._rpc_timeout)
-                async for raw in call:
-                    for res in codec.decode_get_responses(raw):
-                        op = ops[done]
-                        done += 1
-                        if not op.future.done():
-                            op.future.set_result(res)
-                if done < len(ops):
-                    raise retries.StreamBroken(f"oxia: read returned {done} of {len(ops)} results")
-                self.backoff.reset()
-            finally:
-                self.inflight -= 1
-                self.slot_free.set()
-        except asyncio.CancelledError:
-            for op in ops[done:]:
-                if not op.future.done():
-                    op.future.set_exception(retries.Closed("oxia: store closed"))
-            raise
-        except Exception as e:  # noqa: BLE001
-            rest = ops[done:]
-            if not retries.is_transient(e):
-                if len(rest) > 1 or (rest and not rest[0].alone):
-                    # The server stops a Read call at the first get it cannot serve: find which one it was.
-                    for op in rest:
-                        op.alone = True
-                    self.queue.extendleft(reversed(rest))
-                    self.wakeup.set()
-                    return
-                for op in rest:
-                    if not op.future.done():
-                        op.future.set_exception(MetadataError(f"oxia: read failed: {retries.details(e)}"))
-                return
-            log.debug("oxia: read on shard %d failed, retrying: %s", self.shard, retries.details(e))
-            await asyncio.sleep(self.backoff.next())
-            now = asyncio.get_running_loop().time()
-            for op in rest:
-                if op.future.done():
-                    continue
-                if now >= op.deadline:
-                    op.future.set_exception(MetadataError(f"oxia: read failed: {retries.details(e)}"))
-                else:
-                    self.queue.append(op)
-            self.wakeup.set()
-
-    async def close(self) -> None:
-        self.task.cancel()
-        for t in list(self.calls):
-            t.cancel()
-        while self.queue:
-            op = self.queue.popleft()
-            if not op.future.done():
-                op.future.set_exception(retries.Closed("oxia: store closed"))
-        await asyncio.gather(self.task, *self.calls, return_exceptions=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -320,8 +182,6 @@ class OxiaMetadataStore(MetadataStore):
         self.client_identity = client_identity or f"dray-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._rpc_timeout = rpc_timeout
         self._op_timeout = op_timeout
-        self._max_batch_ops = max_batch_ops
-        self._max_inflight_reads = max_inflight_reads
         self._loop = asyncio.get_running_loop()
         self.router = Router(address, namespace)
         self.writes = Writes(
@@ -332,7 +192,13 @@ class OxiaMetadataStore(MetadataStore):
             max_batch_bytes=max_batch_bytes,
             max_inflight=max_inflight_writes,
         )
-        self._readers: dict[int, _ShardReader] = {}
+        self.reads = Reads(
+            self.router,
+            rpc_timeout=rpc_timeout,
+            op_timeout=op_timeout,
+            max_batch_ops=max_batch_ops,
+            max_inflight=max_inflight_reads,
+        )
         self.session = SessionLife()
         self._sessions: dict[int, _Session] = {}  # of the live generation, by shard
         self._session_locks: dict[int, asyncio.Lock] = {}
@@ -405,9 +271,7 @@ class OxiaMetadataStore(MetadataStore):
             await feed.close()
         self._feeds.clear()
         await self.writes.close()
-        for r in list(self._readers.values()):
-            await r.close()
-        self._readers.clear()
+        await self.reads.close()
         await self.router.close()
 
     async def __aenter__(self) -> "OxiaMetadataStore":
@@ -430,30 +294,10 @@ class OxiaMetadataStore(MetadataStore):
     async def _write(self, shard: int, kind: int, payload: bytes, idempotent: bool) -> Any:
         return await self.writes.submit(shard, kind, payload, idempotent)
 
-    async def _read(self, shard: int, key: str, comparison: int, include_value: bool = True) -> Any:
-        self.router.check_open()
-        reader = self._readers.get(shard)
-        if reader is None:
-            reader = self._readers[shard] = _ShardReader(self, shard)
-        fut = self._loop.create_future()
-        reader.submit(_ReadOp(codec.encode_get(key, include_value, comparison), fut, self._loop.time() + self._op_timeout))
-        return await fut
-
     # -- get ---------------------------------------------------------------------------------------------------
 
-    def _entry(self, res: tuple, key: str) -> Entry | None:
-        status, version_id, session_id, value, rkey = res
-        if status == codec.KEY_NOT_FOUND:
-            return None
-        if status != codec.OK:
-            raise MetadataError(f"oxia: get {key!r} failed with status {status}")
-        return Entry(rkey if rkey is not None else key, bytes(value), version_id, session_id is not None)
-
-    async def _get_simple(self, shard: int, key: str, comparison: Comparison) -> Entry | None:
-        return self._entry(await self._read(shard, key, codec.COMPARISON_CODE[comparison]), key)
-
     async def _get_on_shard(self, shard: int, key: str, comparison: Comparison) -> Entry | None:
-        return await own_keys.find(functools.partial(self._get_simple, shard), key, comparison)
+        return await own_keys.find(functools.partial(self.reads.get, shard), key, comparison)
 
     async def get(
         self,
@@ -711,29 +555,6 @@ class OxiaMetadataStore(MetadataStore):
 
     # -- list and scan -----------------------------------------------------------------------------------------
 
-    async def _list_shard(self, shard: int, start: str, end: str) -> list[str]:
-        async def once() -> list[str]:
-            keys: list[str] = []
-            call = self.router.leader_conn(shard).list(codec.encode_range_request(shard, start, end), timeout=self._rpc_timeout)
-            async for raw in call:
-                keys.extend(codec.decode_list_response(raw))
-            return keys
-
-        return await retries.retrying("list", once, timeout=self._op_timeout, check_open=self.router.check_open)
-
-    async def _scan_shard(self, shard: int, start: str, end: str) -> list[Entry]:
-        async def once() -> list[Entry]:
-            entries: list[Entry] = []
-            call = self.router.leader_conn(shard).range_scan(
-                codec.encode_range_request(shard, start, end), timeout=self._rpc_timeout
-            )
-            async for raw in call:
-                for status, version_id, session_id, value, key in codec.decode_get_responses(raw):
-                    entries.append(Entry(key or "", bytes(value), version_id, session_id is not None))
-            return entries
-
-        return await retries.retrying("range scan", once, timeout=self._op_timeout, check_open=self.router.check_open)
-
     def _targets(self, partition_key: str | None) -> list[int]:
         self.router.check_open()
         return [self.router.shard_for(partition_key)] if partition_key is not None else self.router.shards
@@ -741,7 +562,7 @@ class OxiaMetadataStore(MetadataStore):
     async def list(self, start: str, end: str, *, partition_key: str | None = None) -> list[str]:
         ranges = own_keys.user_ranges(start, end)
         shards = self._targets(partition_key)
-        parts = await asyncio.gather(*(self._list_shard(sh, s, e) for sh in shards for s, e in ranges))
+        parts = await asyncio.gather(*(self.reads.list(sh, s, e) for sh in shards for s, e in ranges))
         keys = [k for part in parts for k in part]
         if len(shards) > 1:
             keys.sort(key=hierarchical_sort_key)
@@ -750,7 +571,7 @@ class OxiaMetadataStore(MetadataStore):
     async def range_scan(self, start: str, end: str, *, partition_key: str | None = None) -> list[Entry]:
         ranges = own_keys.user_ranges(start, end)
         shards = self._targets(partition_key)
-        parts = await asyncio.gather(*(self._scan_shard(sh, s, e) for sh in shards for s, e in ranges))
+        parts = await asyncio.gather(*(self.reads.range_scan(sh, s, e) for sh in shards for s, e in ranges))
         entries = [x for part in parts for x in part]
         if len(shards) > 1:
             entries.sort(key=lambda x: hierarchical_sort_key(x.key))
