@@ -337,7 +337,7 @@ async def test_session_expires_when_the_keepalive_stops(oxia_service, pfx: str):
     try:
         e = await s.put(pfx + "eph", b"1", ephemeral=True)
         assert e.ephemeral and (await observer.get(pfx + "eph")).ephemeral
-        (session,) = s._sessions.values()
+        (session,) = s.shard_sessions.live
         await asyncio.sleep(1.5)  # the keepalive (every 0.67 s) holds it past the timeout
         assert await observer.get(pfx + "eph") is not None
         session.task.cancel()
@@ -356,7 +356,7 @@ async def test_session_expires_when_the_keepalive_stops(oxia_service, pfx: str):
         with pytest.raises(SessionExpiredError):
             await s.put(pfx + "eph3", b"3", ephemeral=True, session=1)
         assert (await s.put(pfx + "eph3", b"3", ephemeral=True, session=2)).ephemeral
-        (renewed,) = s._sessions.values()
+        (renewed,) = s.shard_sessions.live
         assert renewed.id != session.id and (await observer.get(pfx + "eph3")).ephemeral
         assert (await s.put(pfx + "durable", b"ok")).value == b"ok"
     finally:
@@ -453,7 +453,7 @@ async def test_multi_shard_lists_comparisons_watches_and_sessions(private_oxia, 
         eph_keys = [pfx + f"eph{i}" for i in range(12)]
         for k in eph_keys:
             assert (await eph.put(k, b"e", ephemeral=True)).ephemeral
-        assert len(eph._sessions) == len({eph.shard_of(k) for k in eph_keys}) > 1
+        assert len(eph.shard_sessions.live) == len({eph.shard_of(k) for k in eph_keys}) > 1
         await eph.close()
         for k in eph_keys:
             assert await s.get(k) is None
@@ -504,10 +504,7 @@ async def test_oxias_own_keys_stay_hidden(private_oxia):
         # Without sessions, the last of Oxia's keys are notification batches, which are not records: a get that
         # lands on one fails on the server, and with it its whole Read call. The other gets of that call are
         # retried alone and succeed; the public get never lands there.
-        for sess in list(s._sessions.values()):
-            sess.task.cancel()
-            await s._close_session(sess)
-        s._sessions.clear()
+        await s.shard_sessions.close()
         shard = s.shards[0]
         poison = s.reads.get(shard, "zzz/zzz", Comparison.LOWER)
         good = [s.get(f"/k{i}") for i in range(5)]

@@ -62,25 +62,13 @@ from dray_broker.metadata.keys import hierarchical_sort_key
 from dray_broker.metadata.oxia import codec, own_keys, retries
 from dray_broker.metadata.oxia.reads import Reads
 from dray_broker.metadata.oxia.routing import Router
+from dray_broker.metadata.oxia.sessions import ShardSessions
 from dray_broker.metadata.oxia.writes import DELETE, DELETE_RANGE, PUT, Writes
 from dray_broker.metadata.sequence import check_sequential, check_sums_covered, newest_key_bound, sums_of_newest
 from dray_broker.metadata.watch import WatchQueue
 
 log = logging.getLogger("dray.metadata.oxia")
 
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Sessions
-
-
-class _Session:
-    def __init__(self, shard: int, session_id: int, generation: int) -> None:
-        self.shard = shard
-        self.id = session_id
-        self.generation = generation
-        self.expired = False  # the server dropped it
-        self.task: asyncio.Task | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -200,9 +188,14 @@ class OxiaMetadataStore(MetadataStore):
             max_inflight=max_inflight_reads,
         )
         self.session = SessionLife()
-        self._sessions: dict[int, _Session] = {}  # of the live generation, by shard
-        self._session_locks: dict[int, asyncio.Lock] = {}
-        self._closing_sessions: set[asyncio.Task] = set()
+        self.shard_sessions = ShardSessions(
+            self.router,
+            self.session,
+            timeout_ms=self.session_timeout_ms,
+            client_identity=self.client_identity,
+            rpc_timeout=rpc_timeout,
+            op_timeout=op_timeout,
+        )
         self._feeds: dict[int, _NotificationFeed] = {}
         self._feed_lock = asyncio.Lock()
         # prefix -> number of sums of its newest sequence key (see put_sequential)
@@ -258,13 +251,7 @@ class OxiaMetadataStore(MetadataStore):
         self.router.stop()
         self.session.close()
         # Sessions first, so that their ephemeral keys go now rather than at expiry.
-        sessions = list(self._sessions.values())
-        self._sessions.clear()
-        for s in sessions:
-            if s.task is not None:
-                s.task.cancel()
-        await asyncio.gather(*(self._close_session(s) for s in sessions), *self._closing_sessions,
-                             return_exceptions=True)
+        await self.shard_sessions.close()
         for feed in list(self._feeds.values()):
             for w in list(feed.watches):
                 w.end()
@@ -320,86 +307,6 @@ class OxiaMetadataStore(MetadataStore):
 
     # -- writes ------------------------------------------------------------------------------------------------
 
-    async def _session_for(self, shard: int, generation: int | None) -> _Session:
-        """This shard's session in the live generation (which must be `generation` if given), created on first
-        use. Oxia has one per shard; to callers they are one session (see SessionLife)."""
-        while True:
-            live = self.session.require(generation)
-            s = self._sessions.get(shard)
-            if s is not None:
-                return s
-            lock = self._session_locks.setdefault(shard, asyncio.Lock())
-            async with lock:
-                if self._sessions.get(shard) is not None or self.session.generation != live:
-                    continue
-                request = codec.encode_create_session(shard, self.session_timeout_ms, self.client_identity)
-
-                async def create() -> bytes:
-                    return await self.router.leader_conn(shard).create_session(request, timeout=self._rpc_timeout)
-
-                s = _Session(shard, codec.decode_create_session_response(await retries.retrying("create session", create, timeout=self._op_timeout, check_open=self.router.check_open)),
-                             live)
-                self.router.check_open()
-                if self.session.generation != live or not self.session.alive:  # ended while we asked
-                    self._close_later(s)
-                    continue
-                s.task = self._loop.create_task(self._keep_alive(s))
-                self._sessions[shard] = s
-                return s
-
-    async def _keep_alive(self, s: _Session) -> None:
-        interval = self.session_timeout_ms / 3000
-        request = codec.encode_shard_session(s.shard, s.id)
-        last_ok = self._loop.time()
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.router.leader_conn(s.shard).keep_alive(request, timeout=interval)
-                last_ok = self._loop.time()
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001
-                if retries.is_session_not_found(e):
-                    s.expired = True
-                    self._end_generation(s.generation, f"Oxia dropped session {s.id} of shard {s.shard}")
-                    return
-                if self._loop.time() - last_ok > self.session_timeout_ms / 1000:
-                    self._end_generation(s.generation, f"no keepalive of session {s.id} of shard {s.shard} got "
-                                                       f"through within the session timeout ({retries.details(e)})")
-                    return
-                log.info("oxia: keep-alive of session %d on shard %d failed: %s", s.id, s.shard, retries.details(e))
-
-    def _end_generation(self, generation: int, reason: str) -> None:
-        """End the session generation: close every shard's session of it (their keys go now, not at their
-        expiry) and begin the next generation, whose sessions are created on demand."""
-        if not self.session.end(generation, reason):
-            return
-        sessions = list(self._sessions.values())
-        self._sessions.clear()
-        for s in sessions:
-            if s.task is not None and s.task is not asyncio.current_task():
-                s.task.cancel()
-            self._close_later(s)
-        if not self.router.closed:
-            self.session.begin()
-
-    def _close_later(self, s: _Session) -> None:
-        task = self._loop.create_task(self._close_session(s))
-        self._closing_sessions.add(task)
-        task.add_done_callback(self._closing_sessions.discard)
-
-    async def _close_session(self, s: _Session) -> None:
-        if s.expired:
-            return
-        request = codec.encode_shard_session(s.shard, s.id)
-        try:
-            conn = self.router.open_leader_conn(s.shard)
-            if conn is not None:
-                await conn.close_session(request, timeout=min(5.0, self._rpc_timeout))
-        except Exception as e:  # noqa: BLE001
-            log.info("oxia: closing session %d on shard %d failed: %s", s.id, s.shard, retries.details(e))
-
     async def _version_error(
         self, key: str, expected_version: int | None, partition_key: str | None
     ) -> MetadataError:
@@ -425,7 +332,7 @@ class OxiaMetadataStore(MetadataStore):
         if type(value) is not bytes:
             value = bytes(value)
         shard = self.shard_of(key, partition_key)
-        owner = await self._session_for(shard, session) if ephemeral else None
+        owner = await self.shard_sessions.for_shard(shard, session) if ephemeral else None
         payload = codec.encode_put(
             key,
             value,
@@ -442,8 +349,7 @@ class OxiaMetadataStore(MetadataStore):
             raise await self._version_error(key, expected_version, partition_key)
         if status == codec.SESSION_DOES_NOT_EXIST:
             if owner is not None:
-                owner.expired = True
-                self._end_generation(owner.generation, f"Oxia dropped session {owner.id} of shard {shard}")
+                self.shard_sessions.dropped(owner, f"Oxia dropped session {owner.id} of shard {shard}")
             raise SessionExpiredError(f"oxia: session of shard {shard} does not exist")
         if status == codec.KEY_NOT_FOUND:
             raise KeyNotFoundError(key)
