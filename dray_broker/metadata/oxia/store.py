@@ -50,8 +50,6 @@ from dray_broker.metadata.base import (
     KeyNotFoundError,
     MetadataError,
     MetadataStore,
-    Notification,
-    NotificationType,
     SequentialPut,
     SessionExpiredError,
     SessionLife,
@@ -59,90 +57,16 @@ from dray_broker.metadata.base import (
     Watch,
 )
 from dray_broker.metadata.keys import hierarchical_sort_key
-from dray_broker.metadata.oxia import codec, own_keys, retries
+from dray_broker.metadata.oxia import codec, own_keys
+from dray_broker.metadata.oxia.notifications import Feeds
 from dray_broker.metadata.oxia.reads import Reads
 from dray_broker.metadata.oxia.routing import Router
 from dray_broker.metadata.oxia.sessions import ShardSessions
 from dray_broker.metadata.oxia.writes import DELETE, DELETE_RANGE, PUT, Writes
 from dray_broker.metadata.sequence import check_sequential, check_sums_covered, newest_key_bound, sums_of_newest
-from dray_broker.metadata.watch import WatchQueue
 
 log = logging.getLogger("dray.metadata.oxia")
 
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Notifications
-
-
-class _NotificationFeed:
-    """The GetNotifications stream of one shard, fanned out to this store's watches."""
-
-    def __init__(self, store: "OxiaMetadataStore", shard: int) -> None:
-        self.store = store
-        self.shard = shard
-        self.watches: set[WatchQueue] = set()
-        self.offset: int | None = None
-        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        backoff = retries.Backoff()
-        while True:
-            try:
-                conn = self.store.router.leader_conn(self.shard)
-                call = conn.notifications(codec.encode_notifications_request(self.shard, self.offset))
-                async for raw in call:
-                    backoff.reset()
-                    _shard, offset, items = codec.decode_notification_batch(raw)
-                    if self.offset is None:
-                        # The first batch of a stream opened without an offset: positioned at the commit offset.
-                        self.offset = offset
-                        if not self.ready.done():
-                            self.ready.set_result(None)
-                        if not items:
-                            continue
-                    elif offset <= self.offset:
-                        continue
-                    self.offset = offset
-                    if items:
-                        self._dispatch(items)
-                raise retries.StreamBroken("oxia: notification stream ended")
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001
-                if not retries.is_transient(e):
-                    err = MetadataError(f"oxia: notifications of shard {self.shard} failed: {retries.details(e)}")
-                    if not self.ready.done():
-                        self.ready.set_exception(err)
-                    for w in list(self.watches):
-                        w.fail(err)
-                    return
-                log.debug("oxia: notification stream of shard %d failed: %s", self.shard, retries.details(e))
-                await asyncio.sleep(backoff.next())
-
-    def _dispatch(self, items: list[tuple[str, int, int | None, str | None]]) -> None:
-        items.sort(key=lambda it: hierarchical_sort_key(it[0]))
-        for w in list(self.watches):
-            notes = []
-            for key, ntype, version_id, range_last in items:
-                t = codec.NOTIFICATION_TYPES.get(ntype)
-                if t is None:
-                    continue
-                if t is NotificationType.RANGE_DELETED:
-                    if range_last is None or not w.prefix.touches_range(key, range_last):
-                        continue
-                    notes.append(Notification(key, t, None, range_last))
-                elif w.prefix.matches(key):
-                    notes.append(Notification(key, t, None if t is NotificationType.DELETED else version_id))
-            if notes:
-                w.push_many(notes)
-
-    async def close(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        if not self.ready.done():
-            self.ready.cancel()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,8 +120,7 @@ class OxiaMetadataStore(MetadataStore):
             rpc_timeout=rpc_timeout,
             op_timeout=op_timeout,
         )
-        self._feeds: dict[int, _NotificationFeed] = {}
-        self._feed_lock = asyncio.Lock()
+        self.feeds = Feeds(self.router, ready_timeout=op_timeout)
         # prefix -> number of sums of its newest sequence key (see put_sequential)
         self._sequence_sums: dict[str, int] = {}
 
@@ -252,11 +175,7 @@ class OxiaMetadataStore(MetadataStore):
         self.session.close()
         # Sessions first, so that their ephemeral keys go now rather than at expiry.
         await self.shard_sessions.close()
-        for feed in list(self._feeds.values()):
-            for w in list(feed.watches):
-                w.end()
-            await feed.close()
-        self._feeds.clear()
+        await self.feeds.close()
         await self.writes.close()
         await self.reads.close()
         await self.router.close()
@@ -487,30 +406,4 @@ class OxiaMetadataStore(MetadataStore):
 
     async def watch(self, prefix: str) -> Watch:
         self.router.check_open()
-        w = WatchQueue(prefix, self._unsubscribe)
-        async with self._feed_lock:
-            feeds = []
-            for shard in self.router.shards:
-                feed = self._feeds.get(shard)
-                if feed is None:
-                    feed = self._feeds[shard] = _NotificationFeed(self, shard)
-                feed.watches.add(w)
-                feeds.append(feed)
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(asyncio.shield(f.ready) for f in feeds)), self._op_timeout
-            )
-        except BaseException as e:
-            await w.aclose()
-            if isinstance(e, asyncio.TimeoutError):
-                raise MetadataError(f"oxia: notification streams not ready in {self._op_timeout} s") from None
-            raise
-        return w
-
-    async def _unsubscribe(self, w: WatchQueue) -> None:
-        async with self._feed_lock:
-            for shard, feed in list(self._feeds.items()):
-                feed.watches.discard(w)
-                if not feed.watches:
-                    del self._feeds[shard]
-                    await feed.close()
+        return await self.feeds.watch(prefix)
