@@ -1,48 +1,31 @@
-"""The Oxia metadata store: an asyncio adapter over grpc.aio (DESIGN.md section 4).
+"""The Oxia metadata store: MetadataStore over grpc.aio, composed of the modules of this package.
 
-The PyPI `oxia` client is blocking and routes keys with the wrong hash; this module only borrows its generated
-message classes (`io.streamnative.oxia.proto`, betterproto2) for the rarely used messages and speaks the
-protocol itself:
+The PyPI `oxia` client is blocking and routes keys with the wrong hash; this package only borrows its generated
+message classes (`io.streamnative.oxia.proto`, betterproto2) for the rarely used shard assignments and speaks the
+protocol itself. The store turns each MetadataStore call into per-shard operations:
 
-- Shards: a GetShardAssignments stream (kept open, reconnected on failure) gives each shard's hash range and
-  leader; a key goes to the shard whose [min, max] range holds xxh3_64(partition_key or key) & 0xffffffff, as
-  the server does (common/hash.Xxh332 at v0.14.4).
-- Writes: per shard, concurrent puts/deletes/delete_ranges are coalesced into one WriteRequest on a WriteStream
-  (the server applies it as one unit, conditions per operation; responses come back in request order). A few
-  requests may be in flight on the stream. Reads (gets) are coalesced the same way into one Read call.
-- Hot messages (write/read requests and responses, notification batches) use a small hand-written protobuf codec:
-  betterproto2's pure-Python codec costs about 0.1 ms per message, which would cap put_sequential at a few
-  thousand per second. The codec is checked against the betterproto2 classes in the tests.
-- Sessions are per shard in Oxia: one is created on the first ephemeral put to a shard and kept alive at
-  timeout/3; ephemeral keys die with it. To callers the shards' sessions are one (SessionLife): when the server
-  reports one gone, or no keepalive of one got through within the session timeout, the generation ends, the
-  other shards' sessions of it are closed too (their keys go now), and the next generation begins at once: its
-  sessions are created on the next ephemeral puts.
-- Watches: one GetNotifications stream per shard, shared by all watches of this store. A stream opened without a
-  start offset first sends a batch positioned at the shard's commit offset; `watch()` returns once every shard's
-  stream has sent it, so every later change is seen. Streams resume from the last offset after a failure.
-- Retries: reads and idempotent writes (unconditional put, unconditional delete, delete_range) are retried with
-  backoff on transient errors (UNAVAILABLE, leader changes) until the operation deadline. A conditional write or
-  a put_sequential whose stream broke after it was sent may or may not have been applied: it fails with
-  MetadataError rather than risk applying it twice (an exception: a stream refused with "node is not leader"
-  before answering anything processed nothing, so its writes are retried).
-- Oxia keeps its own keys under `__oxia/` in every shard; they are hidden from gets, lists and scans, and
-  delete_range never touches them.
+- get: routed by partition key (or key) to one shard, or, for a comparison without a partition key, asked of
+  every shard and the closest entry picked; sent through the shard's reader (reads.py), never landing on Oxia's
+  own keys (own_keys.py);
+- put, delete, delete_range, put_sequential(_batch): encoded (codec.py) and queued on the shard's writer
+  (writes.py); an ephemeral put first gets the shard's session of the live generation (sessions.py);
+- list, range_scan: per shard (reads.py), merged in key order, without Oxia's own keys;
+- watch: the shards' notification streams (notifications.py).
 
-Caveat of the server: a put_sequential with fewer deltas than the keys already under the prefix fails the whole
-write request (every operation coalesced with it). Always use the same number of deltas under one prefix.
+put_sequential: the server fails the whole write request (every operation coalesced with it) when a put_sequential
+has fewer deltas than the newest key under the prefix has sums, or when that key is not a sequence key. The store
+refuses such a put before sending it: it looks the newest key up once per prefix (sequence.py's rule), then
+remembers how many sums the prefix has. Always use the same number of deltas under one prefix.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import os
 import socket
 import uuid
-from typing import Any, Sequence
-
+from typing import Sequence
 
 from dray_broker.metadata.base import (
     Comparison,
@@ -65,13 +48,6 @@ from dray_broker.metadata.oxia.sessions import ShardSessions
 from dray_broker.metadata.oxia.writes import DELETE, DELETE_RANGE, PUT, Writes
 from dray_broker.metadata.sequence import check_sequential, check_sums_covered, newest_key_bound, sums_of_newest
 
-log = logging.getLogger("dray.metadata.oxia")
-
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The store
-
 
 class OxiaMetadataStore(MetadataStore):
     def __init__(
@@ -92,9 +68,6 @@ class OxiaMetadataStore(MetadataStore):
         self.namespace = namespace
         self.session_timeout_ms = max(2_000, min(300_000, int(session_timeout_ms)))
         self.client_identity = client_identity or f"dray-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._rpc_timeout = rpc_timeout
-        self._op_timeout = op_timeout
-        self._loop = asyncio.get_running_loop()
         self.router = Router(address, namespace)
         self.writes = Writes(
             self.router,
@@ -195,11 +168,6 @@ class OxiaMetadataStore(MetadataStore):
     def shard_of(self, key: str, partition_key: str | None = None) -> int:
         return self.router.shard_for(partition_key if partition_key is not None else key)
 
-    # -- low-level operations --------------------------------------------------------------------------------
-
-    async def _write(self, shard: int, kind: int, payload: bytes, idempotent: bool) -> Any:
-        return await self.writes.submit(shard, kind, payload, idempotent)
-
     # -- get ---------------------------------------------------------------------------------------------------
 
     async def _get_on_shard(self, shard: int, key: str, comparison: Comparison) -> Entry | None:
@@ -261,7 +229,7 @@ class OxiaMetadataStore(MetadataStore):
             partition_key,
             None,
         )
-        status, version_id, session_id, _key = await self._write(shard, PUT, payload, expected_version is None)
+        status, version_id, session_id, _key = await self.writes.submit(shard, PUT, payload, expected_version is None)
         if status == codec.OK:
             return Entry(key, value, version_id, session_id is not None)
         if status == codec.UNEXPECTED_VERSION_ID:
@@ -282,7 +250,7 @@ class OxiaMetadataStore(MetadataStore):
         if known is None:
             known = await self._newest_sequence_sums(self.router.shard_for(partition_key), prefix)
         shard, value, payload = self._sequential_put(prefix, value, deltas, partition_key, known)
-        return self._sequential_entry(prefix, value, deltas, await self._write(shard, PUT, payload, False))
+        return self._sequential_entry(prefix, value, deltas, await self.writes.submit(shard, PUT, payload, False))
 
     async def put_sequential_batch(self, puts: Sequence[SequentialPut]) -> list[Entry | Exception]:
         """Queued together, in order, on their shards' writers: one write request per shard, applied in order."""
@@ -331,7 +299,8 @@ class OxiaMetadataStore(MetadataStore):
         if type(value) is not bytes:
             value = bytes(value)
         check_sums_covered(prefix, known, deltas)
-        return self.router.shard_for(partition_key), value, codec.encode_put(prefix, value, None, None, None, partition_key, deltas)
+        payload = codec.encode_put(prefix, value, None, None, None, partition_key, deltas)
+        return self.router.shard_for(partition_key), value, payload
 
     def _sequential_entry(self, prefix: str, value: bytes, deltas: Sequence[int], result: tuple) -> Entry:
         status, version_id, session_id, key = result
@@ -355,9 +324,8 @@ class OxiaMetadataStore(MetadataStore):
         if own_keys.is_own(key):
             return False
         shard = self.shard_of(key, partition_key)
-        status = await self._write(
-            shard, DELETE, codec.encode_delete(key, expected_version), expected_version is None
-        )
+        payload = codec.encode_delete(key, expected_version)
+        status = await self.writes.submit(shard, DELETE, payload, expected_version is None)
         if status == codec.OK:
             return True
         if status == codec.KEY_NOT_FOUND:
@@ -372,7 +340,9 @@ class OxiaMetadataStore(MetadataStore):
             return
         shards = [self.router.shard_for(partition_key)] if partition_key is not None else self.router.shards
         calls = [
-            self._write(shard, DELETE_RANGE, codec.encode_delete_range(s, e), True) for shard in shards for s, e in ranges
+            self.writes.submit(shard, DELETE_RANGE, codec.encode_delete_range(s, e), True)
+            for shard in shards
+            for s, e in ranges
         ]
         for status in await asyncio.gather(*calls):
             if status != codec.OK:
