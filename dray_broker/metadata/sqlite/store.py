@@ -60,7 +60,7 @@ from dray_broker.metadata.sequence import (
     sums_of_newest,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dray_broker.metadata.sqlite")
 
 _BUSY_TIMEOUT_MS = 10_000
 
