@@ -27,7 +27,6 @@ import asyncio
 import logging
 import os
 import queue
-import random
 import sqlite3
 import threading
 import time
@@ -50,6 +49,7 @@ from dray_broker.metadata.base import (
     Watch,
 )
 from dray_broker.metadata.keys import KeyPrefix, hierarchical_sort_key
+from dray_broker.metadata.sqlite import schema
 from dray_broker.metadata.watch import WatchQueue
 from dray_broker.metadata.sequence import (
     MAX_SUM,
@@ -61,35 +61,6 @@ from dray_broker.metadata.sequence import (
 )
 
 log = logging.getLogger("dray_broker.metadata.sqlite")
-
-_BUSY_TIMEOUT_MS = 10_000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS kv (
-    id INTEGER PRIMARY KEY,
-    sk BLOB NOT NULL UNIQUE,
-    key TEXT NOT NULL,
-    value BLOB NOT NULL,
-    version INTEGER NOT NULL,
-    session_id INTEGER
-);
-CREATE INDEX IF NOT EXISTS kv_session ON kv (session_id) WHERE session_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS changes (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    type INTEGER NOT NULL,
-    range_end TEXT,
-    ts REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    expires_at REAL NOT NULL,
-    timeout_ms INTEGER NOT NULL,
-    pid INTEGER,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expires_at);
-"""
 
 _CREATED = NotificationType.CREATED.value
 _MODIFIED = NotificationType.MODIFIED.value
@@ -130,30 +101,6 @@ _LOCAL_STORES: dict[str, "weakref.WeakSet[SqliteMetadataStore]"] = {}
 _LOCAL_LOCK = threading.Lock()
 
 
-def _begin_immediate(conn: sqlite3.Connection, wait_s: float) -> None:
-    """BEGIN IMMEDIATE, waiting up to wait_s for another connection's write lock with short sleeps.
-
-    SQLite's own busy handler backs off to 100 ms sleeps, which caps the write rate of several processes sharing
-    the file (and starves a rare writer, such as a keepalive, among busy ones); here each retry waits a few ms."""
-    conn.execute("PRAGMA busy_timeout = 0")
-    try:
-        deadline = time.monotonic() + wait_s
-        delay = 0.0002
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e):
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.004)
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-
-
 def _deliver(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
     for fut, result, exc in results:
         if fut.done():
@@ -169,7 +116,7 @@ class SqliteMetadataStore(MetadataStore):
     REAPER_INTERVAL_S = 0.25  # how often expired sessions are looked for
     PRUNE_INTERVAL_S = 60.0
     CHANGE_RETENTION_S = 3600.0  # the change log (watch notifications) keeps about an hour, as Oxia
-    BUSY_TIMEOUT_MS = _BUSY_TIMEOUT_MS
+    BUSY_TIMEOUT_MS = schema.BUSY_TIMEOUT_MS
     MAX_GROUP = 256  # ops per group-commit transaction
 
     def __init__(self, path: str, session_timeout_ms: int) -> None:
@@ -271,7 +218,7 @@ class SqliteMetadataStore(MetadataStore):
 
     def _thread_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
         try:
-            self._conn = self._connect()
+            self._conn = schema.connect(self._path)
         except BaseException as e:  # noqa: BLE001 - reported to open()
             err = MetadataError(f"cannot open metadata database {self._path}: {e}")
             loop.call_soon_threadsafe(lambda: ready.done() or ready.set_exception(err))
@@ -291,28 +238,6 @@ class SqliteMetadataStore(MetadataStore):
                 )
             except RuntimeError:  # the loop is closed
                 pass
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, timeout=self.BUSY_TIMEOUT_MS / 1000.0, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {int(self.BUSY_TIMEOUT_MS)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise MetadataError(f"cannot put {self._path} in WAL mode (got {mode})")
-        # A produce is acked once its index entry is committed, so a commit must survive a power loss as it does
-        # on Oxia: synchronous=FULL fsyncs the WAL file at every commit (NORMAL would only keep the file
-        # consistent, losing the last commits). Group commit shares one fsync among the writes queued meanwhile.
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return conn
 
     def _serve(self) -> None:
         while True:
@@ -452,7 +377,7 @@ class SqliteMetadataStore(MetadataStore):
         deadline = time.monotonic() + self.BUSY_TIMEOUT_MS / 1000.0
         while self._keepalive_waiting.is_set() and time.monotonic() < deadline:
             time.sleep(0.0005)
-        _begin_immediate(self._conn, self.BUSY_TIMEOUT_MS / 1000.0)
+        schema.begin_immediate(self._conn, self.BUSY_TIMEOUT_MS / 1000.0)
 
     def _run_internal_write(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
         pending: dict = {}
@@ -617,9 +542,7 @@ class SqliteMetadataStore(MetadataStore):
             self._session_wake.clear()
             try:
                 if conn is None:
-                    conn = sqlite3.connect(self._path, isolation_level=None)
-                    # A lost session row costs nothing after a power loss (every session is over then): no fsync.
-                    conn.execute("PRAGMA synchronous = NORMAL")
+                    conn = schema.connect_for_sessions(self._path)
                 wait = self._session_step(conn, loop)
             except Exception:  # noqa: BLE001 - keep the session thread alive; retry soon
                 log.exception("metadata session thread failed")
@@ -668,7 +591,7 @@ class SqliteMetadataStore(MetadataStore):
         """fn in one write transaction, waiting at most wait_s for the write lock (ahead of this store's writes)."""
         self._keepalive_waiting.set()
         try:
-            _begin_immediate(conn, wait_s)
+            schema.begin_immediate(conn, wait_s)
         finally:
             self._keepalive_waiting.clear()
         try:
@@ -728,14 +651,8 @@ class SqliteMetadataStore(MetadataStore):
 
         return await self._submit(op, write=False)
 
-    @staticmethod
-    def _log_change(conn: sqlite3.Connection, key: str, type_: int, range_end: str | None = None) -> int:
-        return conn.execute(
-            "INSERT INTO changes (key, type, range_end, ts) VALUES (?, ?, ?, ?)", (key, type_, range_end, time.time())
-        ).lastrowid
-
     def _write_key(self, conn: sqlite3.Connection, key: str, sk: bytes, value: bytes, existed: bool, sid) -> int:
-        version = self._log_change(conn, key, _MODIFIED if existed else _CREATED)
+        version = schema.log_change(conn, key, _MODIFIED if existed else _CREATED)
         conn.execute(
             "INSERT INTO kv (sk, key, value, version, session_id) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (sk) DO UPDATE SET value = excluded.value, version = excluded.version, "
@@ -853,7 +770,7 @@ class SqliteMetadataStore(MetadataStore):
             if row is None:
                 return False
             conn.execute("DELETE FROM kv WHERE id = ?", (row[0],))
-            self._log_change(conn, key, _DELETED)
+            schema.log_change(conn, key, _DELETED)
             return True
 
         return await self._submit(op, write=True)
@@ -866,7 +783,7 @@ class SqliteMetadataStore(MetadataStore):
                 return
             n = conn.execute("DELETE FROM kv WHERE sk >= ? AND sk < ?", (lo, hi)).rowcount
             if n:
-                self._log_change(conn, start, _RANGE_DELETED, end)
+                schema.log_change(conn, start, _RANGE_DELETED, end)
 
         await self._submit(op, write=True)
 
