@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -50,6 +49,7 @@ from dray_broker.metadata.base import (
 )
 from dray_broker.metadata.keys import KeyPrefix, hierarchical_sort_key
 from dray_broker.metadata.sqlite import schema
+from dray_broker.metadata.sqlite.thread import StoreThread
 from dray_broker.metadata.watch import WatchQueue
 from dray_broker.metadata.sequence import (
     MAX_SUM,
@@ -83,32 +83,9 @@ class _WatchFilter:
         return self.prefix.touches_range(key, range_end or "")
 
 
-class _Op:
-    __slots__ = ("fn", "write", "fut", "loop")
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], write: bool, fut, loop) -> None:
-        self.fn = fn
-        self.write = write
-        self.fut = fut
-        self.loop = loop
-
-
-_STOP = object()
-_POLL = object()
-
 # Stores of this process by database file: a commit in one wakes the watch pollers of the others at once.
 _LOCAL_STORES: dict[str, "weakref.WeakSet[SqliteMetadataStore]"] = {}
 _LOCAL_LOCK = threading.Lock()
-
-
-def _deliver(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
-    for fut, result, exc in results:
-        if fut.done():
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
 
 
 class SqliteMetadataStore(MetadataStore):
@@ -116,16 +93,12 @@ class SqliteMetadataStore(MetadataStore):
     REAPER_INTERVAL_S = 0.25  # how often expired sessions are looked for
     PRUNE_INTERVAL_S = 60.0
     CHANGE_RETENTION_S = 3600.0  # the change log (watch notifications) keeps about an hour, as Oxia
-    BUSY_TIMEOUT_MS = schema.BUSY_TIMEOUT_MS
-    MAX_GROUP = 256  # ops per group-commit transaction
 
     def __init__(self, path: str, session_timeout_ms: int) -> None:
         self._path = path
         self._timeout_s = session_timeout_ms / 1000.0
         self._timeout_ms = session_timeout_ms
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
+        self.thread = StoreThread(path, periodic=self._run_timers, after_batch=self._after_batch)
         self.session = SessionLife()
         self._session_id: int | None = None  # of the live generation, on the event loop (None: none is live)
         self._closed = False
@@ -133,7 +106,6 @@ class SqliteMetadataStore(MetadataStore):
         # generations whose keys it removes when it opens the next one.
         self._session_thread: threading.Thread | None = None
         self._session_wake = threading.Event()
-        self._keepalive_waiting = threading.Event()  # the session thread wants the write lock: writes wait
         self._session_stop = False
         self._t_generation = 0
         self._t_session_id: int | None = None
@@ -148,7 +120,6 @@ class SqliteMetadataStore(MetadataStore):
         self._next_reap = 0.0
         self._next_prune = 0.0
         self._next_poll = 0.0
-        self._thread_exited: asyncio.Future | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -160,17 +131,11 @@ class SqliteMetadataStore(MetadataStore):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         store = cls(path, session_timeout_ms)
         loop = asyncio.get_running_loop()
-        store._thread_exited = loop.create_future()
-        ready: asyncio.Future = loop.create_future()
-        store._thread = threading.Thread(
-            target=store._thread_main, args=(loop, ready), name=f"dray-sqlite-meta:{os.path.basename(path)}", daemon=True
-        )
-        store._thread.start()
-        await ready  # the connection is open and the schema exists (or the error is raised here)
+        await store.thread.start()  # the connection is open and the schema exists (or the error is raised here)
         try:
             sid, expires_at = await store._submit(store._op_create_session, write=True)
         except BaseException:
-            await store._stop_thread()
+            await store.thread.stop()
             raise
         with _LOCAL_LOCK:
             _LOCAL_STORES.setdefault(path, weakref.WeakSet()).add(store)
@@ -204,205 +169,37 @@ class SqliteMetadataStore(MetadataStore):
         except MetadataError as e:
             log.warning("closing metadata sessions %s failed: %s", sessions, e)
         finally:
-            await self._stop_thread()
+            await self.thread.stop()
             for w in list(self._watch_objs.values()):
                 w.end()
             self._watch_objs.clear()
 
-    async def _stop_thread(self) -> None:
-        self._q.put(_STOP)
-        if self._thread_exited is not None:
-            await self._thread_exited
-
-    # ------------------------------------------------------------------ the store thread
-
-    def _thread_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
-        try:
-            self._conn = schema.connect(self._path)
-        except BaseException as e:  # noqa: BLE001 - reported to open()
-            err = MetadataError(f"cannot open metadata database {self._path}: {e}")
-            loop.call_soon_threadsafe(lambda: ready.done() or ready.set_exception(err))
-            loop.call_soon_threadsafe(lambda: self._thread_exited.done() or self._thread_exited.set_result(None))
-            return
-        loop.call_soon_threadsafe(lambda: ready.done() or ready.set_result(None))
-        try:
-            self._serve()
-        finally:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
-            try:
-                loop.call_soon_threadsafe(
-                    lambda: self._thread_exited.done() or self._thread_exited.set_result(None)
-                )
-            except RuntimeError:  # the loop is closed
-                pass
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                timeout = self._run_timers()
-            except Exception:  # noqa: BLE001 - keep serving
-                log.exception("metadata store thread: periodic work failed")
-                timeout = self.REAPER_INTERVAL_S
-            try:
-                item = self._q.get(timeout=timeout)
-            except queue.Empty:
-                continue
-            batch = [item]
-            while len(batch) < self.MAX_GROUP:
-                try:
-                    batch.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                if self._serve_batch(batch):
-                    return
-            except Exception as e:  # noqa: BLE001 - a bug: fail what is unanswered, keep serving
-                log.exception("metadata store thread failed on a batch")
-                err = MetadataError(f"sqlite metadata store: internal error: {e!r}")
-                pending: dict = {}
-                for it in batch:
-                    if isinstance(it, _Op):
-                        self._add_result(pending, it, None, err)
-                for loop, results in pending.items():
-                    try:
-                        loop.call_soon_threadsafe(_deliver, results)
-                    except RuntimeError:
-                        pass
-                if any(it is _STOP for it in batch):
-                    return
-
-    def _serve_batch(self, batch: list) -> bool:
-        """Run one batch of queued items; return whether the store is stopping."""
-        stop = False
-        pending: dict[asyncio.AbstractEventLoop, list] = {}
-        wrote = False
-        poll = False
-        i = 0
-        while i < len(batch):
-            it = batch[i]
-            if it is _STOP:
-                stop = True
-                i += 1
-                continue
-            if it is _POLL:
-                poll = True
-                i += 1
-                continue
-            if stop:  # ops queued after close: refuse them
-                self._add_result(pending, it, None, MetadataError("the metadata store is closed"))
-                i += 1
-                continue
-            if it.write:
-                j = i
-                while j < len(batch) and isinstance(batch[j], _Op) and batch[j].write:
-                    j += 1
-                if self._run_writes(batch[i:j], pending):
-                    wrote = True
-                i = j
-            else:
-                try:
-                    res, exc = it.fn(self._conn), None
-                except MetadataError as e:
-                    res, exc = None, e
-                except sqlite3.Error as e:
-                    res, exc = None, MetadataError(f"sqlite: {e}")
-                except Exception as e:  # noqa: BLE001 - a bug; the caller sees it
-                    res, exc = None, e
-                self._add_result(pending, it, res, exc)
-                i += 1
-        # Notifications first, then results: when `await put()` returns, local watches already hold it.
-        if self._watch_filters and (wrote or poll or time.monotonic() >= self._next_poll):
-            self._poll_changes()
+    def _after_batch(self, conn: sqlite3.Connection, wrote: bool, poked: bool) -> None:
+        if self._watch_filters and (wrote or poked or time.monotonic() >= self._next_poll):
+            self._poll_changes(conn)
         if wrote:
             self._wake_siblings()
-        for loop, results in pending.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, results)
-            except RuntimeError:
-                pass
-        return stop
 
-    @staticmethod
-    def _add_result(pending: dict, op: _Op, res: Any, exc: BaseException | None) -> None:
-        if op.fut is not None:
-            pending.setdefault(op.loop, []).append((op.fut, res, exc))
-
-    def _run_writes(self, ops: list[_Op], pending: dict) -> bool:
-        """Run ops in one transaction, each in a savepoint; deliver results only once committed."""
-        conn = self._conn
-        results: list[tuple[_Op, Any, BaseException | None]] = []
-        try:
-            self._begin_immediate()
-        except sqlite3.Error as e:
-            err = MetadataError(f"sqlite: cannot begin a write transaction: {e}")
-            for op in ops:
-                self._add_result(pending, op, None, err)
-            return False
-        try:
-            for op in ops:
-                conn.execute("SAVEPOINT op")
-                try:
-                    res = op.fn(conn)
-                except BaseException as e:  # noqa: BLE001
-                    if not conn.in_transaction:
-                        raise
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    if isinstance(e, sqlite3.Error):
-                        e = MetadataError(f"sqlite: {e}")
-                    results.append((op, None, e))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((op, res, None))
-            conn.execute("COMMIT")
-        except BaseException as e:  # noqa: BLE001 - the whole group failed: nothing was applied
-            try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            err = MetadataError(f"sqlite: write transaction failed: {e}")
-            for op in ops:
-                self._add_result(pending, op, None, err)
-            return False
-        for op, res, exc in results:
-            self._add_result(pending, op, res, exc)
-        return True
-
-    def _begin_immediate(self) -> None:
-        """BEGIN IMMEDIATE for the store's writes; a keepalive waiting for the lock goes first."""
-        deadline = time.monotonic() + self.BUSY_TIMEOUT_MS / 1000.0
-        while self._keepalive_waiting.is_set() and time.monotonic() < deadline:
-            time.sleep(0.0005)
-        schema.begin_immediate(self._conn, self.BUSY_TIMEOUT_MS / 1000.0)
-
-    def _run_internal_write(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
-        pending: dict = {}
-        self._run_writes([_Op(fn, True, None, None)], pending)
-
-    def _run_timers(self) -> float:
+    def _run_timers(self, conn: sqlite3.Connection) -> float:
         """Periodic work of the store thread; returns how long the thread may wait for the next op."""
         now = time.monotonic()
         if now >= self._next_reap:
             self._next_reap = now + self.REAPER_INTERVAL_S
             try:
-                expired = self._conn.execute(
+                expired = conn.execute(
                     "SELECT id FROM sessions WHERE expires_at < ? LIMIT 100", (time.time(),)
                 ).fetchall()
                 if expired:
-                    self._run_internal_write(lambda c: self._reap(c, [r[0] for r in expired]))
+                    self.thread.write_now(lambda c: self._reap(c, [r[0] for r in expired]))
             except sqlite3.Error as e:
                 log.warning("metadata session reaper: %s", e)
         if now >= self._next_prune:
             self._next_prune = now + self.PRUNE_INTERVAL_S
-            self._run_internal_write(self._prune)
+            self.thread.write_now(self._prune)
         deadline = self._next_reap
         if self._watch_filters:
             if now >= self._next_poll:
-                self._poll_changes()
+                self._poll_changes(conn)
             deadline = min(deadline, self._next_poll)
         return max(0.0, deadline - time.monotonic())
 
@@ -411,13 +208,12 @@ class SqliteMetadataStore(MetadataStore):
             stores = list(_LOCAL_STORES.get(self._path, ()))
         for s in stores:
             if s is not self and s._watch_filters:
-                s._q.put(_POLL)
+                s.thread.poke()
 
     # ------------------------------------------------------------------ watches (store thread)
 
-    def _poll_changes(self) -> None:
+    def _poll_changes(self, conn: sqlite3.Connection) -> None:
         self._next_poll = time.monotonic() + self.WATCH_POLL_S
-        conn = self._conn
         while True:
             try:
                 rows = conn.execute(
@@ -451,10 +247,12 @@ class SqliteMetadataStore(MetadataStore):
             if len(rows) < 2000:
                 return
 
-    def _op_register_watch(self, wid: int, w: WatchQueue, loop: asyncio.AbstractEventLoop) -> None:
+    def _op_register_watch(
+        self, conn: sqlite3.Connection, wid: int, w: WatchQueue, loop: asyncio.AbstractEventLoop
+    ) -> None:
         # The newest change id now: the watch reports every change after it. Commits are serialized by the
         # write lock, so a change committed after this read always has a greater id.
-        (start,) = self._conn.execute(
+        (start,) = conn.execute(
             "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)"
         ).fetchone()
         if not self._watch_filters:
@@ -467,7 +265,7 @@ class SqliteMetadataStore(MetadataStore):
         self._watch_objs.pop(wid, None)
         if self._closed:
             return
-        self._q.put(_Op(lambda _c: self._watch_filters.pop(wid, None), False, None, None))
+        self.thread.post(lambda _c: self._watch_filters.pop(wid, None))
 
     # ------------------------------------------------------------------ sessions (store thread)
 
@@ -518,10 +316,7 @@ class SqliteMetadataStore(MetadataStore):
     def _submit(self, fn: Callable[[sqlite3.Connection], Any], *, write: bool, allow_closed: bool = False):
         if self._closed and not allow_closed:
             raise MetadataError("the metadata store is closed")
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._q.put(_Op(fn, write, fut, loop))
-        return fut
+        return self.thread.submit(fn, write=write)
 
     # ------------------------------------------------------------------ the session thread
 
@@ -589,11 +384,11 @@ class SqliteMetadataStore(MetadataStore):
 
     def _write_session(self, conn: sqlite3.Connection, wait_s: float, fn: Callable[[sqlite3.Connection], Any]):
         """fn in one write transaction, waiting at most wait_s for the write lock (ahead of this store's writes)."""
-        self._keepalive_waiting.set()
+        self.thread.priority_writer.set()
         try:
             schema.begin_immediate(conn, wait_s)
         finally:
-            self._keepalive_waiting.clear()
+            self.thread.priority_writer.clear()
         try:
             result = fn(conn)
             conn.execute("COMMIT")
@@ -813,7 +608,7 @@ class SqliteMetadataStore(MetadataStore):
         self._watch_seq += 1
         wid = self._watch_seq
         w = WatchQueue(prefix, lambda _w: self._unregister_watch(wid))
-        await self._submit(lambda _c: self._op_register_watch(wid, w, loop), write=False)
+        await self._submit(lambda c: self._op_register_watch(c, wid, w, loop), write=False)
         self._watch_objs[wid] = w
         return w
 
