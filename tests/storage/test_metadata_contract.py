@@ -385,7 +385,8 @@ async def test_put_sequential_refuses_when_the_newest_key_is_no_sequence_key(met
         (out,) = await s.put_sequential_batch([SequentialPut(prefix, b"", [1], pk)])
         assert isinstance(out, MetadataError) and "not a sequence key" in str(out)
         assert await s.delete(prefix + stray, partition_key=pk)
-        assert (await s.put_sequential(prefix, b"", [1], partition_key=pk)).key == sequence_key(prefix, [sum(below) + 1])
+        e = await s.put_sequential(prefix, b"", [1], partition_key=pk)
+        assert e.key == sequence_key(prefix, [sum(below) + 1])
     # A key above the bound, or not under 'prefix-', is not the newest key of the sequence.
     prefix = pfx + "p5/other"
     await s.put(prefix + "-5", b"", partition_key=pk)
@@ -718,9 +719,10 @@ async def test_sqlite_change_log_pruning_keeps_versions_unique(tmp_path):
     s = await SqliteMetadataStore.open(str(tmp_path / "meta.db"))
     try:
         old = [await s.put(f"p/k{i}", b"x") for i in range(5)]
-        s.CHANGE_RETENTION_S = -1.0  # everything is old
-        await s._submit(s._prune, write=True)
-        assert await s._submit(lambda c: c.execute("SELECT count(*) FROM changes").fetchone()[0], write=False) == 0
+        s.watches.retention_s = -1.0  # everything is old
+        await s.thread.submit(s.watches.prune, write=True)
+        count = s.thread.submit(lambda c: c.execute("SELECT count(*) FROM changes").fetchone()[0], write=False)
+        assert await count == 0
         new = await s.put("p/k0", b"y")
         assert new.version > max(e.version for e in old)
         w = await s.watch("p/")

@@ -29,7 +29,6 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from typing import Any, Callable, Sequence
 
 from dray_broker.metadata.base import (
@@ -39,7 +38,6 @@ from dray_broker.metadata.base import (
     KeyNotFoundError,
     MetadataError,
     MetadataStore,
-    Notification,
     NotificationType,
     SequentialPut,
     SessionExpiredError,
@@ -47,10 +45,10 @@ from dray_broker.metadata.base import (
     VersionMismatchError,
     Watch,
 )
-from dray_broker.metadata.keys import KeyPrefix, hierarchical_sort_key
+from dray_broker.metadata.keys import hierarchical_sort_key
 from dray_broker.metadata.sqlite import schema
 from dray_broker.metadata.sqlite.thread import StoreThread
-from dray_broker.metadata.watch import WatchQueue
+from dray_broker.metadata.sqlite.watches import Watches
 from dray_broker.metadata.sequence import (
     MAX_SUM,
     check_sequential,
@@ -68,37 +66,15 @@ _DELETED = NotificationType.DELETED.value
 _RANGE_DELETED = NotificationType.RANGE_DELETED.value
 
 
-class _WatchFilter:
-    __slots__ = ("prefix", "start")
-
-    def __init__(self, prefix: KeyPrefix, start: int) -> None:
-        self.prefix = prefix
-        self.start = start
-
-    def matches(self, change_id: int, key: str, type_: int, range_end: str | None) -> bool:
-        if change_id <= self.start:
-            return False
-        if type_ != _RANGE_DELETED:
-            return self.prefix.matches(key)
-        return self.prefix.touches_range(key, range_end or "")
-
-
-# Stores of this process by database file: a commit in one wakes the watch pollers of the others at once.
-_LOCAL_STORES: dict[str, "weakref.WeakSet[SqliteMetadataStore]"] = {}
-_LOCAL_LOCK = threading.Lock()
-
-
 class SqliteMetadataStore(MetadataStore):
-    WATCH_POLL_S = 0.03  # how often other processes' changes are looked for while watches exist
     REAPER_INTERVAL_S = 0.25  # how often expired sessions are looked for
-    PRUNE_INTERVAL_S = 60.0
-    CHANGE_RETENTION_S = 3600.0  # the change log (watch notifications) keeps about an hour, as Oxia
 
     def __init__(self, path: str, session_timeout_ms: int) -> None:
         self._path = path
         self._timeout_s = session_timeout_ms / 1000.0
         self._timeout_ms = session_timeout_ms
         self.thread = StoreThread(path, periodic=self._run_timers, after_batch=self._after_batch)
+        self.watches = Watches(path, self.thread)
         self.session = SessionLife()
         self._session_id: int | None = None  # of the live generation, on the event loop (None: none is live)
         self._closed = False
@@ -112,14 +88,7 @@ class SqliteMetadataStore(MetadataStore):
         self._t_expires_at = 0.0
         self._t_ended: list[int] = []
         self._t_renew_failures = 0
-        # Watch state, touched only by the store thread (except _watch_objs, touched only by the loop).
-        self._watch_filters: dict[int, tuple[_WatchFilter, asyncio.AbstractEventLoop, WatchQueue]] = {}
-        self._watch_seq = 0
-        self._cursor = 0
-        self._watch_objs: dict[int, WatchQueue] = {}
         self._next_reap = 0.0
-        self._next_prune = 0.0
-        self._next_poll = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -137,8 +106,7 @@ class SqliteMetadataStore(MetadataStore):
         except BaseException:
             await store.thread.stop()
             raise
-        with _LOCAL_LOCK:
-            _LOCAL_STORES.setdefault(path, weakref.WeakSet()).add(store)
+        store.watches.join()
         store._t_generation, store._t_session_id, store._t_expires_at = 1, sid, expires_at
         store._session_began(1, sid)
         store._session_thread = threading.Thread(
@@ -156,12 +124,7 @@ class SqliteMetadataStore(MetadataStore):
             self._session_wake.set()
             await asyncio.get_running_loop().run_in_executor(None, self._session_thread.join)
         self.session.close()
-        with _LOCAL_LOCK:
-            stores = _LOCAL_STORES.get(self._path)
-            if stores is not None:
-                stores.discard(self)
-                if not stores:
-                    _LOCAL_STORES.pop(self._path, None)
+        self.watches.leave()
         sessions = [*self._t_ended, *([self._t_session_id] if self._t_session_id is not None else [])]
         try:
             if sessions:
@@ -170,15 +133,10 @@ class SqliteMetadataStore(MetadataStore):
             log.warning("closing metadata sessions %s failed: %s", sessions, e)
         finally:
             await self.thread.stop()
-            for w in list(self._watch_objs.values()):
-                w.end()
-            self._watch_objs.clear()
+            self.watches.end_all()
 
     def _after_batch(self, conn: sqlite3.Connection, wrote: bool, poked: bool) -> None:
-        if self._watch_filters and (wrote or poked or time.monotonic() >= self._next_poll):
-            self._poll_changes(conn)
-        if wrote:
-            self._wake_siblings()
+        self.watches.after_batch(conn, wrote, poked)
 
     def _run_timers(self, conn: sqlite3.Connection) -> float:
         """Periodic work of the store thread; returns how long the thread may wait for the next op."""
@@ -193,79 +151,8 @@ class SqliteMetadataStore(MetadataStore):
                     self.thread.write_now(lambda c: self._reap(c, [r[0] for r in expired]))
             except sqlite3.Error as e:
                 log.warning("metadata session reaper: %s", e)
-        if now >= self._next_prune:
-            self._next_prune = now + self.PRUNE_INTERVAL_S
-            self.thread.write_now(self._prune)
-        deadline = self._next_reap
-        if self._watch_filters:
-            if now >= self._next_poll:
-                self._poll_changes(conn)
-            deadline = min(deadline, self._next_poll)
+        deadline = min(self._next_reap, self.watches.tick(conn, now))
         return max(0.0, deadline - time.monotonic())
-
-    def _wake_siblings(self) -> None:
-        with _LOCAL_LOCK:
-            stores = list(_LOCAL_STORES.get(self._path, ()))
-        for s in stores:
-            if s is not self and s._watch_filters:
-                s.thread.poke()
-
-    # ------------------------------------------------------------------ watches (store thread)
-
-    def _poll_changes(self, conn: sqlite3.Connection) -> None:
-        self._next_poll = time.monotonic() + self.WATCH_POLL_S
-        while True:
-            try:
-                rows = conn.execute(
-                    "SELECT id, key, type, range_end FROM changes WHERE id > ? ORDER BY id LIMIT 2000",
-                    (self._cursor,),
-                ).fetchall()
-            except sqlite3.Error as e:
-                log.warning("metadata watch poll: %s", e)
-                return
-            if not rows:
-                return
-            out: dict[int, list[Notification]] = {}
-            for cid, key, type_, range_end in rows:
-                for wid, (flt, _loop, _w) in self._watch_filters.items():
-                    if flt.matches(cid, key, type_, range_end):
-                        out.setdefault(wid, []).append(
-                            Notification(
-                                key=key,
-                                type=NotificationType(type_),
-                                version=cid if type_ in (_CREATED, _MODIFIED) else None,
-                                key_range_end=range_end,
-                            )
-                        )
-            self._cursor = rows[-1][0]
-            for wid, notes in out.items():
-                _flt, loop, w = self._watch_filters[wid]
-                try:
-                    loop.call_soon_threadsafe(w.push_many, notes)
-                except RuntimeError:
-                    pass
-            if len(rows) < 2000:
-                return
-
-    def _op_register_watch(
-        self, conn: sqlite3.Connection, wid: int, w: WatchQueue, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        # The newest change id now: the watch reports every change after it. Commits are serialized by the
-        # write lock, so a change committed after this read always has a greater id.
-        (start,) = conn.execute(
-            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)"
-        ).fetchone()
-        if not self._watch_filters:
-            self._cursor = start
-        self._watch_filters[wid] = (_WatchFilter(w.prefix, start), loop, w)
-        self._cursor = min(self._cursor, start)
-        self._next_poll = time.monotonic() + self.WATCH_POLL_S
-
-    def _unregister_watch(self, wid: int) -> None:
-        self._watch_objs.pop(wid, None)
-        if self._closed:
-            return
-        self.thread.post(lambda _c: self._watch_filters.pop(wid, None))
 
     # ------------------------------------------------------------------ sessions (store thread)
 
@@ -302,14 +189,6 @@ class SqliteMetadataStore(MetadataStore):
             conn.execute("DELETE FROM kv WHERE id = ?", (rid,))
             conn.execute("INSERT INTO changes (key, type, ts) VALUES (?, ?, ?)", (key, _DELETED, now))
         return len(rows)
-
-    def _prune(self, conn: sqlite3.Connection) -> None:
-        cutoff = time.time() - self.CHANGE_RETENTION_S
-        row = conn.execute("SELECT id FROM changes WHERE ts >= ? ORDER BY id LIMIT 1", (cutoff,)).fetchone()
-        if row is None:
-            conn.execute("DELETE FROM changes WHERE ts < ?", (cutoff,))
-        else:
-            conn.execute("DELETE FROM changes WHERE id < ?", (row[0],))
 
     # ------------------------------------------------------------------ submitting ops
 
@@ -604,13 +483,9 @@ class SqliteMetadataStore(MetadataStore):
         return await self._submit(op, write=False)
 
     async def watch(self, prefix: str) -> Watch:
-        loop = asyncio.get_running_loop()
-        self._watch_seq += 1
-        wid = self._watch_seq
-        w = WatchQueue(prefix, lambda _w: self._unregister_watch(wid))
-        await self._submit(lambda c: self._op_register_watch(c, wid, w, loop), write=False)
-        self._watch_objs[wid] = w
-        return w
+        if self._closed:
+            raise MetadataError("the metadata store is closed")
+        return await self.watches.watch(prefix)
 
     # ------------------------------------------------------------------ introspection (tests, tools)
 
