@@ -1,4 +1,4 @@
-"""The embedded (SQLite) backend (see store.py)."""
+"""The embedded backend of the metadata store: one SQLite file (see store.py for how the pieces fit)."""
 
 from dray_broker.metadata.sqlite.store import SqliteMetadataStore
 
