@@ -33,7 +33,6 @@ NOTIFICATION_TYPES = {
 }
 
 
-
 def _put_varint(out: bytearray, n: int) -> None:
     if n < 0:
         n += 1 << 64

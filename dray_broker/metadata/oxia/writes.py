@@ -76,9 +76,6 @@ class Writes:
         self._writers.clear()
 
 
-
-
-
 class _WriteOp:
     __slots__ = ("kind", "payload", "future", "idempotent", "deadline")
 
