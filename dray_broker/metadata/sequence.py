@@ -10,12 +10,15 @@ newest key has sums, or a newest key that is not a sequence key).
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from dray_broker.metadata.base import MetadataError
 
 SUM_DIGITS = 20
 MAX_SUM = 2**64 - 1
+# The sums part of a sequence key: one or more sums of exactly SUM_DIGITS ASCII digits, separated by '-'.
+_SUMS = re.compile(rf"[0-9]{{{SUM_DIGITS}}}(?:-[0-9]{{{SUM_DIGITS}}})*")
 
 
 def sequence_key(prefix: str, sums: Sequence[int]) -> str:
@@ -26,10 +29,10 @@ def parse_sequence_key(prefix: str, key: str) -> list[int] | None:
     """The sums in a key written by put_sequential under prefix, or None if key is not one."""
     if not key.startswith(prefix + "-"):
         return None
-    rest = key[len(prefix) + 1 :].split("-")
-    if not all(len(p) == SUM_DIGITS and p.isascii() and p.isdigit() for p in rest):
+    rest = key[len(prefix) + 1 :]
+    if _SUMS.fullmatch(rest) is None:
         return None
-    return [int(p) for p in rest]
+    return [int(p) for p in rest.split("-")]
 
 
 def newest_key_bound(prefix: str) -> str:
@@ -52,8 +55,8 @@ def check_sequential(prefix: str, deltas: Sequence[int], partition_key: str | No
     """The deltas of a put_sequential as ints; ValueError for arguments no store accepts."""
     if partition_key is None:
         raise ValueError("put_sequential needs a partition_key")
-    checked = [int(d) for d in deltas]
-    if not checked or checked[0] <= 0 or any(d < 0 or d > MAX_SUM for d in checked):
+    checked = list(map(int, deltas))
+    if not checked or checked[0] <= 0 or min(checked) < 0 or max(checked) > MAX_SUM:
         raise ValueError(f"put_sequential deltas must be non-negative (uint64), the first > 0: {checked}")
     return checked
 

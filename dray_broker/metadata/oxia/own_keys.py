@@ -48,9 +48,11 @@ async def find(get: ShardGet, key: str, comparison: Comparison) -> Entry | None:
     starting with '/' sort before the block."""
     if comparison is Comparison.EQUAL:
         return await get(key, comparison)
-    sk = hierarchical_sort_key(key)
-    below = key.startswith("/") or sk < _LO_SK
-    above = not below and sk >= _HI_SK
+    if key.startswith("/"):
+        sk, below, above = b"", True, False
+    else:
+        sk = hierarchical_sort_key(key)
+        below, above = sk < _LO_SK, sk >= _HI_SK
     if comparison in (Comparison.CEILING, Comparison.HIGHER):
         if below:
             entry = await get(key, comparison)

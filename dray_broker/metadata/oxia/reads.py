@@ -31,15 +31,16 @@ class Reads:
         self.op_timeout = op_timeout
         self.max_batch_ops = max_batch_ops
         self.max_inflight = max_inflight
+        self._loop = asyncio.get_running_loop()
         self._readers: dict[int, ShardReader] = {}
 
     async def get(self, shard: int, key: str, comparison: Comparison) -> Entry | None:
         """One get sent to one shard as it is (it may return one of Oxia's own keys: see own_keys.find)."""
         self.router.check_open()
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        reader = self._readers.get(shard) or self.reader(shard)
+        fut = self._loop.create_future()
         payload = codec.encode_get(key, True, codec.COMPARISON_CODE[comparison])
-        self.reader(shard).submit(_ReadOp(payload, fut, loop.time() + self.op_timeout))
+        reader.submit(_ReadOp(payload, fut, self._loop.time() + self.op_timeout))
         status, version_id, session_id, value, found = await fut
         if status == codec.KEY_NOT_FOUND:
             return None

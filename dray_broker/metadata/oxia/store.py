@@ -180,7 +180,7 @@ class OxiaMetadataStore(MetadataStore):
         *,
         partition_key: str | None = None,
     ) -> Entry | None:
-        if comparison is Comparison.EQUAL and own_keys.is_own(key):
+        if comparison is Comparison.EQUAL and key.startswith(own_keys.PREFIX):
             return None
         if comparison is Comparison.EQUAL or partition_key is not None or self.router.shard_count == 1:
             return await self._get_on_shard(self.shard_of(key, partition_key), key, comparison)
@@ -214,7 +214,7 @@ class OxiaMetadataStore(MetadataStore):
         session: int | None = None,
         partition_key: str | None = None,
     ) -> Entry:
-        if own_keys.is_own(key):
+        if key.startswith(own_keys.PREFIX):
             raise MetadataError(f"oxia: keys under {own_keys.PREFIX} belong to Oxia")
         if type(value) is not bytes:
             value = bytes(value)
@@ -288,7 +288,7 @@ class OxiaMetadataStore(MetadataStore):
     def _check_sequential(prefix: str, deltas: Sequence[int], partition_key: str | None) -> list[int]:
         # The server fails the whole write request (every operation coalesced with this one) on these.
         checked = check_sequential(prefix, deltas, partition_key)
-        if own_keys.is_own(prefix):
+        if prefix.startswith(own_keys.PREFIX):
             raise MetadataError(f"oxia: keys under {own_keys.PREFIX} belong to Oxia")
         return checked
 
@@ -321,7 +321,7 @@ class OxiaMetadataStore(MetadataStore):
     async def delete(
         self, key: str, *, expected_version: int | None = None, partition_key: str | None = None
     ) -> bool:
-        if own_keys.is_own(key):
+        if key.startswith(own_keys.PREFIX):
             return False
         shard = self.shard_of(key, partition_key)
         payload = codec.encode_delete(key, expected_version)

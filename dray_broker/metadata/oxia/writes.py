@@ -49,15 +49,16 @@ class Writes:
         self.max_batch_ops = max_batch_ops
         self.max_batch_bytes = max_batch_bytes
         self.max_inflight = max_inflight
+        self._loop = asyncio.get_running_loop()
         self._writers: dict[int, ShardWriter] = {}
 
     def submit(self, shard: int, kind: int, payload: bytes, idempotent: bool) -> asyncio.Future:
         """Queue a write (an encoded PutRequest, DeleteRequest or DeleteRangeRequest) on its shard's writer now;
         the future gets its decoded response, or MetadataError."""
         self.router.check_open()
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self.writer(shard).submit(_WriteOp(kind, payload, fut, idempotent, loop.time() + self.op_timeout))
+        writer = self._writers.get(shard) or self.writer(shard)
+        fut = self._loop.create_future()
+        writer.submit(_WriteOp(kind, payload, fut, idempotent, self._loop.time() + self.op_timeout))
         return fut
 
     def writer(self, shard: int) -> ShardWriter:

@@ -86,7 +86,7 @@ class Sessions:
         sessions = [*self._t_ended, *([self._t_session_id] if self._t_session_id is not None else [])]
         if sessions:
             try:
-                await self.store_thread.submit(lambda c: self._close_rows(c, sessions), write=True)
+                await self.store_thread.submit(lambda c: self._close_rows(c, sessions), write=True, closing=True)
             except MetadataError as e:
                 log.warning("closing metadata sessions %s failed: %s", sessions, e)
 

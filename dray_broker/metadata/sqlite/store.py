@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 from dray_broker.metadata.base import (
     MUST_NOT_EXIST,
@@ -82,17 +82,13 @@ class SqliteMetadataStore(MetadataStore):
         if self._closed:
             return
         self._closed = True
+        self.thread.refuse_callers()
         try:
             await self.sessions.close()
         finally:
             self.watches.leave()
             await self.thread.stop()
             self.watches.end_all()
-
-    def _submit(self, fn: Callable[[sqlite3.Connection], Any], *, write: bool):
-        if self._closed:
-            raise MetadataError("the metadata store is closed")
-        return self.thread.submit(fn, write=write)
 
     # -- the store thread's hooks ----------------------------------------------------------------------------
 
@@ -130,7 +126,7 @@ class SqliteMetadataStore(MetadataStore):
                 return None
             return Entry(row[0], bytes(row[1]), row[2], row[3] is not None)
 
-        return await self._submit(op, write=False)
+        return await self.thread.submit(op, write=False)
 
     def _write_key(self, conn: sqlite3.Connection, key: str, sk: bytes, value: bytes, existed: bool, sid) -> int:
         version = schema.log_change(conn, key, _MODIFIED if existed else _CREATED)
@@ -173,14 +169,14 @@ class SqliteMetadataStore(MetadataStore):
             version = self._write_key(conn, key, sk, value, row is not None, sid)
             return Entry(key, value, version, ephemeral)
 
-        return await self._submit(op, write=True)
+        return await self.thread.submit(op, write=True)
 
     async def put_sequential(
         self, prefix: str, value: bytes, deltas: Sequence[int], *, partition_key: str
     ) -> Entry:
         deltas = check_sequential(prefix, deltas, partition_key)
         value = bytes(value)
-        return await self._submit(lambda conn: self._append_sequential(conn, prefix, value, deltas), write=True)
+        return await self.thread.submit(lambda conn: self._append_sequential(conn, prefix, value, deltas), write=True)
 
     async def put_sequential_batch(self, puts: Sequence[SequentialPut]) -> list[Entry | Exception]:
         """One write op: the puts share a transaction. A put the store refuses fails alone (it is refused before
@@ -203,7 +199,7 @@ class SqliteMetadataStore(MetadataStore):
 
         if todo:
             try:
-                await self._submit(op, write=True)
+                await self.thread.submit(op, write=True)
             except MetadataError as e:
                 for i, *_ in todo:
                     results[i] = e
@@ -244,7 +240,7 @@ class SqliteMetadataStore(MetadataStore):
             schema.log_change(conn, key, _DELETED)
             return True
 
-        return await self._submit(op, write=True)
+        return await self.thread.submit(op, write=True)
 
     async def delete_range(self, start: str, end: str, *, partition_key: str | None = None) -> None:
         lo, hi = hierarchical_sort_key(start), hierarchical_sort_key(end)
@@ -256,7 +252,7 @@ class SqliteMetadataStore(MetadataStore):
             if n:
                 schema.log_change(conn, start, _RANGE_DELETED, end)
 
-        await self._submit(op, write=True)
+        await self.thread.submit(op, write=True)
 
     async def list(self, start: str, end: str, *, partition_key: str | None = None) -> list[str]:
         lo, hi = hierarchical_sort_key(start), hierarchical_sort_key(end)
@@ -264,7 +260,7 @@ class SqliteMetadataStore(MetadataStore):
         def op(conn: sqlite3.Connection) -> list[str]:
             return [r[0] for r in conn.execute("SELECT key FROM kv WHERE sk >= ? AND sk < ? ORDER BY sk", (lo, hi))]
 
-        return await self._submit(op, write=False)
+        return await self.thread.submit(op, write=False)
 
     async def range_scan(self, start: str, end: str, *, partition_key: str | None = None) -> list[Entry]:
         lo, hi = hierarchical_sort_key(start), hierarchical_sort_key(end)
@@ -277,9 +273,7 @@ class SqliteMetadataStore(MetadataStore):
                 )
             ]
 
-        return await self._submit(op, write=False)
+        return await self.thread.submit(op, write=False)
 
     async def watch(self, prefix: str) -> Watch:
-        if self._closed:
-            raise MetadataError("the metadata store is closed")
         return await self.watches.watch(prefix)

@@ -76,6 +76,7 @@ class StoreThread:
         self.priority_writer = threading.Event()
         self._periodic = periodic
         self._after_batch = after_batch
+        self._refusing = False
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
@@ -93,13 +94,20 @@ class StoreThread:
         self._thread.start()
         await ready
 
-    def submit(self, fn: Op, *, write: bool) -> asyncio.Future:
+    def submit(self, fn: Op, *, write: bool, closing: bool = False) -> asyncio.Future:
         """Run fn(conn) on the thread (in a write transaction if write); the future gets its result. An
-        sqlite3.Error becomes MetadataError; a write op that raises is rolled back alone."""
+        sqlite3.Error becomes MetadataError; a write op that raises is rolled back alone. Once the store refuses
+        callers, only its own closing ops are taken."""
+        if self._refusing and not closing:
+            raise MetadataError("the metadata store is closed")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._q.put(_QueuedOp(fn, write, fut, loop))
         return fut
+
+    def refuse_callers(self) -> None:
+        """The store is closing: submit() raises MetadataError from now on, except for closing ops."""
+        self._refusing = True
 
     def post(self, fn: Op) -> None:
         """Run fn(conn) on the thread, without an answer."""
