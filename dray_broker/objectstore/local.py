@@ -109,6 +109,18 @@ except (AttributeError, OSError):  # pragma: no cover - not Linux/glibc
     _sync_file_range = None
 
 
+def _read_into_bytearray(fd: int, start: int, length: int) -> bytearray:
+    buf = bytearray(length)
+    with memoryview(buf) as view:
+        pos = 0
+        while pos < length:
+            n = os.preadv(fd, [view[pos:]], start + pos)
+            if not n:
+                break  # truncated underneath us (cannot happen with atomic puts)
+            pos += n
+    return buf if pos == length else buf[:pos]
+
+
 def _write_back(fd: int) -> None:
     """Write the file's data to the disk and wait, without a journal commit (an fdatasync where unsupported)."""
     if _sync_file_range is not None and _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE_AND_WAIT) == 0:
@@ -242,7 +254,7 @@ class LocalObjectStore(ObjectStore):
         if self._fsync:
             _fsync_dir(directory)
 
-    def _get_sync(self, key: str, start: int, end: int | None) -> bytes:
+    def _get_sync(self, key: str, start: int, end: int | None, writable: bool = False) -> bytes | bytearray:
         path = self._path(key)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -256,7 +268,9 @@ class LocalObjectStore(ObjectStore):
                 raise ObjectNotFoundError(key)
             stop = st.st_size if end is None else min(end, st.st_size)
             if stop <= start:
-                return b""
+                return bytearray() if writable else b""
+            if writable:
+                return _read_into_bytearray(fd, start, stop - start)
             chunks = []
             pos, remaining = start, stop - start
             while remaining:
@@ -342,6 +356,18 @@ class LocalObjectStore(ObjectStore):
             raise ValueError(f"invalid range [{start}, {end})")
         try:
             return await self._run(self._get_sync, key, start, end)
+        except ObjectStoreError:
+            raise
+        except OSError as e:
+            raise ObjectStoreError(f"get {key!r} failed: {e}") from e
+
+    async def get_writable(self, key: str, start: int, end: int) -> bytearray:
+        """Read straight into the bytearray (one copy, from the page cache, off the event loop)."""
+        check_key(key)
+        if start < 0 or end < 0:
+            raise ValueError(f"invalid range [{start}, {end})")
+        try:
+            return await self._run(self._get_sync, key, start, end, True)
         except ObjectStoreError:
             raise
         except OSError as e:
