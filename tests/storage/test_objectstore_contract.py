@@ -277,6 +277,20 @@ async def test_local_put_leaves_no_temp_files(tmp_path) -> None:
     await store.close()
 
 
+async def test_local_writable_gets_without_nowait_reads(tmp_path, monkeypatch) -> None:
+    """Where RWF_NOWAIT reads are not available, get_writable reads in the thread pool (the same bytes)."""
+    import dray_broker.objectstore.local as local
+
+    monkeypatch.setattr(local, "_RWF_NOWAIT", None)
+    store = LocalObjectStore(tmp_path)
+    data = os.urandom(1 << 20)
+    await store.put("w", data)
+    assert await store.get_writable("w", 5, 1 << 21) == data[5:]
+    with pytest.raises(ObjectNotFoundError):
+        await store.get_writable("missing", 0, 10)
+    await store.close()
+
+
 @pytest.mark.s3
 async def test_s3_ambiguous_create_only_retry_is_success(s3_service) -> None:
     """A create-only put whose first attempt was applied but whose answer was lost (a timeout) is retried, meets
