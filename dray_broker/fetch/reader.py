@@ -1,5 +1,7 @@
-"""Reads committed batches of a partition from a given offset: index lookup (cached), chunk range read
-(cached, with offsets patched in), no per-record work."""
+"""Reads committed batches of a partition from a given offset: index lookup (cached), chunk range read (cached,
+with offsets patched in and the chunk's CRC checked once, as it enters the cache), no per-record work. What a read
+returns are views of the cached bytes (Fetch sends them as they are): a read of cached data copies nothing and reads
+no object."""
 
 from __future__ import annotations
 
