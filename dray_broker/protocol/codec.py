@@ -20,6 +20,7 @@ from kio.serial import entity_reader, entity_writer
 from kio.static.constants import EntityType
 
 from dray_broker.protocol.guard import FrameError, check_request
+from dray_broker.protocol.kio_shim import kafka_type
 
 _SIZE = struct.Struct(">i")
 _KEY_VERSION_CORRELATION = struct.Struct(">hhi")
@@ -136,8 +137,7 @@ def _field_plan(cls: type) -> tuple[frozenset[str], dict[str, int]]:
     timedeltas = {}
     for f in dataclasses.fields(cls):
         names.add(f.name)
-        kafka_type = f.metadata.get("kafka_type", "")
-        if kafka_type.startswith("timedelta"):
+        if kafka_type(f).startswith("timedelta"):
             timedeltas[f.name] = 1
     return frozenset(names), timedeltas
 
