@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 
 from dray_broker.fetch.cache import ChunkCache, EntryCache
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef, WalLocation
-from dray_broker.metadata.base import parse_sequence_key
+from dray_broker.metadata import parse_sequence_key
 from dray_broker.objectstore import ObjectNotFoundError, ObjectStore
 from dray_broker.records.batch import patch_base_offsets
 from dray_broker.wal import format as wal
