@@ -265,7 +265,8 @@ class Settings(StorageSettings):
     offsets_retention_check_interval_ms: int = Field(600_000, gt=0, description="how often expired offsets are looked for")
     producer_id_expiration_ms: int = Field(86_400_000, gt=0, description="an idempotent producer's state on a "
                                            "partition is forgotten this long after its last write")
-    fetch_cache_bytes: int = Field(256 * 1024 * 1024, ge=0, description="bytes of WAL chunks cached for fetch")
+    fetch_cache_bytes: int = Field(1024 * 1024 * 1024, ge=0, description="bytes of record batches cached for "
+                                   "fetch (recent commits and chunks read back), least recently used out first")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="log one JSON object per line")
 
