@@ -186,6 +186,14 @@ class OffsetIndex:
         )
         return [decode_entry(p, e.key, e.value) for e in found]
 
+    async def entries_from(self, p: PartitionRef, offset: int) -> list[IndexEntry]:
+        """The WAL entries holding offsets at or after offset, in offset order (idempotent producers look for a
+        batch appended after a known log end)."""
+        found = await self.store.range_scan(
+            p.dir + "wal-" + _offset(offset + 1), p.dir + "wal-~", partition_key=p.partition_key
+        )
+        return [decode_entry(p, e.key, e.value) for e in found]
+
     # --- the compaction side ----------------------------------------------------------------------------------
 
     async def compacted_watermark(self, p: PartitionRef) -> tuple[int, int]:

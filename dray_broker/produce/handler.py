@@ -78,8 +78,7 @@ def _append(broker, topic, index: int, records, version: int) -> tuple[ErrorCode
         return broker.wal_writer.append(ref, records, summary), None
     # Idempotent: reserved (deduplicated) first, then appended; the connection does not wait for either.
     return broker.producers.submit(
-        ref, summary, broker.reader.cached_log_end(ref),
-        lambda deadline: broker.wal_writer.append(ref, records, summary, deadline=deadline),
+        ref, summary, lambda guard, after: broker.wal_writer.append(ref, records, summary, guard=guard, after=after),
     ), None
 
 

@@ -6,6 +6,10 @@ flight: their objects are written in parallel, but index appends happen in flush
 partition follow the order in which batches arrived. Nothing is acked before its object is durable and its index
 entry committed; a failed step fails exactly the appends of that flush (or of that partition) with an error the
 client retries.
+
+An idempotent producer's append carries a guard and the append it follows (produce/producers.py): right before
+the index append, the partition's entry is refused when a guard gives a reason, or when an append follows one that
+was not committed (in an earlier entry, or in this one). So a producer's batches commit in order, without gaps.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from ulid import ULID
 
@@ -33,12 +37,17 @@ class FlushError(Exception):
     """The WAL object or the index entry could not be committed; nothing of the append is acked."""
 
 
+# Checked right before the index append: a reason why the append must not be indexed now, or None.
+Guard = Callable[[], Optional[str]]
+
+
 @dataclass(slots=True)
 class _Append:
     data: bytes | memoryview
     summary: BatchSummary
     future: asyncio.Future
-    deadline: float | None  # monotonic time after which it must not be indexed (an idempotent reservation)
+    guard: Guard | None
+    after: asyncio.Future | None  # an earlier append that must be committed before (or with) this one
 
 
 # Called after a partition's entry is committed, with the entry and the chunk's bytes (for the fetch cache).
@@ -47,7 +56,7 @@ CommitListener = Callable[[PartitionRef, IndexEntry, list], None]
 
 class WalWriter:
     def __init__(self, objects: ObjectStore, index: OffsetIndex, *, broker_id: int, flush_ms: float,
-                 flush_bytes: int, on_commit: CommitListener | None = None, metrics=None):
+                 flush_bytes: int, on_commit: CommitListener | None = None, metrics=None, faults=None):
         self.objects = objects
         self.index = index
         self.broker_id = broker_id
@@ -55,6 +64,7 @@ class WalWriter:
         self.flush_bytes = flush_bytes
         self.on_commit = on_commit
         self.metrics = metrics
+        self.faults = faults
         self._buffer: dict[PartitionRef, list[_Append]] = {}
         self._buffered_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -62,11 +72,12 @@ class WalWriter:
         self._previous_indexed: asyncio.Future | None = None
         self._flushes: set[asyncio.Task] = set()
 
-    def append(self, partition: PartitionRef, data: bytes | memoryview, summary: BatchSummary,
-               deadline: float | None = None) -> asyncio.Future:
-        """Buffer one partition's batches; the future gives their base offset once committed."""
+    def append(self, partition: PartitionRef, data: bytes | memoryview, summary: BatchSummary, *,
+               guard: Guard | None = None, after: asyncio.Future | None = None) -> asyncio.Future:
+        """Buffer one partition's batches; the future gives their base offset once committed. after must be an
+        earlier append of the same partition."""
         future = asyncio.get_running_loop().create_future()
-        self._buffer.setdefault(partition, []).append(_Append(data, summary, future, deadline))
+        self._buffer.setdefault(partition, []).append(_Append(data, summary, future, guard, after))
         self._buffered_bytes += len(data)
         if self._buffered_bytes >= self.flush_bytes:
             self.flush()
@@ -129,6 +140,8 @@ class WalWriter:
         key = WAL_PREFIX + str(ULID())
         started = time.perf_counter()
         try:
+            if self.faults is not None and self.faults.fire("fail-wal-write"):
+                raise OSError("fault injection: the object store refused the write")
             await self.objects.put(key, buffers, create_only=True)
         except Exception as e:
             log.warning("WAL object %s could not be written: %r; failing %d partitions", key, e, len(batch))
@@ -144,8 +157,11 @@ class WalWriter:
             tuple(n for a in appends for n in a.summary.batch_records),
             tuple(n for a in appends for n in a.summary.batch_sizes),
         )
-        if any(a.deadline is not None and a.deadline < time.monotonic() for a in appends):
-            _fail(appends, FlushError("an idempotent batch's reservation expired before its index append"))
+        if self.faults is not None and self.faults.fire("stall-before-index"):
+            await asyncio.Event().wait()  # a broker hung between its WAL write and its index append
+        refusal = _refusal(appends)
+        if refusal is not None:
+            _fail(appends, FlushError(refusal))
             return
         try:
             entry = await self.index.append(p, location, chunk.record_count, chunk.data_length)
@@ -162,7 +178,27 @@ class WalWriter:
             self.on_commit(p, entry, [a.data for a in appends])
 
 
+def _refusal(appends: list[_Append]) -> str | None:
+    """Why this entry must not be indexed, if it must not."""
+    here = None
+    for a in appends:
+        if a.after is not None:
+            here = here or {id(b.future) for b in appends}
+            if id(a.after) not in here and not _committed(a.after):
+                return "an earlier batch of the same idempotent producer was not committed"
+        if a.guard is not None:
+            reason = a.guard()
+            if reason is not None:
+                return reason
+    return None
+
+
+def _committed(f: asyncio.Future) -> bool:
+    return f.done() and not f.cancelled() and f.exception() is None
+
+
 def _fail(appends: list[_Append], error: Exception) -> None:
     for a in appends:
         if not a.future.done():
             a.future.set_exception(error)
+            a.future.exception()  # retrieved: the request waiting for it may be gone (its connection closed)

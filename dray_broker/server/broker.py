@@ -108,11 +108,13 @@ class Broker:
                                       load_compacted=CompactedReader(self.objects).load)
         self.wal_writer = WalWriter(
             self.objects, self.index, broker_id=self.broker_id, flush_ms=s.flush_ms, flush_bytes=s.flush_bytes,
-            on_commit=self.reader.committed, metrics=self.metrics,
+            on_commit=self.reader.committed, metrics=self.metrics, faults=self.faults,
         )
         self.metrics.registry.register(CacheCollector(self.reader.chunks))
-        self.producers = ProducerStates(self.metadata, self.index, self._batch_headers,
+        self.producers = ProducerStates(self.metadata, self.index, self._batch_headers, self.reader.cached_log_end,
+                                        session_timeout_ms=s.session_timeout_ms, broker_id=self.broker_id,
                                         expiration_ms=s.producer_id_expiration_ms)
+        await self.producers.start()
         index_watch = await self.metadata.watch(INDEX_PREFIX)
         self._index_watch_task = asyncio.create_task(self._follow_index(index_watch), name="index-watch")
         host, port = s.listen.rsplit(":", 1)
@@ -176,6 +178,7 @@ class Broker:
                         sum(1 for c in self.connections if c.unanswered))
         for c in list(self.connections):
             c.close("broker shutting down")
+        await self.producers.stop()
         if self._index_watch_task:
             self._index_watch_task.cancel()
         await self.registry.stop()

@@ -31,6 +31,11 @@ class Wire:
         self.sock.close()
 
     def call(self, api_key: int, version: int, body):
+        self.send(api_key, version, body)
+        return self.receive(api_key, version)
+
+    def send(self, api_key: int, version: int, body) -> None:
+        """Send a request without waiting for its response (receive() reads it)."""
         req_cls = load_request_schema(api_key, version)
         header_cls = req_cls.__header_schema__
         self.correlation_id += 1
@@ -40,6 +45,9 @@ class Wire:
         entity_writer(req_cls)(w, body)
         payload = b"".join(w)
         self.sock.sendall(struct.pack(">i", len(payload)) + payload)
+
+    def receive(self, api_key: int, version: int):
+        """The response to the last request sent."""
         size = struct.unpack(">i", self._read(4))[0]
         frame = self._read(size)
         resp_cls = load_response_schema(api_key, version)
