@@ -6,7 +6,8 @@ confluent-kafka (acks=all, 1 KiB records, several partitions).
 --rate N produces at a fixed N records/s for the latency figures (0 = as fast as possible).
 Prints produce MB/s, consume MB/s, produce latency p50/p99 (produce() call to delivery report) and the broker's
 CPU time per produced and consumed MB (from /proc; a broker given with --port is not measured).
---linger-ms 0 --size 100 stresses the per-request cost (many small produce requests)."""
+--linger-ms 0 --size 100 stresses the per-request cost (many small produce requests); --idempotent adds the
+producer state checks (produce/producers.py)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def bench(bootstrap: str, args, broker_cpu=None) -> float:
     producer = Producer({
         "bootstrap.servers": bootstrap, "acks": "all", "linger.ms": args.linger_ms, "batch.size": 1_000_000,
         "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 2_000_000,
-        "enable.idempotence": False, "log_level": 3,
+        "enable.idempotence": args.idempotent, "log_level": 3,
     })
     producer.list_topics(topic, timeout=10)  # auto-creates with --default-partitions
     latencies: list[float] = []
@@ -138,6 +139,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--rate", type=int, default=0)
+    p.add_argument("--idempotent", action="store_true", help="an idempotent producer (one producer state CAS per "
+                   "group of batches per partition)")
     p.add_argument("--flush-ms", type=float, default=10)
     p.add_argument("--linger-ms", type=float, default=5)
     p.add_argument("--port", type=int, default=0)
