@@ -13,7 +13,8 @@ write a retried batch twice), records out of order (idempotent producers), offse
 and "Future exception was never retrieved" lines in the broker logs. Exit status 0 when all of those are 0.
 
 Faults are pluggable: a Fault gets `cycle(rng)` once per cycle (BrokerKiller, CompactionKiller) and `settle()`
-when the cycles are over; run() takes any list of them, and check_log() is reusable on its own.
+when the cycles are over (then, if it says `recheck`, the log is checked a second time); run() takes more of them
+in extra_faults, and check_log() is reusable on its own.
 """
 
 from __future__ import annotations
@@ -144,7 +145,16 @@ class ProducerWorker(threading.Thread):
                     self._fatal = True
                 elif not self._fatal:
                     raise
-        self.acks.errors["unflushed"] += producer.flush(240)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                left = producer.flush(max(0.0, deadline - time.monotonic()))
+                break
+            except SystemError:  # confluent-kafka, at times, while failing timed-out messages: flush again
+                self.acks.errors["client SystemError"] += 1
+        else:
+            left = len(producer)
+        self.acks.errors["unflushed"] += left
         if self._fatal:
             self.acks.fatal += 1
 
@@ -255,6 +265,10 @@ class Fault(Protocol):
 
     def settle(self) -> None: ...
 
+    def describe(self) -> str: ...
+
+    def stop(self) -> None: ...
+
 
 class BrokerKiller:
     """Each cycle: wait 1-4 s (min_s-max_s), kill -9 a random broker, restart it on the same port."""
@@ -265,52 +279,78 @@ class BrokerKiller:
     def __init__(self, brokers: list[BrokerProcess], min_s: float, max_s: float):
         self.brokers = brokers
         self.min_s, self.max_s = min_s, max_s
+        self.kills = 0
 
     def cycle(self, rng: random.Random) -> None:
         time.sleep(rng.uniform(self.min_s, self.max_s))
         victim = rng.choice(self.brokers)
         victim.kill()
+        self.kills += 1
         victim.start()
 
     def settle(self) -> None:
         pass
 
+    def describe(self) -> str:
+        return f"brokers killed -9 and restarted: {self.kills}"
+
+    def stop(self) -> None:
+        pass
+
 
 class CompactionKiller:
-    """Each cycle, with some probability: start `dray compact --all` and kill -9 it after a random time (it may
-    also finish). settle() runs one compaction to the end, so the check after it reads compacted data."""
+    """Keeps a `dray compact --all` run going next to the brokers; each cycle kills -9 the one running with some
+    probability (so at a random stage: planning, Parquet upload, Iceberg commit, index swap, GC). settle() lets the
+    last one finish and runs one more to the end, so the check after it reads compacted data."""
 
     name = "compaction kill -9"
     recheck = True
 
-    def __init__(self, storage_args: list[str], workdir: Path, probability: float = 0.5, max_s: float = 8.0):
+    def __init__(self, storage_args: list[str], workdir: Path, kill_probability: float = 0.3):
         self.args = [sys.executable, "-m", "dray_broker.cli", "compact", "--all", "--grace-ms", "0", "-q",
                      *storage_args]
         self.log = workdir / "compaction.log"
-        self.probability = probability
-        self.max_s = max_s
-        self.killed = self.finished = 0
+        self.kill_probability = kill_probability
+        self.proc: subprocess.Popen | None = None
+        self.killed = self.finished = self.failed = 0
 
     def _start(self) -> subprocess.Popen:
         with open(self.log, "ab") as out:
             return subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
+    def _reap(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            self.finished += self.proc.returncode == 0
+            self.failed += self.proc.returncode != 0
+            self.proc = None
+
     def cycle(self, rng: random.Random) -> None:
-        if rng.random() >= self.probability:
-            return
-        proc = self._start()
-        try:
-            proc.wait(rng.uniform(0.5, self.max_s))
-            self.finished += 1
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        self._reap()
+        if self.proc is None:
+            self.proc = self._start()
+        elif rng.random() < self.kill_probability:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
             self.killed += 1
 
     def settle(self) -> None:
-        proc = self._start()
-        if proc.wait(600) != 0:
-            raise RuntimeError(f"the final compaction failed: see {self.log}")
+        if self.proc is not None:
+            self.proc.wait(600)
+            self._reap()
+        self.proc = self._start()
+        self.proc.wait(600)
+        self._reap()
+        if self.failed:
+            raise RuntimeError(f"{self.failed} compaction runs failed: see {self.log}")
+
+    def describe(self) -> str:
+        return f"compaction runs: {self.killed} killed, {self.finished} finished, {self.failed} failed"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 # --- a run -----------------------------------------------------------------------------------------------------
@@ -344,6 +384,7 @@ class Result:
     after_compaction: Report | None
     never_retrieved: int  # "Future exception was never retrieved" lines in broker logs
     crashes: list[str]  # producer workers that failed
+    faults: list[str]  # what each fault did
     seconds: dict[str, float]  # wall time of each phase
 
     @property
@@ -364,6 +405,7 @@ class Result:
             f"'{NEVER_RETRIEVED}' in broker logs: {self.never_retrieved}",
             f"failed deliveries (retried away or timed out, not acked): {dict(self.errors) or 0}",
         ]
+        lines += self.faults
         lines += [f"producer worker failed: {c}" for c in self.crashes]
         if self.after_compaction is not None:
             c = self.after_compaction
@@ -430,12 +472,14 @@ def run(config: Config, workdir: Path, extra_faults: list[Fault] = ()) -> Result
             after = check_log(bootstrap, topic, config.partitions, acks)
             phase("check again")
     finally:
+        for fault in faults:
+            fault.stop()
         for b in brokers:
             b.stop()
     never_retrieved = sum(b.log().count(NEVER_RETRIEVED) for b in brokers)
     errors = sum((a.errors for a in acks), Counter())
     return Result(config, config.cycles, sum(a.fatal for a in acks), errors, report, after, never_retrieved,
-                  [f"{a.name}: {a.crash}" for a in acks if a.crash], seconds)
+                  [f"{a.name}: {a.crash}" for a in acks if a.crash], [f.describe() for f in faults], seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
