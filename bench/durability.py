@@ -183,8 +183,9 @@ class Report:
             self.examples.append(text)
 
 
-def read_partition(bootstrap: str, topic: str, partition: int, timeout: float = 120) -> dict[int, Record]:
-    """Every record of a partition from offset 0 up to its high watermark: offset -> record."""
+def read_partition(bootstrap: str, topic: str, partition: int, timeout: float = 60) -> dict[int, Record]:
+    """Every record of a partition from offset 0 up to its high watermark: offset -> record (TimeoutError after
+    timeout seconds without a new record)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"durability-check-{uuid.uuid4().hex[:6]}",
                          "enable.auto.commit": False, "log_level": 0})
     try:
@@ -195,11 +196,12 @@ def read_partition(bootstrap: str, topic: str, partition: int, timeout: float = 
         while (not out or max(out) < high - 1) and high > 0:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"partition {partition}: read {len(out)} records up to "
-                                   f"{max(out, default=-1)} of {high} in {timeout} s")
+                                   f"{max(out, default=-1)} of {high}, then nothing for {timeout} s")
             for m in consumer.consume(1000, 1.0):
                 if m.error() is not None:
                     raise RuntimeError(f"partition {partition}: {m.error()}")
                 out[m.offset()] = Record(m.key(), m.value(), tuple(m.headers() or ()))
+                deadline = time.monotonic() + timeout
         return out
     finally:
         consumer.close()

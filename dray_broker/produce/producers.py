@@ -372,7 +372,7 @@ class ProducerStates:
         leo = await self._log_end(p) if group else 0
         while True:
             state = await self._load(p, pid)
-            changed = await self._resolve(key, state)
+            changed = await self._resolve(key, state, own_only=not group)
             now_ms = int(time.time() * 1000)
             deadline = time.monotonic() + self.reservation_ttl_s  # taken before the CAS: on the safe side
             decisions = [self._decide(key, state, item.summary, owner, leo, now_ms) for item in group]
@@ -391,8 +391,10 @@ class ProducerStates:
         if reserving:
             self._touch(key)
         for item, decision in zip(group, decisions):
-            if isinstance(decision, _Reserve):
+            if isinstance(decision, _Reserve):  # appended even if nobody waits for it any more: it is reserved
                 self._append(key, item, owner, deadline, decision.previous_first)
+            elif item.future.done():  # cancelled: its request went away with its connection
+                continue
             elif isinstance(decision, Duplicate):
                 item.future.set_result(decision.base_offset)
             elif isinstance(decision, ProduceRejected):
@@ -432,13 +434,15 @@ class ProducerStates:
             return _State(version=found.version)  # expired: behaves like an unknown producer
         return state
 
-    async def _resolve(self, key: Key, state: _State) -> bool:
+    async def _resolve(self, key: Key, state: _State, own_only: bool = False) -> bool:
         """Step 1: move pending batches whose fate is known to committed, or void them. Returns whether the
-        state changed."""
+        state changed. own_only: leave another owner's batches alone (the sweep of idle producers)."""
         if not state.pending:
             return False
         p, pid = key
         mine = state.owner in self._my_owners
+        if own_only and not mine:
+            return False
         futures = self._appends[key].futures if mine and key in self._appends else {}
         # Which batches need the index, and whether their owner can still append them: established before the
         # index is read, so that the scan sees every append that owner could ever make.
@@ -490,7 +494,7 @@ class ProducerStates:
         for entry in await self.index.entries_from(p, scanned_to):
             for h_pid, h_epoch, h_seq, offset in await self.read_batch_headers(p, entry):
                 if h_pid == pid and h_epoch == epoch and h_seq in sought:
-                    found[h_seq] = offset
+                    found.setdefault(h_seq, offset)
             scanned_to = entry.end
             if len(found) == len(sought):
                 break

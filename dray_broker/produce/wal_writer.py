@@ -161,6 +161,7 @@ class WalWriter:
             await asyncio.Event().wait()  # a broker hung between its WAL write and its index append
         refusal = _refusal(appends)
         if refusal is not None:
+            log.warning("not indexing %d appends to %s: %s", len(appends), p, refusal)
             _fail(appends, FlushError(refusal))
             return
         try:
