@@ -6,30 +6,24 @@ confluent-kafka (acks=all, 1 KiB records, several partitions).
 --rate N produces at a fixed N records/s for the latency figures (0 = as fast as possible).
 Prints produce MB/s, consume MB/s, produce latency p50/p99 (produce() call to delivery report) and the broker's
 CPU time per produced and consumed MB (from /proc; a broker given with --port is not measured).
---linger-ms 0 --size 100 stresses the per-request cost (many small produce requests); --idempotent adds the
-producer state checks (produce/producers.py)."""
+--linger-ms 0 --size 100 stresses the per-request cost (many small produce requests). --compression gzip (snappy, lz4,
+zstd) makes the producer compress its batches; --compressible makes values text-like (compressing 3-4x) instead of
+random bytes."""
 
 from __future__ import annotations
 
 import argparse
-import os
+import random
 import re
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
-
+from bench import workload  # noqa: E402
 from tests.integration.brokers import BrokerProcess, free_port  # noqa: E402
-
-
-def percentile(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * p))] if values else float("nan")
 
 
 def run(args) -> None:
@@ -41,7 +35,7 @@ def run(args) -> None:
         broker.port = args.port or broker.port
         broker.start()
         try:
-            produce_cpu = bench(broker.bootstrap, args, lambda: _cpu_seconds(broker.proc.pid))
+            produce_cpu = bench(broker.bootstrap, args, lambda: workload.cpu_seconds(broker.proc.pid))
             requests = _produce_requests(http_port)
             print(f"produce requests: {requests:.0f} ({produce_cpu / requests * 1e6:.0f} us of broker CPU each)")
         finally:
@@ -54,83 +48,47 @@ def _produce_requests(http_port: int) -> float:
     return float(found.group(1)) if found else float("nan")
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def bench(bootstrap: str, args, broker_cpu=None) -> float:
     """Run the benchmark, print its figures; return the broker CPU seconds spent producing (0: not measured)."""
     topic = "bench"
-    value = os.urandom(args.size)
-    producer = Producer({
-        "bootstrap.servers": bootstrap, "acks": "all", "linger.ms": args.linger_ms, "batch.size": 1_000_000,
-        "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 2_000_000,
-        "enable.idempotence": args.idempotent, "log_level": 3,
-    })
-    producer.list_topics(topic, timeout=10)  # auto-creates with --default-partitions
-    latencies: list[float] = []
-    errors = []
-
-    def delivered(err, msg, sent=None):
-        if err is not None:
-            errors.append(err)
-
+    # Distinct values, so that a compressed batch does not shrink to one value repeated.
+    rnd = random.Random(7)
+    values = [_compressible(rnd, args.size) if args.compressible else rnd.randbytes(args.size) for _ in range(1024)]
     cpu_start = broker_cpu() if broker_cpu else 0.0
-    start = time.perf_counter()
-    interval = 1.0 / args.rate if args.rate else 0.0
-    for i in range(args.records):
-        sent = time.perf_counter()
-        if interval:
-            target = start + i * interval
-            while sent < target:
-                producer.poll(0)
-                sent = time.perf_counter()
-        def cb(err, msg, sent=sent):
-            latencies.append(time.perf_counter() - sent)
-            delivered(err, msg)
-
-        while True:
-            try:
-                producer.produce(topic, value=value, key=b"%d" % i, partition=i % args.partitions, on_delivery=cb)
-                break
-            except BufferError:
-                producer.poll(0.001)
-        if i % 1000 == 0:
-            producer.poll(0)
-    producer.flush(120)
-    produce_s = time.perf_counter() - start
+    produced = workload.produce(bootstrap, topic, records=args.records, size=args.size, partitions=args.partitions,
+                                rate=args.rate, linger_ms=args.linger_ms, compression=args.compression,
+                                values=values, idempotent=args.idempotent)
     cpu_produced = broker_cpu() if broker_cpu else 0.0
-    total_mb = args.records * args.size / 1e6
-    if errors:
-        print(f"produce errors: {len(errors)} (first: {errors[0]})")
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False,
-                         "fetch.max.bytes": 50 * 1024 * 1024, "max.partition.fetch.bytes": 8 * 1024 * 1024,
-                         "log_level": 3})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(args.partitions)])
-    start = time.perf_counter()
-    got = 0
-    while got < args.records and time.perf_counter() - start < 120:
-        for m in consumer.consume(10000, timeout=1):
-            if m.error() is None:
-                got += 1
-    consume_s = time.perf_counter() - start
+    if produced.errors:
+        print(f"produce errors: {len(produced.errors)} (first: {produced.errors[0]})")
+    consumed = workload.consume(bootstrap, topic, records=args.records, partitions=args.partitions)
     cpu_consumed = broker_cpu() if broker_cpu else 0.0
-    consumer.close()
     mode = f"at {args.rate} records/s" if args.rate else "unthrottled"
-    print(f"records: {args.records} x {args.size} B over {args.partitions} partitions, flush {args.flush_ms} ms, {mode}")
-    print(f"produce: {total_mb / produce_s:8.1f} MB/s  {args.records / produce_s:10.0f} records/s")
-    print(f"consume: {got * args.size / 1e6 / consume_s:8.1f} MB/s  {got / consume_s:10.0f} records/s ({got} read)")
-    print(f"produce latency: p50 {percentile(latencies, 0.5) * 1000:.1f} ms  p99 {percentile(latencies, 0.99) * 1000:.1f} ms")
+    print(f"records: {args.records} x {args.size} B over {args.partitions} partitions, flush {args.flush_ms} ms, "
+          f"{mode}, compression {args.compression}{' (compressible values)' if args.compressible else ''}")
+    print(f"produce: {produced.mb_per_s:8.1f} MB/s  {args.records / produced.seconds:10.0f} records/s")
+    print(f"consume: {consumed.mb_per_s:8.1f} MB/s  {consumed.records / consumed.seconds:10.0f} records/s "
+          f"({consumed.records} read)")
+    print(f"produce latency: p50 {produced.latency(0.5) * 1000:.1f} ms  p99 {produced.latency(0.99) * 1000:.1f} ms")
     if broker_cpu:
         produce_cpu, consume_cpu = cpu_produced - cpu_start, cpu_consumed - cpu_produced
-        print(f"broker CPU: produce {produce_cpu:.2f} s ({total_mb / produce_cpu:.0f} MB/CPU-s, "
+        print(f"broker CPU: produce {produce_cpu:.2f} s ({produced.mb / produce_cpu:.0f} MB/CPU-s, "
               f"{produce_cpu / args.records * 1e6:.1f} us/record), consume {consume_cpu:.2f} s "
-              f"({got * args.size / 1e6 / consume_cpu:.0f} MB/CPU-s)")
+              f"({consumed.bytes / 1e6 / consume_cpu:.0f} MB/CPU-s)")
         return produce_cpu
     return 0.0
+
+
+_WORDS = [bytes(random.Random(i).choices(b"abcdefghijklmnopqrstuvwxyz", k=2 + i % 7)) for i in range(500)]
+
+
+def _compressible(rnd: random.Random, size: int) -> bytes:
+    """Text-like bytes: words drawn from a small vocabulary (gzip makes them 3-4x smaller)."""
+    words = _WORDS
+    out = bytearray()
+    while len(out) < size:
+        out += rnd.choice(words) + b" "
+    return bytes(out[:size])
 
 
 def main() -> None:
@@ -139,11 +97,13 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--rate", type=int, default=0)
-    p.add_argument("--idempotent", action="store_true", help="an idempotent producer (one producer state CAS per "
-                   "group of batches per partition)")
     p.add_argument("--flush-ms", type=float, default=10)
     p.add_argument("--linger-ms", type=float, default=5)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--compression", default="none", choices=("none", "gzip", "snappy", "lz4", "zstd"))
+    p.add_argument("--compressible", action="store_true", help="text-like values instead of random bytes")
+    p.add_argument("--idempotent", action="store_true", help="an idempotent producer (one producer state CAS per "
+                   "group of batches per partition: produce/producers.py)")
     run(p.parse_args())
 
 

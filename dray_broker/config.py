@@ -29,8 +29,10 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     data_dir: Path = Field(Path("./dray-data"), description="where embedded defaults keep their files")
-    metadata: str | None = Field(None, description="sqlite:///path/meta.db or oxia://host:6648")
-    object_store: str | None = Field(None, description="file:///path or s3://bucket/prefix?endpoint=...")
+    metadata: str | None = Field(None, description="metadata store: sqlite:///path/meta.db or oxia://host:6648 "
+                                  "(default <data-dir>/meta.db)")
+    object_store: str | None = Field(None, description="object store: file:///path or s3://bucket/prefix?endpoint=... "
+                                      "(default <data-dir>/objects)")
     catalog: str | None = Field(None, description="Iceberg catalog: sqlite:///path (default <data-dir>/catalog.db), "
                                 "postgresql://..., or an http(s):// REST catalog")
     warehouse: str | None = Field(None, description="where Iceberg table data goes (default: iceberg/ in the object "
@@ -38,11 +40,17 @@ class Settings(BaseModel):
     listen: str = Field("127.0.0.1:9092", description="HOST:PORT the Kafka listener binds")
     advertise: str | None = Field(None, description="HOST:PORT clients are told to connect to")
     http_listen: str | None = Field(None, description="HOST:PORT for /metrics, /healthz and /readyz (off if unset)")
-    broker_id: int | None = Field(None, ge=0, description="broker id (allocated when absent)")
+    broker_id: int | None = Field(None, ge=0, description="broker id (default: the one kept in "
+                                 "<data-dir>/meta.properties, else a new one from the metadata store)")
     zone: str | None = Field(None, description="availability zone (broker.rack)")
-    flush_ms: float = Field(10.0, gt=0, description="longest a produced batch waits before its WAL flush")
+    flush_ms: float = Field(10.0, gt=0, description="longest a produced batch waits for its WAL flush while other "
+                            "flushes are being written (with none in flight, a flush starts at once)")
     flush_bytes: int = Field(4 * 1024 * 1024, gt=0, description="buffered bytes that trigger a WAL flush")
     max_request_bytes: int = Field(100 * 1024 * 1024, gt=0, description="largest request frame accepted")
+    queued_max_request_bytes: int = Field(256 * 1024 * 1024, gt=0, description="bytes of requests being received or "
+                                          "waiting for their answers, across all connections (Kafka's "
+                                          "queued.max.request.bytes): past it, connections stop reading until "
+                                          "answers go out (one request larger than this still passes, alone)")
     auto_create_topics: bool = Field(True, description="create unknown topics on Metadata/Produce")
     default_partitions: int = Field(1, gt=0, description="partitions of an auto-created topic")
     session_timeout_ms: int = Field(6000, ge=1000, description="metadata store session: a dead broker's keys "
@@ -108,17 +116,46 @@ class Settings(BaseModel):
         return host, int(port)
 
 
+def flag_help(description: str, env: str, default: Any) -> str:
+    """A flag's help: what it is, then its DRAY_* variable and its default in brackets (argparse %-escaped)."""
+    if isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif isinstance(default, Path) and not default.is_absolute():
+        shown = f"./{default}"
+    else:
+        shown = default
+    said = f"{description} [env {env}" + (f", default {shown}]" if shown is not None else "]")
+    return said.replace("%", "%%")
+
+
+def _metavar(name: str) -> str:
+    if name.endswith("_ms"):
+        return "MS"
+    if name.endswith("_bytes"):
+        return "BYTES"
+    if name in ("listen", "advertise", "http_listen"):
+        return "HOST:PORT"
+    if name in ("metadata", "object_store", "catalog", "warehouse"):
+        return "URL"
+    if name == "data_dir":
+        return "DIR"
+    return name.upper()
+
+
 def add_flags(parser: argparse.ArgumentParser, fields: list[str] | None = None) -> None:
-    """Add a --flag for each settings field (default None, so unset flags do not override)."""
-    parser.add_argument("--config", type=Path, help="YAML file with settings (keys as the flags, with _)")
+    """Add a --flag for each settings field (default None, so unset flags do not override); the help of each says
+    its DRAY_* variable and its default."""
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help=f"YAML file with settings (keys as the flags, with _) [env {ENV_PREFIX}CONFIG]")
     for name, info in Settings.model_fields.items():
         if fields is not None and name not in fields:
             continue
         flag = "--" + name.replace("_", "-")
+        text = flag_help(info.description or "", ENV_PREFIX + name.upper(), info.default)
         if info.annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=info.description)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, default=None, help=info.description, metavar=name.upper())
+            parser.add_argument(flag, default=None, help=text, metavar=_metavar(name))
 
 
 def load_settings(

@@ -7,10 +7,14 @@ import csv
 import datetime
 import json
 import logging
+import os
 import sys
 
 from dray_broker.cluster_identity import ClusterMismatchError
-from dray_pipelines.settings import LakeSettings, LakeSettingsError, load_lake_settings
+from dray_broker.config import flag_help
+from dray_broker.tools.output import Progress
+from dray_pipelines.services import DAGSTER_HOST, DAGSTER_PORT, ui_address
+from dray_pipelines.settings import ENV_PREFIX, LakeSettings, LakeSettingsError, load_lake_settings
 
 _STORAGE_FLAGS = {
     "data_dir": "where embedded defaults keep their files (as for `dray broker`)",
@@ -37,7 +41,35 @@ def _settings(args, **extra) -> LakeSettings:
         sys.exit(2)
 
 
+# Settings of the pipeline that `dray up` takes as flags and passes to the Dagster daemon (through DRAY_*
+# variables); the storage settings are the broker's own flags.
+UP_FLAGS = ["compact_bytes", "compact_age_ms", "compact_max_bytes", "row_group_bytes", "row_group_records",
+            "wal_gc_grace_ms", "orphan_ttl_ms", "snapshot_retention_ms", "sensor_interval_s"]
+
+
+def _ui_listener(args) -> list[tuple[str, str, str]]:
+    """The Dagster UI's address, checked by `dray up` before it starts anything (see dray_broker.cli)."""
+    host, port = ui_address(vars(args))
+    return [(f"{host}:{port}", "the Dagster UI", "--dagster-port {port}")]
+
+
+def _add_up_flags(up: argparse.ArgumentParser) -> None:
+    g = up.add_argument_group("the Dagster pipelines (compaction, garbage collection, retention)")
+    g.add_argument("--dagster-host", metavar="HOST", help=flag_help("host the Dagster UI binds", "DRAY_DAGSTER_HOST",
+                                                                    DAGSTER_HOST))
+    g.add_argument("--dagster-port", type=int, metavar="PORT",
+                   help=flag_help("port of the Dagster UI", "DRAY_DAGSTER_PORT", DAGSTER_PORT))
+    up.set_defaults(service_listeners=[*(up.get_default("service_listeners") or []), _ui_listener])
+    for name in UP_FLAGS:
+        info = LakeSettings.model_fields[name]
+        metavar = {"ms": "MS", "bytes": "BYTES", "s": "SECONDS"}.get(name.rsplit("_", 1)[-1], "N")
+        g.add_argument("--" + name.replace("_", "-"), dest=name, metavar=metavar,
+                       help=flag_help(info.description or "", ENV_PREFIX + name.upper(), info.default))
+
+
 def register(subparsers) -> None:
+    if "up" in subparsers.choices:
+        _add_up_flags(subparsers.choices["up"])
     p = subparsers.add_parser(
         "compact", help="run pending compaction, index swaps, retention and GC once, in process",
         description="Evaluate the pipeline's sensors once and execute the runs they request, in this process, "
@@ -61,6 +93,18 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_sql)
 
 
+def _up_instance(settings: LakeSettings):
+    """The Dagster instance `dray up` keeps in <data-dir>/dagster, when there is one and DAGSTER_HOME is not set:
+    the runs then show in its UI, and its daemon and `dray compact` skip each other's finished run keys. None: the
+    Runner's default (DAGSTER_HOME's instance, else an ephemeral one)."""
+    home = settings.data_dir / "dagster"
+    if os.environ.get("DAGSTER_HOME") or not (home / "dagster.yaml").exists():
+        return None
+    from dagster import DagsterInstance
+
+    return DagsterInstance.from_config(str(home.resolve()))
+
+
 def cmd_compact(args) -> int:
     settings = _settings(args, wal_gc_grace_ms=args.grace_ms)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -70,15 +114,22 @@ def cmd_compact(args) -> int:
     warnings.filterwarnings("ignore")
     from dray_pipelines.runner import Runner
 
-    report = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
-    runner = Runner(settings, report=report, log_level="ERROR")
-    try:
-        result = runner.run_all(force=args.all, maintenance=args.maintenance)
-    except ClusterMismatchError as e:
-        print(f"dray compact: {e}", file=sys.stderr)
-        return 1
+    with Progress("compacting", unit="runs", enabled=None if not args.quiet else False) as bar:
+        def report(line: str) -> None:
+            bar.advance(1)
+            if not args.quiet:
+                print(line, flush=True)
+
+        runner = Runner(settings, instance=_up_instance(settings), report=report, log_level="ERROR",
+                        progress=bar.describe)
+        try:
+            result = runner.run_all(force=args.all, maintenance=args.maintenance)
+        except ClusterMismatchError as e:
+            print(f"dray compact: {e}", file=sys.stderr)
+            return 1
     if not args.quiet:
-        print(f"{len(result.runs)} runs, {len(result.failed)} failed" if result.runs else "nothing to do")
+        print(f"{len(result.runs)} run{'s' if len(result.runs) != 1 else ''}, {len(result.failed)} failed"
+              if result.runs else "nothing to do")
     for failed in result.failed:
         print(f"dray compact: {failed.job} {failed.run_key or ''} failed: {failed.error}", file=sys.stderr)
     return 1 if result.failed else 0

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from dray_broker.index.offsets import IndexEntry, ParquetLocation
 from dray_broker.metadata import VersionMismatchError
-from dray_broker.records.batch import iter_batch_positions
+from dray_broker.records.batch import HEADER_SIZE, iter_batch_positions
+from dray_broker.records.decode import RecordDecodeError, RecordsTooLarge
 from dray_broker.topics.catalog import Topic
 from dray_broker.wal import format as wal
 from dray_pipelines import faults
@@ -166,7 +167,9 @@ async def write_range(lake: Lake, table: TopicTable, state: PartitionState, begi
             raise CompactionError(f"{state.key}: WAL entries have a gap at {a.end}")
     target = lake.settings.row_group_bytes
     max_rows = lake.settings.row_group_records
-    builder = RowGroupBuilder(state.partition)
+    # A batch may not inflate beyond max.message.bytes (as the produce path checks): one written past that check
+    # fails this partition's run, naming the batch, instead of taking the compactor's memory.
+    builder = RowGroupBuilder(state.partition, state.topic.int_config("max.message.bytes") - HEADER_SIZE)
     writer = table.open_writer(path)
     faults.point("stage.before_write")
     records = 0
@@ -197,7 +200,14 @@ async def write_range(lake: Lake, table: TopicTable, state: PartitionState, begi
                 if offset + h.record_count > begin:
                     if offset < begin:
                         raise CompactionError(f"{state.key}: range start {begin} is inside a batch at {offset}")
-                    builder.add_batches(data[pos : pos + h.size], offset)
+                    try:
+                        builder.add_batches(data[pos : pos + h.size], offset)
+                    except RecordDecodeError as e:
+                        what = f"{state.key}: batch at offsets [{offset}, {offset + h.record_count}) ({h.size} bytes)"
+                        if isinstance(e, RecordsTooLarge):
+                            raise CompactionError(f"{what} not compacted: {e}, over the topic's max.message.bytes; "
+                                                  "raise it to compact this batch") from None
+                        raise CompactionError(f"{what} cannot be read: {e}") from None
                     if builder.record_bytes >= target or len(builder) >= max_rows:
                         await flush()
                 offset += h.record_count

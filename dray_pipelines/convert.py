@@ -2,8 +2,10 @@
 
 Every batch becomes rows, control batches included (their offsets exist in the log; `attributes & 32` marks
 them), so that a Parquet range holds every offset it claims and can be rebuilt into the same batches.
-Decompression goes through dray_broker.records.decode (all codecs, xerial snappy too); the record walk here appends
-straight to column lists, which is the hot loop of compaction.
+Decompression goes through dray_broker.records.decode (all codecs, xerial snappy too), bounded by max_inflated (the
+topic's max.message.bytes, which the produce path enforced): a batch that inflates beyond it raises RecordsTooLarge
+before its records are held. The record walk here appends straight to column lists, which is the hot loop of
+compaction.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from dray_broker.records.batch import HEADER_SIZE, TIMESTAMP_TYPE_LOG_APPEND, read_header
-from dray_broker.records.decode import RecordDecodeError, decompress
+from dray_broker.records.decode import DEFAULT_MAX_INFLATED, RecordDecodeError, decompress
 from dray_broker.records.decode import read_varint as _varint
 from dray_pipelines.tables import ARROW_SCHEMA
 
@@ -22,8 +24,9 @@ _HEADER_STRUCT = _HEADER_TYPE.value_type
 class RowGroupBuilder:
     """Accumulates whole record batches of one partition; build() makes one Arrow table (one row group)."""
 
-    def __init__(self, partition: int):
+    def __init__(self, partition: int, max_inflated: int = DEFAULT_MAX_INFLATED):
         self.partition = partition
+        self.max_inflated = max_inflated  # bytes a batch's records may inflate to
         self._reset()
 
     def _reset(self) -> None:
@@ -62,7 +65,7 @@ class RowGroupBuilder:
             size = h.size
             if h.magic != 2 or pos + size > total:
                 raise RecordDecodeError(f"bad record batch at byte {pos}")
-            raw = decompress(h.compression, view[pos + HEADER_SIZE : pos + size])
+            raw = decompress(h.compression, view[pos + HEADER_SIZE : pos + size], self.max_inflated)
             self._add_records(raw, h, offset)
             self.wal_bytes += size
             pos += size

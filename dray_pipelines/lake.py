@@ -32,8 +32,25 @@ LAKE_PREFIX = "/dray/lake/"
 _HISTORY = 64
 
 
+class Clock:
+    """Wall-clock milliseconds: every "now" of the pipelines (thresholds, grace periods, TTLs, the boundary history)
+    comes from here, so that a test moves time forward with advance() instead of sleeping through a period."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000) + self.offset_ms
+
+    def advance(self, ms: int) -> None:
+        self.offset_ms += ms
+
+
+clock = Clock()
+
+
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    return clock.now_ms()
 
 
 def partition_key(topic: str, partition: int) -> str:

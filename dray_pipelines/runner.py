@@ -47,8 +47,10 @@ def default_instance() -> DagsterInstance:
 
 class Runner:
     def __init__(self, settings: LakeSettings, instance: DagsterInstance | None = None,
-                 report: Callable[[str], None] | None = None, log_level: str = "INFO"):
+                 report: Callable[[str], None] | None = None, log_level: str = "INFO",
+                 progress: Callable[[str], None] | None = None):
         self.log_level = log_level  # of the runs' console logger
+        self.progress = progress or (lambda doing: None)  # told what starts now (a sensor, a run)
         self.dray = DrayLake.from_settings(settings)
         self.defs = d.make_definitions(self.dray)
         self.instance = instance or default_instance()
@@ -59,6 +61,7 @@ class Runner:
 
     def evaluate(self, sensor_name: str, *, force: bool = False) -> list[RunRequest]:
         """Evaluate one sensor as the daemon would; apply its partition requests and asset events."""
+        self.progress(f"evaluating {sensor_name}")
         context = build_sensor_context(instance=self.instance, cursor=self._cursors.get(sensor_name),
                                        resources={"dray": self.dray}, definitions=self.defs, sensor_name=sensor_name)
         if sensor_name == "compaction_sensor" and force:
@@ -93,6 +96,7 @@ class Runner:
 
     def execute(self, job_name: str, request: RunRequest) -> RunOutcome:
         job_def = self.defs.resolve_job_def(job_name)
+        self.progress(f"{job_name} {request.partition_key or request.run_key or ''}".rstrip())
         tags = dict(request.tags or {})
         if request.run_key:
             tags[RUN_KEY_TAG] = request.run_key

@@ -1,17 +1,21 @@
 """The Dagster webserver and daemon that `dray up` runs next to the broker (entry point group `dray.services`).
 
-`start(settings)` takes the broker's settings (anything with data_dir, metadata_url and object_store_url), writes
-the Dagster instance (DAGSTER_HOME, default <data-dir>/dagster: dagster.yaml with a queued run coordinator that
-runs one compaction per table at a time) and a workspace file, starts `dagster-webserver` and `dagster-daemon` as
-child processes in their own process groups, and returns a handle: `.urls` [(name, url)], `.wait_ready(timeout)`,
-`.stop()` (SIGTERM, then SIGKILL of each process group after a grace period). Settings of the pipeline
-(DRAY_CATALOG, thresholds...) pass to the children through the environment.
+`start(settings, flags)` takes the broker's settings (anything with data_dir, metadata_url and object_store_url)
+and `dray up`'s flags, writes the Dagster instance (DAGSTER_HOME, default <data-dir>/dagster: dagster.yaml with a
+queued run coordinator that runs one compaction per table at a time) and a workspace file, starts
+`dagster-webserver` (and, once it serves, `dagster-daemon`) as child processes in their own process groups, and
+returns a handle: `.urls` [(name, url)], `.wait_ready(timeout)` (and `.problem` when it fails), `.terminate()`,
+`.kill()` and `.stop()` (SIGTERM, then SIGKILL of each process group after a grace period). Settings of the
+pipeline (DRAY_CATALOG, thresholds...) pass to the children through the environment.
 
-Environment: DRAY_DAGSTER_HOST (127.0.0.1), DRAY_DAGSTER_PORT (3000), DAGSTER_HOME.
+Flags of `dray up` (added by dray_pipelines.cli): --dagster-host, --dagster-port and the pipeline's thresholds
+(--compact-bytes...), passed to the children as DRAY_* variables. Environment: DRAY_DAGSTER_HOST (127.0.0.1),
+DRAY_DAGSTER_PORT (3000), DAGSTER_HOME.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -20,10 +24,18 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any, Mapping
 
 import yaml
 
+from dray_broker.server.in_use import check_free
+from dray_pipelines.settings import ENV_PREFIX, LakeSettings, LakeSettingsError, load_lake_settings
+
+log = logging.getLogger(__name__)
+
 STOP_GRACE_S = 10.0
+DAGSTER_HOST = "127.0.0.1"
+DAGSTER_PORT = 3000
 
 WORKSPACE = {"load_from": [{"python_module": {"module_name": "dray_pipelines.definitions", "attribute": "defs",
                                               "location_name": "dray_pipelines"}}]}
@@ -69,38 +81,82 @@ def _tool(name: str) -> str:
 
 
 class DagsterServices:
-    def __init__(self, procs: list[tuple[str, subprocess.Popen]], urls: list[tuple[str, str]], home: Path):
-        self.procs = procs
+    """The webserver and the daemon. The daemon is started once the webserver serves: both create the instance's
+    storage on a first start, and together they race (one of them dies with "table ... already exists")."""
+
+    def __init__(self, launch: dict[str, list[str]], urls: list[tuple[str, str]], home: Path, log_dir: Path,
+                 env: dict[str, str]):
         self.urls = urls
         self.home = home
+        self.log_dir = log_dir
+        self.problem: str | None = None  # why wait_ready returned False
+        self._launch = launch
+        self._env = env
+        self._terminated_at: float | None = None
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self._start("dagster-webserver")
+
+    def _start(self, name: str) -> None:
+        with open(self.log_dir / f"{name}.log", "ab") as out:
+            self.procs.append((name, subprocess.Popen(
+                self._launch[name], env=self._env, cwd=str(self.home), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)))
 
     def wait_ready(self, timeout: float = 60.0) -> bool:
-        """Wait until the webserver answers (True) or the timeout passes / a process exits (False)."""
+        """Wait until the webserver answers (True); False when the timeout passes, a process exits or stop() was
+        called, with the reason in .problem. The daemon starts when the webserver answers, or at the timeout (a
+        slow machine: the daemon is what compacts)."""
         url = self.urls[0][1] + "/server_info"
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(p.poll() is not None for _, p in self.procs):
-                return False
+        while time.monotonic() < deadline and self._terminated_at is None:
+            for name, p in self.procs:
+                if p.poll() is not None:
+                    self.problem = f"{name} exited with code {p.returncode} (log: {self.log_dir / name}.log)"
+                    return False
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:
+                        self._start_daemon()
                         return True
             except OSError:
                 pass
             time.sleep(0.3)
+        if self._terminated_at is not None:
+            self.problem = "stopped while starting"
+            return False
+        self._start_daemon()
+        self.problem = f"the Dagster UI did not answer within {timeout:.0f} s (log: {self.log_dir})"
         return False
 
+    def _start_daemon(self) -> None:
+        if all(name != "dagster-daemon" for name, _ in self.procs):
+            self._start("dagster-daemon")
+
+    def terminate(self) -> None:
+        """SIGTERM to each process group, once (stop() waits for them)."""
+        if self._terminated_at is None:
+            self._terminated_at = time.monotonic()
+            for _, p in self.procs:
+                _signal_group(p, signal.SIGTERM)
+
+    def kill(self) -> None:
+        for _, p in self.procs:
+            _signal_group(p, signal.SIGKILL)
+
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Stop both processes: SIGTERM to each process group, SIGKILL after grace_s."""
-        for _, p in self.procs:
-            _signal_group(p, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for _, p in self.procs:
+        """Stop both processes: SIGTERM to each process group, SIGKILL after grace_s. Says what it waits for."""
+        self.terminate()
+        deadline = self._terminated_at + grace_s
+        running = [name for name, p in self.procs if p.poll() is None]
+        if running:
+            log.info("waiting for %s to stop (at most %.0f s more)", " and ".join(running),
+                     max(0.0, deadline - time.monotonic()))
+        for name, p in self.procs:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                pass
-            _signal_group(p, signal.SIGKILL)
+                log.warning("%s did not stop within %.0f s: killing it", name, grace_s)
+            _signal_group(p, signal.SIGKILL)  # and whatever it started
             try:
                 p.wait(5)
             except subprocess.TimeoutExpired:
@@ -114,13 +170,35 @@ def _signal_group(p: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def start(settings, *, host: str | None = None, port: int | None = None, log_dir: Path | None = None) -> DagsterServices:
-    """Start the Dagster webserver and daemon for the log that settings describe."""
+def ui_address(flags: Mapping[str, Any]) -> tuple[str, int]:
+    """Where the Dagster UI listens: --dagster-host/--dagster-port, else DRAY_DAGSTER_HOST/PORT, else defaults."""
+    host = flags.get("dagster_host") or os.environ.get("DRAY_DAGSTER_HOST", DAGSTER_HOST)
+    port = flags.get("dagster_port") or int(os.environ.get("DRAY_DAGSTER_PORT", DAGSTER_PORT))
+    return host, int(port)
+
+
+def _pipeline_env(flags: Mapping[str, Any]) -> dict[str, str]:
+    """The pipeline settings given as flags, as DRAY_* variables (checked first: RuntimeError when invalid)."""
+    given = {name: flags[name] for name in LakeSettings.model_fields if flags.get(name) is not None
+             and name not in ("data_dir", "metadata", "object_store", "catalog", "warehouse")}
+    try:
+        load_lake_settings(given)
+    except LakeSettingsError as e:
+        raise RuntimeError(str(e)) from None
+    return {ENV_PREFIX + name.upper(): str(value) for name, value in given.items()}
+
+
+def start(settings, flags: Mapping[str, Any] | None = None, *, host: str | None = None, port: int | None = None,
+          log_dir: Path | None = None) -> DagsterServices:
+    """Start the Dagster webserver and daemon for the log that settings describe. flags: `dray up`'s (the Dagster
+    host and port, the pipeline's thresholds). InUse when the UI's port is taken."""
+    flags = flags or {}
     data_dir = Path(settings.data_dir).resolve()
     home = Path(os.environ.get("DAGSTER_HOME") or data_dir / "dagster").resolve()
+    host, port = host or ui_address(flags)[0], port or ui_address(flags)[1]
+    pipeline_env = _pipeline_env(flags)
+    check_free(None, [(f"{host}:{port}", "the Dagster UI", "--dagster-port {port}")])
     workspace = prepare_home(home)
-    host = host or os.environ.get("DRAY_DAGSTER_HOST", "127.0.0.1")
-    port = port or int(os.environ.get("DRAY_DAGSTER_PORT", "3000"))
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -128,21 +206,17 @@ def start(settings, *, host: str | None = None, port: int | None = None, log_dir
         "DRAY_METADATA": settings.metadata_url,
         "DRAY_OBJECT_STORE": settings.object_store_url,
         "PYTHONUNBUFFERED": "1",
+        **pipeline_env,
     }
     for name in ("catalog", "warehouse"):
         value = getattr(settings, name, None)
         if value:
             env["DRAY_" + name.upper()] = str(value)
-    log_dir = log_dir or home / "logs"
+    log_dir = log_dir or home / "process-logs"  # not logs/: Dagster moves that one away (its telemetry queue)
     log_dir.mkdir(parents=True, exist_ok=True)
-    commands = [
-        ("dagster-webserver", [_tool("dagster-webserver"), "-h", host, "-p", str(port), "-w", str(workspace)]),
-        ("dagster-daemon", [_tool("dagster-daemon"), "run", "-w", str(workspace)]),
-    ]
-    procs = []
-    for name, argv in commands:
-        out = open(log_dir / f"{name}.log", "ab")
-        procs.append((name, subprocess.Popen(argv, env=env, cwd=str(home), stdout=out, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)))
+    launch = {
+        "dagster-webserver": [_tool("dagster-webserver"), "-h", host, "-p", str(port), "-w", str(workspace)],
+        "dagster-daemon": [_tool("dagster-daemon"), "run", "-w", str(workspace)],
+    }
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return DagsterServices(procs, [("Dagster UI", f"http://{shown_host}:{port}")], home)
+    return DagsterServices(launch, [("Dagster UI", f"http://{shown_host}:{port}")], home, log_dir, env)

@@ -19,9 +19,7 @@ server reports locations as ``file:/path`` (one slash). Needs Java 11+ and, for 
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,12 +29,10 @@ from tests.services import (
     ServiceError,
     _free_port,
     _http_status,
-    _lock,
-    _run_logged,
     _Server,
     _start,
-    _tail,
-    services_dir,
+    java_program,
+    maven_classpath,
 )
 
 POM = REPO / "tests" / "rest_catalog" / "pom.xml"
@@ -51,60 +47,9 @@ class RestCatalogService(ServerHandle):
     _server: _Server = field(repr=False)
 
 
-def _java() -> str:
-    home = os.environ.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home and os.access(Path(home) / "bin" / "java", os.X_OK) else None
-    java = java or shutil.which("java")
-    if java is None:
-        raise ServiceError(
-            "Java (`java`, 11 or newer) is not installed or not on PATH; it runs the Iceberg REST catalog"
-        )
-    return java
-
-
-def _cached_classpath(path: Path) -> str | None:
-    try:
-        classpath = path.read_text().strip()
-    except OSError:
-        return None
-    jars = classpath.split(os.pathsep)
-    if classpath and all(Path(jar).is_file() for jar in jars):  # ~/.m2 may have been cleaned since
-        return classpath
-    return None
-
-
 def rest_catalog_classpath() -> str:
     """The server's classpath: cached per pom.xml hash, resolved with Maven (from Maven Central) when missing."""
-    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:16]
-    cache = services_dir() / "rest-catalog" / digest
-    out = cache / "classpath.txt"
-    classpath = _cached_classpath(out)
-    if classpath:
-        return classpath
-    with _lock("rest-catalog"):
-        classpath = _cached_classpath(out)  # resolved by another process while we waited
-        if classpath:
-            return classpath
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise ServiceError(
-                "Maven (`mvn`) is not installed or not on PATH; it fetches the Iceberg REST catalog "
-                f"server's jars from Maven Central once (see {POM})"
-            )
-        cache.mkdir(parents=True, exist_ok=True)
-        log = cache / "maven.log"
-        log.write_text("")
-        tmp = out.with_name(out.name + ".tmp")
-        argv = [mvn, "-q", "-B", "-f", str(POM), "dependency:build-classpath", f"-Dmdep.outputFile={tmp}"]
-        code = _run_logged(argv, cwd=POM.parent, env=dict(os.environ), log=log)
-        classpath = tmp.read_text().strip() if code == 0 and tmp.is_file() else ""
-        if not classpath:
-            raise ServiceError(
-                f"Maven could not resolve the Iceberg REST catalog server's classpath (exit {code}); "
-                f"the end of {log}:\n{_tail(log)}"
-            )
-        os.replace(tmp, out)
-        return classpath
+    return maven_classpath(POM, "rest-catalog")
 
 
 _CORE_SITE = """<?xml version="1.0"?>
@@ -120,7 +65,7 @@ def start_rest_catalog(warehouse: str) -> RestCatalogService:
         warehouse = Path(warehouse).resolve().as_uri()
     if not warehouse.startswith("file:"):
         raise ServiceError(f"the REST catalog server here only has a local FileIO; got warehouse {warehouse!r}")
-    java = _java()
+    java = java_program()
     classpath = rest_catalog_classpath()
 
     def command(workdir: Path):

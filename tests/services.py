@@ -18,6 +18,10 @@ PostgreSQL (for the Iceberg SQL catalog) comes from Debian's postgresql package,
     pg = start_postgres()        # pg.url == "postgresql://dray@127.0.0.1:PORT/dray"
     ...
     handle.stop(); s3.stop()
+
+Fault injection (bench/faults.py): ``handle.pause()`` / ``handle.resume()`` (SIGSTOP / SIGCONT),
+``handle.crash()`` (SIGKILL) and ``handle.restart()`` (SIGKILL if running, then the same command on the same ports
+and data).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import signal
@@ -264,6 +269,9 @@ class _Server:
     process: subprocess.Popen
     workdir: Path
     log_path: Path
+    argv: list[str] = field(default_factory=list, repr=False)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    ready: Callable[[], bool] | None = field(default=None, repr=False)  # the readiness probe, for restart()
     _stopped: bool = field(default=False, repr=False)
 
     def alive(self) -> bool:
@@ -311,7 +319,7 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], workdir: Path) -> _S
             preexec_fn=_die_with_parent if main else None,
             start_new_session=not main,
         )
-    server = _Server(name, process, workdir, log_path)
+    server = _Server(name, process, workdir, log_path, argv, env)
     with _running_lock:
         _running.add(server)
     return server
@@ -340,6 +348,7 @@ def _start(
                 break
             try:
                 if ready(info):
+                    server.ready = lambda: ready(info)  # for restart()
                     return server, info
             except Exception as e:  # noqa: BLE001 - not ready yet; keep the reason for the error message
                 last_error = f"{type(e).__name__}: {e}"
@@ -366,6 +375,96 @@ class ServerHandle:
 
     def stop(self) -> None:
         self._server.stop()
+
+    def pause(self) -> None:
+        """SIGSTOP the server's process group: it stalls, connections stay open."""
+        os.killpg(self._server.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self._server.process.pid, signal.SIGCONT)
+
+    def crash(self) -> None:
+        """SIGKILL the server's process group; its data stays for restart()."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._server.process.pid, signal.SIGKILL)
+        self._server.process.wait()
+
+    def restart(self) -> None:
+        """Kill the server (SIGKILL: as a crash) if it runs and start it again with the same command, ports and
+        data."""
+        old = self._server
+        self.crash()
+        with _running_lock:
+            _running.discard(old)
+        server = _spawn(old.name, old.argv, old.env, old.workdir)
+        server.ready = old.ready
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            with contextlib.suppress(Exception):
+                if server.alive() and server.ready():
+                    break
+            if not server.alive() or time.monotonic() > deadline:
+                server.stop(keep_files=True)
+                raise ServiceError(f"{old.name} did not come back after a restart; log {server.log_path}:\n"
+                                   f"{server.log_tail()}")
+            time.sleep(0.2)
+        self._server = server
+
+
+# ------------------------------------------------------------------------------------------------ Java programs
+
+
+def java_program() -> str:
+    """The `java` to run Java servers with: $JAVA_HOME/bin/java, else the one on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home and os.access(Path(home) / "bin" / "java", os.X_OK) else None
+    java = java or shutil.which("java")
+    if java is None:
+        raise ServiceError("Java (`java`, 11 or newer) is not installed or not on PATH")
+    return java
+
+
+def _cached_classpath(path: Path) -> str | None:
+    try:
+        classpath = path.read_text().strip()
+    except OSError:
+        return None
+    jars = classpath.split(os.pathsep)
+    if classpath and all(Path(jar).is_file() for jar in jars):  # ~/.m2 may have been cleaned since
+        return classpath
+    return None
+
+
+def maven_classpath(pom: Path, name: str) -> str:
+    """The run-time classpath of the jars ``pom`` names (a pom without sources), resolved once from Maven Central
+    with ``mvn dependency:build-classpath`` and cached in ``$DRAY_SERVICES_DIR/<name>/<hash of pom>/classpath.txt``;
+    later calls run no Maven (the jars stay in ~/.m2)."""
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
+    cache = services_dir() / name / digest
+    out = cache / "classpath.txt"
+    classpath = _cached_classpath(out)
+    if classpath:
+        return classpath
+    with _lock(name):
+        classpath = _cached_classpath(out)  # resolved by another process while we waited
+        if classpath:
+            return classpath
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise ServiceError(f"Maven (`mvn`) is not installed or not on PATH; it fetches the jars {pom} names "
+                               "from Maven Central once")
+        cache.mkdir(parents=True, exist_ok=True)
+        log = cache / "maven.log"
+        log.write_text("")
+        tmp = out.with_name(out.name + ".tmp")
+        argv = [mvn, "-q", "-B", "-f", str(pom), "dependency:build-classpath", f"-Dmdep.outputFile={tmp}"]
+        code = _run_logged(argv, cwd=pom.parent, env=dict(os.environ), log=log)
+        classpath = tmp.read_text().strip() if code == 0 and tmp.is_file() else ""
+        if not classpath:
+            raise ServiceError(f"Maven could not resolve the classpath of {pom} (exit {code}); the end of {log}:\n"
+                               f"{_tail(log)}")
+        os.replace(tmp, out)
+        return classpath
 
 
 # ------------------------------------------------------------------------------------------------ Oxia

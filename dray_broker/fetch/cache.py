@@ -1,4 +1,5 @@
-"""Bounded caches for the fetch path: committed chunks (offsets already patched in) and index entries."""
+"""Bounded caches for the fetch path: committed chunks (offsets already patched in, bounded in bytes) and index
+entries (bounded in number)."""
 
 from __future__ import annotations
 
@@ -43,28 +44,42 @@ class ChunkCache:
 class EntryCache:
     """Recent index entries per partition, sorted by end offset, for lookups without a store round trip.
 
-    Only WAL entries are cached: they never change once committed. A partition keeps its newest entries."""
+    Only WAL entries are cached: they never change once committed. A partition keeps its newest per_partition
+    entries, and all partitions together at most max_entries (an entry is about a kilobyte): past that, the
+    partition looked up least recently is forgotten (its next fetch asks the store again)."""
 
-    def __init__(self, per_partition: int = 1024):
+    def __init__(self, per_partition: int = 1024, max_entries: int = 64 * 1024):
         self.per_partition = per_partition
-        self._ends: dict[PartitionRef, list[int]] = {}
+        self.max_entries = max_entries
+        self._ends: OrderedDict[PartitionRef, list[int]] = OrderedDict()  # least recently used first
         self._entries: dict[PartitionRef, list[IndexEntry]] = {}
+        self._count = 0
 
     def add(self, p: PartitionRef, entry: IndexEntry) -> None:
-        ends = self._ends.setdefault(p, [])
-        entries = self._entries.setdefault(p, [])
+        ends = self._ends.get(p)
+        if ends is None:
+            ends = self._ends[p] = []
+            self._entries[p] = []
+        else:
+            self._ends.move_to_end(p)
+        entries = self._entries[p]
         i = bisect.bisect_left(ends, entry.end)
         if i < len(ends) and ends[i] == entry.end:
             return
         ends.insert(i, entry.end)
         entries.insert(i, entry)
+        self._count += 1
         if len(ends) > self.per_partition:
             del ends[0], entries[0]
+            self._count -= 1
+        while self._count > self.max_entries and len(self._ends) > 1:
+            self.forget(next(iter(self._ends)))
 
     def find(self, p: PartitionRef, offset: int) -> IndexEntry | None:
         ends = self._ends.get(p)
         if not ends:
             return None
+        self._ends.move_to_end(p)
         i = bisect.bisect_right(ends, offset)
         if i < len(ends):
             entry = self._entries[p][i]
@@ -73,5 +88,10 @@ class EntryCache:
         return None
 
     def forget(self, p: PartitionRef) -> None:
-        self._ends.pop(p, None)
+        ends = self._ends.pop(p, None)
+        if ends is not None:
+            self._count -= len(ends)
         self._entries.pop(p, None)
+
+    def __len__(self) -> int:
+        return self._count

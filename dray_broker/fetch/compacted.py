@@ -8,6 +8,9 @@ and that row group only, through the broker's object store when the file is insi
 original offsets, timestamps, keys, values, headers, batch attributes and producer fields. A consumer reading from
 offset 0 cannot tell WAL from Parquet. By default each batch is compressed again with the codec it arrived with.
 
+What a row group inflates to is in the footer: one larger than max_row_group_bytes (the pipeline writes about
+8 MiB of records per row group) is refused before any of it is read or decompressed.
+
 Index entry (pq-<end>) extra fields written by the pipeline:
     key     object store key of the file (absent: read `path` through pyarrow.fs)
     rg      row group index
@@ -50,6 +53,7 @@ READ_COLUMNS = [OFFSET, TIMESTAMP, KEY, VALUE, HEADERS, ATTRIBUTES, BATCH_OFFSET
 
 ORIGINAL = "original"
 GZIP_LEVEL = 1
+MAX_ROW_GROUP_BYTES = 256 * 1024 * 1024  # uncompressed
 _FOOTER_READ = 64 * 1024
 _CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 
@@ -189,8 +193,10 @@ def row_group_byte_range(metadata: pq.FileMetaData, index: int) -> tuple[int, in
 class CompactedReader:
     """The broker's RangeLoader for Parquet index entries: `PartitionReader(..., load_compacted=reader.load)`."""
 
-    def __init__(self, objects: ObjectStore, *, codec: str = ORIGINAL, footer_cache: int = 256):
+    def __init__(self, objects: ObjectStore, *, codec: str = ORIGINAL, footer_cache: int = 256,
+                 max_row_group_bytes: int = MAX_ROW_GROUP_BYTES):
         self.objects = objects
+        self.max_row_group_bytes = max_row_group_bytes
         self.codec = None if codec == ORIGINAL else _CODECS[codec]
         self._footers: OrderedDict[str, pq.FileMetaData] = OrderedDict()
         self._footer_cache = footer_cache
@@ -202,7 +208,7 @@ class CompactedReader:
         extra = loc.extra or {}
         key = extra.get("key")
         if key is None:
-            table = await asyncio.to_thread(_read_row_group_fs, loc.path, extra.get("rg", 0))
+            table = await asyncio.to_thread(_read_row_group_fs, loc.path, extra.get("rg", 0), self.max_row_group_bytes)
         else:
             table = await self._read_row_group(loc.path, key, extra)
         return await asyncio.to_thread(batches_from_table, table, entry.start, entry.end, self.codec)
@@ -228,6 +234,7 @@ class CompactedReader:
             while len(self._footers) > self._footer_cache:
                 self._footers.popitem(last=False)
         size = size or (await self.objects.head(key)).size
+        _check_row_group_size(path, metadata, index, self.max_row_group_bytes)
         lo, hi = row_group_byte_range(metadata, index)
         sparse = _SparseFile(size)
         sparse.add(lo, await self.objects.get(key, lo, hi))
@@ -239,10 +246,20 @@ def _read_sparse(sparse: _SparseFile, metadata: pq.FileMetaData, index: int) -> 
     return f.read_row_group(index, columns=READ_COLUMNS)
 
 
-def _read_row_group_fs(path: str, index: int) -> pa.Table:
+def _check_row_group_size(path: str, metadata: pq.FileMetaData, index: int, limit: int) -> None:
+    if index >= metadata.num_row_groups:
+        raise CompactedDataError(f"{path} has {metadata.num_row_groups} row groups, the index entry names #{index}")
+    size = metadata.row_group(index).total_byte_size
+    if size > limit:
+        raise CompactedDataError(f"row group {index} of {path} inflates to {size} bytes, more than {limit}")
+
+
+def _read_row_group_fs(path: str, index: int, limit: int) -> pa.Table:
     import pyarrow.fs as pafs
 
     fs, inner = pafs.FileSystem.from_uri(path)
     with fs.open_input_file(inner) as f:
-        return pq.ParquetFile(f).read_row_group(index, columns=READ_COLUMNS)
+        parquet = pq.ParquetFile(f)
+        _check_row_group_size(path, parquet.metadata, index, limit)
+        return parquet.read_row_group(index, columns=READ_COLUMNS)
 

@@ -64,9 +64,11 @@ async def _read_all(broker, M, wanted, max_bytes, client_id):
                                                          client_id).id != broker.broker_id:
                 error = ErrorCode.not_leader_or_follower
             else:
+                # As Kafka: the response's and the partition's byte limits hold for every partition except the
+                # first one with data, which gets its first batch whole however large (so consumers progress).
                 budget = min(p.partition_max_bytes, max(max_bytes - total, 0))
                 try:
-                    result = await broker.reader.read(ref, p.fetch_offset, budget if total else max(budget, 1))
+                    result = await broker.reader.read(ref, p.fetch_offset, budget, min_one=total == 0)
                     records, hw, lso = result.records, result.high_watermark, result.log_start_offset
                     total += len(records)
                 except OffsetOutOfRange:

@@ -31,8 +31,8 @@ from kio.schema.errors import ErrorCode
 from dray_broker.fetch.reader import OffsetOutOfRange
 from dray_broker.index.offsets import IndexEntry, PartitionRef, WalLocation
 from dray_broker.protocol.codec import Request, make, response_module
-from dray_broker.records.batch import iter_batch_positions
-from dray_broker.records.decode import decode_batch
+from dray_broker.records.batch import HEADER_SIZE, iter_batch_positions
+from dray_broker.records.decode import DEFAULT_MAX_INFLATED, Record, decode_batch
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,13 @@ async def _batches(broker, ref: PartitionRef, entry: IndexEntry, log_start: int)
     return out
 
 
+def _records(broker, ref: PartitionRef, data, pos: int) -> list[Record]:
+    """The records of the batch at data[pos:], inflated no further than its topic's max.message.bytes allows."""
+    topic = broker.topics.by_id(ref.topic_id)
+    limit = topic.int_config("max.message.bytes") - HEADER_SIZE if topic is not None else DEFAULT_MAX_INFLATED
+    return decode_batch(data, pos, max_inflated=limit).records
+
+
 async def _first_at_or_after(broker, ref: PartitionRef, target: int) -> tuple[int, int]:
     start, entries = await _entries(broker, ref)
     for entry in entries:
@@ -152,7 +159,7 @@ async def _first_at_or_after(broker, ref: PartitionRef, target: int) -> tuple[in
         for h, pos, data in await _batches(broker, ref, entry, start):
             if h.max_timestamp < target:
                 continue
-            for r in decode_batch(data, pos).records:
+            for r in _records(broker, ref, data, pos):
                 if r.offset >= start and r.timestamp >= target:
                     return r.offset, r.timestamp
     return UNKNOWN, UNKNOWN
@@ -172,7 +179,7 @@ async def _max_timestamp(broker, ref: PartitionRef) -> tuple[int, int]:
             if best is not None and (h.max_timestamp < best[0] or
                                      (h.max_timestamp == best[0] and h.base_offset > best[1])):
                 continue
-            for r in decode_batch(data, pos).records:
+            for r in _records(broker, ref, data, pos):
                 if r.offset < start:
                     continue
                 if best is None or r.timestamp > best[0] or (r.timestamp == best[0] and r.offset < best[1]):

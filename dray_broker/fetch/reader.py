@@ -131,8 +131,9 @@ class PartitionReader:
 
     # --- reading ----------------------------------------------------------------------------------------------
 
-    async def read(self, p: PartitionRef, offset: int, max_bytes: int) -> ReadResult:
-        """Batches from the one holding offset, up to max_bytes (at least one whole batch when any exists)."""
+    async def read(self, p: PartitionRef, offset: int, max_bytes: int, *, min_one: bool = True) -> ReadResult:
+        """Whole batches from the one holding offset, up to max_bytes. min_one: the first batch comes even when it
+        is larger than max_bytes (so that a consumer always progresses), as Kafka's minOneMessage."""
         start = await self.log_start_offset(p)
         if offset < start:
             raise OffsetOutOfRange(f"offset {offset} is before the log start {start}")
@@ -145,7 +146,7 @@ class PartitionReader:
         pieces: list = []
         size = 0
         position = offset
-        while position < end and size < max_bytes:
+        while position < end and (size < max_bytes or (min_one and not pieces)):
             entry = await self._entry(p, position)
             if entry is None:
                 break
@@ -157,7 +158,7 @@ class PartitionReader:
                 # A cached entry whose WAL object was collected after compaction: ask the index again.
                 self.entries.forget(p)
                 continue
-            piece, complete = _slice_from(entry, data, position, max_bytes - size, first=not pieces)
+            piece, complete = _slice_from(entry, data, position, max_bytes - size, first=min_one and not pieces)
             if piece:
                 pieces.append(piece)
                 size += len(piece)

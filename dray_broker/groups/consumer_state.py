@@ -13,13 +13,20 @@ Semantics follow Apache Kafka's group coordinator (ConsumerGroup, CurrentAssignm
   epoch, its assignment shrinks to what it keeps, state UNREVOKED_PARTITIONS) and only once the member acknowledges
   (its owned partitions no longer hold them) does it move to the target epoch. A partition still held by another
   member (in its assignment or pending revocation) is not handed out (UNRELEASED_PARTITIONS) until it is released.
-  So no partition is ever owned by two members.
+  So no partition is ever owned by two members. A partition being moved stays with its owner until the owner's
+  next heartbeat (at the group.consumer.heartbeat.interval.ms it was told, 5 s by default as in Kafka) tells it to
+  revoke; the member waiting for it is told a shorter interval (waiting_heartbeat_interval_ms), so that it gets
+  the partition soon after the owner acknowledged the revocation rather than up to one more interval later.
 - Member epochs are validated: a bigger epoch than the member's, or a smaller one that is not its previous epoch
   with owned partitions within its assignment, is FENCED_MEMBER_EPOCH. Epoch 0 joins, -1 leaves, -2 is a static
   member leaving for a while (it keeps its assignment until the session times out; rejoining with its instance id
   takes its place without a rebalance).
 - Sessions expire after group.consumer.session.timeout.ms without a heartbeat; a member that does not revoke within
   its rebalance timeout is fenced.
+- A regex new to the group is resolved just after the heartbeat that brought it (Kafka resolves regexes off the
+  request path): that heartbeat's target holds the member's named topics only, and the matching topics come with
+  a new group epoch, at the member's next heartbeat. A regex the group already uses counts at once; one that no
+  member uses any more is forgotten. Resolved regexes follow topic changes at every heartbeat.
 """
 
 from __future__ import annotations
@@ -56,6 +63,9 @@ Parts = dict[str, set[int]]  # topic id -> partitions
 class ConsumerConfig:
     session_timeout_ms: int = 45_000
     heartbeat_interval_ms: int = 5_000
+    # A member waiting for partitions that others still hold is told to come back this soon (if sooner than the
+    # interval), so that it gets them shortly after their owners revoke (Kafka keeps the interval).
+    waiting_heartbeat_interval_ms: int = 500
     assignors: tuple[str, ...] = assignors.ASSIGNORS  # the first is the default
 
 
@@ -180,6 +190,8 @@ class ConsumerGroup:
         self.snapshot: dict | None = None
         self.snapshot_seq = 0
         self._regex_cache: dict[str, object] = {}
+        self.resolved_regexes: set[str] = set()  # regexes whose matching topics count for the assignment
+        self.regex_resolution_due: int | None = None  # when the members' new regexes get resolved
 
     # --- shared interface with ClassicGroup -------------------------------------------------------------------
 
@@ -210,7 +222,7 @@ class ConsumerGroup:
         self._take_snapshot()
 
     def next_deadline(self) -> int | None:
-        deadlines = []
+        deadlines = [] if self.regex_resolution_due is None else [self.regex_resolution_due]
         for m in self.members.values():
             deadlines.extend(d for d in (m.session_deadline, m.revocation_deadline) if d is not None)
         return min(deadlines) if deadlines else None
@@ -220,9 +232,8 @@ class ConsumerGroup:
         for m in self.members.values():
             names.update(m.subscribed_names)
         if topics is not None:
-            for m in self.members.values():
-                if m.subscribed_regex:
-                    names.update(t for t in topics if self._matches(m.subscribed_regex, t))
+            for regex in self._regexes_in_use() & self.resolved_regexes:
+                names.update(t for t in topics if self._matches(regex, t))
         else:
             names.update(self.subscription_metadata)
         return names
@@ -322,6 +333,9 @@ class ConsumerGroup:
                                    f"the member epoch is {member.epoch}, not {req.member_epoch}")
         before_assigned = _copy(member.assigned)
         changed |= self._update_member(member, req)
+        if member.subscribed_regex and member.subscribed_regex not in self.resolved_regexes \
+                and self.regex_resolution_due is None:
+            self.regex_resolution_due = now
         member.session_deadline = now + self.config.session_timeout_ms
         if self._refresh_metadata(topics):
             changed = True
@@ -334,9 +348,14 @@ class ConsumerGroup:
                                          and req.owned is not None)
         self._take_snapshot_if_changed()
         return HeartbeatResult(
-            ErrorCode.none, None, member.member_id, member.epoch, self.config.heartbeat_interval_ms,
+            ErrorCode.none, None, member.member_id, member.epoch, self._heartbeat_interval(member),
             _copy(member.assigned) if full or member.assigned != before_assigned else None,
         )
+
+    def _heartbeat_interval(self, m: ConsumerMember) -> int:
+        if m.state == M_UNRELEASED:
+            return min(self.config.heartbeat_interval_ms, self.config.waiting_heartbeat_interval_ms)
+        return self.config.heartbeat_interval_ms
 
     def _error(self, error: ErrorCode, req: HeartbeatRequest, message: str | None = None) -> HeartbeatResult:
         return HeartbeatResult(error, message, req.member_id, req.member_epoch, self.config.heartbeat_interval_ms)
@@ -350,8 +369,10 @@ class ConsumerGroup:
                 return invalid("RebalanceTimeoutMs must be provided in first request.")
             if req.owned is None or any(req.owned.values()):
                 return invalid("TopicPartitions must be empty when (re-)joining.")
-            if req.subscribed_topic_names is None and not req.subscribed_topic_regex:
-                return invalid("SubscribedTopicNames or SubscribedTopicRegex must be set in first request.")
+            # As Kafka: empty names or an empty regex join without a subscription (librdkafka sends "" for none).
+            if req.subscribed_topic_names is None and req.subscribed_topic_regex is None:
+                return invalid("Either SubscribedTopicNames or SubscribedTopicRegex must be non-null when "
+                               "(re-)joining.")
         elif req.member_epoch < LEAVE_STATIC_EPOCH:
             return invalid(f"MemberEpoch {req.member_epoch} is invalid.")
         elif req.member_epoch == LEAVE_STATIC_EPOCH and req.instance_id is None:
@@ -460,8 +481,12 @@ class ConsumerGroup:
     def _bump_epoch(self) -> None:
         self.group_epoch = max(self.group_epoch, self.assignment_epoch) + 1
 
+    def _regexes_in_use(self) -> set[str]:
+        return {m.subscribed_regex for m in self.members.values() if m.subscribed_regex}
+
     def _refresh_metadata(self, topics: Topics) -> bool:
         """Recompute the subscribed topics' metadata; True if it changed (then the group epoch must grow)."""
+        self.resolved_regexes &= self._regexes_in_use()
         meta = {name: [topics[name][0], topics[name][1]] for name in sorted(self.subscribed_topic_names(topics))
                 if name in topics}
         if meta != self.subscription_metadata:
@@ -478,7 +503,7 @@ class ConsumerGroup:
 
     def _member_topics(self, m: ConsumerMember, topics: Topics) -> frozenset[str]:
         names = set(m.subscribed_names)
-        if m.subscribed_regex:
+        if m.subscribed_regex in self.resolved_regexes:
             names.update(t for t in topics if self._matches(m.subscribed_regex, t))
         return frozenset(topics[n][0] for n in names if n in topics)
 
@@ -573,12 +598,23 @@ class ConsumerGroup:
         return {name: (tid, n) for name, (tid, n) in self.subscription_metadata.items()}
 
     def tick(self, now: int, topics: Topics | None = None) -> None:
+        if self.regex_resolution_due is not None and self.regex_resolution_due <= now and topics is not None:
+            self._resolve_regexes(topics)
         for m in list(self.members.values()):
             if self.members.get(m.member_id) is not m:
                 continue
             if (m.session_deadline is not None and m.session_deadline <= now) or (
                     m.revocation_deadline is not None and m.revocation_deadline <= now):
                 self._fence(now, m, topics)
+
+    def _resolve_regexes(self, topics: Topics) -> None:
+        """The members' new regexes count from now on: a new target if they match anything."""
+        self.regex_resolution_due = None
+        self.resolved_regexes = self._regexes_in_use()
+        if self.members and self._refresh_metadata(topics):
+            self._bump_epoch()
+            self._compute_target(topics)
+        self._take_snapshot_if_changed()
 
     # --- persistence ------------------------------------------------------------------------------------------
 
@@ -599,6 +635,7 @@ class ConsumerGroup:
             "metadata": self.subscription_metadata,
             "members": [m.to_record() for m in self.members.values()],
             "target": {mid: _enc(parts) for mid, parts in self.target.items()},
+            "regexes": sorted(self.resolved_regexes),
         }
 
     @classmethod
@@ -617,6 +654,9 @@ class ConsumerGroup:
             if m.instance_id is not None:
                 g.static_members[m.instance_id] = m.member_id
         g.target = {mid: _dec(parts) for mid, parts in record.get("target", {}).items()}
+        g.resolved_regexes = set(record.get("regexes", ()))
+        if g._regexes_in_use() - g.resolved_regexes:
+            g.regex_resolution_due = now
         g.snapshot = record
         return g
 

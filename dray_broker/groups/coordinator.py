@@ -11,7 +11,14 @@ holder (or, for an unleased group, the rendezvous choice over live brokers), so 
 Per group, each request runs the state machine synchronously, then `_settle` persists the group's snapshot if it
 changed (CAS on the state key's version; a mismatch means another broker took over: the group is dropped here and
 its parked requests get NOT_COORDINATOR) and only then releases the replies, so no member sees a generation that is
-not stored. One asyncio timer per group calls `tick` at the group's next deadline.
+not stored. One asyncio timer per group calls `tick` at the group's next deadline. Loading a group and settling it
+run in tasks of the coordinator, not of the request: a client that disconnects cancels its request, and must not
+stop a state write half-way (its new version unrecorded, the next CAS would fail) nor the replies to other members.
+
+Leases live in the broker's metadata session. When a session generation ends (the broker or the store stalled past
+the session timeout), its leases are gone: every group held in it is dropped here (NOT_COORDINATOR), and once the
+store opened the next generation and the broker registered again, the coordinator takes those groups back (unless
+another broker took one meanwhile).
 
 A group id holds one type at a time (the stored record says which): a classic group with members refuses
 ConsumerGroupHeartbeat and a consumer group with members refuses JoinGroup (GROUP_ID_NOT_FOUND, as Kafka without
@@ -50,7 +57,7 @@ from dray_broker.groups.state import (
     SyncResult,
 )
 from dray_broker.groups.store import LEASE, CommittedOffset, GroupStore, Lease
-from dray_broker.metadata import MetadataError, VersionMismatchError
+from dray_broker.metadata import MetadataError, SessionExpiredError, VersionMismatchError
 from dray_broker.routing.zones import brokers_for
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,8 @@ log = logging.getLogger(__name__)
 # After a lease disappears, wait this long (for the broker registry to drop a dead holder too) before the
 # rendezvous choice among live brokers takes the group over on its own.
 TAKEOVER_DELAY_S = 0.5
+# How often a coordinator whose session was renewed looks whether the broker registered again.
+REGISTERED_POLL_S = 0.05
 DEFAULT_RETENTION_TIME = -1
 
 
@@ -126,6 +135,7 @@ class GroupCoordinator:
         self._tasks: set[asyncio.Task] = set()
         self._watch_task: asyncio.Task | None = None
         self._sweep_task: asyncio.Task | None = None
+        self._session_task: asyncio.Task | None = None
         self._stopped = False
         self._started: asyncio.Future | None = None
 
@@ -143,12 +153,13 @@ class GroupCoordinator:
         watch = await self.broker.metadata.watch(LEASE)
         self._watch_task = asyncio.create_task(self._follow_leases(watch), name="group-lease-watch")
         self._sweep_task = asyncio.create_task(self._sweep_loop(), name="group-offset-expiry")
+        self._session_task = asyncio.create_task(self._follow_session(), name="group-session")
 
     async def stop(self) -> None:
         """Give up every group: parked requests get NOT_COORDINATOR, leases are released so that another broker
         takes over at once."""
         self._stopped = True
-        for task in (self._watch_task, self._sweep_task):
+        for task in (self._watch_task, self._sweep_task, self._session_task):
             if task is not None:
                 task.cancel()
         runtimes = list(self._groups.values())
@@ -158,10 +169,16 @@ class GroupCoordinator:
         for task in list(self._tasks):
             task.cancel()
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _unowned(self, coro):
+        """Run coro in a task of the coordinator and wait for it: cancelling the caller (its client went away)
+        does not cancel the work."""
+        return asyncio.shield(self._spawn(coro))
 
     @staticmethod
     def now() -> int:
@@ -190,8 +207,14 @@ class GroupCoordinator:
         candidates = brokers_for(list(live.values()), client_id)
         return live[rendezvous(group_id, [b.id for b in candidates])]
 
-    def _mine(self, lease: Lease) -> bool:
+    def _ours(self, lease: Lease) -> bool:
+        """Taken by this process (in any session generation)."""
         return lease.broker_id == self.broker.broker_id and lease.instance == self.instance
+
+    def _mine(self, lease: Lease) -> bool:
+        """Held by this process in its live session generation."""
+        session = self.broker.metadata.session
+        return self._ours(lease) and session.alive and lease.session == session.generation
 
     def topics_view(self) -> dict[str, tuple[str, int]]:
         """Topic name -> (topic id, partition count), from the broker's topic cache."""
@@ -215,19 +238,30 @@ class GroupCoordinator:
             await asyncio.shield(pending)
         done = asyncio.get_running_loop().create_future()
         self._acquiring[group_id] = done
-        try:
-            return await self._acquire(group_id, create, kind)
-        except CoordinatorError:
-            raise
-        except MetadataError as e:
-            log.warning("cannot load group %r: %r", group_id, e)
-            raise CoordinatorError(ErrorCode.coordinator_not_available, f"metadata store: {e!r}") from None
-        finally:
-            del self._acquiring[group_id]
-            done.set_result(None)
+
+        async def acquire() -> _Runtime | None:
+            try:
+                return await self._acquire(group_id, create, kind)
+            except CoordinatorError:
+                raise
+            except MetadataError as e:
+                log.warning("cannot load group %r: %r", group_id, e)
+                raise CoordinatorError(ErrorCode.coordinator_not_available, f"metadata store: {e!r}") from None
+            finally:
+                del self._acquiring[group_id]
+                done.set_result(None)
+
+        return await self._unowned(acquire())
 
     async def _acquire(self, group_id: str, create: bool, kind: str = "classic") -> _Runtime | None:
         lease = await self.store.get_lease(group_id)
+        if lease is not None and self._ours(lease) and not self._mine(lease):
+            # Ours from a session generation that ended: it goes with that session, but not soon enough.
+            try:
+                await self.store.release_lease(group_id, lease.version)
+            except VersionMismatchError:
+                pass
+            lease = await self.store.get_lease(group_id)
         if lease is not None and not self._mine(lease):
             raise CoordinatorError(ErrorCode.not_coordinator, f"broker {lease.broker_id} coordinates the group")
         stored = await self.store.get_state(group_id)
@@ -235,7 +269,8 @@ class GroupCoordinator:
             return None
         if lease is None:
             try:
-                lease = await self.store.take_lease(group_id, self.broker.broker_id, self.instance)
+                lease = await self.store.take_lease(group_id, self.broker.broker_id, self.instance,
+                                                    self.broker.metadata.session.require())
             except VersionMismatchError:
                 holder = await self.store.get_lease(group_id)
                 raise CoordinatorError(
@@ -254,7 +289,7 @@ class GroupCoordinator:
                 group = ClassicGroup(group_id, self.config, now)
             group.mark_created()
             rt = _Runtime(group, None, lease)
-            self._groups[group_id] = rt
+            self._add(rt)
             try:
                 await self._persist(rt)
             except Exception as e:
@@ -269,11 +304,18 @@ class GroupCoordinator:
         else:
             group = ClassicGroup.from_record(group_id, self.config, record, now)
         rt = _Runtime(group, version, lease, persisted_seq=group.snapshot_seq)
-        self._groups[group_id] = rt
+        self._add(rt)
         self._reschedule(rt)
         log.info("group %r loaded (generation %d, %s, %d members), coordinated by broker %d",
                  group_id, group.generation, group.state, len(group.members), self.broker.broker_id)
         return rt
+
+    def _add(self, rt: _Runtime) -> None:
+        """Coordinate the group here, on its lease; the lease's session generation must still be alive (if it
+        ended while the lease was being taken, the session follower did not see this group)."""
+        if not self._mine(rt.lease):
+            raise SessionExpiredError(f"the metadata session generation {rt.lease.session} of the lease ended")
+        self._groups[rt.group.group_id] = rt
 
     def _unload(self, rt: _Runtime, error: ErrorCode) -> None:
         """Forget the group here; parked requests get error."""
@@ -307,8 +349,12 @@ class GroupCoordinator:
             rt.state_version = await self.store.put_state(rt.group.group_id, record, rt.state_version)
             rt.persisted_seq = seq
 
-    async def _settle(self, rt: _Runtime) -> None:
-        """After the state machine ran: persist its snapshot if it changed, then release its replies."""
+    def _settle(self, rt: _Runtime):
+        """After the state machine ran: persist its snapshot if it changed, then release its replies (in a task of
+        the coordinator: a request cancelled meanwhile stops neither)."""
+        return self._unowned(self._settle_now(rt))
+
+    async def _settle_now(self, rt: _Runtime) -> None:
         replies = rt.group.take_outbox()
         self._reschedule(rt)
         group = rt.group
@@ -346,7 +392,7 @@ class GroupCoordinator:
             rt.group.tick(self.now(), self.topics_view())
         else:
             rt.group.tick(self.now())
-        self._spawn(self._settle(rt))
+        self._spawn(self._settle_now(rt))
 
     # --- JoinGroup, SyncGroup, Heartbeat, LeaveGroup ------------------------------------------------------------
 
@@ -533,6 +579,10 @@ class GroupCoordinator:
             return error
         rt.group.delete(self.now())
         self._unload(rt, ErrorCode.coordinator_not_available)
+        return await self._unowned(self._delete_stored(rt))
+
+    async def _delete_stored(self, rt: _Runtime) -> ErrorCode:
+        group_id = rt.group.group_id
         try:
             await self.store.delete_all_offsets(group_id)
             await self.store.delete_state(group_id, rt.state_version)
@@ -603,6 +653,41 @@ class GroupCoordinator:
                 pass
             except Exception as e:
                 log.debug("taking over group %r: %r", group_id, e)
+
+    async def _follow_session(self) -> None:
+        """Drop the groups of an ended session generation; take them back in the next one."""
+        session = self.broker.metadata.session
+        try:
+            generation = await session.wait_alive()
+        except MetadataError:  # the store closed
+            return
+        while True:
+            await session.wait_ended(generation)
+            if session.closed:
+                return
+            held = [rt for rt in self._groups.values() if rt.lease.session == generation]
+            for rt in held:
+                self._unload(rt, ErrorCode.not_coordinator)
+            if held:
+                log.warning("metadata session generation %d ended: dropped its %d groups here", generation,
+                            len(held))
+            try:
+                generation = await session.wait_alive()
+            except MetadataError:
+                return
+            # Registered again first: FindCoordinator on other brokers names live lease holders only.
+            while not self.broker.registry.ready and session.alive and session.generation == generation:
+                await asyncio.sleep(REGISTERED_POLL_S)
+            for rt in held:
+                try:
+                    await self._runtime(rt.group.group_id, create=False)
+                except CoordinatorError as e:
+                    log.info("group %r not taken back: %s", rt.group.group_id, e)
+                except Exception:  # a bug: the group is taken on its next request; keep following the session
+                    log.exception("taking group %r back failed", rt.group.group_id)
+            if held:
+                log.warning("metadata session generation %d: took back %d of %d groups", generation,
+                            sum(1 for rt in held if rt.group.group_id in self._groups), len(held))
 
     async def _sweep_loop(self) -> None:
         interval = self.config.offsets_retention_check_interval_ms / 1000

@@ -196,37 +196,51 @@ def _topic_id(broker, name: str):
     return t.id if t is not None else NULL_UUID
 
 
+async def _commit_target_errors(broker, t, by_id: bool) -> tuple[str | None, list]:
+    """As Kafka checks an OffsetCommit topic before the group sees it: the topic's name, and per partition None
+    (commit it) or the error to answer. An unknown topic id (v10) is UNKNOWN_TOPIC_ID; an unknown topic name or a
+    partition index out of range is UNKNOWN_TOPIC_OR_PARTITION."""
+    if by_id:
+        topic = broker.topics.by_id(t.topic_id)
+        if topic is None:
+            return None, [ErrorCode.unknown_topic_id] * len(t.partitions)
+    else:
+        topic = await broker.topics.get(t.name)
+        if topic is None:
+            return t.name, [ErrorCode.unknown_topic_or_partition] * len(t.partitions)
+    return topic.name, [None if 0 <= p.partition_index < topic.partitions else ErrorCode.unknown_topic_or_partition
+                        for p in t.partitions]
+
+
 async def handle_offset_commit(broker, req: Request):
     body = req.body
     M = response_module(req.api_key, req.version)
-    entries, unknown_topics = [], set()
-    for i, t in enumerate(body.topics):
-        name = _topic_name(broker, t)
-        if name is None:
-            unknown_topics.add(i)
-            continue
-        for p in t.partitions:
-            entries.append((name, p.partition_index, p.committed_offset,
-                            getattr(p, "committed_leader_epoch", -1), p.committed_metadata))
+    checked = []  # per topic: per partition, the error to answer or None (committed by the group)
+    entries = []
+    for t in body.topics:
+        name, errors = await _commit_target_errors(broker, t, by_id=req.version >= 10)
+        checked.append(errors)
+        for p, error in zip(t.partitions, errors):
+            if error is None:
+                entries.append((name, p.partition_index, p.committed_offset,
+                                getattr(p, "committed_leader_epoch", -1), p.committed_metadata))
+    # As Kafka: when no partition is committable, the group is not consulted at all.
     try:
-        errors = await (await coordinator_of(broker)).commit_offsets(
+        results = await (await coordinator_of(broker)).commit_offsets(
             body.group_id, body.member_id, getattr(body, "group_instance_id", None),
             body.generation_id_or_member_epoch, req.version, entries,
             retention_ms=ms(getattr(body, "retention_time", None)),
         ) if entries else []
     except CoordinatorError as e:
-        errors = [e.error] * len(entries)
-    it = iter(errors)
+        results = [e.error] * len(entries)
+    it = iter(results)
     topics = []
-    for i, t in enumerate(body.topics):
-        if i in unknown_topics:
-            partition_errors = [ErrorCode.unknown_topic_id] * len(t.partitions)
-        else:
-            partition_errors = [next(it) for _ in t.partitions]
+    for t, errors in zip(body.topics, checked):
         topics.append(make(
             M.OffsetCommitResponseTopic, name=getattr(t, "name", None), topic_id=getattr(t, "topic_id", None),
-            partitions=tuple(make(M.OffsetCommitResponsePartition, partition_index=p.partition_index, error_code=e)
-                             for p, e in zip(t.partitions, partition_errors)),
+            partitions=tuple(make(M.OffsetCommitResponsePartition, partition_index=p.partition_index,
+                                  error_code=next(it) if e is None else e)
+                             for p, e in zip(t.partitions, errors)),
         ))
     return make(M.OffsetCommitResponse, throttle_time=0, topics=tuple(topics))
 

@@ -1,7 +1,8 @@
 """Where groups live in the metadata store. Every family sits at one depth, so a directory range is contiguous:
 
     /dray/groups/state/<group>                     JSON: ClassicGroup.to_record or ConsumerGroup.to_record
-    /dray/groups/lease/<group>                     JSON {"broker", "instance"}: the coordinator (ephemeral)
+    /dray/groups/lease/<group>                     JSON {"broker", "instance", "session"}: the coordinator
+                                                   (ephemeral, in that metadata session generation)
     /dray/groups/offsets/<group>/<topic>:<part>    JSON {"offset", "epoch", "metadata", "ts", "expire"}
 
 <group> is the group id percent-encoded (every byte but letters, digits and -._ ; "%" alone for the empty id), so
@@ -67,11 +68,12 @@ class Lease:
     broker_id: int
     instance: str
     version: int
+    session: int = 0  # the holder's metadata session generation
 
     @classmethod
     def decode(cls, entry: Entry) -> "Lease":
         d = json.loads(entry.value)
-        return cls(int(d["broker"]), str(d["instance"]), entry.version)
+        return cls(int(d["broker"]), str(d["instance"]), entry.version, int(d.get("session", 0)))
 
 
 class GroupStore:
@@ -107,13 +109,15 @@ class GroupStore:
         e = await self.store.get(LEASE + encode_group(group_id), partition_key=_pk(group_id))
         return None if e is None else Lease.decode(e)
 
-    async def take_lease(self, group_id: str, broker_id: int, instance: str) -> Lease:
-        """Create the ephemeral lease key; VersionMismatchError if someone holds it."""
+    async def take_lease(self, group_id: str, broker_id: int, instance: str, session: int) -> Lease:
+        """Create the ephemeral lease key in session generation `session`; VersionMismatchError if someone holds
+        it, SessionExpiredError if that generation is over."""
         e = await self.store.put(
-            LEASE + encode_group(group_id), json.dumps({"broker": broker_id, "instance": instance}).encode(),
-            expected_version=MUST_NOT_EXIST, ephemeral=True, partition_key=_pk(group_id),
+            LEASE + encode_group(group_id),
+            json.dumps({"broker": broker_id, "instance": instance, "session": session}).encode(),
+            expected_version=MUST_NOT_EXIST, ephemeral=True, session=session, partition_key=_pk(group_id),
         )
-        return Lease(broker_id, instance, e.version)
+        return Lease(broker_id, instance, e.version, session)
 
     async def release_lease(self, group_id: str, version: int) -> None:
         await self.store.delete(LEASE + encode_group(group_id), expected_version=version,

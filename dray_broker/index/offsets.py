@@ -20,7 +20,7 @@ import struct
 import uuid
 from dataclasses import dataclass, field
 
-from dray_broker.metadata import Comparison, MetadataStore, VersionMismatchError
+from dray_broker.metadata import Comparison, MetadataStore, SequentialPut, VersionMismatchError
 from dray_broker.metadata.base import parse_sequence_key
 
 _WAL_TAG = b"W"
@@ -117,6 +117,21 @@ class PartitionRef:
         return f"{self.topic_id}-{self.partition}"
 
 
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One partition's index append: record_count offsets (byte_count bytes) at location."""
+
+    partition: PartitionRef
+    location: WalLocation
+    record_count: int
+    byte_count: int
+
+
+def _appended(p: PartitionRef, key: str, record_count: int, location: WalLocation) -> IndexEntry:
+    end, _cum_bytes = parse_sequence_key(p.dir + "wal", key)
+    return IndexEntry(key, end - record_count, end, location)
+
+
 def _offset(n: int) -> str:
     return f"{n:020d}"
 
@@ -132,8 +147,18 @@ class OffsetIndex:
         entry = await self.store.put_sequential(
             p.dir + "wal", location.encode(), [record_count, byte_count], partition_key=p.partition_key
         )
-        end, _cum_bytes = parse_sequence_key(p.dir + "wal", entry.key)
-        return IndexEntry(entry.key, end - record_count, end, location)
+        return _appended(p, entry.key, record_count, location)
+
+    async def append_batch(self, appends: list[Append]) -> list[IndexEntry | Exception]:
+        """Several appends as one store write where the store can; a partition's appends get their offsets in
+        the order given. Each commits or fails by itself: its IndexEntry or its exception, in order."""
+        results = await self.store.put_sequential_batch([
+            SequentialPut(a.partition.dir + "wal", a.location.encode(), [a.record_count, a.byte_count],
+                          a.partition.partition_key)
+            for a in appends
+        ])
+        return [r if isinstance(r, Exception) else _appended(a.partition, r.key, a.record_count, a.location)
+                for a, r in zip(appends, results)]
 
     # --- the fetch side ---------------------------------------------------------------------------------------
 

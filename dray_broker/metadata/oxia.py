@@ -14,8 +14,10 @@ protocol itself:
   betterproto2's pure-Python codec costs about 0.1 ms per message, which would cap put_sequential at a few
   thousand per second. The codec is checked against the betterproto2 classes in the tests.
 - Sessions are per shard in Oxia: one is created on the first ephemeral put to a shard and kept alive at
-  timeout/3; ephemeral keys die with it. If the server reports it gone, ephemeral puts on that shard raise
-  SessionExpiredError from then on (open a new store to get a new session).
+  timeout/3; ephemeral keys die with it. To callers the shards' sessions are one (SessionLife): when the server
+  reports one gone, or no keepalive of one got through within the session timeout, the generation ends, the
+  other shards' sessions of it are closed too (their keys go now), and the next generation begins at once: its
+  sessions are created on the next ephemeral puts.
 - Watches: one GetNotifications stream per shard, shared by all watches of this store. A stream opened without a
   start offset first sends a batch positioned at the shard's commit offset; `watch()` returns once every shard's
   stream has sent it, so every later change is seen. Streams resume from the last offset after a failure.
@@ -55,7 +57,9 @@ from dray_broker.metadata.base import (
     MetadataStore,
     Notification,
     NotificationType,
+    SequentialPut,
     SessionExpiredError,
+    SessionLife,
     VersionMismatchError,
     Watch,
     hierarchical_sort_key,
@@ -1056,10 +1060,11 @@ class _ShardReader:
 
 
 class _Session:
-    def __init__(self, shard: int, session_id: int) -> None:
+    def __init__(self, shard: int, session_id: int, generation: int) -> None:
         self.shard = shard
         self.id = session_id
-        self.expired = False
+        self.generation = generation
+        self.expired = False  # the server dropped it
         self.task: asyncio.Task | None = None
 
 
@@ -1207,9 +1212,10 @@ class OxiaMetadataStore(MetadataStore):
         self._router_ok = True
         self._writers: dict[int, _ShardWriter] = {}
         self._readers: dict[int, _ShardReader] = {}
-        self._sessions: dict[int, _Session] = {}
+        self.session = SessionLife()
+        self._sessions: dict[int, _Session] = {}  # of the live generation, by shard
         self._session_locks: dict[int, asyncio.Lock] = {}
-        self._session_expired = False
+        self._closing_sessions: set[asyncio.Task] = set()
         self._feeds: dict[int, _NotificationFeed] = {}
         self._feed_lock = asyncio.Lock()
         # prefix -> number of sums of its newest sequence key (see put_sequential)
@@ -1250,6 +1256,7 @@ class OxiaMetadataStore(MetadataStore):
             max_inflight_reads=max_inflight_reads,
         )
         store._assignments_task = store._loop.create_task(store._assignments_loop())
+        store.session.begin()
         try:
             await asyncio.wait_for(asyncio.shield(store._assigned), connect_timeout)
         except BaseException as e:
@@ -1265,13 +1272,15 @@ class OxiaMetadataStore(MetadataStore):
         if self._closed:
             return
         self._closed = True
+        self.session.close()
         # Sessions first, so that their ephemeral keys go now rather than at expiry.
         sessions = list(self._sessions.values())
         self._sessions.clear()
         for s in sessions:
             if s.task is not None:
                 s.task.cancel()
-        await asyncio.gather(*(self._close_session(s) for s in sessions), return_exceptions=True)
+        await asyncio.gather(*(self._close_session(s) for s in sessions), *self._closing_sessions,
+                             return_exceptions=True)
         for feed in list(self._feeds.values()):
             for w in list(feed.watches):
                 w.closed = True
@@ -1399,13 +1408,17 @@ class OxiaMetadataStore(MetadataStore):
             raise MetadataError("oxia: store closed")
 
     async def _write(self, shard: int, kind: int, payload: bytes, idempotent: bool) -> Any:
+        return await self._submit_write(shard, kind, payload, idempotent)
+
+    def _submit_write(self, shard: int, kind: int, payload: bytes, idempotent: bool) -> asyncio.Future:
+        """Queue a write on its shard's writer now (writes queued in order are applied in order)."""
         self._check_open()
         writer = self._writers.get(shard)
         if writer is None:
             writer = self._writers[shard] = _ShardWriter(self, shard)
         fut = self._loop.create_future()
         writer.submit(_WriteOp(kind, payload, fut, idempotent, self._loop.time() + self._op_timeout))
-        return await fut
+        return fut
 
     async def _read(self, shard: int, key: str, comparison: int, include_value: bool = True) -> Any:
         self._check_open()
@@ -1504,48 +1517,74 @@ class OxiaMetadataStore(MetadataStore):
 
     # -- writes ------------------------------------------------------------------------------------------------
 
-    async def _session_for(self, shard: int) -> _Session:
-        """This shard's session, created on first use. Oxia has one per shard; to callers they are one session:
-        once any of them expired, every ephemeral put fails (their keys may be gone)."""
-        if self._session_expired:
-            raise SessionExpiredError("oxia: the session of this store expired")
-        s = self._sessions.get(shard)
-        if s is None:
+    async def _session_for(self, shard: int, generation: int | None) -> _Session:
+        """This shard's session in the live generation (which must be `generation` if given), created on first
+        use. Oxia has one per shard; to callers they are one session (see SessionLife)."""
+        while True:
+            live = self.session.require(generation)
+            s = self._sessions.get(shard)
+            if s is not None:
+                return s
             lock = self._session_locks.setdefault(shard, asyncio.Lock())
             async with lock:
-                s = self._sessions.get(shard)
-                if s is None:
-                    request = _enc_create_session(shard, self.session_timeout_ms, self.client_identity)
+                if self._sessions.get(shard) is not None or self.session.generation != live:
+                    continue
+                request = _enc_create_session(shard, self.session_timeout_ms, self.client_identity)
 
-                    async def create() -> bytes:
-                        return await self._leader_conn(shard).create_session(request, timeout=self._rpc_timeout)
+                async def create() -> bytes:
+                    return await self._leader_conn(shard).create_session(request, timeout=self._rpc_timeout)
 
-                    sid = _dec_create_session_response(await self._retrying("create session", create))
-                    s = _Session(shard, sid)
-                    self._check_open()
-                    s.task = self._loop.create_task(self._keep_alive(s))
-                    self._sessions[shard] = s
-        if s.expired or self._session_expired:
-            self._session_expired = True
-            raise SessionExpiredError(f"oxia: the session of this store expired (shard {shard}: session {s.id})")
-        return s
+                s = _Session(shard, _dec_create_session_response(await self._retrying("create session", create)),
+                             live)
+                self._check_open()
+                if self.session.generation != live or not self.session.alive:  # ended while we asked
+                    self._close_later(s)
+                    continue
+                s.task = self._loop.create_task(self._keep_alive(s))
+                self._sessions[shard] = s
+                return s
 
     async def _keep_alive(self, s: _Session) -> None:
         interval = self.session_timeout_ms / 3000
         request = _enc_shard_session(s.shard, s.id)
-        while not s.expired:
+        last_ok = self._loop.time()
+        while True:
             await asyncio.sleep(interval)
             try:
                 await self._leader_conn(s.shard).keep_alive(request, timeout=interval)
+                last_ok = self._loop.time()
+                continue
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001
                 if _is_session_not_found(e):
                     s.expired = True
-                    self._session_expired = True
-                    log.warning("oxia: session %d on shard %d expired", s.id, s.shard)
+                    self._end_generation(s.generation, f"Oxia dropped session {s.id} of shard {s.shard}")
+                    return
+                if self._loop.time() - last_ok > self.session_timeout_ms / 1000:
+                    self._end_generation(s.generation, f"no keepalive of session {s.id} of shard {s.shard} got "
+                                                       f"through within the session timeout ({_details(e)})")
                     return
                 log.info("oxia: keep-alive of session %d on shard %d failed: %s", s.id, s.shard, _details(e))
+
+    def _end_generation(self, generation: int, reason: str) -> None:
+        """End the session generation: close every shard's session of it (their keys go now, not at their
+        expiry) and begin the next generation, whose sessions are created on demand."""
+        if not self.session.end(generation, reason):
+            return
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        for s in sessions:
+            if s.task is not None and s.task is not asyncio.current_task():
+                s.task.cancel()
+            self._close_later(s)
+        if not self._closed:
+            self.session.begin()
+
+    def _close_later(self, s: _Session) -> None:
+        task = self._loop.create_task(self._close_session(s))
+        self._closing_sessions.add(task)
+        task.add_done_callback(self._closing_sessions.discard)
 
     async def _close_session(self, s: _Session) -> None:
         if s.expired:
@@ -1575,6 +1614,7 @@ class OxiaMetadataStore(MetadataStore):
         *,
         expected_version: int | None = None,
         ephemeral: bool = False,
+        session: int | None = None,
         partition_key: str | None = None,
     ) -> Entry:
         if key.startswith(_INTERNAL_PREFIX):
@@ -1582,13 +1622,13 @@ class OxiaMetadataStore(MetadataStore):
         if type(value) is not bytes:
             value = bytes(value)
         shard = self.shard_of(key, partition_key)
-        session = await self._session_for(shard) if ephemeral else None
+        owner = await self._session_for(shard, session) if ephemeral else None
         payload = _enc_put(
             key,
             value,
             expected_version,
-            session.id if session else None,
-            self.client_identity if session else None,
+            owner.id if owner else None,
+            self.client_identity if owner else None,
             partition_key,
             None,
         )
@@ -1598,9 +1638,9 @@ class OxiaMetadataStore(MetadataStore):
         if status == _UNEXPECTED_VERSION_ID:
             raise await self._version_error(key, expected_version, partition_key)
         if status == _SESSION_DOES_NOT_EXIST:
-            if session is not None:
-                session.expired = True
-            self._session_expired = True
+            if owner is not None:
+                owner.expired = True
+                self._end_generation(owner.generation, f"Oxia dropped session {owner.id} of shard {shard}")
             raise SessionExpiredError(f"oxia: session of shard {shard} does not exist")
         if status == _KEY_NOT_FOUND:
             raise KeyNotFoundError(key)
@@ -1609,6 +1649,47 @@ class OxiaMetadataStore(MetadataStore):
     async def put_sequential(
         self, prefix: str, value: bytes, deltas: Sequence[int], *, partition_key: str
     ) -> Entry:
+        self._check_sequential(prefix, deltas, partition_key)
+        known = self._sequence_sums.get(prefix)
+        if known is None:
+            known = await self._newest_sequence_sums(self._shard_for(partition_key), prefix)
+        shard, value, payload = self._sequential_put(prefix, value, deltas, partition_key, known)
+        return self._sequential_entry(prefix, value, deltas, await self._write(shard, _PUT, payload, False))
+
+    async def put_sequential_batch(self, puts: Sequence[SequentialPut]) -> list[Entry | Exception]:
+        """Queued together, in order, on their shards' writers: one write request per shard, applied in order."""
+        results: list[Entry | Exception | None] = [None] * len(puts)
+        known: dict[str, int | BaseException] = {}
+        unknown: dict[str, str] = {}
+        for p in puts:
+            if p.prefix in self._sequence_sums:
+                known[p.prefix] = self._sequence_sums[p.prefix]
+            elif p.partition_key is not None:
+                unknown[p.prefix] = p.partition_key
+        found = await asyncio.gather(
+            *(self._newest_sequence_sums(self._shard_for(pk), prefix) for prefix, pk in unknown.items()),
+            return_exceptions=True)
+        known.update(zip(unknown, found))
+        queued = []
+        for i, p in enumerate(puts):
+            try:
+                self._check_sequential(p.prefix, p.deltas, p.partition_key)
+                sums = known[p.prefix]
+                if isinstance(sums, BaseException):
+                    raise sums
+                shard, value, payload = self._sequential_put(p.prefix, p.value, p.deltas, p.partition_key, sums)
+                queued.append((i, value, self._submit_write(shard, _PUT, payload, False)))
+            except Exception as e:  # noqa: BLE001 - reported in the result
+                results[i] = e
+        for i, value, fut in queued:
+            try:
+                results[i] = self._sequential_entry(puts[i].prefix, value, puts[i].deltas, await fut)
+            except Exception as e:  # noqa: BLE001 - reported in the result
+                results[i] = e
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _check_sequential(prefix: str, deltas: Sequence[int], partition_key: str | None) -> None:
         # The server fails the whole write request (every operation coalesced with this one) on these.
         if partition_key is None:
             raise ValueError("put_sequential needs a partition_key")
@@ -1616,16 +1697,19 @@ class OxiaMetadataStore(MetadataStore):
             raise ValueError(f"put_sequential deltas must be non-negative, the first > 0: {list(deltas)}")
         if prefix.startswith(_INTERNAL_PREFIX):
             raise MetadataError(f"oxia: keys under {_INTERNAL_PREFIX} belong to Oxia")
+
+    def _sequential_put(
+        self, prefix: str, value: bytes, deltas: Sequence[int], partition_key: str, known: int
+    ) -> tuple[int, bytes, bytes]:
+        """(shard, value, payload) of a checked put_sequential under a prefix whose newest key has known sums."""
         if type(value) is not bytes:
             value = bytes(value)
-        shard = self._shard_for(partition_key)
-        known = self._sequence_sums.get(prefix)
-        if known is None:
-            known = await self._newest_sequence_sums(shard, prefix)
         if len(deltas) < known:
             raise MetadataError(f"put_sequential {prefix}: the newest key has {known} sums, got {len(deltas)} deltas")
-        payload = _enc_put(prefix, value, None, None, None, partition_key, deltas)
-        status, version_id, session_id, key = await self._write(shard, _PUT, payload, False)
+        return self._shard_for(partition_key), value, _enc_put(prefix, value, None, None, None, partition_key, deltas)
+
+    def _sequential_entry(self, prefix: str, value: bytes, deltas: Sequence[int], result: tuple) -> Entry:
+        status, version_id, session_id, key = result
         if status != _OK or key is None:
             raise MetadataError(f"oxia: put_sequential {prefix!r} failed with status {status}")
         if len(self._sequence_sums) >= 100_000:

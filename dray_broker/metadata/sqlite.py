@@ -6,10 +6,16 @@ Layout:
 - changes: an append-only log of every modification (AUTOINCREMENT id, so ids are never reused). The id of the
   change row written in the same transaction is the key's new version: versions are global and monotonic across
   keys and processes. Watches read this log; entries older than about an hour are pruned.
-- sessions: one row per open store with an expiry time, refreshed by a keepalive task every timeout/3. Any live
-  store's reaper removes the ephemeral keys of expired sessions (with DELETED notifications).
+- sessions: one row per live session with an expiry time, refreshed every timeout/3. Any live store's reaper
+  removes the ephemeral keys of expired sessions (with DELETED notifications).
 
-Concurrency: every SQLite call runs on one dedicated thread per store (the event loop never blocks on SQLite).
+Sessions: a thread of their own with a connection of their own keeps the session alive, so a keepalive never
+waits behind the store's queued writes (only behind SQLite's write lock, held for one transaction at a time). When
+the keepalive finds its session gone (reaped by any store) or cannot refresh it before it expires (the file was
+locked, the process stalled), the generation ends (SessionLife); the thread then removes what is left of it and
+opens the next session at once.
+
+Concurrency: every other SQLite call runs on one dedicated thread per store (the event loop never blocks on SQLite).
 Writes use BEGIN IMMEDIATE with a busy timeout; writes queued while the thread is busy share one transaction
 (group commit), each with its own condition check and savepoint, so one failing op never affects another (as an
 Oxia write request: one unit, conditions per operation, no rollback of the others).
@@ -38,7 +44,9 @@ from dray_broker.metadata.base import (
     MetadataStore,
     Notification,
     NotificationType,
+    SequentialPut,
     SessionExpiredError,
+    SessionLife,
     VersionMismatchError,
     Watch,
     hierarchical_sort_key,
@@ -49,6 +57,7 @@ from dray_broker.metadata.base import (
 log = logging.getLogger(__name__)
 
 _MAX_SEQUENCE = 2**64 - 1  # as Oxia: sums are uint64, printed with %020d
+_BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -81,6 +90,15 @@ _CREATED = NotificationType.CREATED.value
 _MODIFIED = NotificationType.MODIFIED.value
 _DELETED = NotificationType.DELETED.value
 _RANGE_DELETED = NotificationType.RANGE_DELETED.value
+
+
+def _checked_deltas(deltas: Sequence[int]) -> list[int]:
+    deltas = [int(d) for d in deltas]
+    if not deltas:
+        raise ValueError("put_sequential needs at least one delta")
+    if deltas[0] <= 0 or any(d < 0 for d in deltas):
+        raise ValueError(f"put_sequential deltas must be >= 0 and the first > 0: {deltas}")
+    return deltas
 
 
 def _prefix_successor(b: bytes) -> bytes | None:
@@ -178,6 +196,30 @@ _LOCAL_STORES: dict[str, "weakref.WeakSet[SqliteMetadataStore]"] = {}
 _LOCAL_LOCK = threading.Lock()
 
 
+def _begin_immediate(conn: sqlite3.Connection, wait_s: float) -> None:
+    """BEGIN IMMEDIATE, waiting up to wait_s for another connection's write lock with short sleeps.
+
+    SQLite's own busy handler backs off to 100 ms sleeps, which caps the write rate of several processes sharing
+    the file (and starves a rare writer, such as a keepalive, among busy ones); here each retry waits a few ms."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = time.monotonic() + wait_s
+        delay = 0.0002
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.004)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+
+
 def _deliver(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
     for fut, result, exc in results:
         if fut.done():
@@ -193,7 +235,7 @@ class SqliteMetadataStore(MetadataStore):
     REAPER_INTERVAL_S = 0.25  # how often expired sessions are looked for
     PRUNE_INTERVAL_S = 60.0
     CHANGE_RETENTION_S = 3600.0  # the change log (watch notifications) keeps about an hour, as Oxia
-    BUSY_TIMEOUT_MS = 10_000
+    BUSY_TIMEOUT_MS = _BUSY_TIMEOUT_MS
     MAX_GROUP = 256  # ops per group-commit transaction
 
     def __init__(self, path: str, session_timeout_ms: int) -> None:
@@ -203,10 +245,20 @@ class SqliteMetadataStore(MetadataStore):
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
-        self._session_id: int | None = None
-        self._session_expired = False
+        self.session = SessionLife()
+        self._session_id: int | None = None  # of the live generation, on the event loop (None: none is live)
         self._closed = False
-        self._keepalive_task: asyncio.Task | None = None
+        # The session thread's own view: the generation it keeps alive, its row and expiry, and rows of ended
+        # generations whose keys it removes when it opens the next one.
+        self._session_thread: threading.Thread | None = None
+        self._session_wake = threading.Event()
+        self._keepalive_waiting = threading.Event()  # the session thread wants the write lock: writes wait
+        self._session_stop = False
+        self._t_generation = 0
+        self._t_session_id: int | None = None
+        self._t_expires_at = 0.0
+        self._t_ended: list[int] = []
+        self._t_renew_failures = 0
         # Watch state, touched only by the store thread (except _watch_objs, touched only by the loop).
         self._watch_filters: dict[int, tuple[_WatchFilter, asyncio.AbstractEventLoop, _SqliteWatch]] = {}
         self._watch_seq = 0
@@ -235,36 +287,41 @@ class SqliteMetadataStore(MetadataStore):
         store._thread.start()
         await ready  # the connection is open and the schema exists (or the error is raised here)
         try:
-            store._session_id = await store._submit(store._op_create_session, write=True)
+            sid, expires_at = await store._submit(store._op_create_session, write=True)
         except BaseException:
             await store._stop_thread()
             raise
         with _LOCAL_LOCK:
             _LOCAL_STORES.setdefault(path, weakref.WeakSet()).add(store)
-        store._keepalive_task = asyncio.create_task(store._keepalive(), name="dray-sqlite-meta-keepalive")
+        store._t_generation, store._t_session_id, store._t_expires_at = 1, sid, expires_at
+        store._session_began(1, sid)
+        store._session_thread = threading.Thread(
+            target=store._session_main, args=(loop,), name=f"dray-sqlite-session:{os.path.basename(path)}",
+            daemon=True)
+        store._session_thread.start()
         return store
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._keepalive_task is not None:
-            self._keepalive_task.cancel()
-            try:
-                await self._keepalive_task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if self._session_thread is not None:
+            self._session_stop = True
+            self._session_wake.set()
+            await asyncio.get_running_loop().run_in_executor(None, self._session_thread.join)
+        self.session.close()
         with _LOCAL_LOCK:
             stores = _LOCAL_STORES.get(self._path)
             if stores is not None:
                 stores.discard(self)
                 if not stores:
                     _LOCAL_STORES.pop(self._path, None)
+        sessions = [*self._t_ended, *([self._t_session_id] if self._t_session_id is not None else [])]
         try:
-            if self._session_id is not None:
-                await self._submit(self._op_close_session, write=True, allow_closed=True)
+            if sessions:
+                await self._submit(lambda c: self._op_close_sessions(c, sessions), write=True, allow_closed=True)
         except MetadataError as e:
-            log.warning("closing metadata session %s failed: %s", self._session_id, e)
+            log.warning("closing metadata sessions %s failed: %s", sessions, e)
         finally:
             await self._stop_thread()
             for w in list(self._watch_objs.values()):
@@ -307,10 +364,10 @@ class SqliteMetadataStore(MetadataStore):
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise MetadataError(f"cannot put {self._path} in WAL mode (got {mode})")
-        # In WAL mode, synchronous=NORMAL keeps the database consistent after a crash of the process or the
-        # machine; a power loss may lose the last commits (not yet checkpointed), never corrupt the file. That is
-        # acceptable for the embedded (single machine) store, and commits then cost no fsync.
-        conn.execute("PRAGMA synchronous = NORMAL")
+        # A produce is acked once its index entry is committed, so a commit must survive a power loss as it does
+        # on Oxia: synchronous=FULL fsyncs the WAL file at every commit (NORMAL would only keep the file
+        # consistent, losing the last commits). Group commit shares one fsync among the writes queued meanwhile.
+        conn.execute("PRAGMA synchronous = FULL")
         conn.execute("BEGIN IMMEDIATE")
         try:
             for stmt in _SCHEMA.split(";"):
@@ -457,28 +514,11 @@ class SqliteMetadataStore(MetadataStore):
         return True
 
     def _begin_immediate(self) -> None:
-        """BEGIN IMMEDIATE, waiting for another process's write lock with short sleeps.
-
-        SQLite's own busy handler backs off to 100 ms sleeps, which caps the write rate of several processes
-        sharing the file; here the wait is at most a few ms per retry, up to the busy timeout."""
-        conn = self._conn
-        conn.execute("PRAGMA busy_timeout = 0")
-        try:
-            deadline = time.monotonic() + self.BUSY_TIMEOUT_MS / 1000.0
-            delay = 0.0002
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as e:
-                    if "locked" not in str(e) and "busy" not in str(e):
-                        raise
-                    if time.monotonic() + delay > deadline:
-                        raise
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.004)
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.BUSY_TIMEOUT_MS)}")
+        """BEGIN IMMEDIATE for the store's writes; a keepalive waiting for the lock goes first."""
+        deadline = time.monotonic() + self.BUSY_TIMEOUT_MS / 1000.0
+        while self._keepalive_waiting.is_set() and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        _begin_immediate(self._conn, self.BUSY_TIMEOUT_MS / 1000.0)
 
     def _run_internal_write(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
         pending: dict = {}
@@ -572,28 +612,19 @@ class SqliteMetadataStore(MetadataStore):
 
     # ------------------------------------------------------------------ sessions (store thread)
 
-    def _op_create_session(self, conn: sqlite3.Connection) -> int:
+    def _op_create_session(self, conn: sqlite3.Connection) -> tuple[int, float]:
+        """(session id, expiry time) of a new session row."""
         now = time.time()
         cur = conn.execute(
             "INSERT INTO sessions (expires_at, timeout_ms, pid, created_at) VALUES (?, ?, ?, ?)",
             (now + self._timeout_s, self._timeout_ms, os.getpid(), now),
         )
-        return cur.lastrowid
+        return cur.lastrowid, now + self._timeout_s
 
-    def _op_keepalive(self, conn: sqlite3.Connection) -> bool:
-        now = time.time()
-        cur = conn.execute(
-            "UPDATE sessions SET expires_at = ? WHERE id = ? AND expires_at >= ?",
-            (now + self._timeout_s, self._session_id, now),
-        )
-        if cur.rowcount == 0:
-            self._session_expired = True
-            return False
-        return True
-
-    def _op_close_session(self, conn: sqlite3.Connection) -> None:
-        self._delete_session_keys(conn, self._session_id)
-        conn.execute("DELETE FROM sessions WHERE id = ?", (self._session_id,))
+    def _op_close_sessions(self, conn: sqlite3.Connection, session_ids: list[int]) -> None:
+        for sid in session_ids:
+            self._delete_session_keys(conn, sid)
+            conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
 
     def _reap(self, conn: sqlite3.Connection, session_ids: list[int]) -> None:
         now = time.time()
@@ -603,8 +634,8 @@ class SqliteMetadataStore(MetadataStore):
                 continue  # gone already, or refreshed since we looked
             n = self._delete_session_keys(conn, sid)
             conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
-            if sid == self._session_id:
-                self._session_expired = True
+            if sid == self._t_session_id:
+                self._session_wake.set()  # our own: the session thread ends its generation now
             log.info("metadata session %s expired: removed %d ephemeral keys", sid, n)
 
     def _delete_session_keys(self, conn: sqlite3.Connection, sid: int) -> int:
@@ -633,18 +664,108 @@ class SqliteMetadataStore(MetadataStore):
         self._q.put(_Op(fn, write, fut, loop))
         return fut
 
-    async def _keepalive(self) -> None:
-        interval = self._timeout_s / 3.0
-        while True:
-            await asyncio.sleep(interval)
+    # ------------------------------------------------------------------ the session thread
+
+    def _session_began(self, generation: int, session_id: int) -> None:  # on the event loop
+        if self.session.closed:
+            return
+        self._session_id = session_id
+        self.session.begin(generation)
+
+    def _session_ended(self, generation: int, reason: str) -> None:  # on the event loop
+        if self.session.generation == generation:
+            self._session_id = None
+        self.session.end(generation, reason)
+
+    def _session_main(self, loop: asyncio.AbstractEventLoop) -> None:
+        conn: sqlite3.Connection | None = None
+        while not self._session_stop:
+            self._session_wake.clear()
             try:
-                alive = await self._submit(self._op_keepalive, write=True)
-            except MetadataError as e:
-                log.warning("metadata session %s keepalive failed: %s", self._session_id, e)
-                continue
-            if not alive:
-                log.warning("metadata session %s expired", self._session_id)
-                return
+                if conn is None:
+                    conn = sqlite3.connect(self._path, isolation_level=None)
+                    # A lost session row costs nothing after a power loss (every session is over then): no fsync.
+                    conn.execute("PRAGMA synchronous = NORMAL")
+                wait = self._session_step(conn, loop)
+            except Exception:  # noqa: BLE001 - keep the session thread alive; retry soon
+                log.exception("metadata session thread failed")
+                wait = 0.5
+            self._session_wake.wait(wait)
+        if conn is not None:
+            conn.close()
+
+    def _session_step(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> float:
+        """Keep the session alive, or end its generation and open the next; returns how long to wait."""
+        interval = self._timeout_s / 3.0
+        if self._t_session_id is None:
+            try:
+                sid, expires_at = self._write_session(conn, interval, self._op_renew_session)
+            except sqlite3.Error as e:
+                log.log(logging.INFO if self._t_renew_failures else logging.WARNING,
+                        "metadata session: cannot open a new one yet (retrying): %s", e)
+                self._t_renew_failures += 1
+                return min(interval, 0.5)
+            self._t_renew_failures = 0
+            self._t_ended.clear()
+            self._t_generation += 1
+            self._t_session_id, self._t_expires_at = sid, expires_at
+            self._call_loop(loop, self._session_began, self._t_generation, sid)
+            return interval
+        try:
+            expires_at = self._write_session(conn, max(0.05, min(interval, self._t_expires_at - time.time())),
+                                             self._op_keepalive)
+            alive = expires_at is not None
+            if alive:
+                self._t_expires_at = expires_at
+            reason = "the store dropped it (it expired while this process or the store stalled)"
+        except sqlite3.Error as e:
+            if time.time() < self._t_expires_at:
+                log.info("metadata session %s keepalive failed, retrying: %s", self._t_session_id, e)
+                return min(interval, 0.25)
+            alive, reason = False, f"no keepalive got through within the session timeout ({e})"
+        if alive:
+            return interval
+        self._t_ended.append(self._t_session_id)
+        self._t_session_id = None
+        self._call_loop(loop, self._session_ended, self._t_generation, reason)
+        return 0.0
+
+    def _write_session(self, conn: sqlite3.Connection, wait_s: float, fn: Callable[[sqlite3.Connection], Any]):
+        """fn in one write transaction, waiting at most wait_s for the write lock (ahead of this store's writes)."""
+        self._keepalive_waiting.set()
+        try:
+            _begin_immediate(conn, wait_s)
+        finally:
+            self._keepalive_waiting.clear()
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _op_keepalive(self, conn: sqlite3.Connection) -> float | None:
+        """The session's new expiry time; None if it is gone (or expired: nobody may revive it)."""
+        now = time.time()
+        cur = conn.execute(
+            "UPDATE sessions SET expires_at = ? WHERE id = ? AND expires_at >= ?",
+            (now + self._timeout_s, self._t_session_id, now),
+        )
+        return now + self._timeout_s if cur.rowcount else None
+
+    def _op_renew_session(self, conn: sqlite3.Connection) -> tuple[int, float]:
+        """Remove what is left of ended generations (any reaper would) and open a new session."""
+        self._op_close_sessions(conn, self._t_ended)
+        return self._op_create_session(conn)
+
+    @staticmethod
+    def _call_loop(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed
+            pass
 
     # ------------------------------------------------------------------ the interface
 
@@ -689,13 +810,12 @@ class SqliteMetadataStore(MetadataStore):
         )
         return version
 
-    def _check_own_session(self, conn: sqlite3.Connection) -> None:
-        if self._session_expired:
-            raise SessionExpiredError(f"metadata session {self._session_id} expired")
-        row = conn.execute("SELECT expires_at FROM sessions WHERE id = ?", (self._session_id,)).fetchone()
+    def _check_session(self, conn: sqlite3.Connection, sid: int, generation: int) -> None:
+        """In the write transaction: the session sid (of that generation) is still alive."""
+        row = conn.execute("SELECT expires_at FROM sessions WHERE id = ?", (sid,)).fetchone()
         if row is None or row[0] < time.time():
-            self._session_expired = True
-            raise SessionExpiredError(f"metadata session {self._session_id} expired")
+            self._session_wake.set()  # the session thread finds out and ends the generation
+            raise SessionExpiredError(f"metadata session {sid} (generation {generation}) expired")
 
     async def put(
         self,
@@ -704,12 +824,15 @@ class SqliteMetadataStore(MetadataStore):
         *,
         expected_version: int | None = None,
         ephemeral: bool = False,
+        session: int | None = None,
         partition_key: str | None = None,
     ) -> Entry:
         value = bytes(value)
         sk = hierarchical_sort_key(key)
-        if ephemeral and self._session_expired:
-            raise SessionExpiredError(f"metadata session {self._session_id} expired")
+        sid = None
+        if ephemeral:
+            generation = self.session.require(session)
+            sid = self._session_id
 
         def op(conn: sqlite3.Connection) -> Entry:
             row = conn.execute("SELECT version FROM kv WHERE sk = ?", (sk,)).fetchone()
@@ -723,10 +846,8 @@ class SqliteMetadataStore(MetadataStore):
                         if expected_version != MUST_NOT_EXIST
                         else f"{key}: exists (version {row[0]})"
                     )
-            sid = None
-            if ephemeral:
-                self._check_own_session(conn)
-                sid = self._session_id
+            if sid is not None:
+                self._check_session(conn, sid, generation)
             version = self._write_key(conn, key, sk, value, row is not None, sid)
             return Entry(key, value, version, ephemeral)
 
@@ -735,38 +856,58 @@ class SqliteMetadataStore(MetadataStore):
     async def put_sequential(
         self, prefix: str, value: bytes, deltas: Sequence[int], *, partition_key: str
     ) -> Entry:
-        deltas = [int(d) for d in deltas]
-        if not deltas:
-            raise ValueError("put_sequential needs at least one delta")
-        if deltas[0] <= 0 or any(d < 0 for d in deltas):
-            raise ValueError(f"put_sequential deltas must be >= 0 and the first > 0: {deltas}")
+        deltas = _checked_deltas(deltas)
         value = bytes(value)
+        return await self._submit(lambda conn: self._append_sequential(conn, prefix, value, deltas), write=True)
+
+    async def put_sequential_batch(self, puts: Sequence[SequentialPut]) -> list[Entry | Exception]:
+        """One write op: the puts share a transaction. A put the store refuses fails alone (it is refused before
+        it writes); an SQLite error fails the whole batch, as it fails a transaction."""
+        results: list[Entry | Exception | None] = []
+        todo: list[tuple[int, str, bytes, list[int]]] = []
+        for i, p in enumerate(puts):
+            try:
+                todo.append((i, p.prefix, bytes(p.value), _checked_deltas(p.deltas)))
+                results.append(None)
+            except ValueError as e:
+                results.append(e)
+
+        def op(conn: sqlite3.Connection) -> None:
+            for i, prefix, value, deltas in todo:
+                try:
+                    results[i] = self._append_sequential(conn, prefix, value, deltas)
+                except MetadataError as e:
+                    results[i] = e
+
+        if todo:
+            try:
+                await self._submit(op, write=True)
+            except MetadataError as e:
+                for i, *_ in todo:
+                    results[i] = e
+        return results  # type: ignore[return-value]
+
+    def _append_sequential(self, conn: sqlite3.Connection, prefix: str, value: bytes, deltas: list[int]) -> Entry:
+        """Raises MetadataError before it writes anything."""
         lo = hierarchical_sort_key(prefix + "-")
         hi = hierarchical_sort_key(sequence_key(prefix, [_MAX_SEQUENCE]))
-
-        def op(conn: sqlite3.Connection) -> Entry:
-            last: list[int] = []
-            for (k,) in conn.execute(
-                "SELECT key FROM kv WHERE sk >= ? AND sk < ? ORDER BY sk DESC", (lo, hi)
-            ):
-                parsed = parse_sequence_key(prefix, k)
-                if parsed is not None:
-                    last = parsed
-                    break
-            if len(last) > len(deltas):
-                raise MetadataError(
-                    f"put_sequential {prefix}: the newest key has {len(last)} sums, got {len(deltas)} deltas"
-                )
-            sums = [(last[i] if i < len(last) else 0) + d for i, d in enumerate(deltas)]
-            if any(s > _MAX_SEQUENCE for s in sums):
-                raise MetadataError(f"put_sequential {prefix}: sequence overflow")
-            key = sequence_key(prefix, sums)
-            sk = hierarchical_sort_key(key)
-            existed = conn.execute("SELECT 1 FROM kv WHERE sk = ?", (sk,)).fetchone() is not None
-            version = self._write_key(conn, key, sk, value, existed, None)
-            return Entry(key, value, version, False)
-
-        return await self._submit(op, write=True)
+        last: list[int] = []
+        for (k,) in conn.execute("SELECT key FROM kv WHERE sk >= ? AND sk < ? ORDER BY sk DESC", (lo, hi)):
+            parsed = parse_sequence_key(prefix, k)
+            if parsed is not None:
+                last = parsed
+                break
+        if len(last) > len(deltas):
+            raise MetadataError(
+                f"put_sequential {prefix}: the newest key has {len(last)} sums, got {len(deltas)} deltas"
+            )
+        sums = [(last[i] if i < len(last) else 0) + d for i, d in enumerate(deltas)]
+        if any(s > _MAX_SEQUENCE for s in sums):
+            raise MetadataError(f"put_sequential {prefix}: sequence overflow")
+        key = sequence_key(prefix, sums)
+        # A new key: it sorts after the newest sequence key, the greatest under the prefix that parses.
+        version = self._write_key(conn, key, hierarchical_sort_key(key), value, False, None)
+        return Entry(key, value, version, False)
 
     async def delete(
         self, key: str, *, expected_version: int | None = None, partition_key: str | None = None

@@ -31,6 +31,10 @@ class ObjectInfo:
 class ObjectStore(abc.ABC):
     """Keys are '/'-separated relative paths such as 'wal/01J...'. Writes are whole-object and atomic."""
 
+    # How many puts a writer may keep in flight at once (the WAL writer's flushes): more where a put waits on the
+    # network (S3) than where it waits on one disk.
+    parallel_puts = 2
+
     @abc.abstractmethod
     async def put(self, key: str, data: Buffer | Sequence[Buffer], *, create_only: bool = True) -> None:
         """Store data (one buffer or a sequence of buffers, concatenated) under key.

@@ -81,6 +81,8 @@ def _as_bool(value: bool | str) -> bool:
 
 
 class S3ObjectStore(ObjectStore):
+    parallel_puts = 8  # a put waits mostly on the service; the connection pool has max_pool_connections (32)
+
     def __init__(
         self,
         bucket: str,

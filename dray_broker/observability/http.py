@@ -1,5 +1,6 @@
 """The broker's HTTP endpoint: /metrics (Prometheus text), /healthz (the process serves), /readyz (the
-metadata store and the object store answer)."""
+metadata store and the object store answer, and the broker is registered in a live metadata session: not while a
+lost session is being renewed)."""
 
 from __future__ import annotations
 
@@ -46,16 +47,24 @@ class HttpEndpoint:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        problems = []
+        session = self.broker.metadata.session
+        if not session.alive:  # known at once: no need to wait for the store checks
+            return _not_ready([f"metadata session: generation {session.generation} expired, not renewed yet"])
+        if not self.broker.registry.ready:
+            return _not_ready([f"broker registration: not registered in metadata session generation "
+                               f"{session.generation} yet"])
         checks = {
             "metadata store": self.broker.metadata.get("/dray/cluster"),
             "object store": self.broker.objects.head("wal/.readyz"),
         }
-        for name, check in checks.items():
-            try:
-                await asyncio.wait_for(check, READY_CHECK_TIMEOUT_S)
-            except Exception as e:  # any failure means not ready; say which and why
-                problems.append(f"{name}: {e!r}")
+        results = await asyncio.gather(*(asyncio.wait_for(c, READY_CHECK_TIMEOUT_S) for c in checks.values()),
+                                       return_exceptions=True)
+        # any failure means not ready; say which and why
+        problems = [f"{name}: {r!r}" for name, r in zip(checks, results) if isinstance(r, BaseException)]
         if problems:
-            return web.Response(status=503, text="not ready\n" + "\n".join(problems) + "\n")
+            return _not_ready(problems)
         return web.Response(text="ready\n")
+
+
+def _not_ready(problems: list[str]) -> web.Response:
+    return web.Response(status=503, text="not ready\n" + "\n".join(problems) + "\n")

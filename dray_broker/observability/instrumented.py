@@ -10,7 +10,7 @@ from dray_broker.objectstore import ObjectStore
 from dray_broker.observability.metrics import BrokerMetrics
 
 _OBJECT_OPS = ("put", "get", "head", "list", "delete")
-_METADATA_OPS = ("get", "put", "put_sequential", "delete", "delete_range", "list", "range_scan")
+_METADATA_OPS = ("get", "put", "put_sequential", "put_sequential_batch", "delete", "delete_range", "list", "range_scan")
 
 
 class _Timed:

@@ -34,6 +34,9 @@ class BrokerMetrics:
         self.produce_conversions = Counter("dray_produce_message_conversions",
                                            "legacy message sets (magic 0/1, Produce v0-v2) up-converted to v2 "
                                            "batches (Kafka's ProduceMessageConversionsPerSec)", registry=r)
+        self.produce_recompressions = Counter("dray_produce_recompressions",
+                                              "produced record sets recompressed to their topic's compression.type",
+                                              registry=r)
         self.wal_flush_bytes = Histogram("dray_wal_flush_bytes", "bytes per WAL object", buckets=SIZE_BUCKETS,
                                          registry=r)
         self.wal_flush_seconds = Histogram("dray_wal_flush_seconds", "time to write a WAL object and index it",
@@ -43,6 +46,15 @@ class BrokerMetrics:
         self.store_errors = Counter("dray_store_errors", "object and metadata store calls that failed",
                                     ["store", "op"], registry=r)
         self.connections = Gauge("dray_connections", "open client connections", registry=r)
+        self.session_generation = Gauge("dray_metadata_session_generation",
+                                        "metadata session generation (1 + sessions lost and renewed)", registry=r)
+        self.session_alive = Gauge("dray_metadata_session_alive", "1 while the metadata session is alive",
+                                   registry=r)
+        self.request_bytes = Gauge("dray_request_bytes", "bytes of requests being received or waiting for their "
+                                   "answers (bounded by queued_max_request_bytes)",
+                                   registry=r)
+        self.connections_waiting = Gauge("dray_connections_waiting_for_request_bytes", "connections that stopped "
+                                         "reading until requests in flight give bytes back", registry=r)
         self.compaction_lag = Gauge("dray_compaction_lag_offsets",
                                     "offsets above the compacted watermark, per partition this broker served",
                                     ["topic", "partition"], registry=r)

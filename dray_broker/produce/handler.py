@@ -14,7 +14,9 @@ from dray_broker.produce.response import encode_produce_response
 from dray_broker.produce.wal_writer import FlushError
 from dray_broker.protocol.codec import Request, make, response_module
 from dray_broker.records.batch import InvalidBatchError, validate_batches
+from dray_broker.records.decode import RecordDecodeError
 from dray_broker.records.legacy import up_convert
+from dray_broker.records.recompress import TOPIC_CODECS, needs_recompression, recompress
 from dray_broker.routing.zones import owner
 from dray_broker.server.connection import NO_RESPONSE
 
@@ -55,22 +57,27 @@ async def handle_produce(broker, req: Request):
         pending.append((topic_data, parts))
 
     if acks == 0:
-        for _, parts in pending:
-            for _, outcome, _ in parts:
-                if isinstance(outcome, asyncio.Future):
-                    outcome.add_done_callback(_log_unacked_failure)
-        return NO_RESPONSE
+        appended = [outcome for _, parts in pending for _, outcome, _ in parts if isinstance(outcome, asyncio.Future)]
+        return _unacknowledged(appended) if appended else NO_RESPONSE
     return _respond(broker, req, pending, started)
 
 
 def _append(broker, topic, index: int, records, version: int) -> tuple[ErrorCode | asyncio.Future, str | None]:
+    max_bytes = topic.int_config("max.message.bytes")
     try:
         if version < 3 and _is_legacy(records):
-            records = up_convert(records, now_ms=int(time.time() * 1000))
+            records = up_convert(records, now_ms=int(time.time() * 1000), max_bytes=max_bytes)
             broker.metrics.produce_conversions.inc()
-        summary = validate_batches(records, topic.int_config("max.message.bytes"))
+        summary = validate_batches(records, max_bytes)
+        codec = TOPIC_CODECS[topic.config("compression.type")]
+        if codec is not None and needs_recompression(records, codec):
+            records = recompress(records, codec)
+            broker.metrics.produce_recompressions.inc()
+            summary = validate_batches(records, max_bytes)  # as Kafka, the size limit holds for what is stored
     except InvalidBatchError as e:
         return ErrorCode(e.kafka_error), str(e)
+    except RecordDecodeError as e:
+        return ErrorCode.corrupt_message, str(e)
     if summary.is_transactional:
         return ErrorCode.transactional_id_authorization_failed, TRANSACTIONS_UNSUPPORTED
     ref = topic.partition(index)
@@ -88,9 +95,15 @@ def _is_legacy(records) -> bool:
     return len(records) > _MAGIC_AT and records[_MAGIC_AT] < 2
 
 
-def _log_unacked_failure(future: asyncio.Future) -> None:
-    if future.exception() is not None:
-        log.warning("acks=0 produce lost to a failed flush: %s", future.exception())
+async def _unacknowledged(appended: list[asyncio.Future]):
+    """acks=0: no answer, but the request (its bytes are the batches being written) stays in the request budget
+    until its batches are committed or failed."""
+    for future in appended:
+        try:
+            await future
+        except Exception as e:
+            log.warning("acks=0 produce lost: %s", e)
+    return NO_RESPONSE
 
 
 async def _respond(broker, req: Request, pending, started: float):
@@ -107,6 +120,9 @@ async def _respond(broker, req: Request, pending, started: float):
                     error, message = ErrorCode.kafka_storage_error, str(e)
                 except ProduceRejected as e:
                     error, message = e.error, str(e)
+                except Exception as e:  # every outcome is taken, so that none is left with an unread error
+                    log.exception("produce to partition %d failed", index)
+                    error, message = ErrorCode.unknown_server_error, repr(e)
             else:
                 error = outcome
             results.append((index, error, base_offset, message))

@@ -29,10 +29,11 @@ The protocol, per (partition, producer), on the broker that receives a group of 
    - anything else: OUT_OF_ORDER_SEQUENCE_NUMBER, or REQUEST_TIMED_OUT while the chain ends unresolved.
 3. One CAS writes the state with the group's reservations (owner B, deadline now + session timeout / 2) and what
    step 1 resolved. A version mismatch starts again at step 1.
-4. Each reserved batch goes to the WAL writer with a guard checked right before its index append: B's owner key
-   still exists (a watch tells B when its session ends), the reservation's deadline has not passed, and the
-   producer's previous pending batch was committed (or is in the same index entry). Otherwise the append fails
-   with a retriable error.
+4. Each reserved batch goes to the WAL writer with a guard checked right before its index append: the session
+   generation that holds B's owner key is still live (the store's SessionLife says), the reservation's deadline
+   has not passed, and the producer's previous pending batch was committed (or goes in the same index write, ahead
+   of it). Otherwise the append fails with a retriable error. After a session generation ends, B makes a new
+   owner (a new key) in the next one; its old reservations are resolved like another owner's.
 5. Outcomes are written lazily: step 1 of the producer's next group (or the sweep of idle producers) folds them
    in, so the common case costs one CAS per group of batches.
 
@@ -42,8 +43,8 @@ Why no interleaving of brokers and crashes loses an ack or accepts a sequence pa
   committed (guard, step 4), so committed batches are always a prefix of the chain: never one after a gap.
 - A pending batch leaves the chain only as committed or as void. Void needs proof that its owner can no longer
   append it: its owner key is gone (the session ended: a killed broker writes nothing more, and a live one's guard
-  refuses once its watch sees its key deleted) or its deadline plus a margin passed (the owner's guard refuses
-  after the deadline, on its own clock). The index is scanned after that proof, so a committed batch is always
+  refuses once its store tells it the session generation ended) or its deadline plus a margin passed (the owner's
+  guard refuses after the deadline, on its own clock; clocks of brokers must agree within DEADLINE_MARGIN_S). The index is scanned after that proof, so a committed batch is always
   found: a void batch is never in the log, and was never acked. Every retry of a committed batch gets its offset.
 - OUT_OF_ORDER_SEQUENCE_NUMBER makes a client bump its epoch and renumber, or die when it already holds the acks
   of every earlier batch (librdkafka rdkafka_request.c). It is answered only when the chain ends in nothing
@@ -73,7 +74,7 @@ from typing import Awaitable, Callable
 from kio.schema.errors import ErrorCode
 
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef
-from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, NotificationType, VersionMismatchError
+from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, SessionLife, VersionMismatchError
 from dray_broker.records.batch import BatchSummary, iter_batch_positions
 
 log = logging.getLogger(__name__)
@@ -182,14 +183,21 @@ def _succeeded(f: asyncio.Future) -> bool:
 
 @dataclass
 class _Owner:
-    """This broker's identity as the owner of reservations: an ephemeral key of its metadata session."""
+    """This broker's identity as the owner of reservations, for one generation of its metadata session: its
+    ephemeral key goes when that generation ends."""
 
     id: str
-    alive: bool = True
+    generation: int
+    session: SessionLife
+    released: bool = False  # the broker stopped
 
     @property
     def key(self) -> str:
         return OWNER_PREFIX + self.id
+
+    @property
+    def alive(self) -> bool:
+        return not self.released and self.session.alive and self.session.generation == self.generation
 
 
 @dataclass
@@ -234,7 +242,6 @@ class ProducerStates:
         self._owner: _Owner | None = None
         self._my_owners: set[str] = set()  # every owner id of this process (its reservations are known here)
         self._new_owner: asyncio.Future | None = None
-        self._watch_task: asyncio.Task | None = None
         self._queues: dict[Key, list[_Submitted]] = {}
         self._appends: dict[Key, _Appends] = {}
         self._scanned: dict[tuple[Key, int, int], int] = {}  # (key, epoch, first) -> index scanned up to here
@@ -244,24 +251,22 @@ class ProducerStates:
     # --- lifecycle --------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        watch = await self.store.watch(OWNER_PREFIX)
-        self._watch_task = asyncio.create_task(self._follow_owner_keys(watch), name="producer-owner-watch")
+        await self.store.session.wait_alive()
         await self._current_owner()
 
     async def stop(self) -> None:
         """After the WAL writer drained: nothing of this broker is in flight, so its reservations can go."""
-        if self._watch_task is not None:
-            self._watch_task.cancel()
         owner = self._owner
         if owner is not None and owner.alive:
-            owner.alive = False
+            owner.released = True
             try:
                 await self.store.delete(owner.key, partition_key=OWNERS_PARTITION_KEY)
             except Exception as e:  # the session's end removes it anyway
                 log.debug("could not delete producer owner key: %r", e)
 
     async def _current_owner(self) -> _Owner:
-        """This broker's owner, a new one (with a new ephemeral key) after the session of the last one ended."""
+        """This broker's owner: a new one (with a new ephemeral key) in each generation of the metadata session.
+        SessionExpiredError while there is no live session (the store is renewing it)."""
         if self._owner is not None and self._owner.alive:
             return self._owner
         if self._new_owner is None:
@@ -274,45 +279,16 @@ class ProducerStates:
                 self._new_owner = None
 
     async def _create_owner(self) -> _Owner:
-        owner = _Owner(uuid.uuid4().hex)
+        session = self.store.session
+        owner = _Owner(uuid.uuid4().hex, session.require(), session)
         value = json.dumps({"broker": self.broker_id, "since_ms": int(time.time() * 1000)}).encode()
         await self.store.put(owner.key, value, ephemeral=True, expected_version=MUST_NOT_EXIST,
-                             partition_key=OWNERS_PARTITION_KEY)
+                             session=owner.generation, partition_key=OWNERS_PARTITION_KEY)
         self._my_owners.add(owner.id)
         self._owner = owner
-        log.info("idempotent producer reservations of this broker belong to owner %s", owner.id)
+        log.info("idempotent producer reservations of this broker belong to owner %s (metadata session generation "
+                 "%d)", owner.id, owner.generation)
         return owner
-
-    async def _follow_owner_keys(self, watch) -> None:
-        """Learn the end of this broker's session: its reservations must not be appended any more. A watch that
-        fails may have missed it: the owner is then given up (reservations go to a new one) and the watch reopened."""
-        while True:
-            try:
-                async for n in watch:
-                    owner = self._owner
-                    if owner is not None and owner.alive and await self._deleted(n, owner):
-                        owner.alive = False
-                        log.warning("the metadata session of producer owner %s ended: its reservations are void",
-                                    owner.id)
-                return  # the store closed
-            except asyncio.CancelledError:
-                await watch.aclose()
-                raise
-            except Exception:
-                log.exception("producer owner watch failed; giving up owner %s", self._owner and self._owner.id)
-                if self._owner is not None:
-                    self._owner.alive = False
-            await asyncio.sleep(1)
-            try:
-                watch = await self.store.watch(OWNER_PREFIX)
-            except Exception as e:
-                log.warning("reopening the producer owner watch failed: %r", e)
-
-    async def _deleted(self, n, owner: _Owner) -> bool:
-        if n.type is NotificationType.DELETED:
-            return n.key == owner.key
-        return (n.type is NotificationType.RANGE_DELETED
-                and await self.store.get(owner.key, partition_key=OWNERS_PARTITION_KEY) is None)
 
     # --- submitting -------------------------------------------------------------------------------------------
 

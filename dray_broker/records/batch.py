@@ -1,4 +1,5 @@
-"""Kafka record batch v2 (magic 2) headers: parse, validate and patch without touching the records.
+"""Kafka record batch v2 (magic 2) headers: parse, validate and patch without touching the records (a compressed
+batch is inflated once, as a stream whose output is counted and dropped, to bound its size).
 
 Layout (big-endian): baseOffset i64, batchLength i32, partitionLeaderEpoch i32, magic i8, crc u32,
 attributes i16, lastOffsetDelta i32, baseTimestamp i64, maxTimestamp i64, producerId i64, producerEpoch i16,
@@ -12,6 +13,8 @@ import struct
 from dataclasses import dataclass
 
 from crc32c import crc32c
+
+from dray_broker.records.compression import DecompressError, InflatedTooLarge, inflated_size
 
 HEADER_SIZE = 61
 # Bytes before batchLength's coverage starts: baseOffset + batchLength.
@@ -112,8 +115,11 @@ class BatchSummary:
 
 
 def validate_batches(data, max_batch_bytes: int) -> BatchSummary:
-    """Check that data is a whole number of v2 batches with correct CRCs; nothing is decompressed.
+    """Check that data is a whole number of v2 batches with correct CRCs, none larger than max_batch_bytes (the
+    topic's max.message.bytes), neither as sent nor with its records decompressed.
 
+    Records are not parsed. A compressed batch is inflated as a stream that stops at the limit, its output dropped
+    (snappy states its size up front: nothing is inflated); this is the only per-byte work besides the CRC.
     Raise InvalidBatchError with the Kafka error code to answer for the partition."""
     view = memoryview(data)
     total = len(view)
@@ -147,6 +153,8 @@ def validate_batches(data, max_batch_bytes: int) -> BatchSummary:
             raise InvalidBatchError("record count and last offset delta disagree", INVALID_RECORD)
         if crc32c(view[pos + CRC_START : pos + size]) != h.crc:
             raise InvalidBatchError("record batch CRC mismatch", CORRUPT_MESSAGE)
+        if h.compression:
+            _check_inflated(h.compression, view[pos + HEADER_SIZE : pos + size], max_batch_bytes)
         if first is None:
             first = h
         elif (h.producer_id, h.producer_epoch) != (first.producer_id, first.producer_epoch):
@@ -173,6 +181,19 @@ def validate_batches(data, max_batch_bytes: int) -> BatchSummary:
         last_sequence=last_seq,
         is_transactional=first.is_transactional,
     )
+
+
+def _check_inflated(codec: int, records, max_batch_bytes: int) -> None:
+    """The batch, were it sent uncompressed, must fit in max_batch_bytes too: Kafka answers MESSAGE_TOO_LARGE for
+    a batch over max.message.bytes (the Java producer then splits it and retries), and CORRUPT_MESSAGE for records
+    it cannot decompress."""
+    try:
+        inflated_size(codec, records, max_batch_bytes - HEADER_SIZE)
+    except InflatedTooLarge:
+        raise InvalidBatchError(f"record batch of {HEADER_SIZE + len(records)} bytes inflates to more than "
+                                f"max.message.bytes {max_batch_bytes}", MESSAGE_TOO_LARGE) from None
+    except DecompressError as e:
+        raise InvalidBatchError(str(e), CORRUPT_MESSAGE) from None
 
 
 def patch_base_offsets(buf: bytearray | memoryview, base_offset: int, batch_records) -> None:

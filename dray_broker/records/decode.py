@@ -13,19 +13,18 @@ Per-record layout (all varints are zigzag):
     headerCount varint, then per header: keyLength varint, key (UTF-8), valueLength varint (-1 = null), value.
 
 Codecs (attributes & 0x07): 1 gzip, 2 snappy (a raw block as librdkafka writes it, or xerial framing as the Java
-client writes it: b"\\x82SNAPPY\\x00", int32 version, int32 compatible version, then [int32 length][raw block]...),
-3 lz4 (the frame format), 4 zstd. All through cramjam.
+client writes it), 3 lz4 (the frame format), 4 zstd. Decompression is bounded (records/compression.py): a batch
+whose records inflate beyond max_inflated bytes raises RecordsTooLarge instead of filling memory.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-import cramjam
 from crc32c import crc32c
 
+from dray_broker.records import compression
 from dray_broker.records.batch import (
     CRC_START,
     HEADER_SIZE,
@@ -34,17 +33,21 @@ from dray_broker.records.batch import (
     BatchHeader,
     read_header,
 )
+from dray_broker.records.compression import GZIP, LZ4, NONE, SNAPPY, XERIAL_MAGIC, ZSTD  # noqa: F401 (re-exported)
 
-NONE, GZIP, SNAPPY, LZ4, ZSTD = 0, 1, 2, 3, 4
-XERIAL_MAGIC = b"\x82SNAPPY\x00"
-_XERIAL_HEADER = 16  # magic (8) + version (4) + compatible version (4)
-_INT32 = struct.Struct(">i")
+# The most a batch's records may inflate to where the caller gives no limit (tools, tests); the broker and the
+# pipeline pass the topic's max.message.bytes.
+DEFAULT_MAX_INFLATED = 256 * 1024 * 1024
 
 Header = tuple[str, "bytes | None"]
 
 
 class RecordDecodeError(ValueError):
     """The bytes are not a well-formed v2 batch (or its compressed records cannot be read)."""
+
+
+class RecordsTooLarge(RecordDecodeError):
+    """A batch's records inflate beyond the limit given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,44 +83,14 @@ class DecodedBatch(AttributeFlags):
 # --- decompression ----------------------------------------------------------------------------------------------
 
 
-def decompress(codec: int, data) -> bytes:
-    """The records section of a batch, uncompressed."""
+def decompress(codec: int, data, limit: int = DEFAULT_MAX_INFLATED) -> bytes:
+    """The records section of a batch, uncompressed (at most limit bytes, else RecordsTooLarge)."""
     try:
-        if codec == NONE:
-            return bytes(data)
-        if codec == GZIP:
-            return bytes(cramjam.gzip.decompress(bytes(data)))
-        if codec == SNAPPY:
-            return _snappy(bytes(data))
-        if codec == LZ4:
-            return bytes(cramjam.lz4.decompress(bytes(data)))
-        if codec == ZSTD:
-            return bytes(cramjam.zstd.decompress(bytes(data)))
-    except RecordDecodeError:
-        raise
-    except Exception as e:  # cramjam raises its own error types for corrupt input
-        raise RecordDecodeError(f"cannot decompress {_CODEC_NAMES.get(codec, codec)} records: {e}") from None
-    raise RecordDecodeError(f"unknown compression codec {codec}")
-
-
-_CODEC_NAMES = {NONE: "uncompressed", GZIP: "gzip", SNAPPY: "snappy", LZ4: "lz4", ZSTD: "zstd"}
-
-
-def _snappy(data: bytes) -> bytes:
-    if not data.startswith(XERIAL_MAGIC):
-        return bytes(cramjam.snappy.decompress_raw(data))
-    pos = _XERIAL_HEADER
-    out = []
-    while pos < len(data):
-        if pos + 4 > len(data):
-            raise RecordDecodeError("truncated xerial snappy block length")
-        (n,) = _INT32.unpack_from(data, pos)
-        pos += 4
-        if n < 0 or pos + n > len(data):
-            raise RecordDecodeError("xerial snappy block runs past the data")
-        out.append(bytes(cramjam.snappy.decompress_raw(data[pos : pos + n])))
-        pos += n
-    return b"".join(out)
+        return compression.decompress(codec, data, limit)
+    except compression.InflatedTooLarge as e:
+        raise RecordsTooLarge(str(e)) from None
+    except compression.DecompressError as e:
+        raise RecordDecodeError(str(e)) from None
 
 
 # --- records ------------------------------------------------------------------------------------------------------
@@ -194,8 +167,10 @@ def _records(buf: bytes, count: int, base_offset: int, base_timestamp: int,
     return out
 
 
-def decode_batch(buf, pos: int = 0, *, base_offset: int | None = None, verify_crc: bool = False) -> DecodedBatch:
-    """Decode the batch at buf[pos:]. base_offset overrides the one in the batch (e.g. an unpatched WAL chunk)."""
+def decode_batch(buf, pos: int = 0, *, base_offset: int | None = None, verify_crc: bool = False,
+                 max_inflated: int = DEFAULT_MAX_INFLATED) -> DecodedBatch:
+    """Decode the batch at buf[pos:]. base_offset overrides the one in the batch (e.g. an unpatched WAL chunk);
+    max_inflated bounds the size of its records once decompressed."""
     view = memoryview(buf)
     if len(view) - pos < HEADER_SIZE:
         raise RecordDecodeError("truncated record batch header")
@@ -210,7 +185,7 @@ def decode_batch(buf, pos: int = 0, *, base_offset: int | None = None, verify_cr
     if h.record_count < 0:
         raise RecordDecodeError("negative record count")
     base = h.base_offset if base_offset is None else base_offset
-    raw = decompress(h.compression, view[pos + HEADER_SIZE : pos + size])
+    raw = decompress(h.compression, view[pos + HEADER_SIZE : pos + size], max_inflated)
     append_time = h.max_timestamp if h.attributes & TIMESTAMP_TYPE_LOG_APPEND else None
     records = _records(raw, h.record_count, base, h.base_timestamp, append_time)
     return DecodedBatch(
@@ -222,7 +197,7 @@ def decode_batch(buf, pos: int = 0, *, base_offset: int | None = None, verify_cr
 
 
 def iter_batches(buf, *, base_offset: int | None = None, verify_crc: bool = False,
-                 allow_partial: bool = False) -> Iterator[DecodedBatch]:
+                 allow_partial: bool = False, max_inflated: int = DEFAULT_MAX_INFLATED) -> Iterator[DecodedBatch]:
     """Decode every batch of buf in order. base_offset, if given, is the first batch's offset and the following
     batches continue from it. A truncated last batch raises, unless allow_partial (as in a Fetch response)."""
     view = memoryview(buf)
@@ -234,7 +209,7 @@ def iter_batches(buf, *, base_offset: int | None = None, verify_crc: bool = Fals
             if allow_partial:
                 return
             raise RecordDecodeError(f"truncated record batch at byte {pos}")
-        batch = decode_batch(view, pos, base_offset=next_base, verify_crc=verify_crc)
+        batch = decode_batch(view, pos, base_offset=next_base, verify_crc=verify_crc, max_inflated=max_inflated)
         yield batch
         pos += batch.size
         if next_base is not None:

@@ -134,9 +134,18 @@ def encode_batch(records: Sequence[RecordFields], *, base_offset: int, base_time
     attributes = (attributes & ~COMPRESSION_MASK) | codec
     raw = encode_records(records)
     payload = compress(codec, raw, compression_level) if codec else raw
-    last_offset_delta = records[-1][0]
+    return frame_batch(payload, base_offset=base_offset, partition_leader_epoch=partition_leader_epoch,
+                       attributes=attributes, last_offset_delta=records[-1][0], base_timestamp=base_timestamp,
+                       max_timestamp=max_timestamp, producer_id=producer_id, producer_epoch=producer_epoch,
+                       base_sequence=base_sequence, record_count=len(records))
+
+
+def frame_batch(payload, *, base_offset: int, partition_leader_epoch: int, attributes: int, last_offset_delta: int,
+                base_timestamp: int, max_timestamp: int, producer_id: int, producer_epoch: int, base_sequence: int,
+                record_count: int) -> bytes:
+    """A batch around an already encoded (and compressed, as attributes say) records section: header and CRC."""
     tail = _AFTER_CRC.pack(attributes, last_offset_delta, base_timestamp, max_timestamp, producer_id,
-                           producer_epoch, base_sequence, len(records))
+                           producer_epoch, base_sequence, record_count)
     crc = crc32c(payload, crc32c(tail))
     batch_length = HEADER_SIZE - LOG_OVERHEAD + len(payload)
     return b"".join((_PREFIX.pack(base_offset, batch_length, partition_leader_epoch, 2, crc), tail, payload))

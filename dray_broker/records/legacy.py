@@ -12,7 +12,9 @@ magic 0; here it is rewritten so that the standard decoder accepts the frame.
 The output batch has offset deltas 0..n-1 over all messages in order (inner messages in place of their wrapper),
 no producer id, sequence or leader epoch, CreateTime timestamps as given (-1 for magic 0, which has none) or
 LogAppendTime = now_ms if any magic 1 message asks for it, and the codec of the first wrapper (else none).
-Inner offsets are ignored: the broker assigns offsets anyway.
+Inner offsets are ignored: the broker assigns offsets anyway. The wrappers of one message set may inflate to
+max_bytes in all (the topic's max.message.bytes): beyond it, the message set is refused with MESSAGE_TOO_LARGE
+before anything more is inflated.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import xxhash
 from dray_broker.records.batch import (
     CORRUPT_MESSAGE,
     INVALID_RECORD,
+    MESSAGE_TOO_LARGE,
     TIMESTAMP_TYPE_LOG_APPEND,
     UNSUPPORTED_COMPRESSION_TYPE,
     UNSUPPORTED_FOR_MESSAGE_FORMAT,
     InvalidBatchError,
 )
-from dray_broker.records.decode import LZ4, NONE, ZSTD, RecordDecodeError, decompress
+from dray_broker.records.decode import LZ4, NONE, ZSTD, RecordDecodeError, RecordsTooLarge, decompress
 from dray_broker.records.encode import encode_batch
 
 _LOG_OVERHEAD = 12  # offset + message_size
@@ -46,11 +49,13 @@ _LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
 Message = tuple[int, int, int, "bytes | None", "bytes | None"]
 
 
-def up_convert(data: bytes | memoryview, *, now_ms: int) -> bytes:
-    """A legacy message set (magic 0 or 1, possibly with compressed wrapper messages) as v2 record batch bytes."""
+def up_convert(data: bytes | memoryview, *, now_ms: int, max_bytes: int) -> bytes:
+    """A legacy message set (magic 0 or 1, possibly with compressed wrapper messages) as v2 record batch bytes;
+    its wrappers may inflate to max_bytes in all."""
     records: list[tuple[int, bytes | None, bytes | None]] = []  # (timestamp, key, value)
     codec = None
     log_append_time = False
+    inflated = 0
     for magic, attributes, timestamp, key, value in _messages(memoryview(data), "message set"):
         log_append_time |= magic == 1 and bool(attributes & TIMESTAMP_TYPE_LOG_APPEND)
         message_codec = attributes & 0x07
@@ -59,7 +64,9 @@ def up_convert(data: bytes | memoryview, *, now_ms: int) -> bytes:
             continue
         if codec is None:
             codec = message_codec
-        records += _inner(magic, message_codec, value)
+        inner, size = _inner(magic, message_codec, value, max_bytes - inflated, max_bytes)
+        records += inner
+        inflated += size
 
     if log_append_time:
         base_timestamp = max_timestamp = now_ms
@@ -73,8 +80,10 @@ def up_convert(data: bytes | memoryview, *, now_ms: int) -> bytes:
                         partition_leader_epoch=-1, compression=codec or NONE)
 
 
-def _inner(magic: int, codec: int, value: bytes | None) -> list[tuple[int, bytes | None, bytes | None]]:
-    """(timestamp, key, value) of each inner message of a wrapper message."""
+def _inner(magic: int, codec: int, value: bytes | None, limit: int,
+           max_bytes: int) -> tuple[list[tuple[int, bytes | None, bytes | None]], int]:
+    """(timestamp, key, value) of each inner message of a wrapper message, and the size they inflated to (at most
+    limit)."""
     if codec == ZSTD:
         raise InvalidBatchError(f"zstd compression needs magic 2, not magic {magic}", UNSUPPORTED_COMPRESSION_TYPE)
     if codec > ZSTD:
@@ -84,7 +93,10 @@ def _inner(magic: int, codec: int, value: bytes | None) -> list[tuple[int, bytes
     if codec == LZ4 and magic == 0:
         value = _fix_lz4_header_checksum(value)
     try:
-        raw = decompress(codec, value)
+        raw = decompress(codec, value, limit)
+    except RecordsTooLarge:
+        raise InvalidBatchError(f"compressed messages inflate to more than max.message.bytes {max_bytes}",
+                                MESSAGE_TOO_LARGE) from None
     except RecordDecodeError as e:
         raise InvalidBatchError(str(e), CORRUPT_MESSAGE) from None
     if not raw:
@@ -97,7 +109,7 @@ def _inner(magic: int, codec: int, value: bytes | None) -> list[tuple[int, bytes
         if attributes & 0x07:
             raise InvalidBatchError("a compressed message is nested inside a compressed wrapper", INVALID_RECORD)
         out.append((timestamp, key, inner_value))
-    return out
+    return out, len(raw)
 
 
 def _messages(view: memoryview, where: str) -> Iterator[Message]:

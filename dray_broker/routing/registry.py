@@ -1,6 +1,6 @@
 """Live brokers: each registers an ephemeral key that dies with its session; every broker watches the set.
 
-    /dray/brokers/<id>    JSON {"id", "host", "port", "zone"}   (ephemeral)
+    /dray/brokers/<id>    JSON {"id", "host", "port", "zone", "instance"}   (ephemeral)
     /dray/broker-ids-...  sequence keys that allocate broker ids
 """
 
@@ -11,9 +11,17 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
-from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, NotificationType, VersionMismatchError
+from dray_broker.metadata import (
+    MUST_NOT_EXIST,
+    MetadataError,
+    MetadataStore,
+    NotificationType,
+    SessionExpiredError,
+    VersionMismatchError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +56,27 @@ async def allocate_broker_id(store: MetadataStore) -> int:
 
 
 class BrokerRegistry:
+    """This broker's registration and the live set. The registration lives in the metadata session: when a session
+    generation ends (the broker or the store stalled past the session timeout), the key is gone and the registry
+    registers again in the next generation by itself, and re-reads the live set it may have missed."""
+
+    RETRY_S = 0.25
+
     def __init__(self, store: MetadataStore, me: BrokerInfo):
         self.store = store
         self.me = me
+        self.instance = uuid.uuid4().hex  # tells this process's key from a predecessor's with the same id
+        self.registered: int | None = None  # the session generation holding our key
         self._live: dict[int, BrokerInfo] = {me.id: me}
+        self._changes = 0  # live-set notifications seen (a rescan that raced one reads again)
         self._task: asyncio.Task | None = None
+        self._session_task: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Registered in the live session generation."""
+        session = self.store.session
+        return session.alive and self.registered == session.generation
 
     async def start(self, wait_for_id_s: float = 0) -> None:
         """Register; a live broker with the same id makes this fail (after waiting wait_for_id_s for the key of
@@ -60,31 +84,98 @@ class BrokerRegistry:
         watch = await self.store.watch(PREFIX)
         deadline = time.monotonic() + wait_for_id_s
         while True:
+            generation = await self.store.session.wait_alive()
             try:
-                await self.store.put(PREFIX + str(self.me.id), self.me.encode(), ephemeral=True,
-                                     expected_version=MUST_NOT_EXIST)
-                break
-            except VersionMismatchError:
-                if time.monotonic() > deadline:
-                    await watch.aclose()
-                    raise BrokerIdInUse(f"broker id {self.me.id} is registered by a live broker") from None
-                await asyncio.sleep(0.25)
-        for e in await self.store.range_scan(PREFIX, PREFIX + "~"):
-            info = BrokerInfo.decode(e.value)
-            self._live[info.id] = info
+                if await self._register(generation):
+                    break
+            except SessionExpiredError:
+                continue
+            except BaseException:
+                await watch.aclose()
+                raise
+            if time.monotonic() > deadline:
+                await watch.aclose()
+                raise BrokerIdInUse(f"broker id {self.me.id} is registered by a live broker")
+            await asyncio.sleep(self.RETRY_S)
         self._task = asyncio.create_task(self._follow(watch), name="broker-registry-watch")
+        await self._rescan()
+        self._session_task = asyncio.create_task(self._follow_session(generation), name="broker-registration")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        for task in (self._task, self._session_task):
+            if task:
+                task.cancel()
         try:
             await self.store.delete(PREFIX + str(self.me.id))
         except Exception as e:  # the session's end removes it anyway
             log.debug("could not deregister: %r", e)
 
+    async def _register(self, generation: int) -> bool:
+        """Create our key in the session generation; False if another broker holds the id. A key of our own from
+        an ended generation (not yet removed) is replaced. SessionExpiredError if the generation ends."""
+        key = PREFIX + str(self.me.id)
+        value = json.dumps({**json.loads(self.me.encode()), "instance": self.instance}).encode()
+        while True:
+            try:
+                await self.store.put(key, value, ephemeral=True, expected_version=MUST_NOT_EXIST,
+                                     session=generation)
+                self.registered = generation
+                return True
+            except VersionMismatchError:
+                existing = await self.store.get(key)
+                if existing is None:
+                    continue
+                if json.loads(existing.value).get("instance") != self.instance:
+                    return False
+                try:  # ours, from a generation that ended: it goes anyway, but not soon enough
+                    await self.store.delete(key, expected_version=existing.version)
+                except VersionMismatchError:
+                    pass
+
+    async def _follow_session(self, generation: int) -> None:
+        """Register again in every new session generation."""
+        session = self.store.session
+        while True:
+            await session.wait_ended(generation)
+            self.registered = None
+            if session.closed:
+                return
+            log.warning("broker %d lost its registration with metadata session generation %d", self.me.id,
+                        generation)
+            try:
+                generation = await session.wait_alive()
+            except MetadataError:  # the store closed
+                return
+            while session.alive and session.generation == generation:
+                try:
+                    if await self._register(generation):
+                        await self._rescan()
+                        log.warning("broker %d registered again (metadata session generation %d)", self.me.id,
+                                    generation)
+                        break
+                    log.warning("broker id %d is registered by another broker; waiting", self.me.id)
+                except SessionExpiredError:
+                    break
+                except MetadataError as e:
+                    log.warning("broker %d cannot register yet: %r", self.me.id, e)
+                await asyncio.sleep(self.RETRY_S)
+
+    async def _rescan(self) -> None:
+        """Read the live set again (notifications may have been missed while the session was gone)."""
+        while True:
+            seen = self._changes
+            live = {self.me.id: self.me}
+            for e in await self.store.range_scan(PREFIX, PREFIX + "~"):
+                info = BrokerInfo.decode(e.value)
+                live.setdefault(info.id, info)
+            if self._changes == seen:
+                self._live = live
+                return
+
     async def _follow(self, watch) -> None:
         try:
             async for n in watch:
+                self._changes += 1
                 broker_id = int(n.key[len(PREFIX):])
                 if n.type in (NotificationType.DELETED, NotificationType.RANGE_DELETED):
                     if broker_id != self.me.id:

@@ -38,9 +38,13 @@ from dray_broker.protocol.codec import (
 )
 from dray_broker.routing.metadata_api import handle_metadata
 from dray_broker.routing.registry import BrokerInfo, BrokerRegistry, allocate_broker_id
+from dray_broker.server import allocator
+from dray_broker.server.broker_dir import BrokerDir, broker_id_of, lock_data_dir
 from dray_broker.server.connection import NO_RESPONSE, Connection
 from dray_broker.server.faults import Faults
+from dray_broker.server.request_budget import RequestBudget
 from dray_broker.topics.catalog import TopicCatalog
+from dray_broker.version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +52,13 @@ Handler = Callable[["Broker", Request], Awaitable[Any]]
 INDEX_PREFIX = "/dray/idx/"
 # How long a draining broker waits for answers to requests already read (long polls end sooner: see fetch).
 DRAIN_TIMEOUT_S = 10.0
+DRAIN_REPORT_S = 1.0  # while draining, say what it waits for this often
 # Compaction lag gauges cover at most this many partitions (one metadata read each per scrape).
 MAX_LAG_PARTITIONS = 1000
+# Connections are swept (idle receive buffers given back, stalled frames closed) this often; freed memory is
+# handed back to the system every TRIM_EVERY sweeps.
+SWEEP_S = 1.0
+TRIM_EVERY = 5
 
 
 def default_handlers() -> dict[int, Handler]:
@@ -82,24 +91,29 @@ class Broker:
         self.metadata: MetadataStore | None = None
         self.objects: ObjectStore | None = None
         self.connections: set[Connection] = set()
+        self.request_budget = RequestBudget(settings.queued_max_request_bytes)
         self._server: asyncio.Server | None = None
         self._index_watch_task: asyncio.Task | None = None
+        self._sweep_task: asyncio.Task | None = None
         self.cluster_id = ""
         self.broker_id = -1
+        self.dir: BrokerDir | None = None
         self.groups: GroupCoordinator | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         s = self.settings
-        if s.metadata is None or s.object_store is None:
-            s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = lock_data_dir(s.data_dir, s.listen)
         self.metrics = BrokerMetrics()
+        self.metrics.request_bytes.set_function(lambda: self.request_budget.used)
+        self.metrics.connections_waiting.set_function(lambda: self.request_budget.waiting)
         self.metadata = timed_metadata_store(
             await open_metadata_store(s.metadata_url, session_timeout_ms=s.session_timeout_ms), self.metrics)
         self.objects = timed_object_store(open_object_store(s.object_store_url), self.metrics)
         self.cluster_id = await ensure_cluster_identity(self.metadata, self.objects)
-        self.broker_id = s.broker_id if s.broker_id is not None else await allocate_broker_id(self.metadata)
+        self.broker_id, known_id = await broker_id_of(
+            self.dir, s.broker_id, self.cluster_id, allocate=lambda: allocate_broker_id(self.metadata))
         self.index = OffsetIndex(self.metadata)
         self.topics = TopicCatalog(self.metadata)
         await self.topics.start()
@@ -117,6 +131,7 @@ class Broker:
         await self.producers.start()
         index_watch = await self.metadata.watch(INDEX_PREFIX)
         self._index_watch_task = asyncio.create_task(self._follow_index(index_watch), name="index-watch")
+        self._sweep_task = asyncio.create_task(self._sweep(), name="connection-sweep")
         host, port = s.listen.rsplit(":", 1)
         self._server = await asyncio.get_running_loop().create_server(
             self._new_connection,
@@ -125,8 +140,8 @@ class Broker:
         bound_port = self._server.sockets[0].getsockname()[1]
         adv_host, adv_port = s.advertised
         self.registry = BrokerRegistry(self.metadata, BrokerInfo(self.broker_id, adv_host, adv_port or bound_port, s.zone))
-        # A restarted broker with a fixed id waits for its dead predecessor's registration to expire.
-        await self.registry.start(wait_for_id_s=s.session_timeout_ms / 1000 + 2 if s.broker_id is not None else 0)
+        # A restarted broker with a known id waits for its dead predecessor's registration to expire.
+        await self.registry.start(wait_for_id_s=s.session_timeout_ms / 1000 + 2 if known_id else 0)
         # After registering: the coordinator picks groups by the live brokers and takes over dead ones' leases.
         await self.groups.start()
         self.port = bound_port
@@ -136,12 +151,13 @@ class Broker:
             self.http = HttpEndpoint(self, http_host, int(http_port))
             log.info("metrics and health on http://%s:%d (/metrics /healthz /readyz)", http_host,
                      await self.http.start())
-        log.info("dray broker %d ready on %s:%d (advertised %s:%d, zone %s, cluster %s, metadata %s, objects %s)",
-                 self.broker_id, host, bound_port, adv_host, adv_port or bound_port, s.zone, self.cluster_id,
+        log.info("dray %s broker %d ready on %s:%d (advertised %s:%d, zone %s, cluster %s, metadata %s, objects %s)",
+                 VERSION, self.broker_id, host, bound_port, adv_host, adv_port or bound_port, s.zone, self.cluster_id,
                  s.metadata_url, s.object_store_url)
 
     def _new_connection(self) -> Connection:
-        conn = Connection(self.handle_frame, self.settings.max_request_bytes, self._connection_closed)
+        conn = Connection(self.handle_frame, self.settings.max_request_bytes, self._connection_closed,
+                          self.request_budget)
         self.connections.add(conn)
         self.metrics.connections.inc()
         return conn
@@ -150,8 +166,21 @@ class Broker:
         self.connections.discard(conn)
         self.metrics.connections.dec()
 
+    async def _sweep(self) -> None:
+        sweeps = 0
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            for conn in list(self.connections):
+                conn.sweep()
+            sweeps += 1
+            if sweeps % TRIM_EVERY == 0:
+                allocator.release_free_memory()
+
     async def refresh_gauges(self) -> None:
-        """Gauges computed at scrape time: compaction lag of the partitions this broker has served."""
+        """Gauges computed at scrape time: the metadata session, compaction lag of the partitions this broker has
+        served."""
+        self.metrics.session_generation.set(self.metadata.session.generation)
+        self.metrics.session_alive.set(1 if self.metadata.session.alive else 0)
         self.metrics.compaction_lag.clear()
         for ref, log_end in list(self.reader.log_ends().items())[:MAX_LAG_PARTITIONS]:
             topic = self.topics.by_id(ref.topic_id)
@@ -169,23 +198,41 @@ class Broker:
         await self.groups.stop()
         # Shutdown is bounded (an orchestrator kills a broker that takes too long): what the stores do not commit
         # in time is answered with an error or not at all, never acked, so producers retry it elsewhere.
-        drained = asyncio.gather(self.wal_writer.close(), *(c.drain() for c in list(self.connections)))
-        try:
-            await asyncio.wait_for(drained, DRAIN_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            log.warning("after %.0f s, %d WAL flushes were still in flight and %d connections had unanswered "
-                        "requests; closing anyway", DRAIN_TIMEOUT_S, self.wal_writer.flushes_in_flight,
-                        sum(1 for c in self.connections if c.unanswered))
+        drained = asyncio.ensure_future(
+            asyncio.gather(self.wal_writer.close(), *(c.drain() for c in list(self.connections))))
+        waited = 0.0
+        while not drained.done() and waited < DRAIN_TIMEOUT_S:
+            step = min(DRAIN_REPORT_S, DRAIN_TIMEOUT_S - waited)
+            await asyncio.wait({drained}, timeout=step)
+            waited += step
+            if not drained.done() and waited < DRAIN_TIMEOUT_S:
+                log.info("draining: waiting for %s (at most %.0f s more)", self._undrained(), DRAIN_TIMEOUT_S - waited)
+        if not drained.done():
+            log.warning("after %.0f s, still waiting for %s; closing anyway", DRAIN_TIMEOUT_S, self._undrained())
+            drained.cancel()
+        (outcome,) = await asyncio.gather(drained, return_exceptions=True)
+        if isinstance(outcome, Exception):
+            log.error("draining failed: %r", outcome)
         for c in list(self.connections):
             c.close("broker shutting down")
         await self.producers.stop()
         if self._index_watch_task:
             self._index_watch_task.cancel()
+        if self._sweep_task:
+            self._sweep_task.cancel()
         await self.registry.stop()
         await self.topics.stop()
         await self.objects.close()
         await self.metadata.close()
+        if self.dir is not None:
+            self.dir.unlock()
         log.info("dray broker %d stopped", self.broker_id)
+
+    def _undrained(self) -> str:
+        flushes = self.wal_writer.flushes_in_flight
+        waiting = sum(1 for c in self.connections if c.unanswered)
+        return (f"{flushes} WAL flush{'es' if flushes != 1 else ''} in flight and {waiting} "
+                f"connection{'s' if waiting != 1 else ''} with unanswered requests")
 
     async def _batch_headers(self, p: PartitionRef, entry) -> list[tuple[int, int, int, int]]:
         return batch_headers((await self.reader.load(entry)).data)
@@ -250,6 +297,8 @@ class Broker:
     async def _encode_later(self, req: Request, metrics: ApiMetrics, started: float, pending) -> list | None:
         try:
             response = await pending
+            if response is NO_RESPONSE:  # acks=0: nothing to answer once its batches are committed
+                return NO_RESPONSE
         except ConnectionResetError as e:
             log.warning("dropping the connection: %s", e)
             return None

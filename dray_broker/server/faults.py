@@ -3,7 +3,6 @@ that many times. Faults:
 
     drop-produce-response   after a produce is committed, close the connection instead of answering
     stall-before-index      a WAL flush hangs after writing its object, before its index appends (kill it then)
-    fail-wal-write          a WAL object write fails (its flush fails, retriably)
 """
 
 from __future__ import annotations

@@ -23,14 +23,15 @@ from dray_broker.tools.client import (
     topic_metadata,
     wait,
 )
-from dray_broker.tools.output import print_fields, print_json, print_table
+from dray_broker.tools.output import plural, print_fields, print_json, print_table
+from dray_broker.version import VERSION
 
 
 def register(sub) -> None:
     common = connection_flags()
     cluster = sub.add_parser("cluster", help="the cluster as a whole")
     csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
-    p = csub.add_parser("status", parents=[common],
+    p = csub.add_parser("status", aliases=["info"], parents=[common],
                         help="brokers by zone, topics with log offsets, compaction lag")
     p.add_argument("--metadata", default=os.environ.get("DRAY_METADATA"), metavar="URL",
                    help="the metadata store (sqlite:///path/meta.db or oxia://host:port[/namespace]; env "
@@ -150,6 +151,7 @@ def cmd_status(args) -> int:
 
     if args.json:
         print_json({
+            "dray_version": VERSION,
             "cluster_id": cluster.cluster_id,
             "controller_id": cluster.controller.id if cluster.controller else None,
             "brokers": brokers,
@@ -161,8 +163,9 @@ def cmd_status(args) -> int:
 
     print_fields([("cluster", cluster.cluster_id),
                   ("controller", cluster.controller.id if cluster.controller else None),
-                  ("brokers", f"{len(brokers)} in {len(zones)} zone{'s' if len(zones) != 1 else ''}"),
-                  ("topics", f"{len(topics)} with {len(partitions)} partitions")])
+                  ("brokers", f"{len(brokers)} in {plural(len(zones), 'zone')}"),
+                  ("topics", f"{len(topics)} with {plural(len(partitions), 'partition')}"),
+                  ("version", f"dray {VERSION} (this command)")])
     print()
     print_table(["zone", "brokers"],
                 [(zone or "(none)", ", ".join(f"{b['id']} ({b['host']}:{b['port']})" for b in bs))

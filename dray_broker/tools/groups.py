@@ -17,7 +17,7 @@ from dray_broker.tools.client import (
     require_topic,
     wait,
 )
-from dray_broker.tools.output import note, print_fields, print_json, print_table
+from dray_broker.tools.output import note, plural, print_fields, print_json, print_table
 
 # Kafka's names for group states (as kafka-consumer-groups.sh prints them).
 STATES = {
@@ -41,7 +41,8 @@ def _type(kind) -> str:
 
 def register(sub) -> None:
     common = connection_flags()
-    groups = sub.add_parser("groups", help="list, describe, delete consumer groups; reset their offsets")
+    groups = sub.add_parser("groups", aliases=["group"], help="list, describe, delete consumer groups; reset their "
+                                                             "offsets")
     gsub = groups.add_subparsers(dest="groups_command", required=True, metavar="COMMAND")
 
     p = gsub.add_parser("list", parents=[common], help="list consumer groups")
@@ -57,7 +58,10 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_delete)
 
     p = gsub.add_parser("reset-offsets", parents=[common],
-                        help="move a group's committed offsets (the group must have no members)")
+                        help="plan, or with --execute make, new committed offsets for a group with no members",
+                        description="Show the offsets a group would start from (a plan, as kafka-consumer-groups.sh "
+                                    "--dry-run does); with --execute, commit them. The group must exist and have no "
+                                    "members.")
     p.add_argument("--group", "-G", required=True)
     scope = p.add_mutually_exclusive_group(required=True)
     scope.add_argument("--topic", "-t", action="append", metavar="TOPIC", help="reset this topic (repeatable)")
@@ -68,9 +72,13 @@ def register(sub) -> None:
     to.add_argument("--to-earliest", action="store_true", help="to the log start offset")
     to.add_argument("--to-latest", action="store_true", help="to the log end offset")
     to.add_argument("--to-offset", type=int, metavar="N", help="to offset N (kept within start..end)")
-    to.add_argument("--to-timestamp", metavar="MS|ISO8601",
+    to.add_argument("--shift-by", type=int, metavar="N", help="by N (negative: back) from the committed offset "
+                                                              "(kept within start..end)")
+    to.add_argument("--to-timestamp", "--to-datetime", metavar="MS|ISO8601",
                     help="to the first record at or after this time (the end if there is none)")
-    p.add_argument("--dry-run", action="store_true", help="show the new offsets, change nothing")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--dry-run", action="store_true", help="show the new offsets, change nothing (the default)")
+    run.add_argument("--execute", action="store_true", help="reset the offsets (without it, only the plan is shown)")
     p.set_defaults(func=cmd_reset_offsets)
 
 
@@ -202,22 +210,26 @@ def cmd_delete(args) -> int:
 # --- reset-offsets ----------------------------------------------------------------------------------------------
 
 
-def _require_no_members(admin, args, group: str) -> None:
+def _require_existing_group_without_members(admin, args, group: str, committed: dict) -> None:
+    """Offsets are reset only for a group that exists (a typo must not create a group) and has no members."""
     (future,) = admin.describe_consumer_groups([group], request_timeout=args.timeout).values()
     description = wait(future, args, f"cannot describe group {group!r}")
-    if description.members or description.state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD,
-                                                          ConsumerGroupState.UNKNOWN):
+    unknown = description.state in (ConsumerGroupState.DEAD, ConsumerGroupState.UNKNOWN)
+    if unknown and not description.members and not committed:
+        raise ToolError(f"consumer group {group!r} does not exist (no members, no committed offsets): "
+                        "`dray groups list` shows the groups")
+    if description.members or not (unknown or description.state == ConsumerGroupState.EMPTY):
         n = len(description.members)
-        raise ToolError(f"consumer group {group!r} is not empty ({_state(description.state)}, {n} "
-                        f"member{'s' if n != 1 else ''}): stop its consumers, then reset its offsets")
+        raise ToolError(f"consumer group {group!r} is not empty ({_state(description.state)}, "
+                        f"{plural(n, 'member')}): stop its consumers, then reset its offsets")
 
 
 @command
 def cmd_reset_offsets(args) -> int:
     to_timestamp = parse_timestamp(args.to_timestamp) if args.to_timestamp is not None else None
     admin = admin_client(args)
-    _require_no_members(admin, args, args.group)
     committed = committed_offsets(admin, args, args.group)
+    _require_existing_group_without_members(admin, args, args.group, committed)
 
     if args.all_topics:
         partitions = sorted(tp for tp in committed if args.partition is None or tp[1] in args.partition)
@@ -230,7 +242,7 @@ def cmd_reset_offsets(args) -> int:
             chosen = sorted(md.partitions) if args.partition is None else sorted(set(args.partition))
             missing = [p for p in chosen if p not in md.partitions]
             if missing:
-                raise ToolError(f"topic {topic!r} has {len(md.partitions)} partitions: there is no partition "
+                raise ToolError(f"topic {topic!r} has {plural(len(md.partitions), 'partition')}: there is no partition "
                                 f"{', '.join(map(str, missing))}")
             partitions += [(topic, p) for p in chosen]
 
@@ -241,11 +253,17 @@ def cmd_reset_offsets(args) -> int:
         targets = {tp: bounds[tp][1] for tp in partitions}
     elif args.to_offset is not None:
         targets = {tp: min(max(args.to_offset, bounds[tp][0]), bounds[tp][1]) for tp in partitions}
+    elif args.shift_by is not None:
+        without = [f"{t}[{p}]" for t, p in partitions if (t, p) not in committed]
+        if without:
+            raise ToolError(f"cannot shift the offsets of group {args.group!r}: no committed offset on "
+                            f"{', '.join(without)} (use --to-earliest, --to-latest, --to-offset or --to-timestamp)")
+        targets = {tp: min(max(committed[tp] + args.shift_by, bounds[tp][0]), bounds[tp][1]) for tp in partitions}
     else:
         found = list_offsets(admin, args, partitions, OffsetSpec.for_timestamp(to_timestamp))
         targets = {tp: found[tp] if found[tp] >= 0 else bounds[tp][1] for tp in partitions}
 
-    if not args.dry_run:
+    if args.execute:
         request = ConsumerGroupTopicPartitions(args.group, [TopicPartition(t, p, o) for (t, p), o in targets.items()])
         (future,) = admin.alter_consumer_group_offsets([request], request_timeout=args.timeout).values()
         try:
@@ -261,13 +279,13 @@ def cmd_reset_offsets(args) -> int:
         if problems:
             raise ToolError(f"cannot reset some offsets of group {args.group!r}: {'; '.join(problems)}")
 
-    rows = [{"topic": t, "partition": p, "previous": committed.get((t, p)), "offset": targets[(t, p)]}
+    rows = [{"topic": t, "partition": p, "current": committed.get((t, p)), "offset": targets[(t, p)]}
             for t, p in partitions]
     if args.json:
-        print_json({"group": args.group, "dry_run": args.dry_run, "offsets": rows})
+        print_json({"group": args.group, "executed": args.execute, "offsets": rows})
         return 0
-    print_table(["topic", "partition", "previous", "new offset"],
-                [(r["topic"], r["partition"], r["previous"], r["offset"]) for r in rows])
-    if args.dry_run:
-        note("dry run: no offsets were changed")
+    print_table(["group", "topic", "partition", "current offset", "new offset"],
+                [(args.group, r["topic"], r["partition"], r["current"], r["offset"]) for r in rows])
+    if not args.execute:
+        note("plan only, nothing changed: add --execute to reset the offsets")
     return 0

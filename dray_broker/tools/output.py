@@ -24,6 +24,11 @@ def note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 partition', '2 partitions' (words: an irregular plural)."""
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -107,8 +112,10 @@ class Progress:
         else:
             columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn(self._unit), TimeElapsedColumn()]
+        # Lines printed meanwhile go above the bar, unless stdout is not the terminal (then they stay on stdout).
         self._progress = RichProgress(*columns, console=Console(file=sys.stderr), transient=True,
-                                      refresh_per_second=8)
+                                      refresh_per_second=8, redirect_stdout=sys.stdout.isatty(),
+                                      redirect_stderr=False)
         self._progress.__enter__()
         self._task = self._progress.add_task(self._description, total=self._total)
         return self
@@ -116,6 +123,11 @@ class Progress:
     def advance(self, n: float = 1) -> None:
         if self._progress is not None:
             self._progress.advance(self._task, n)
+
+    def describe(self, description: str) -> None:
+        """Change the text before the bar (what is being done now)."""
+        if self._progress is not None:
+            self._progress.update(self._task, description=description)
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import stat
 import sys
 import time
+from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -23,20 +25,36 @@ from dray_broker.tools.client import (
     key_value,
     parse_timestamp,
     require_topic,
+    topic_metadata,
 )
-from dray_broker.tools.output import Progress, note, print_json, text_or_base64
+from dray_broker.tools.output import Progress, note, plural, print_json, text_or_base64
 
 OFFSET_TAIL_BASE = -2000  # librdkafka's RD_KAFKA_OFFSET_TAIL(n) = -2000 - n: n records before the end
 DEFAULT_FORMAT = "%s\\n"
 
 
 def register(sub) -> None:
-    common = connection_flags()
+    add_produce(sub)
+    add_consume(sub)
 
-    p = sub.add_parser("produce", parents=[common], help="produce lines of stdin as records",
+
+def _add_topic(p) -> None:
+    p.add_argument("topic", nargs="?")
+    p.add_argument("--topic", "-t", dest="topic_option", metavar="TOPIC", help="the topic (kcat's -t)")
+
+
+def _the_topic(args) -> str:
+    if (args.topic is None) == (args.topic_option is None):
+        raise ToolError("give the topic once: as an argument or with -t TOPIC", EXIT_USAGE)
+    return args.topic or args.topic_option
+
+
+def add_produce(sub) -> None:
+    """`produce` in these subcommands (`dray produce`, and rpk's spelling `dray topic produce`)."""
+    p = sub.add_parser("produce", parents=[connection_flags()], help="produce lines of stdin as records",
                        description="Produce each line of stdin as one record (acks=all, idempotent). Prints a "
                                    "summary, or with --json one line per record with its partition and offset.")
-    p.add_argument("topic")
+    _add_topic(p)
     p.add_argument("--key-separator", "-K", metavar="SEP",
                    help="split each line at the first SEP into key and value (a line without SEP has no key)")
     p.add_argument("--header", "-H", action="append", default=[], metavar="KEY=VALUE",
@@ -46,21 +64,25 @@ def register(sub) -> None:
     p.add_argument("--compression", choices=["none", "gzip", "snappy", "lz4", "zstd"], default="none")
     p.set_defaults(func=cmd_produce)
 
-    p = sub.add_parser("consume", parents=[common], help="consume records to stdout",
+
+def add_consume(sub) -> None:
+    """`consume` in these subcommands (`dray consume`, and rpk's spelling `dray topic consume`)."""
+    p = sub.add_parser("consume", parents=[connection_flags()], help="consume records to stdout",
                        description="Print records, one per line: the value by default, or as --format says. "
                                    "Without --group, partitions are assigned directly and nothing is committed.")
-    p.add_argument("topic")
+    _add_topic(p)
     p.add_argument("--group", "-G", metavar="GROUP", help="consume as a member of GROUP (commits offsets)")
     p.add_argument("--partition", "-p", type=int, action="append", default=None,
                    help="only this partition (repeatable; not with --group)")
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--from-beginning", action="store_true",
-                       help="start at the log start (with --group: where the group has no committed offset)")
-    start.add_argument("--offset", "-o", type=int, metavar="N",
-                       help="start at offset N of each --partition; a negative N starts N records before the end")
-    start.add_argument("--from-timestamp", metavar="MS|ISO8601",
-                       help="start at the first record at or after this time (ms since the epoch, or ISO 8601, "
-                            "UTC without a zone)")
+    start.add_argument("--offset", "-o", type=parse_start, metavar="OFFSET",
+                       help="where to start in every partition (kcat's -o): beginning (or start, earliest), end "
+                            "(or latest), stored (the group's committed offsets), N (offset N), -N (N records "
+                            "before the end), s@TIME (the first record at or after TIME: ms since the epoch or "
+                            "ISO 8601). Default: end, or with --group stored. With --group: stored, beginning and "
+                            "end (where the group has no committed offset) and s@TIME")
+    start.add_argument("--from-beginning", action="store_true", help="the same as -o beginning")
+    start.add_argument("--from-timestamp", metavar="TIME", help="the same as -o s@TIME")
     p.add_argument("--count", "-c", type=int, metavar="N", help="stop after N records")
     p.add_argument("--exit-at-end", "-e", action="store_true",
                    help="stop at the end of every partition (the log end offset as reached)")
@@ -125,17 +147,39 @@ class _Deliveries:
         return on_delivery
 
 
+def _topic_to_produce_to(admin, args):
+    """The topic's metadata. A topic that does not exist is asked for as producers ask (Metadata with
+    allow_auto_topic_creation): a broker with auto.create.topics.enable creates it, as it does for kcat or any
+    producer, and the user is told; otherwise the error says how to create it."""
+    known = topic_metadata(admin, args).get(args.topic)
+    if known is not None and known.error is None:
+        return known
+    try:
+        found = admin.list_topics(topic=args.topic, timeout=args.timeout).topics.get(args.topic)
+    except KafkaException as e:
+        raise kafka_error(e, f"cannot look up topic {args.topic!r}") from None
+    if found is None or (found.error is not None and found.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+        raise ToolError(f"topic {args.topic!r} does not exist and the broker does not create topics on first use "
+                        f"(auto.create.topics.enable=false): create it with: dray topics create {args.topic}")
+    if found.error is not None:
+        raise ToolError(f"topic {args.topic!r}: {found.error.str()}")
+    note(f"topic {args.topic!r} did not exist: the broker created it with {plural(len(found.partitions), 'partition')} "
+         "(it creates topics on first use; `dray topics create` chooses partitions and configs)")
+    return found
+
+
 @command
 def cmd_produce(args) -> int:
+    args.topic = _the_topic(args)
     headers = [(k, v.encode()) for k, v in (key_value(h, "--header KEY=VALUE") for h in args.header)]
     separator = args.key_separator.encode() if args.key_separator is not None else None
     if separator == b"":
         raise ToolError("--key-separator must not be empty", EXIT_USAGE)
     admin = admin_client(args)
-    topic = require_topic(admin, args, args.topic)
+    topic = _topic_to_produce_to(admin, args)
     if args.partition is not None and args.partition not in topic.partitions:
-        raise ToolError(f"topic {args.topic!r} has {len(topic.partitions)} partitions: there is no partition "
-                        f"{args.partition}")
+        raise ToolError(f"topic {args.topic!r} has {plural(len(topic.partitions), 'partition')}: there is no "
+                        f"partition {args.partition}")
 
     producer = Producer(client_config(args, **{
         "acks": "all", "enable.idempotence": True, "linger.ms": 5, "compression.type": args.compression,
@@ -180,11 +224,11 @@ def cmd_produce(args) -> int:
     if deliveries.failures:
         for problem in deliveries.failures[:5]:
             note(f"dray: {problem}")
-        raise ToolError(f"{len(deliveries.failures)} of {count} records failed")
+        raise ToolError(f"{len(deliveries.failures)} of {plural(count, 'record')} failed")
     if not args.json:
-        ranges = ", ".join(f"partition {p}: {n} at offsets {first}..{last}"
+        ranges = ", ".join(f"partition {p}: " + (f"{n} at offsets {first}..{last}" if n > 1 else f"1 at offset {first}")
                            for p, (n, first, last) in sorted(deliveries.partitions.items()))
-        print(f"produced {count} record{'s' if count != 1 else ''} to {args.topic} in {elapsed:.2f} s"
+        print(f"produced {plural(count, 'record')} to {args.topic} in {elapsed:.2f} s"
               + (f" ({ranges})" if ranges else ""))
     return 0
 
@@ -245,36 +289,75 @@ _FATAL_CONSUME_ERRORS = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_T
                          KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED}
 
 
-def _start_offsets(consumer: Consumer, args, partitions: list[int], timestamp: int | None) -> list[TopicPartition]:
-    if args.offset is not None:
-        offset = args.offset if args.offset >= 0 else OFFSET_TAIL_BASE + args.offset
-        return [TopicPartition(args.topic, p, offset) for p in partitions]
-    if timestamp is not None:
+@dataclass(frozen=True)
+class Start:
+    """Where `dray consume` starts in each partition: kind is beginning, end, stored, offset (value N), tail (value:
+    N records before the end) or timestamp (value: ms since the epoch)."""
+
+    kind: str
+    value: int = 0
+
+
+_START_WORDS = {"beginning": "beginning", "start": "beginning", "earliest": "beginning",
+                "end": "end", "latest": "end", "stored": "stored"}
+
+
+def parse_start(text: str) -> Start:
+    """kcat's -o: beginning | end | stored | N | -N | s@TIME (and rpk's start, Kafka's earliest/latest)."""
+    word = text.strip().lower()
+    if word in _START_WORDS:
+        return Start(_START_WORDS[word])
+    if word.startswith("s@"):
         try:
-            found = consumer.offsets_for_times([TopicPartition(args.topic, p, timestamp) for p in partitions],
+            return Start("timestamp", parse_timestamp(text.strip()[2:]))
+        except ToolError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    try:
+        n = int(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use beginning, end, stored, an offset N, -N (N records before the end) or s@TIME") from None
+    return Start("offset", n) if n >= 0 else Start("tail", -n)
+
+
+def _start(args) -> Start | None:
+    if args.from_beginning:
+        return Start("beginning")
+    if args.from_timestamp is not None:
+        return Start("timestamp", parse_timestamp(args.from_timestamp))
+    return args.offset
+
+
+def _start_offsets(consumer: Consumer, args, partitions: list[int], start: Start | None) -> list[TopicPartition]:
+    kind = start.kind if start is not None else "end"
+    if kind == "timestamp":
+        try:
+            found = consumer.offsets_for_times([TopicPartition(args.topic, p, start.value) for p in partitions],
                                                timeout=args.timeout)
         except KafkaException as e:
             raise kafka_error(e, "cannot look up offsets by timestamp") from None
         # No record at or after the time: start at the end (as Kafka's reset to a timestamp does).
         return [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found]
-    start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
-    return [TopicPartition(args.topic, p, start) for p in partitions]
+    offset = {"beginning": OFFSET_BEGINNING, "end": OFFSET_END, "offset": start.value if start else 0,
+              "tail": OFFSET_TAIL_BASE - (start.value if start else 0)}[kind]
+    return [TopicPartition(args.topic, p, offset) for p in partitions]
 
 
 @command
 def cmd_consume(args) -> int:
+    args.topic = _the_topic(args)
     if args.group and args.partition is not None:
         raise ToolError("--partition cannot be used with --group (the group assigns partitions)", EXIT_USAGE)
-    if args.group and args.offset is not None:
-        raise ToolError("--offset cannot be used with --group: reset the group's offsets with "
+    start = _start(args)
+    if args.group and start is not None and start.kind in ("offset", "tail"):
+        raise ToolError("with --group, -o takes stored, beginning, end or s@TIME: to move the group's offsets use "
                         "`dray groups reset-offsets`, or consume without --group", EXIT_USAGE)
-    if args.offset is not None and args.partition is None:
-        raise ToolError("--offset needs --partition", EXIT_USAGE)
+    if not args.group and start is not None and start.kind == "stored":
+        raise ToolError("-o stored starts at a group's committed offsets: give the group with --group", EXIT_USAGE)
     if args.count is not None and args.count < 0:
         raise ToolError("--count must not be negative", EXIT_USAGE)
     if args.format and args.json:
         raise ToolError("choose --format or --json", EXIT_USAGE)
-    timestamp = parse_timestamp(args.from_timestamp) if args.from_timestamp else None
     render = _json_line if args.json else compile_format(args.format or DEFAULT_FORMAT)
 
     admin = admin_client(args)
@@ -283,7 +366,7 @@ def cmd_consume(args) -> int:
     if args.partition is not None:
         missing = [p for p in args.partition if p not in topic.partitions]
         if missing:
-            raise ToolError(f"topic {args.topic!r} has {len(partitions)} partitions: there is no partition "
+            raise ToolError(f"topic {args.topic!r} has {plural(len(partitions), 'partition')}: there is no partition "
                             f"{', '.join(map(str, missing))}")
         partitions = sorted(set(args.partition))
 
@@ -291,7 +374,7 @@ def cmd_consume(args) -> int:
         "group.id": args.group or "dray-cli-unused",  # librdkafka wants one; without --group nothing uses it
         "enable.auto.commit": bool(args.group),
         "enable.auto.offset.store": True,
-        "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+        "auto.offset.reset": "earliest" if start is not None and start.kind == "beginning" else "latest",
         "enable.partition.eof": True,
     })
     consumer = Consumer(conf)
@@ -301,8 +384,8 @@ def cmd_consume(args) -> int:
     if args.group:
         def on_assign(c, tps):
             assigned.update((tp.topic, tp.partition) for tp in tps)
-            if timestamp is not None:
-                tps = _start_offsets(c, args, [tp.partition for tp in tps], timestamp)
+            if start is not None and start.kind == "timestamp":
+                tps = _start_offsets(c, args, [tp.partition for tp in tps], start)
             c.assign(tps)
 
         def on_revoke(c, tps):
@@ -312,7 +395,7 @@ def cmd_consume(args) -> int:
 
         consumer.subscribe([args.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
     else:
-        tps = _start_offsets(consumer, args, partitions, timestamp)
+        tps = _start_offsets(consumer, args, partitions, start)
         assigned.update((tp.topic, tp.partition) for tp in tps)
         consumer.assign(tps)
 
@@ -358,5 +441,5 @@ def cmd_consume(args) -> int:
         finally:
             consumer.close()  # with --group: commits what was printed, and leaves the group
     if interrupted and sys.stderr.isatty():
-        note(f"consumed {count} record{'s' if count != 1 else ''}")
+        note(f"consumed {plural(count, 'record')}")
     return 0

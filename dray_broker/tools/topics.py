@@ -15,6 +15,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from dray_broker.tools import records
 from dray_broker.tools.client import (
     EXIT_USAGE,
     ToolError,
@@ -28,7 +29,7 @@ from dray_broker.tools.client import (
     topic_metadata,
     wait,
 )
-from dray_broker.tools.output import note, print_fields, print_json, print_table
+from dray_broker.tools.output import note, plural, print_fields, print_json, print_table
 
 _SOURCES = {
     ConfigSource.DYNAMIC_TOPIC_CONFIG.value: "topic",
@@ -41,13 +42,13 @@ _SOURCES = {
 
 def register(sub) -> None:
     common = connection_flags()
-    topics = sub.add_parser("topics", help="create, list, describe, alter and delete topics")
+    topics = sub.add_parser("topics", aliases=["topic"], help="create, list, describe, alter and delete topics")
     tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="COMMAND")
 
     p = tsub.add_parser("create", parents=[common], help="create a topic")
     p.add_argument("topic")
     p.add_argument("--partitions", "-p", type=int, default=None, help="partitions (default: the broker's)")
-    p.add_argument("--replication-factor", type=int, default=None,
+    p.add_argument("--replication-factor", "-r", type=int, default=None,
                    help="accepted for compatibility: storage is shared, every broker serves every partition")
     p.add_argument("--config", "-c", action="append", default=[], metavar="KEY=VALUE",
                    help="a topic config, e.g. retention.ms=86400000 (repeatable)")
@@ -76,6 +77,10 @@ def register(sub) -> None:
                    help="reset a topic config to its default (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="let the broker validate the change, change nothing")
     p.set_defaults(func=cmd_alter)
+
+    # rpk's spelling: `rpk topic produce|consume`.
+    records.add_produce(tsub)
+    records.add_consume(tsub)
 
 
 def _uuid(topic_id) -> str | None:
@@ -116,9 +121,9 @@ def cmd_create(args) -> int:
     if args.json:
         print_json({"topic": args.topic, "created": created, "partitions": partitions, "configs": configs})
     elif created:
-        print(f"created topic {args.topic} with {partitions} partition{'s' if partitions != 1 else ''}")
+        print(f"created topic {args.topic} with {plural(partitions, 'partition')}")
     else:
-        print(f"topic {args.topic} exists already ({partitions} partitions)")
+        print(f"topic {args.topic} exists already ({plural(partitions, 'partition')})")
     return 0
 
 
@@ -247,7 +252,7 @@ def cmd_alter(args) -> int:
 
     if args.partitions is not None and args.partitions != current:
         if args.partitions < current:
-            raise ToolError(f"topic {args.topic!r} has {current} partitions: partitions can be added, not removed")
+            raise ToolError(f"topic {args.topic!r} has {plural(current, 'partition')}: partitions can be added, not removed")
         (future,) = admin.create_partitions([NewPartitions(args.topic, args.partitions)], validate_only=args.dry_run,
                                             request_timeout=args.timeout, operation_timeout=args.timeout).values()
         wait(future, args, f"cannot add partitions to topic {args.topic!r}")

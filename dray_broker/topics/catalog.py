@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from dray_broker.index.offsets import PartitionRef
 from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, NotificationType, VersionMismatchError
+from dray_broker.records.recompress import PRODUCER, TOPIC_CODECS
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ TOPIC_CONFIGS: dict[str, ConfigSpec] = {
     "retention.bytes": ConfigSpec("-1", int, minimum=-1),
     "max.message.bytes": ConfigSpec("1048588", int, minimum=0),
     "cleanup.policy": ConfigSpec("delete", str, choices=("delete",)),
+    "compression.type": ConfigSpec(PRODUCER, str, choices=tuple(TOPIC_CODECS)),
 }
 
 
@@ -203,7 +205,8 @@ class TopicCatalog:
             raise TopicError(f"topic {name!r} already exists", TOPIC_ALREADY_EXISTS) from None
         topic = Topic(topic.name, topic.id, topic.partitions, topic.configs, topic.created_ms, e.version)
         self._remember(topic)
-        log.info("created topic %s with %d partitions (id %s)", name, partitions, topic.id)
+        log.info("created topic %s with %d partition%s (id %s)", name, partitions, "" if partitions == 1 else "s",
+                 topic.id)
         return topic
 
     async def delete(self, name: str) -> Topic:
@@ -246,7 +249,8 @@ class TopicCatalog:
     async def add_partitions(self, name: str, count: int, *, validate_only: bool = False) -> Topic:
         def grow(t: Topic) -> Topic:
             if count <= t.partitions:
-                raise TopicError(f"topic {name!r} has {t.partitions} partitions; a new count must be larger",
+                raise TopicError(f"topic {name!r} has {t.partitions} partition{'' if t.partitions == 1 else 's'}; "
+                                 "a new count must be larger",
                                  INVALID_PARTITIONS)
             return Topic(t.name, t.id, count, t.configs, t.created_ms, t.version)
 

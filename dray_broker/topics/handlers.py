@@ -51,12 +51,13 @@ CONFIG_INFO: dict[str, tuple[int, str, str]] = {
     "max.message.bytes": (TYPE_INT, "message.max.bytes", "The largest record batch a producer may send, in bytes."),
     "cleanup.policy": (TYPE_LIST, "log.cleanup.policy",
                        "delete: old records are removed by retention. Key compaction is not supported."),
+    "compression.type": (TYPE_STRING, "compression.type",
+                         "The codec batches are stored with: uncompressed, gzip, snappy, lz4 or zstd (a batch that "
+                         "comes with another codec is recompressed), or producer (stored as the producer sent it)."),
 }
 # Kafka topic configs whose behaviour is fixed in Dray: described read-only; setting them to their one value is
 # accepted (and not stored), any other value is INVALID_CONFIG.
 FIXED_CONFIGS: dict[str, tuple[str, int, str, str]] = {
-    "compression.type": ("producer", TYPE_STRING, "compression.type",
-                         "Batches are stored as the producer compressed them."),
     "message.timestamp.type": ("CreateTime", TYPE_STRING, "log.message.timestamp.type",
                                "Record timestamps are the producer's; the broker never rewrites them."),
 }
@@ -306,6 +307,12 @@ def _broker_config_entries(broker) -> list[dict]:
               "Create unknown topics on Metadata and Produce requests."),
         entry("socket.request.max.bytes", s.max_request_bytes, "max_request_bytes", TYPE_INT,
               "The largest request this broker accepts."),
+        entry("group.consumer.heartbeat.interval.ms", s.group_consumer_heartbeat_interval_ms,
+              "group_consumer_heartbeat_interval_ms", TYPE_INT,
+              "The heartbeat interval KIP-848 consumers are told to use."),
+        entry("group.consumer.session.timeout.ms", s.group_consumer_session_timeout_ms,
+              "group_consumer_session_timeout_ms", TYPE_INT,
+              "How long a KIP-848 consumer stays in its group without a heartbeat."),
         entry("message.max.bytes", TOPIC_CONFIGS["max.message.bytes"].default, "", TYPE_INT,
               "Default of the topic config max.message.bytes."),
         entry("log.retention.ms", TOPIC_CONFIGS["retention.ms"].default, "", TYPE_LONG,
@@ -314,6 +321,8 @@ def _broker_config_entries(broker) -> list[dict]:
               "Default of the topic config retention.bytes."),
         entry("log.cleanup.policy", TOPIC_CONFIGS["cleanup.policy"].default, "", TYPE_LIST,
               "Default of the topic config cleanup.policy."),
+        entry("compression.type", TOPIC_CONFIGS["compression.type"].default, "", TYPE_STRING,
+              "Default of the topic config compression.type."),
     ]
 
 

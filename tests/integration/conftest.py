@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 import pytest
 
@@ -51,3 +52,32 @@ def embedded_broker(tmp_path_factory):
 @pytest.fixture
 def topic_name(request) -> str:
     return f"t-{request.node.name[:40].replace('[', '-').replace(']', '')}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class ClusterStores:
+    """The metadata store and object store that the brokers of one test's cluster share."""
+
+    backend: str
+    metadata: str
+    object_store: str
+
+    def args(self) -> list[str]:
+        return [f"--metadata={self.metadata}", f"--object-store={self.object_store}"]
+
+
+@pytest.fixture(params=BACKENDS)
+def cluster_stores(request, tmp_path):
+    """Stores for a cluster of brokers that a test starts and kills itself, on each backend: an SQLite file and a
+    directory, or an Oxia server of the test's own (brokers registered in one Oxia namespace form one cluster) and
+    a fresh prefix of the session's MinIO bucket."""
+    if request.param == "embedded":
+        yield ClusterStores("embedded", f"sqlite://{tmp_path}/meta.db", f"file://{tmp_path}/objects")
+        return
+    request.getfixturevalue("oxia_service")  # the binary is there, and the test counts as an Oxia test
+    s3 = request.getfixturevalue("s3_service")
+    oxia = services.start_oxia()
+    try:
+        yield ClusterStores("oxia-s3", f"oxia://{oxia.address}", s3.url(f"cluster-{uuid.uuid4().hex[:8]}"))
+    finally:
+        oxia.stop()

@@ -220,7 +220,9 @@ def test_describe_configs_synonyms_docs_and_broker_resources(broker, topic_name)
         synonyms = [(s["name"], s["value"], s["source"]) for s in retention["synonyms"]]
         assert synonyms == [("retention.ms", "60000", "DYNAMIC_TOPIC_CONFIG"),
                             ("log.retention.ms", "604800000", "DEFAULT_CONFIG")]
-        assert described["compression.type"]["value"] == "producer" and described["compression.type"]["read_only"]
+        assert described["compression.type"]["value"] == "producer" \
+            and not described["compression.type"]["read_only"]
+        assert described["message.timestamp.type"]["read_only"]  # fixed in Dray
         modified = kp.describe_configs([KpConfigResource("TOPIC", topic_name)])["topic"][topic_name]
         assert set(modified) == {"retention.ms"}
     finally:
@@ -308,9 +310,14 @@ def test_alter_and_incremental_alter_configs(broker, topic_name):
                                 topic=topic_name + "-missing"))
     assert err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
     # A fixed config set to its one value is accepted, another value is refused.
-    _result(incremental(ConfigEntry("compression.type", "producer", incremental_operation=AlterConfigOpType.SET)))
-    err = _error_of(incremental(ConfigEntry("compression.type", "zstd", incremental_operation=AlterConfigOpType.SET)))
-    assert err.code() == KafkaError.INVALID_CONFIG and "producer" in err.str()
+    _result(incremental(ConfigEntry("message.timestamp.type", "CreateTime",
+                                    incremental_operation=AlterConfigOpType.SET)))
+    err = _error_of(incremental(ConfigEntry("message.timestamp.type", "LogAppendTime",
+                                            incremental_operation=AlterConfigOpType.SET)))
+    assert err.code() == KafkaError.INVALID_CONFIG and "CreateTime" in err.str()
+    err = _error_of(incremental(ConfigEntry("compression.type", "brotli",
+                                            incremental_operation=AlterConfigOpType.SET)))
+    assert err.code() == KafkaError.INVALID_CONFIG and "zstd" in err.str()
     assert _configs(admin, topic_name)["retention.bytes"].value == "123456"
 
     # AlterConfigs (legacy): the given set replaces the whole set.
@@ -519,6 +526,93 @@ def test_describe_cluster(broker, wire):
     body = request(apis.DESCRIBE_CLUSTER, 1, "DescribeClusterRequest", include_cluster_authorized_operations=False,
                    endpoint_type=2)
     assert wire.call(apis.DESCRIBE_CLUSTER, 1, body).error_code == ErrorCode.unsupported_endpoint_type
+
+
+# --- compression.type -------------------------------------------------------------------------------------------
+
+
+def _stored_codecs(broker, topic: str, start: int) -> list[tuple[int, int]]:
+    """(base offset, codec) of each stored batch from offset start, read over the wire (CRCs checked)."""
+    from kafka.record import MemoryRecords
+
+    from tests.integration.clients import RawClient
+
+    out = []
+    with RawClient(broker.bootstrap) as c:
+        data = c.fetch({(topic, 0): start}, partition_max_bytes=50 << 20)[(topic, 0)].records
+    records = MemoryRecords(bytes(data or b""))
+    while (batch := records.next_batch()) is not None:
+        assert batch.validate_crc(), batch.base_offset
+        out.append((batch.base_offset, batch.compression_type))
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated:DeprecationWarning")
+def test_compression_type_recompresses_other_codecs(broker, topic_name):
+    """A topic whose compression.type names a codec stores every batch with it, as Kafka does: batches produced
+    uncompressed or with gzip by librdkafka are recompressed to zstd on the way in, zstd ones are kept; consumers
+    read every record intact; AlterConfigs changes the codec for later batches (producer: as sent)."""
+    admin = _admin(broker)
+    _result(_create(admin, NewTopic(topic_name, 1, 1, config={"compression.type": "zstd"}))[topic_name])
+    configs = _configs(admin, topic_name)
+    assert configs["compression.type"].value == "zstd"
+    assert configs["compression.type"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    assert not configs["compression.type"].is_read_only
+
+    sent = []  # (offset, key, value, headers, timestamp, codec the producer used)
+
+    def produce(codec: str, n: int, **config) -> None:
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "logger": RDKAFKA_LOG, "compression.type": codec,
+                             "linger.ms": 20, **config})
+        for i in range(n):
+            key = None if i % 5 == 0 else b"k-%s-%d" % (codec.encode(), i)
+            value = None if i % 7 == 3 else b"%s-%d-" % (codec.encode(), i) + b"v" * (i * 37 % 500)
+            headers = [("h", b"%d" % i), ("codec", codec.encode())]
+            ts = BASE_TS + len(sent) + i
+
+            def delivered(err, msg, key=key, value=value, headers=headers, ts=ts):
+                assert err is None, err
+                sent.append((msg.offset(), key, value, headers, ts, codec))
+
+            producer.produce(topic_name, key=key, value=value, headers=headers, timestamp=ts, partition=0,
+                             on_delivery=delivered)
+        assert producer.flush(TIMEOUT) == 0
+
+    produce("none", 40)
+    produce("gzip", 40, **{"enable.idempotence": True})
+    produce("zstd", 40)
+    assert {codec for _, codec in _stored_codecs(broker, topic_name, 0)} == {4}  # zstd
+
+    # Later batches follow the topic's new codec; `producer` stores them as sent.
+    (future,) = admin.incremental_alter_configs([ConfigResource(ResourceType.TOPIC, topic_name, incremental_configs=[
+        ConfigEntry("compression.type", "uncompressed", incremental_operation=AlterConfigOpType.SET)])],
+        request_timeout=TIMEOUT).values()
+    _result(future)
+    start = len(sent)
+    produce("lz4", 30)
+    assert {codec for _, codec in _stored_codecs(broker, topic_name, start)} == {0}
+    (future,) = admin.alter_configs([ConfigResource(ResourceType.TOPIC, topic_name,
+                                                    set_config={"compression.type": "producer"})],
+                                    request_timeout=TIMEOUT).values()
+    _result(future)
+    assert _configs(admin, topic_name)["compression.type"].value == "producer"
+    start = len(sent)
+    produce("snappy", 30)
+    assert {codec for _, codec in _stored_codecs(broker, topic_name, start)} == {2}
+
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"g-{topic_name}",
+                         "enable.auto.commit": False, "logger": RDKAFKA_LOG})
+    read = []
+    try:
+        consumer.assign([TopicPartition(topic_name, 0, 0)])
+        deadline = time.monotonic() + 30
+        while len(read) < len(sent) and time.monotonic() < deadline:
+            for m in consumer.consume(500, timeout=1):
+                assert m.error() is None, m.error()
+                read.append((m.offset(), m.key(), m.value(), m.headers(), m.timestamp()[1]))
+    finally:
+        consumer.close()
+    assert read == [(o, k, v, h, ts) for o, k, v, h, ts, _ in sorted(sent)]
 
 
 # --- ListOffsets -----------------------------------------------------------------------------------------------

@@ -193,14 +193,16 @@ def test_consume_from_timestamp_and_binary_values_as_json(embedded_broker, topic
 
 def test_clear_errors_and_exit_codes(embedded_broker, topic_name):
     b = embedded_broker
-    for args in (["produce", topic_name], ["consume", topic_name, "-e"], ["topics", "describe", topic_name],
+    for args in (["consume", topic_name, "-e"], ["topics", "describe", topic_name],
                  ["cluster", "status", "--topic", topic_name]):
-        err = one_line_error(dray(b, *args, stdin="x\n" if args[0] == "produce" else None, expect=1))
+        err = one_line_error(dray(b, *args, expect=1))
         assert f"topic '{topic_name}' does not exist" in err, args
 
     dray(b, "topics", "create", topic_name, "-p", "2")
     assert "no partition 7" in one_line_error(dray(b, "produce", topic_name, "-p", "7", stdin="x\n", expect=1))
-    assert "needs --partition" in one_line_error(dray(b, "consume", topic_name, "--offset", "3", expect=2))
+    assert "give the group with --group" in one_line_error(dray(b, "consume", topic_name, "-o", "stored", expect=2))
+    assert "dray groups reset-offsets" in one_line_error(dray(b, "consume", topic_name, "-G", "g", "-o", "3",
+                                                              expect=2))
     assert "ISO 8601" in one_line_error(dray(b, "consume", topic_name, "--from-timestamp", "yesterday", expect=2))
     assert "unknown field" in one_line_error(dray(b, "consume", topic_name, "-f", "%z", expect=2))
     dray(b, "groups", "reset-offsets", "--group", "g", "--topic", topic_name, expect=2)  # no --to-*
@@ -307,8 +309,8 @@ def test_cluster_status_offsets_and_compaction_lag(embedded_broker, topic_name):
     assert "no metadata store" in missing
 
 
-def test_cluster_status_groups_brokers_by_zone(tmp_path):
-    shared = [f"--metadata=sqlite://{tmp_path}/meta.db", f"--object-store=file://{tmp_path}/objects"]
+def test_cluster_status_groups_brokers_by_zone(tmp_path, cluster_stores):
+    shared = cluster_stores.args()
     brokers = [BrokerProcess(tmp_path / f"b{i}", extra_args=[*shared, f"--broker-id={i}", f"--zone={zone}"])
                for i, zone in ((1, "zone-a"), (2, "zone-b"), (3, "zone-a"))]
     try:
@@ -364,24 +366,40 @@ def test_groups_list_describe_reset_offsets_delete(embedded_broker, topic_name):
     def offsets() -> dict[int, int]:
         return {o["partition"]: o["committed"] for o in dray_json(b, "groups", "describe", group)["offsets"]}
 
-    plan = dray_json(b, "groups", "reset-offsets", "--group", group, "--topic", topic_name, "--to-earliest",
-                     "--dry-run")
-    assert plan["dry_run"] and [(o["partition"], o["offset"]) for o in plan["offsets"]] == [(0, 0), (1, 0)]
+    # As kafka-consumer-groups.sh: a plan unless --execute (--dry-run says so explicitly).
+    plan = dray_json(b, "groups", "reset-offsets", "--group", group, "--topic", topic_name, "--to-earliest")
+    assert plan["executed"] is False and [(o["partition"], o["current"], o["offset"]) for o in plan["offsets"]] == [
+        (0, committed.get(0), 0), (1, committed.get(1), 0)]
+    planned = dray(b, "groups", "reset-offsets", "--group", group, "--topic", topic_name, "--to-earliest", "--dry-run")
+    assert planned.stdout.splitlines()[0].split() == ["GROUP", "TOPIC", "PARTITION", "CURRENT", "OFFSET", "NEW",
+                                                       "OFFSET"]
+    assert [line.split()[:3] for line in planned.stdout.splitlines()[1:]] == [[group, topic_name, "0"],
+                                                                             [group, topic_name, "1"]]
+    assert "nothing changed: add --execute" in planned.stderr
     assert offsets() == committed
-    dray(b, "groups", "reset-offsets", "--group", group, "--topic", topic_name, "--to-earliest")
+    dray(b, "groups", "reset-offsets", "--group", group, "--topic", topic_name, "--to-earliest", "--dry-run",
+         "--execute", expect=2)
+    assert offsets() == committed
+
+    def reset(*how: str) -> subprocess.CompletedProcess:
+        return dray(b, "groups", "reset-offsets", "--group", group, *how, "--execute")
+
+    assert reset("--topic", topic_name, "--to-earliest").stderr == ""
     assert offsets() == {0: 0, 1: 0}
-    dray(b, "groups", "reset-offsets", "--group", group, "--topic", topic_name, "--partition", "0", "--to-offset", "7")
+    reset("--topic", topic_name, "--partition", "0", "--to-offset", "7")
     assert offsets() == {0: 7, 1: 0}
-    out = dray(b, "groups", "reset-offsets", "--group", group, "--topic", topic_name, "--to-offset", "99").stdout
-    assert [line.split() for line in out.splitlines()[1:]] == [[topic_name, "0", "7", "20"], [topic_name, "1", "0", "5"]]
-    dray(b, "groups", "reset-offsets", "--group", group, "--all-topics", "--to-timestamp", str(BASE_TS + 3000))
+    out = reset("--topic", topic_name, "--to-offset", "99").stdout
+    assert [line.split() for line in out.splitlines()[1:]] == [[group, topic_name, "0", "7", "20"],
+                                                               [group, topic_name, "1", "0", "5"]]
+    reset("--topic", topic_name, "--shift-by", "-4")
+    assert offsets() == {0: 16, 1: 1}
+    reset("--all-topics", "--to-timestamp", str(BASE_TS + 3000))
     assert offsets() == {0: 3, 1: 3}
-    dray(b, "groups", "reset-offsets", "--group", group, "--topic", topic_name, "--to-timestamp",
-         "2023-11-14T22:13:38Z")  # BASE_TS + 18 s: offset 18 of partition 0, the end of partition 1
-    assert offsets() == {0: 18, 1: 5}
-    dray(b, "groups", "reset-offsets", "--group", group, "--topic", topic_name, "--to-latest")
+    reset("--topic", topic_name, "--to-datetime", "2023-11-14T22:13:38Z")  # BASE_TS + 18 s: offset 18 of
+    assert offsets() == {0: 18, 1: 5}                                       # partition 0, the end of partition 1
+    reset("--topic", topic_name, "--to-latest")
     assert offsets() == {0: 20, 1: 5}
-    dray(b, "groups", "reset-offsets", "--group", group, "--topic", topic_name, "--to-offset", "2")
+    reset("--topic", topic_name, "--to-offset", "2")
     # The group resumes where it was reset to.
     resumed = dray(b, "consume", topic_name, "--group", group, "-e", "-f", r"%p:%o\n").stdout.splitlines()
     assert sorted(resumed) == sorted([f"0:{o}" for o in range(2, 20)] + [f"1:{o}" for o in range(2, 5)])
@@ -396,7 +414,7 @@ def test_groups_list_describe_reset_offsets_delete(embedded_broker, topic_name):
         assert len(doc["members"]) == 1 and doc["members"][0]["client_id"] == "dray-cli"
         assert sorted(a["partition"] for a in doc["members"][0]["assignment"]) == [0, 1]
         err = one_line_error(dray(b, "groups", "reset-offsets", "--group", group, "--topic", topic_name,
-                                  "--to-earliest", expect=1))
+                                  "--to-earliest", "--execute", expect=1))
         assert "is not empty (Stable, 1 member)" in err and "stop its consumers" in err
         assert "active members" in one_line_error(dray(b, "groups", "delete", group, expect=1))
     finally:
@@ -409,6 +427,11 @@ def test_groups_list_describe_reset_offsets_delete(embedded_broker, topic_name):
     assert group not in [g["group"] for g in dray_json(b, "groups", "list")]
     assert "does not exist" in one_line_error(dray(b, "groups", "describe", group, expect=1))
     assert "does not exist" in one_line_error(dray(b, "groups", "delete", group, expect=1))
+    # Resetting the offsets of a group that does not exist (a typo) is refused and creates nothing.
+    err = one_line_error(dray(b, "groups", "reset-offsets", "--group", group, "--topic", topic_name, "--to-earliest",
+                              "--execute", expect=1))
+    assert f"consumer group '{group}' does not exist" in err
+    assert group not in [g["group"] for g in dray_json(b, "groups", "list")]
 
 
 def test_help_lists_the_operator_commands():

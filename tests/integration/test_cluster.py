@@ -18,14 +18,20 @@ from tests.integration.wire import Wire, request
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    """Brokers 1 and 2 in zone a, broker 3 in zone b, on one SQLite store and one object directory."""
-    shared = [f"--metadata=sqlite://{tmp_path}/meta.db", f"--object-store=file://{tmp_path}/objects",
-              "--session-timeout-ms=2000"]
+def cluster(tmp_path, cluster_stores):
+    """Brokers 1 and 2 in zone a, broker 3 in zone b, on one metadata store and one object store (each backend)."""
+    shared = [*cluster_stores.args(), "--session-timeout-ms=2000"]
     brokers = [BrokerProcess(tmp_path / f"b{i}", extra_args=[*shared, f"--broker-id={i}", f"--zone={zone}"])
                for i, zone in ((1, "a"), (2, "a"), (3, "b"))]
     for b in brokers:
         b.start()
+    # Each broker learns of the others through the store's watch, a moment after they registered.
+    for b in brokers:
+        admin = AdminClient({"bootstrap.servers": b.bootstrap, "log_level": 3})
+        deadline = time.monotonic() + 30
+        while len(admin.list_topics(timeout=10).brokers) < len(brokers):
+            assert time.monotonic() < deadline, f"broker on {b.bootstrap} does not see every broker"
+            time.sleep(0.02)
     yield brokers
     for b in brokers:
         b.kill()
@@ -140,10 +146,9 @@ def test_concurrent_producers_on_different_brokers_share_one_partition(cluster, 
     assert read == acked
 
 
-def test_a_broker_id_in_use_is_refused(cluster, tmp_path):
-    shared = [f"--metadata=sqlite://{tmp_path}/meta.db", f"--object-store=file://{tmp_path}/objects",
-              "--session-timeout-ms=2000", "--broker-id=1"]
-    clash = BrokerProcess(tmp_path / "clash", extra_args=shared)
+def test_a_broker_id_in_use_is_refused(cluster, cluster_stores, tmp_path):
+    clash = BrokerProcess(tmp_path / "clash", extra_args=[*cluster_stores.args(), "--session-timeout-ms=2000",
+                                                          "--broker-id=1"])
     with pytest.raises(RuntimeError, match="broker id 1 is registered by a live broker"):
         clash.start(timeout=30)
 
@@ -180,9 +185,8 @@ def test_a_new_group_is_coordinated_in_the_client_zone_and_stays_on_one_broker(c
     consumer.close()
 
 
-def test_enforce_owner_steers_produce_to_the_zone_owner(tmp_path, topic_name):
-    shared = [f"--metadata=sqlite://{tmp_path}/meta.db", f"--object-store=file://{tmp_path}/objects",
-              "--enforce-owner"]
+def test_enforce_owner_steers_produce_to_the_zone_owner(tmp_path, cluster_stores, topic_name):
+    shared = [*cluster_stores.args(), "--enforce-owner"]
     brokers = [BrokerProcess(tmp_path / f"e{i}", extra_args=[*shared, f"--broker-id={i}", "--zone=a"]).start()
                for i in (1, 2)]
     try:

@@ -23,6 +23,7 @@ from tests import services
 from tests.integration.brokers import BrokerProcess
 from tests.integration.clients import (
     RawClient,
+    create_topic,
     decode_records,
     make_batch,
     make_records,
@@ -346,6 +347,69 @@ def test_small_fetch_budgets_never_skip_records(dp_broker):
                 offsets += got
                 position = got[-1] + 1
             assert offsets == [0, 1, 2], (budget, offsets)
+
+
+BIG_BATCH_RECORDS, BIG_VALUE = 3, 300_000  # batches of about 900 kB, as in librdkafka's test 0082
+
+
+def test_fetch_honours_the_response_and_partition_byte_limits(dp_broker):
+    """As Kafka (KIP-74): max_bytes and partition_max_bytes bound the response, except that the first partition
+    with data gets its first batch whole however large, so a consumer always progresses. A response above the
+    client's limit made librdkafka drop the connection in a loop (its test 0082)."""
+    topic, partitions, batches = _topic("maxbytes"), 4, 3
+    create_topic(dp_broker.bootstrap, topic, partitions)
+    values = {p: [bytes([65 + p]) * (BIG_VALUE - 4) + struct.pack(">i", o) for o in range(batches * BIG_BATCH_RECORDS)]
+              for p in range(partitions)}
+    with RawClient(dp_broker.bootstrap) as c:
+        for b in range(batches):
+            sent = {(topic, p): make_batch([(b"k", v) for v in vs[b * BIG_BATCH_RECORDS:][:BIG_BATCH_RECORDS]])
+                    for p, vs in values.items()}
+            assert all(r.error_code == 0 for r in c.produce(sent).values())
+        size = len(sent[(topic, 0)])
+        assert 900_000 < size < 1_000_000
+
+        def batches_per_partition(offsets: dict[int, int], **limits) -> list[int]:
+            got = c.fetch({(topic, p): o for p, o in offsets.items()}, **limits)
+            counts = []
+            for p in range(partitions):
+                data = got[(topic, p)].records or b""
+                assert len(data) % size == 0, f"partition {p}: {len(data)} bytes is not whole batches"
+                assert [o for o, _, _ in decode_records(data)] == list(range(
+                    offsets[p], offsets[p] + len(data) // size * BIG_BATCH_RECORDS))
+                counts.append(len(data) // size)
+            return counts
+
+        start = {p: 0 for p in range(partitions)}
+        mb = 1_000_000
+        # The response limit: the first partition gets a batch, and nothing more fits.
+        assert batches_per_partition(start, max_bytes=mb, partition_max_bytes=20 * mb) == [1, 0, 0, 0]
+        assert batches_per_partition(start, max_bytes=3 * mb, partition_max_bytes=20 * mb) == [3, 0, 0, 0]
+        assert batches_per_partition(start, max_bytes=3 * mb, partition_max_bytes=2 * mb) == [2, 1, 0, 0]
+        # A batch larger than either limit comes only for the first partition with data.
+        assert batches_per_partition(start, max_bytes=100_000, partition_max_bytes=20 * mb) == [1, 0, 0, 0]
+        assert batches_per_partition(start, max_bytes=50 * mb, partition_max_bytes=100_000) == [1, 0, 0, 0]
+        at_end = {**start, 0: batches * BIG_BATCH_RECORDS}
+        assert batches_per_partition(at_end, max_bytes=100_000, partition_max_bytes=20 * mb) == [0, 1, 0, 0]
+        # The partition limit alone.
+        assert batches_per_partition(start, max_bytes=50 * mb, partition_max_bytes=2 * mb) == [2, 2, 2, 2]
+
+    # librdkafka with a 1 MB response limit (and a receive limit just above it) reads everything.
+    consumer = Consumer({"bootstrap.servers": dp_broker.bootstrap, "group.id": f"g-{topic}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "fetch.max.bytes": 1_000_000, "receive.message.max.bytes": 1_000_512,
+                         "max.partition.fetch.bytes": 20_000_000})
+    read = []
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        deadline = time.monotonic() + 60
+        while len(read) < partitions * batches * BIG_BATCH_RECORDS and time.monotonic() < deadline:
+            for m in consumer.consume(100, timeout=1):
+                assert m.error() is None, m.error()
+                read.append((m.partition(), m.offset(), m.value()))
+    finally:
+        consumer.close()
+    assert sorted(read) == [(p, o, v) for p, vs in values.items() for o, v in enumerate(vs)], \
+        f"read {len(read)} of {partitions * batches * BIG_BATCH_RECORDS} records"
 
 
 # --------------------------------------------------------------------------------------------- error codes

@@ -864,3 +864,60 @@ if __name__ == "__main__":
         worker_main(json.loads(sys.argv[2]))
     else:
         sys.exit("usage: python -m tests.integration.test_groups worker CONFIG_JSON")
+
+
+@pytest.mark.parametrize("broker", ["embedded", "oxia-s3"], indirect=True)
+def test_offset_commit_to_an_unknown_topic_or_partition_is_refused(broker):
+    """As Kafka (librdkafka's test 0030): a commit to a topic that does not exist, or to a partition index out of
+    range, is UNKNOWN_TOPIC_OR_PARTITION (by id in v10: UNKNOWN_TOPIC_ID) and stores nothing; the valid
+    partitions of the same request are committed."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+    from kio.schema.errors import ErrorCode
+
+    from dray_broker.protocol import apis
+    from tests.integration.wire import Wire, request
+
+    bootstrap = broker.bootstrap
+    topic, missing = f"commit-{uuid.uuid4().hex[:8]}", f"missing-{uuid.uuid4().hex[:8]}"
+    create_topic(bootstrap, topic, 2)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "socket.timeout.ms": 10_000})
+    try:
+        for offsets in ([TopicPartition(missing, 0, 10)], [TopicPartition(topic, 2, 10)]):
+            with pytest.raises(KafkaException) as refused:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            assert refused.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+        # One bad partition does not stop the good one.
+        with pytest.raises(KafkaException):
+            consumer.commit(offsets=[TopicPartition(topic, 0, 10), TopicPartition(topic, 7, 1)], asynchronous=False)
+        assert [(tp.partition, tp.offset) for tp in consumer.committed(
+            [TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)] == [(0, 10), (1, -1001)]
+    finally:
+        consumer.close()
+
+    # Every version over the wire, as a simple group (no member): nothing is stored for the refused ones.
+    wire = Wire(bootstrap)
+    try:
+        topic_id = _topic_id(wire, topic)
+
+        def commit(v, name, tid, partition):
+            r = wire.call(apis.OFFSET_COMMIT, v, request(
+                apis.OFFSET_COMMIT, v, "OffsetCommitRequest", group_id=group, generation_id_or_member_epoch=-1,
+                member_id="", group_instance_id=None, retention_time=-1, topics=(request(
+                    apis.OFFSET_COMMIT, v, "OffsetCommitRequestTopic", name=name, topic_id=tid, partitions=(request(
+                        apis.OFFSET_COMMIT, v, "OffsetCommitRequestPartition", partition_index=partition,
+                        committed_offset=1000 + v, committed_leader_epoch=-1, committed_metadata=""),)),)))
+            return r.topics[0].partitions[0].error_code
+
+        for v in range(2, 11):
+            if v < 10:
+                assert commit(v, missing, None, 0) == ErrorCode.unknown_topic_or_partition, v
+            else:
+                assert commit(v, None, uuid.uuid4(), 0) == ErrorCode.unknown_topic_id
+            assert commit(v, topic, topic_id, 2) == ErrorCode.unknown_topic_or_partition, v
+            assert commit(v, topic, topic_id, -1) == ErrorCode.unknown_topic_or_partition, v
+            assert commit(v, topic, topic_id, 1) == ErrorCode.none, v
+    finally:
+        wire.close()
+    assert committed_offsets(bootstrap, group) == {(topic, 0): 10, (topic, 1): 1010}

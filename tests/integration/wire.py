@@ -30,12 +30,8 @@ class Wire:
     def close(self) -> None:
         self.sock.close()
 
-    def call(self, api_key: int, version: int, body):
-        self.send(api_key, version, body)
-        return self.receive(api_key, version)
-
     def send(self, api_key: int, version: int, body) -> None:
-        """Send a request without waiting for its response (receive() reads it)."""
+        """Send a request without waiting for its response."""
         req_cls = load_request_schema(api_key, version)
         header_cls = req_cls.__header_schema__
         self.correlation_id += 1
@@ -46,8 +42,8 @@ class Wire:
         payload = b"".join(w)
         self.sock.sendall(struct.pack(">i", len(payload)) + payload)
 
-    def receive(self, api_key: int, version: int):
-        """The response to the last request sent."""
+    def call(self, api_key: int, version: int, body):
+        self.send(api_key, version, body)
         size = struct.unpack(">i", self._read(4))[0]
         frame = self._read(size)
         resp_cls = load_response_schema(api_key, version)

@@ -163,3 +163,24 @@ def assert_agree(settings: LakeSettings, topic: str, expected: dict[int, list[Ro
         assert asyncio.run(read_log(settings, topic, p)) == want, f"log partition {p}"
 
 
+
+
+async def append_batches(settings: LakeSettings, topic: str, partition: int, batches: list[bytes]) -> int:
+    """Append batches to one partition straight through a WalWriter, below the produce path's checks (only their
+    framing and CRC are checked here); return the offset of the first."""
+    store = await open_metadata_store(settings.metadata_url)
+    objects = open_object_store(settings.object_store_url)
+    try:
+        catalog = TopicCatalog(store)
+        await catalog.start()
+        t = await catalog.get(topic)
+        writer = WalWriter(objects, OffsetIndex(store), broker_id=1, flush_ms=1000, flush_bytes=1 << 30)
+        futures = [writer.append(t.partition(partition), data, validate_batches(data, 1 << 31)) for data in batches]
+        writer.flush()
+        offsets = await asyncio.gather(*futures)
+        await writer.close()
+        await catalog.stop()
+        return offsets[0]
+    finally:
+        await objects.close()
+        await store.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +53,58 @@ def test_compact_and_sql(tmp_path):
     assert rows[0]["key"] == (expected[0][2].decode("utf-8", "backslashreplace") if expected[0][2] else None)
     done = dray("sql", "--data-dir", str(data), "SELECT * FROM no_such_topic")
     assert done.returncode == 1 and "no_such_topic" in done.stderr
+
+
+def test_compact_shows_progress_on_a_terminal_only(tmp_path):
+    data = tmp_path / "data"
+    asyncio.run(write_log(lake_settings(data), "cli.progress", 2, batches=3, records_per_batch=10))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DRAY_", "DAGSTER_HOME"))}
+    # stderr on a pseudo-terminal: a spinner says what runs (and is wiped); stdout keeps the report lines.
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "dray_broker.cli", "compact", "--all", "--data-dir", str(data)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, env={**clean, "COLUMNS": "200"})
+    os.close(slave)
+    drawn = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 120)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    out, _ = proc.communicate(timeout=120)
+    os.close(master)
+    assert proc.returncode == 0, drawn.decode(errors="replace")
+    lines = out.decode().splitlines()
+    assert [line.split()[:3] for line in lines[:2]] == [["ok", "compaction", "compact:cli.progress-0:0-30"],
+                                                        ["ok", "compaction", "compact:cli.progress-1:0-30"]]
+    assert lines[-1] == f"{len(lines) - 1} runs, 0 failed"
+    # The first frame, and the last (what ran last, and the count of runs), are always drawn.
+    assert b"compacting 0 runs" in drawn and f"evaluating orphan_gc_sensor {len(lines) - 1} runs".encode() in drawn
+    # Without a terminal (as above for stdout, here for both): no progress drawn anywhere.
+    again = dray("compact", "--all", "--data-dir", str(data))
+    assert again.returncode == 0 and again.stderr == "" and again.stdout == "nothing to do\n"
+
+
+def test_compact_records_its_runs_in_the_instance_of_dray_up(tmp_path):
+    """With the Dagster instance `dray up` keeps in <data-dir>/dagster, `dray compact`'s runs show in its UI."""
+    from dagster import DagsterInstance
+
+    from dray_pipelines.services import prepare_home
+
+    data = tmp_path / "data"
+    asyncio.run(write_log(lake_settings(data), "cli.seen", 1, batches=2, records_per_batch=10))
+    prepare_home(data / "dagster")
+    done = dray("compact", "--all", "--data-dir", str(data))
+    assert done.returncode == 0 and "compact:cli.seen-0:0-20" in done.stdout, done.stdout + done.stderr
+    instance = DagsterInstance.from_config(str(data / "dagster"))
+    try:
+        runs = instance.get_runs()
+        assert [(r.job_name, r.status.value, r.tags.get("dagster/run_key")) for r in runs
+                if r.job_name == "compaction"] == [("compaction", "SUCCESS", "compact:cli.seen-0:0-20")]
+    finally:
+        instance.dispose()

@@ -25,6 +25,12 @@ POINTS = [
 ]
 
 
+@pytest.fixture
+def settings(backend_settings):
+    """Every crash point on both backends: SQLite + a directory, and Oxia + MinIO."""
+    return backend_settings
+
+
 @pytest.fixture(autouse=True)
 def _disarm():
     faults.disarm()

@@ -59,7 +59,7 @@ def lake_broker(tmp_path):
     b.stop()
 
 
-def test_produce_compact_query_consume_collect(lake_broker, dagster_instance):
+def test_produce_compact_query_consume_collect(lake_broker, dagster_instance, clock):
     data_dir = lake_broker.data_dir
     settings = lake_settings(data_dir, wal_gc_grace_ms=2000, row_group_bytes=1 << 20)
     topic = "e2e.orders"
@@ -93,7 +93,7 @@ def test_produce_compact_query_consume_collect(lake_broker, dagster_instance):
                           key=lambda r: (r[0], r[1]))
 
     # The WAL objects go once the grace period has passed.
-    time.sleep(2.1)
+    clock.advance(2100)
     assert not runner.run_sensor("wal_gc_sensor", repeat=True).failed
     assert wal_objects(data_dir) == []
 

@@ -45,12 +45,13 @@ async def _uncompacted_bytes(settings, topic, p):
         return (await lake.state(await lake.topic(topic), p)).uncompacted_bytes
 
 
-def test_age_threshold(runner, settings):
+def test_age_threshold(runner, settings, clock):
     aged = _runner(runner, compact_age_ms=4000)
-    started = time.monotonic()
     _log(settings, "aged", partitions=1)
     assert not aged.evaluate("compaction_sensor")
-    time.sleep(max(0.0, started + 4.1 - time.monotonic()))
+    clock.advance(3000)
+    assert not aged.evaluate("compaction_sensor")
+    clock.advance(1100)
     assert [r.partition_key for r in aged.evaluate("compaction_sensor")] == ["aged-0"]
 
 
@@ -129,7 +130,7 @@ def test_materializations_carry_metadata(runner, settings):
     assert snap["compacted_watermark"] == 120 and snap["lag_records"] == 0 and int(snap["snapshot_id"]) != 0
 
 
-def test_wal_gc_waits_for_the_grace_period(runner, settings, tmp_path):
+def test_wal_gc_waits_for_the_grace_period(runner, settings, clock):
     topic = "graceful"
     _log(settings, topic, partitions=2, batches=6, flushes_per_partition=6)
     objects_dir = settings.data_dir / "objects" / "wal"
@@ -138,7 +139,7 @@ def test_wal_gc_waits_for_the_grace_period(runner, settings, tmp_path):
     # Compact partition 0 only: objects shared with partition 1 stay.
     request = [r for r in slow.evaluate("compaction_sensor", force=True) if r.partition_key == f"{topic}-0"][0]
     assert slow.execute("compaction", request).success
-    time.sleep(1.6)
+    clock.advance(1600)
     assert not slow.run_sensor("wal_gc_sensor", repeat=True).failed
     assert len(list(objects_dir.iterdir())) == n_objects
     state = asyncio.run(_wal_entries(settings, topic, 0))
@@ -148,7 +149,7 @@ def test_wal_gc_waits_for_the_grace_period(runner, settings, tmp_path):
     swapped_ms = asyncio.run(_dead_since(settings, topic, 1))
     assert asyncio.run(_plan(settings, 1500, at_ms=swapped_ms + 1499)).objects == []
     assert len(asyncio.run(_plan(settings, 1500, at_ms=swapped_ms + 1500)).objects) == n_objects
-    time.sleep(max(0.0, (swapped_ms + 1600) / 1000 - time.time()))
+    clock.advance(swapped_ms + 1500 - clock.now_ms())
     plan = asyncio.run(_plan(settings, 1500))
     assert len(plan.objects) == n_objects
     assert not slow.run_sensor("wal_gc_sensor", repeat=True).failed

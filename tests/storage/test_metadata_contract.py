@@ -22,9 +22,11 @@ from dray_broker.metadata import (
     Comparison,
     Entry,
     KeyNotFoundError,
+    MetadataError,
     MetadataStore,
     Notification,
     NotificationType,
+    SequentialPut,
     SessionExpiredError,
     VersionMismatchError,
     open_metadata_store,
@@ -367,6 +369,57 @@ async def test_put_sequential_rewinds_after_deleting_newest(metadata_store: Meta
     assert e7.key == sequence_key(prefix, [5, 41])
 
 
+async def test_put_sequential_batch_each_put_on_its_own(store_factory: StoreFactory, pfx: str):
+    """A batch appends to several sequences at once, concurrently with single appends from another store; each
+    put of a batch commits or fails by itself."""
+    stores = [await store_factory.open(), await store_factory.open()]
+    pk = pfx + "p3"
+    prefixes = [pfx + f"p3/s{i}" for i in range(4)]
+    results: dict[str, list[tuple[Entry, list[int]]]] = {prefix: [] for prefix in prefixes}
+
+    async def batches():
+        for i in range(10):
+            deltas = [[1 + (i + j) % 3, 10 + j] for j in range(len(prefixes))]
+            out = await stores[0].put_sequential_batch(
+                [SequentialPut(prefix, b"b%d" % i, d, pk) for prefix, d in zip(prefixes, deltas)])
+            assert len(out) == len(prefixes)
+            for prefix, d, e in zip(prefixes, deltas, out):
+                assert isinstance(e, Entry) and e.value == b"b%d" % i
+                results[prefix].append((e, d))
+
+    async def singles():
+        for i in range(10):
+            for prefix in prefixes[:2]:
+                results[prefix].append((await stores[1].put_sequential(prefix, b"s", [2, 1], partition_key=pk), [2, 1]))
+
+    await asyncio.gather(batches(), singles())
+    for prefix in prefixes:
+        keys = await stores[0].list(prefix + "-", prefix + "-~", partition_key=pk)
+        check_dense(prefix, results[prefix], keys)
+
+    # A put the store refuses (fewer sums than the sequence has) fails alone; the others of its batch commit.
+    three = pfx + "p3/three"
+    await stores[0].put_sequential(three, b"", [1, 1, 1], partition_key=pk)
+    before = parse_sequence_key(prefixes[0], (await stores[0].list(prefixes[0] + "-", prefixes[0] + "-~",
+                                                                   partition_key=pk))[-1])
+    out = await stores[0].put_sequential_batch([SequentialPut(three, b"x", [1], pk),
+                                                SequentialPut(prefixes[0], b"y", [1, 1], pk)])
+    assert isinstance(out[0], Exception)
+    assert out[1].key == sequence_key(prefixes[0], [before[0] + 1, before[1] + 1])
+    assert await stores[0].list(three + "-", three + "-~", partition_key=pk) == [sequence_key(three, [1, 1, 1])]
+    assert await stores[0].put_sequential_batch([]) == []
+
+    # Puts under one prefix apply in the order given, also on a store that has not seen the prefix yet.
+    fresh = await store_factory.open()
+    a, b = prefixes[1], pfx + "p3/new"
+    top = parse_sequence_key(a, (await fresh.list(a + "-", a + "-~", partition_key=pk))[-1])
+    out = await fresh.put_sequential_batch([SequentialPut(a, b"1", [1, 1], pk), SequentialPut(b, b"2", [2, 2], pk),
+                                            SequentialPut(a, b"3", [5, 5], pk), SequentialPut(b, b"4", [1, 1], pk)])
+    assert [e.key for e in out] == [sequence_key(a, [top[0] + 1, top[1] + 1]), sequence_key(b, [2, 2]),
+                                    sequence_key(a, [top[0] + 6, top[1] + 6]), sequence_key(b, [3, 3])]
+    assert [e.value for e in out] == [b"1", b"2", b"3", b"4"]
+
+
 # ---------------------------------------------------------------------------------------------------- deletes
 
 
@@ -440,41 +493,57 @@ async def test_ephemeral_key_goes_with_close(store_factory: StoreFactory, pfx: s
     await watch.aclose()
 
 
+class Child:
+    """metadata_child.py: another process holding an ephemeral key in every generation of its session."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, url: str, key: str, session_timeout_ms: int) -> "Child":
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(CHILD), url, key, str(session_timeout_ms),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(REPO_ROOT),
+        )
+        return cls(proc)
+
+    async def ready(self, generation: int, timeout: float = 60) -> None:
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        except asyncio.TimeoutError:
+            line = b""
+        if line.strip() != b"ready %d" % generation:
+            self.proc.kill()
+            err = await self.proc.stderr.read()
+            pytest.fail(f"child did not get ready in generation {generation}: {line!r} "
+                        f"{err.decode(errors='replace')}")
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
 async def test_ephemeral_key_goes_when_owner_is_killed(store_factory: StoreFactory, pfx: str):
     observer = await store_factory.open()
     k = pfx + "child-eph"
     session_timeout_ms = 2000
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     # Watching before the child starts: its writes come from another process.
     watch = await observer.watch(pfx)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(CHILD),
-        store_factory.url,
-        k,
-        str(session_timeout_ms),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=str(REPO_ROOT),
-    )
+    child = await Child.start(store_factory.url, k, session_timeout_ms)
     try:
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        except asyncio.TimeoutError:
-            line = b""
-        if line.strip() != b"ready":
-            proc.kill()
-            err = await proc.stderr.read()
-            pytest.fail(f"child did not get ready: {line!r} {err.decode(errors='replace')}")
+        await child.ready(1)
         seen = await observer.get(k)
         assert seen is not None and seen.ephemeral
         (created,) = await next_notifications(watch, 1)
         assert (created.key, created.type, created.version) == (k, NotificationType.CREATED, seen.version)
 
-        os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await child.kill()
         killed_at = time.monotonic()
 
         async def gone():
@@ -487,28 +556,53 @@ async def test_ephemeral_key_goes_when_owner_is_killed(store_factory: StoreFacto
         notes = await next_notifications(watch, 1)
         assert notes[0].key == k and notes[0].type == NotificationType.DELETED
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await child.kill()
         await watch.aclose()
 
 
-async def test_ephemeral_put_fails_after_own_session_expired(store_factory: StoreFactory, pfx: str):
+async def test_a_stalled_session_expires_and_is_renewed(store_factory: StoreFactory, pfx: str):
+    """A process stalled past its session timeout loses its session (its ephemeral key goes); once it runs again
+    its store opens the next generation by itself, and the key is written again, in the new session."""
     observer = await store_factory.open()
+    k = pfx + "stalled"
+    child = await Child.start(store_factory.url, k, 2000)
+    try:
+        await child.ready(1)
+        assert (await observer.get(k)).value.endswith(b"generation=1")
+        child.signal(signal.SIGSTOP)
+
+        async def gone():
+            return await observer.get(k) is None
+
+        await wait_until(gone, 20, "the stalled owner's ephemeral key to go")
+        child.signal(signal.SIGCONT)
+        await child.ready(2, timeout=30)
+        renewed = await observer.get(k)
+        assert renewed is not None and renewed.ephemeral and renewed.value.endswith(b"generation=2")
+
+        await child.kill()
+        await wait_until(gone, 20, "the renewed session's key to go with the killed owner")
+    finally:
+        await child.kill()
+
+
+async def test_session_generations(store_factory: StoreFactory, pfx: str):
     s = await store_factory.open(session_timeout_ms=2000)
-    await s.put(pfx + "eph", b"1", ephemeral=True)
-    # Stall the event loop (the keepalive with it) well past the session timeout.
-    time.sleep(3.5)
-    with pytest.raises(SessionExpiredError):
-        await s.put(pfx + "eph2", b"2", ephemeral=True)
-
-    async def gone():
-        return await observer.get(pfx + "eph") is None
-
-    await wait_until(gone, 15.0, "the expired session's ephemeral key to go")
-    assert await observer.get(pfx + "eph2") is None
-    # Durable writes still work on the store.
-    assert (await s.put(pfx + "durable", b"ok")).value == b"ok"
+    assert s.session.alive and s.session.generation == 1
+    assert await s.session.wait_alive() == 1
+    e = await s.put(pfx + "eph", b"1", ephemeral=True, session=1)
+    assert e.ephemeral
+    with pytest.raises(SessionExpiredError):  # a generation that is not the live one
+        await s.put(pfx + "eph2", b"2", ephemeral=True, session=2)
+    assert await s.get(pfx + "eph2") is None
+    ended = asyncio.ensure_future(s.session.wait_ended(1))
+    await asyncio.sleep(0.1)
+    assert not ended.done()  # the session lives on while nothing stalls
+    await store_factory.close(s)
+    await asyncio.wait_for(ended, 5)  # closing ends it
+    assert not s.session.alive
+    with pytest.raises(MetadataError):
+        await s.session.wait_alive()
 
 
 # ---------------------------------------------------------------------------------------------------- watches

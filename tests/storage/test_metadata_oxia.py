@@ -365,11 +365,16 @@ async def test_session_expires_when_the_keepalive_stops(oxia_service, pfx: str):
 
         await wait_until(gone, 10, "the ephemeral key of the expired session to go")
         assert time.monotonic() - stopped > 1.0
-        with pytest.raises(SessionExpiredError):
-            await s.put(pfx + "eph2", b"2", ephemeral=True)
-        with pytest.raises(SessionExpiredError):  # and from then on, without asking the server
-            await s.put(pfx + "eph3", b"3", ephemeral=True)
+        with pytest.raises(SessionExpiredError):  # the put that finds the session gone
+            await s.put(pfx + "eph2", b"2", ephemeral=True, session=1)
         assert await observer.get(pfx + "eph2") is None
+        # That ended generation 1 and began generation 2, whose session is created by the next ephemeral put.
+        assert s.session.alive and s.session.generation == 2
+        with pytest.raises(SessionExpiredError):
+            await s.put(pfx + "eph3", b"3", ephemeral=True, session=1)
+        assert (await s.put(pfx + "eph3", b"3", ephemeral=True, session=2)).ephemeral
+        (renewed,) = s._sessions.values()
+        assert renewed.id != session.id and (await observer.get(pfx + "eph3")).ephemeral
         assert (await s.put(pfx + "durable", b"ok")).value == b"ok"
     finally:
         await s.close()

@@ -100,13 +100,16 @@ def test_revocation_before_reassignment():
     c1.heartbeat(0, tv)
     r = c2.heartbeat(10, tv)
     assert r.member_epoch == 2 and c2.owned == {}  # its partitions are still c1's
+    assert r.heartbeat_interval_ms == CFG.waiting_heartbeat_interval_ms  # it waits for them: come back soon
     assert g.state == "Reconciling"
     r = c1.heartbeat(20, tv)
     assert r.member_epoch == 1 and c1.count() == 3  # revoke first, at the old epoch
+    assert r.heartbeat_interval_ms == CFG.heartbeat_interval_ms
     r = c1.heartbeat(30, tv)  # acknowledges the revocation
     assert r.member_epoch == 2
-    c2.heartbeat(40, tv)
+    r = c2.heartbeat(40, tv)  # the next heartbeat after the acknowledgement gets them
     assert c2.count() == 3 and c2.epoch == 2
+    assert r.heartbeat_interval_ms == CFG.heartbeat_interval_ms
     assert_disjoint([c1, c2])
     assert g.state == "Stable"
 
@@ -174,6 +177,11 @@ def test_epoch_fencing_and_unknown_member():
     r = g.heartbeat(1, HeartbeatRequest(member_id="x", member_epoch=0, rebalance_timeout_ms=1000,
                                         subscribed_topic_regex="(", owned={}), tv)
     assert r.error == ErrorCode.invalid_regular_expression
+    # As Kafka: a join with no names and an empty regex (librdkafka's "no regex") is a member without a subscription.
+    r = g.heartbeat(1, HeartbeatRequest(member_id="y", member_epoch=0, rebalance_timeout_ms=1000,
+                                        subscribed_topic_regex="", owned={}), tv)
+    assert r.error == ErrorCode.none and r.assignment == {}
+    assert g.members["y"].subscribed_names == () and g.members["y"].subscribed_regex is None
 
 
 def test_previous_epoch_is_accepted_when_the_response_was_lost():
@@ -259,12 +267,72 @@ def test_regex_subscription_picks_up_new_topics():
     c = Client(g, "m1", names=(), regex="ev-.*")
     tv = topics(**{"ev-1": 2, "other": 3})
     c.heartbeat(0, tv)
+    g.tick(g.next_deadline(), tv)  # the new regex is resolved
+    c.heartbeat(0, tv)
     assert c.count() == 2
     tv2 = topics(**{"ev-1": 2, "other": 3, "ev-2": 4, "xev-3": 1})
     epoch = g.group_epoch
     c.heartbeat(10, tv2)
     assert c.count() == 6 and g.group_epoch == epoch + 1
     assert g.is_subscribed_to("ev-2") and not g.is_subscribed_to("xev-3")  # full match
+
+
+def test_a_new_regex_is_resolved_after_the_heartbeat_that_brought_it():
+    """As Kafka: the heartbeat that brings a regex new to the group gets the named topics only; the regex is
+    resolved right after it (a new group epoch) and its topics come at the next heartbeat."""
+    g = ConsumerGroup("g", CFG, 0)
+    tv = topics(a=2, **{"ev-1": 2, "ev-2": 1})
+    c = Client(g, "m1", names=("a",), regex="ev-.*")
+    r = c.heartbeat(0, tv)
+    assert c.owned == {T1: {0, 1}} and r.member_epoch == 1
+    assert g.next_deadline() == 0
+    g.tick(0, tv)
+    assert g.group_epoch == 2 and g.next_deadline() == 10_000  # the session only
+    r = c.heartbeat(100, tv)
+    assert r.member_epoch == 2 and c.count() == 5
+    # A second member with the same regex needs no new resolution.
+    c2 = Client(g, "m2", names=(), regex="ev-.*")
+    settle([c, c2], tv, 200)
+    assert c.count() + c2.count() == 5 and c2.count() > 0
+    # The resolved regexes survive a failover.
+    g2 = ConsumerGroup.from_record("g", CFG, g.snapshot, 5_000)
+    assert g2.resolved_regexes == {"ev-.*"} and g2.regex_resolution_due is None
+
+
+def test_resubscription_replaces_the_subscription_revoking_first():
+    """Regex -> another regex -> names -> regex and names: the old subscription's partitions are revoked (the
+    member keeps its epoch) before the new ones come, and none of the old stays."""
+    g = ConsumerGroup("g", CFG, 0)
+    tv = topics(a=2, **{"ev-1": 2, "ev-2": 1, "ot-1": 3})
+    ids = {name: tid for name, (tid, _) in tv.items()}
+    c = Client(g, "m1", names=(), regex="ev-.*")
+    now = 0
+
+    def resubscribe(names, regex, expected):
+        nonlocal now
+        before = {t for t, ps in c.owned.items() if ps}
+        c.names, c.regex = names, regex
+        epoch = c.epoch
+        r = c.heartbeat(now, tv, full=True)
+        wanted = {ids[n] for n in expected}
+        if before - wanted:
+            # The first answer only takes away what the new subscription does not keep.
+            assert r.member_epoch == epoch and set(c.owned) <= before & wanted
+        for _ in range(4):
+            now += 100
+            if g.next_deadline() is not None and g.next_deadline() <= now:
+                g.tick(now, tv)
+            c.heartbeat(now, tv)
+        assert set(c.owned) == wanted and c.count() == sum(tv[n][1] for n in expected)
+        assert g.members["m1"].subscribed_regex == (regex or None)
+        assert g.members["m1"].subscribed_names == tuple(sorted(names))
+
+    resubscribe((), "ev-.*", ["ev-1", "ev-2"])
+    resubscribe((), "ot-.*", ["ot-1"])
+    resubscribe(("a",), "", ["a"])
+    resubscribe(("a",), "ev-1", ["a", "ev-1"])
+    resubscribe((), "ev-.*", ["ev-1", "ev-2"])
+    assert g.resolved_regexes == {"ev-.*"}  # regexes no member uses are forgotten
 
 
 def test_empty_regex_means_none_and_names_work():

@@ -21,6 +21,8 @@ CONFIG = GroupConfig(initial_rebalance_delay_ms=0, min_session_timeout_ms=100)
 
 
 class FakeRegistry:
+    ready = True  # registered in the live session generation
+
     def __init__(self, brokers: dict[int, BrokerInfo], me: BrokerInfo):
         self.brokers = brokers
         self.me = me
@@ -54,7 +56,7 @@ async def _close(*coordinators, crash=False):
             for rt in list(c._groups.values()):
                 if rt.timer:
                     rt.timer.cancel()
-            for t in [c._watch_task, c._sweep_task, *c._tasks]:
+            for t in [c._watch_task, c._sweep_task, c._session_task, *c._tasks]:
                 if t:
                     t.cancel()
         del c.broker.registry.brokers[c.broker.broker_id]
@@ -209,17 +211,19 @@ async def test_offsets_of_an_empty_group_expire_after_retention(tmp_path):
     config = GroupConfig(initial_rebalance_delay_ms=0, min_session_timeout_ms=100, offsets_retention_ms=300,
                          offsets_retention_check_interval_ms=3_600_000)
     (a,) = await _coordinators(tmp_path / "m.db", n=1, config=config)
+    clock = [a.now()]
+    a.now = lambda: clock[0]  # the coordinator's clock, moved by the test (no timing on a loaded machine)
     try:
         group = "g-expiry"
         (m1,), gen = await _form(a, group, 1)
         await a.commit_offsets(group, m1, None, gen, 8, [("t", 0, 3, -1, "")])
-        await asyncio.sleep(0.4)
+        clock[0] += 400
         await a.expire_offsets()  # Stable and subscribed (unparseable metadata counts as subscribed): kept
         assert (await a.fetch_offsets(group, [("t", 0)]))[("t", 0)].offset == 3
         assert (await a.leave(group, [(m1, None)])) == (ErrorCode.none, [ErrorCode.none])
         await a.expire_offsets()  # empty, but only just: kept
         assert (await a.fetch_offsets(group, [("t", 0)]))[("t", 0)] is not None
-        await asyncio.sleep(0.4)
+        clock[0] += 400
         await a.expire_offsets()
         assert await a.describe(group) is None  # offsets gone, and the empty group with them
         assert await GroupStore(a.broker.metadata).get_state(group) is None

@@ -33,6 +33,7 @@ from dray_broker.records.legacy import up_convert
 
 CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3}
 NOW = 1_800_000_000_000
+MAX = 1_048_588  # Kafka's default max.message.bytes
 T0 = 1_700_000_000_000
 
 Rec = tuple[bytes | None, bytes | None]
@@ -109,28 +110,28 @@ def test_client_message_sets_every_magic_and_codec(magic, codec):
     data = _legacy_set(magic, CODECS[codec], records)
     # kafka-python made what the test means: one wrapper message (or one message per record) of that magic.
     assert data[16] == magic and data[17] & 0x07 == CODECS[codec]
-    _check(up_convert(data, now_ms=NOW), records, timestamps, CODECS[codec])
+    _check(up_convert(data, now_ms=NOW, max_bytes=MAX), records, timestamps, CODECS[codec])
 
 
 def test_several_uncompressed_messages_keep_their_order_and_timestamps():
     records = [(b"k%d" % i, b"v%d" % i) for i in range(50)]
     timestamps = [T0 + (i * 37) % 11 for i in range(50)]  # not monotonic: the base is the first, the max the max
-    out = up_convert(_legacy_set(1, 0, records, timestamps), now_ms=NOW)
+    out = up_convert(_legacy_set(1, 0, records, timestamps), now_ms=NOW, max_bytes=MAX)
     assert read_header(out).base_timestamp == timestamps[0]
     _check(out, records, timestamps, 0)
 
 
 def test_memoryview_and_bytearray_input():
     data = _legacy_set(1, CODECS["gzip"], _records(5))
-    assert up_convert(memoryview(data), now_ms=NOW) == up_convert(data, now_ms=NOW)
-    assert up_convert(memoryview(bytearray(data))[0:], now_ms=NOW) == up_convert(data, now_ms=NOW)
+    assert up_convert(memoryview(data), now_ms=NOW, max_bytes=MAX) == up_convert(data, now_ms=NOW, max_bytes=MAX)
+    assert up_convert(memoryview(bytearray(data))[0:], now_ms=NOW, max_bytes=MAX) == up_convert(data, now_ms=NOW, max_bytes=MAX)
 
 
 def test_wrappers_and_plain_messages_mixed_take_the_first_wrappers_codec():
     a, b, c = [(b"a%d" % i, b"A") for i in range(3)], [(b"b", None)], [(None, b"c%d" % i) for i in range(4)]
     data = _legacy_set(1, 0, b) + _legacy_set(1, CODECS["snappy"], a) + _legacy_set(1, CODECS["gzip"], c)
     timestamps = [T0] + [T0 + 7 * i for i in range(3)] + [T0 + 7 * i for i in range(4)]
-    _check(up_convert(data, now_ms=NOW), b + a + c, timestamps, CODECS["snappy"])
+    _check(up_convert(data, now_ms=NOW, max_bytes=MAX), b + a + c, timestamps, CODECS["snappy"])
 
 
 @pytest.mark.parametrize("magic", [0, 1])
@@ -139,7 +140,7 @@ def test_raw_snappy_block_like_librdkafka(magic):
     inner = _legacy_set(magic, 0, records)
     data = _message(magic, snappy_encode(inner, xerial_compatible=False), attributes=CODECS["snappy"])
     timestamps = [T0 + 7 * i for i in range(6)] if magic == 1 else [-1] * 6
-    _check(up_convert(data, now_ms=NOW), records, timestamps, CODECS["snappy"])
+    _check(up_convert(data, now_ms=NOW, max_bytes=MAX), records, timestamps, CODECS["snappy"])
 
 
 def test_magic0_lz4_has_kafka_1493_broken_header_checksum_and_still_decodes():
@@ -149,14 +150,14 @@ def test_magic0_lz4_has_kafka_1493_broken_header_checksum_and_still_decodes():
     assert frame[6] != (xxhash.xxh32_intdigest(frame[4:6]) >> 8) & 0xFF
     with pytest.raises(RecordDecodeError, match="headerChecksum"):
         decompress(CODECS["lz4"], frame)
-    _check(up_convert(_message(0, frame, attributes=CODECS["lz4"]), now_ms=NOW), records, [-1] * 5, CODECS["lz4"])
+    _check(up_convert(_message(0, frame, attributes=CODECS["lz4"]), now_ms=NOW, max_bytes=MAX), records, [-1] * 5, CODECS["lz4"])
 
 
 def test_magic0_lz4_with_a_correct_header_checksum_also_decodes():
     records = _records(5)
     frame = lz4_encode(_legacy_set(0, 0, records))
     assert frame[4] & 0x08  # with the optional content size, so the checksum is further on
-    _check(up_convert(_message(0, frame, attributes=CODECS["lz4"]), now_ms=NOW), records, [-1] * 5, CODECS["lz4"])
+    _check(up_convert(_message(0, frame, attributes=CODECS["lz4"]), now_ms=NOW, max_bytes=MAX), records, [-1] * 5, CODECS["lz4"])
 
 
 def test_magic1_lz4_with_the_broken_header_checksum_is_corrupt():
@@ -174,7 +175,7 @@ def test_log_append_time_wrapper_or_message_gives_a_log_append_time_batch(codec)
         inner = _legacy_set(1, CODECS[codec], records)
         # The wrapper kafka-python built, with the LogAppendTime bit set (and its CRC rewritten).
         data = _patch(inner, attributes=inner[17] | 0x08)
-    out = up_convert(data, now_ms=NOW)
+    out = up_convert(data, now_ms=NOW, max_bytes=MAX)
     _check(out, records, [NOW] * 4, CODECS[codec], log_append_time=True)
     assert read_header(out).base_timestamp == NOW
 
@@ -182,7 +183,7 @@ def test_log_append_time_wrapper_or_message_gives_a_log_append_time_batch(codec)
 def test_log_append_time_bit_is_ignored_for_magic0():
     records = [(b"k", b"v")]
     data = _message(0, b"v", key=b"k", attributes=0x08)
-    _check(up_convert(data, now_ms=NOW), records, [-1], 0)
+    _check(up_convert(data, now_ms=NOW, max_bytes=MAX), records, [-1], 0)
 
 
 # --- errors -------------------------------------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def test_log_append_time_bit_is_ignored_for_magic0():
 
 def _raises(data: bytes, kafka_error: int, match: str):
     with pytest.raises(InvalidBatchError, match=match) as e:
-        up_convert(data, now_ms=NOW)
+        up_convert(data, now_ms=NOW, max_bytes=MAX)
     assert e.value.kafka_error == kafka_error
 
 
@@ -317,5 +318,5 @@ _maybe_bytes = st.one_of(st.none(), st.binary(max_size=300))
 )
 def test_round_trip_magic1(records, timestamps, codec):
     timestamps = timestamps[: len(records)]
-    out = up_convert(_legacy_set(1, CODECS[codec], records, timestamps), now_ms=NOW)
+    out = up_convert(_legacy_set(1, CODECS[codec], records, timestamps), now_ms=NOW, max_bytes=MAX)
     _check(out, records, timestamps, CODECS[codec])

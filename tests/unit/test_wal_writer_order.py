@@ -7,17 +7,29 @@ import pytest
 
 from dray_broker.index.offsets import OffsetIndex, PartitionRef
 from dray_broker.metadata import open_metadata_store
-from dray_broker.objectstore import open_object_store
+from dray_broker.objectstore import ObjectStoreError
+from dray_broker.objectstore.local import LocalObjectStore
 from dray_broker.produce.wal_writer import FlushError, WalWriter
 from dray_broker.records.batch import validate_batches
-from dray_broker.server.faults import Faults
 from tests.batches import make_batch
+
+
+class RefusingStore(LocalObjectStore):
+    """A local store that refuses its next `refuse` puts (a full disk, an unreachable S3)."""
+
+    refuse = 0
+
+    async def put(self, key, data, *, create_only=True):
+        if self.refuse:
+            self.refuse -= 1
+            raise ObjectStoreError("the disk is full")
+        await super().put(key, data, create_only=create_only)
 
 
 @pytest.fixture
 async def stores(tmp_path):
     meta = await open_metadata_store(f"sqlite://{tmp_path}/meta.db")
-    objects = open_object_store(f"file://{tmp_path}/objects")
+    objects = RefusingStore(tmp_path / "objects")
     yield OffsetIndex(meta), objects
     await meta.close()
     await objects.close()
@@ -37,8 +49,8 @@ async def _outcome(future):
 
 async def test_an_append_after_a_failed_one_is_not_committed(stores):
     index, objects = stores
-    writer = WalWriter(objects, index, broker_id=1, flush_ms=1000, flush_bytes=1 << 30,
-                       faults=Faults("fail-wal-write=1"))
+    writer = WalWriter(objects, index, broker_id=1, flush_ms=1000, flush_bytes=1 << 30)
+    objects.refuse = 1
     p = PartitionRef(uuid.uuid4(), 0)
     first = _append(writer, p, 0)
     writer.flush()  # its object write fails

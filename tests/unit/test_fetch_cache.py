@@ -1,0 +1,31 @@
+"""The fetch path's caches stay within their bounds: index entries per partition and in all."""
+
+from __future__ import annotations
+
+import uuid
+
+from dray_broker.fetch.cache import EntryCache
+from dray_broker.index.offsets import IndexEntry, PartitionRef, WalLocation
+
+
+def _entry(p: PartitionRef, start: int, end: int) -> IndexEntry:
+    loc = WalLocation(f"wal/{start}", 0, 100, 0, 0, 0, (end - start,), (100,))
+    return IndexEntry(f"{p.dir}wal-{end:020d}-{end * 100:020d}", start, end, loc)
+
+
+def test_entries_are_bounded_per_partition_and_in_all():
+    cache = EntryCache(per_partition=10, max_entries=25)
+    parts = [PartitionRef(uuid.uuid4(), i) for i in range(4)]
+    for p in parts[:2]:
+        for i in range(15):
+            cache.add(p, _entry(p, i * 10, i * 10 + 10))
+    assert len(cache) == 20  # the newest 10 of each
+    assert cache.find(parts[0], 5) is None and cache.find(parts[0], 145).end == 150
+    cache.find(parts[1], 145)  # partition 1 is now the most recently used
+    cache.add(parts[2], _entry(parts[2], 0, 10))
+    assert len(cache) == 21
+    for i in range(1, 10):
+        cache.add(parts[3], _entry(parts[3], i * 10, i * 10 + 10))
+    # 30 > 25: the least recently used partition (0) is forgotten as a whole
+    assert len(cache) == 20 and cache.find(parts[0], 145) is None
+    assert cache.find(parts[1], 145) is not None and cache.find(parts[3], 95) is not None
