@@ -5,6 +5,8 @@ acks=all), a broker killed -9 and restarted at random intervals, then a full che
     .venv/bin/python bench/durability.py --cycles 100 --oxia --s3     # Oxia + MinIO (tests/services.py)
     .venv/bin/python bench/durability.py --cycles 20 --compact        # also run `dray compact --all`, killed at
                                                                        # random, and check again after compacting
+    .venv/bin/python bench/durability.py --cycles 20 --stall          # SIGSTOP brokers past the session timeout
+                                                                       # instead of killing them
 
 The check (check_log) consumes every partition from offset 0 and compares it with what the producers were told:
 every acknowledged record must be at its acknowledged offset with identical key, value and headers. It prints
@@ -20,6 +22,7 @@ in extra_faults, and check_log() is reusable on its own.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import signal
@@ -81,7 +84,7 @@ class ProducerWorker(threading.Thread):
     """Produces numbered records round-robin over the partitions at about `rate` records/s until stopped."""
 
     def __init__(self, name: str, bootstrap: str, topic: str, partitions: int, *, idempotent: bool, rate: float,
-                 value_size: int, seed: int):
+                 value_size: int, seed: int, debug_log: Path | None = None):
         super().__init__(name=f"producer-{name}", daemon=True)
         self.acks = Acks(name, idempotent)
         self.bootstrap = bootstrap
@@ -93,12 +96,21 @@ class ProducerWorker(threading.Thread):
         self.stopping = threading.Event()
         self._sent: dict[bytes, Record] = {}
         self._fatal = False
+        self.logger = None
+        if debug_log is not None:  # librdkafka's idempotence and message debug lines, to explain a failure
+            self.logger = logging.getLogger(f"durability.{name}")
+            self.logger.propagate = False
+            self.logger.addHandler(logging.FileHandler(debug_log))
+            self.logger.setLevel(logging.DEBUG)
 
     def config(self) -> dict:
-        return {"bootstrap.servers": self.bootstrap, "acks": "all", "enable.idempotence": self.acks.idempotent,
-                "linger.ms": 5, "message.timeout.ms": 180_000, "request.timeout.ms": 10_000,
-                "retry.backoff.ms": 100, "retry.backoff.max.ms": 1000, "log_level": 0,
-                "error_cb": self._on_error}
+        config = {"bootstrap.servers": self.bootstrap, "acks": "all", "enable.idempotence": self.acks.idempotent,
+                  "linger.ms": 5, "message.timeout.ms": 180_000, "request.timeout.ms": 10_000,
+                  "retry.backoff.ms": 100, "retry.backoff.max.ms": 1000, "log_level": 0,
+                  "error_cb": self._on_error}
+        if self.logger is not None:
+            config.update({"debug": "eos,msg", "log_level": 7, "logger": self.logger})
+        return config
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -232,6 +244,7 @@ def check_log(bootstrap: str, topic: str, partitions: int, acks: list[Acks]) -> 
                 report.note(f"lost: {record.key.decode()} acked at {p}/{offset}, log has "
                             f"{found.key.decode() if found else 'nothing'}")
     idempotent = {a.name for a in acks if a.idempotent}
+    acked_at = {k: r for a in acks for k, r in a.acked.items()}
     for p, records in log.items():
         seen = Counter()
         last_n: dict[str, int] = {}
@@ -250,7 +263,9 @@ def check_log(bootstrap: str, topic: str, partitions: int, acks: list[Acks]) -> 
             if count > 1:
                 if key.decode().rsplit("-", 1)[0] in idempotent:
                     report.duplicates += count - 1
-                    report.note(f"duplicate: {key.decode()} {count} times in partition {p}")
+                    offsets = [o for o, r in records.items() if r.key == key]
+                    report.note(f"duplicate: {key.decode()} at {p}/{offsets}, acked at "
+                                f"{[o for (ap, o), r in acked_at.items() if ap == p and r.key == key]}")
                 else:
                     report.plain_duplicates += count - 1
     return report
@@ -295,6 +310,40 @@ class BrokerKiller:
 
     def describe(self) -> str:
         return f"brokers killed -9 and restarted: {self.kills}"
+
+    def stop(self) -> None:
+        pass
+
+
+class BrokerStaller:
+    """Each cycle: wait min_s-max_s, SIGSTOP a random broker for 1.2-2 session timeouts (its metadata session ends
+    meanwhile, and other brokers take over its reservations), then SIGCONT it: it must renew its session and must
+    not append what it had reserved before."""
+
+    name = "broker SIGSTOP past the session timeout"
+    recheck = False
+
+    def __init__(self, brokers: list[BrokerProcess], min_s: float, max_s: float, session_timeout_ms: int):
+        self.brokers = brokers
+        self.min_s, self.max_s = min_s, max_s
+        self.session_timeout_s = session_timeout_ms / 1000
+        self.stalls = 0
+
+    def cycle(self, rng: random.Random) -> None:
+        time.sleep(rng.uniform(self.min_s, self.max_s))
+        victim = rng.choice(self.brokers)
+        os.killpg(victim.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(rng.uniform(1.2, 2.0) * self.session_timeout_s)
+        finally:
+            os.killpg(victim.proc.pid, signal.SIGCONT)
+        self.stalls += 1
+
+    def settle(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return f"brokers stalled (SIGSTOP) past the session timeout: {self.stalls}"
 
     def stop(self) -> None:
         pass
@@ -371,9 +420,11 @@ class Config:
     max_interval_s: float = 4.0
     session_timeout_ms: int = 6000
     compact: bool = False
+    stall: bool = False  # SIGSTOP/SIGCONT brokers instead of killing them
     oxia: str | None = None  # address of an Oxia server (else the embedded SQLite store)
     s3: str | None = None  # an s3:// object store URL (else a local directory)
     seed: int = 0
+    client_debug: bool = False  # librdkafka debug logs of each producer in the work directory
 
 
 @dataclass
@@ -427,7 +478,9 @@ def run(config: Config, workdir: Path, extra_faults: list[Fault] = ()) -> Result
     brokers = [BrokerProcess(workdir / f"broker-{i}", metadata=metadata, object_store=objects,
                              extra_args=["--session-timeout-ms", str(config.session_timeout_ms)])
                for i in range(config.brokers)]
-    faults: list[Fault] = [BrokerKiller(brokers, config.min_interval_s, config.max_interval_s), *extra_faults]
+    broker_fault = (BrokerStaller(brokers, config.min_interval_s, config.max_interval_s, config.session_timeout_ms)
+                    if config.stall else BrokerKiller(brokers, config.min_interval_s, config.max_interval_s))
+    faults: list[Fault] = [broker_fault, *extra_faults]
     if config.compact:
         faults.append(CompactionKiller([*storage, "--data-dir", str(workdir)], workdir))
     seconds: dict[str, float] = {}
@@ -445,12 +498,13 @@ def run(config: Config, workdir: Path, extra_faults: list[Fault] = ()) -> Result
         topic = f"durability-{uuid.uuid4().hex[:8]}"
         admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
         admin.create_topics([NewTopic(topic, config.partitions, 1)])[topic].result(30)
-        workers = [ProducerWorker(f"idem{i}", bootstrap, topic, config.partitions, idempotent=True,
-                                  rate=config.rate, value_size=config.value_size, seed=config.seed * 100 + i)
-                   for i in range(config.idempotent_producers)]
-        workers += [ProducerWorker(f"plain{i}", bootstrap, topic, config.partitions, idempotent=False,
-                                   rate=config.rate, value_size=config.value_size, seed=config.seed * 100 + 50 + i)
-                    for i in range(config.plain_producers)]
+        def worker(name: str, idempotent: bool, seed: int) -> ProducerWorker:
+            return ProducerWorker(name, bootstrap, topic, config.partitions, idempotent=idempotent, rate=config.rate,
+                                  value_size=config.value_size, seed=seed,
+                                  debug_log=workdir / f"{name}.log" if config.client_debug else None)
+
+        workers = [worker(f"idem{i}", True, config.seed * 100 + i) for i in range(config.idempotent_producers)]
+        workers += [worker(f"plain{i}", False, config.seed * 100 + 50 + i) for i in range(config.plain_producers)]
         for w in workers:
             w.start()
         phase("start")
@@ -498,16 +552,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-interval", type=float, default=defaults.max_interval_s)
     parser.add_argument("--session-timeout-ms", type=int, default=defaults.session_timeout_ms)
     parser.add_argument("--compact", action="store_true", help="also kill `dray compact --all` runs at random")
+    parser.add_argument("--stall", action="store_true", help="SIGSTOP brokers past the session timeout (then "
+                        "SIGCONT) instead of killing them")
     parser.add_argument("--oxia", action="store_true", help="Oxia metadata store (started by tests/services.py)")
     parser.add_argument("--s3", action="store_true", help="MinIO object store (started by tests/services.py)")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--keep", action="store_true", help="keep the work directory (broker logs)")
+    parser.add_argument("--client-debug", action="store_true", help="librdkafka debug logs (eos,msg) of each "
+                        "producer in the work directory")
     args = parser.parse_args(argv)
     config = Config(cycles=args.cycles, brokers=args.brokers, partitions=args.partitions,
                     idempotent_producers=args.idempotent_producers, plain_producers=args.plain_producers,
                     rate=args.rate, value_size=args.value_size, min_interval_s=args.min_interval,
                     max_interval_s=args.max_interval, session_timeout_ms=args.session_timeout_ms,
-                    compact=args.compact, seed=args.seed)
+                    compact=args.compact, stall=args.stall, seed=args.seed, client_debug=args.client_debug)
     services = []
     try:
         from tests import services as test_services

@@ -26,7 +26,9 @@ The protocol, per (partition, producer), on the broker that receives a group of 
    - a pending batch again: B's own joins the append in flight; another owner's gets REQUEST_TIMED_OUT;
    - the next sequence after the chain: reserved, unless the chain ends in another owner's unresolved batch
      (REQUEST_TIMED_OUT: that batch may still land, and its ack may already be on its way to the client);
-   - anything else: OUT_OF_ORDER_SEQUENCE_NUMBER, or REQUEST_TIMED_OUT while the chain ends unresolved.
+   - anything else: OUT_OF_ORDER_SEQUENCE_NUMBER, but REQUEST_TIMED_OUT while the chain ends unresolved, or when
+     the sequence expected next was voided (the state remembers it) or refused here before its reservation (a
+     store failure): its client resends it before anything after it, so the later one is early, not past a gap.
 3. One CAS writes the state with the group's reservations (owner B, deadline now + session timeout / 2) and what
    step 1 resolved. A version mismatch starts again at step 1.
 4. Each reserved batch goes to the WAL writer with a guard checked right before its index append: the session
@@ -44,13 +46,17 @@ Why no interleaving of brokers and crashes loses an ack or accepts a sequence pa
 - A pending batch leaves the chain only as committed or as void. Void needs proof that its owner can no longer
   append it: its owner key is gone (the session ended: a killed broker writes nothing more, and a live one's guard
   refuses once its store tells it the session generation ended) or its deadline plus a margin passed (the owner's
-  guard refuses after the deadline, on its own clock; clocks of brokers must agree within DEADLINE_MARGIN_S). The index is scanned after that proof, so a committed batch is always
-  found: a void batch is never in the log, and was never acked. Every retry of a committed batch gets its offset.
-- OUT_OF_ORDER_SEQUENCE_NUMBER makes a client bump its epoch and renumber, or die when it already holds the acks
-  of every earlier batch (librdkafka rdkafka_request.c). It is answered only when the chain ends in nothing
-  unresolved: then every batch the client can hold an ack for is in the chain, and the refused sequence really is
-  past a gap. While a batch is unresolved, later sequences get the retriable REQUEST_TIMED_OUT, and are not
-  accepted either.
+  guard refuses after the deadline, on its own clock; clocks of brokers must agree within DEADLINE_MARGIN_S). The
+  index is scanned after that proof, so a committed batch is always found: a void batch is never in the log, and
+  was never acked. Every retry of a committed batch gets its offset.
+- OUT_OF_ORDER_SEQUENCE_NUMBER makes librdkafka die when it holds the acks of every earlier batch, and otherwise
+  bump its epoch and renumber every unacknowledged batch, of every partition, including batches that may be
+  committed (a connection closed before their answer): those are then written twice (rdkafka_request.c, and
+  librdkafka issue 4953; measured here with brokers stalled past the session timeout: 5 records written twice
+  after an OUT_OF_ORDER answered for a gap left by a voided batch). So it is answered only for a gap that stays:
+  never while the chain ends in an unresolved batch (every batch the client can hold an ack for is in the chain
+  otherwise), nor while the missing batch is one the client resends anyway (voided, or refused before its
+  reservation). Those get the retriable REQUEST_TIMED_OUT, and nothing past a gap is accepted either way.
 - A crashed owner's reservations are resolved as soon as its session ends (session timeout), not after a TTL.
   The owner's deadline is half the session timeout: with keepalives every third of it, the session cannot end
   before every deadline of the owner has passed, so the owner has stopped appending by the time others void.
@@ -88,6 +94,8 @@ MAX_REMEMBERED_BATCHES = 5
 DEADLINE_MARGIN_S = 2.0
 # Outcomes of a producer idle this long are written to its state (so memory does not grow with idle producers).
 SWEEP_IDLE_S = 30.0
+# How long a group refused before its reservation explains a gap (its client resends it soon).
+FAILED_MEMORY_S = 60.0
 MAX_SCAN_MARKS = 10_000
 DEFAULT_EXPIRATION_MS = 86_400_000  # producer.id.expiration.ms
 MAX_SEQUENCE = 0x7FFFFFFF
@@ -134,16 +142,19 @@ class _State:
     owner: str | None = None  # owner of every pending batch
     pending: list[dict] = field(default_factory=list)  # {"first", "last", "leo", "deadline_ms"}, in chain order
     updated_ms: int = 0
+    voided_from: int | None = None  # the chain's next sequence was reserved once and voided: the client resends it
     version: int = MUST_NOT_EXIST
 
     def encode(self) -> bytes:
         return json.dumps({"epoch": self.epoch, "batches": self.batches, "owner": self.owner,
-                           "pending": self.pending, "updated_ms": self.updated_ms}).encode()
+                           "pending": self.pending, "updated_ms": self.updated_ms,
+                           "voided_from": self.voided_from}).encode()
 
     @classmethod
     def decode(cls, value: bytes, version: int) -> "_State":
         d = json.loads(value)
-        return cls(d["epoch"], d["batches"], d["owner"], d["pending"], d["updated_ms"], version)
+        return cls(d["epoch"], d["batches"], d["owner"], d["pending"], d["updated_ms"], d.get("voided_from"),
+                   version)
 
     def last_seq(self) -> int | None:
         if self.pending:
@@ -158,6 +169,7 @@ class _State:
             self.owner = None
 
     def void_pending(self) -> None:
+        self.voided_from = self.pending[0]["first"]
         self.pending = []
         self.owner = None
 
@@ -245,6 +257,8 @@ class ProducerStates:
         self._queues: dict[Key, list[_Submitted]] = {}
         self._appends: dict[Key, _Appends] = {}
         self._scanned: dict[tuple[Key, int, int], int] = {}  # (key, epoch, first) -> index scanned up to here
+        # Groups refused here before their reservation (a store failure): (epoch, first sequences, when).
+        self._failed: dict[Key, tuple[int, set[int], float]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._next_sweep = 0.0
 
@@ -321,6 +335,9 @@ class ProducerStates:
                     await self._reserve_group(key, group)
                 except Exception as e:  # a store failure: every batch of the group fails, retriably
                     log.warning("reserving idempotent batches of producer %d on %s failed: %r", key[1], key[0], e)
+                    if group:
+                        self._failed[key] = (group[0].summary.producer_epoch,
+                                             {item.summary.base_sequence for item in group}, time.monotonic())
                     for item in group:
                         if not item.future.done():
                             item.future.set_exception(ProduceRejected(ErrorCode.kafka_storage_error, str(e)))
@@ -335,6 +352,9 @@ class ProducerStates:
         if now < self._next_sweep:
             return
         self._next_sweep = now + SWEEP_IDLE_S
+        for key, (_, _, when) in list(self._failed.items()):
+            if now - when > FAILED_MEMORY_S:
+                del self._failed[key]
         for key, appends in list(self._appends.items()):
             if (key not in self._queues and now - appends.touched > SWEEP_IDLE_S
                     and all(f.done() for f in appends.futures.values())):
@@ -495,7 +515,7 @@ class ProducerStates:
             if state.pending:
                 return ProduceRejected(ErrorCode.request_timed_out,
                                        f"producer {pid}: batches of epoch {state.epoch} are still being appended")
-            state.epoch, state.batches = epoch, []
+            state.epoch, state.batches, state.voided_from = epoch, [], None
             return self._reserve(state, owner, first, last, leo, now_ms)
         for b in state.batches:
             if b[0] == first and b[1] == last:
@@ -515,10 +535,24 @@ class ProducerStates:
             return ProduceRejected(ErrorCode.request_timed_out,
                                    f"producer {pid} sent sequence {first}, but whether sequences up to {last_seq} "
                                    f"were committed is not known yet (owner {state.owner})")
-        if last_seq is not None and first != _next_seq(last_seq):
+        expected = _next_seq(last_seq) if last_seq is not None else state.voided_from
+        if expected is not None and first != expected:
+            if self._retried_soon(key, state, epoch, expected):
+                return ProduceRejected(ErrorCode.request_timed_out,
+                                       f"producer {pid} sent sequence {first}; sequence {expected} failed and comes "
+                                       f"again first")
             return ProduceRejected(ErrorCode.out_of_order_sequence_number,
-                                   f"producer {pid} sent sequence {first}, expected {_next_seq(last_seq)}")
+                                   f"producer {pid} sent sequence {first}, expected {expected}")
+        state.voided_from = None
         return self._reserve(state, owner, first, last, leo, now_ms)
+
+    def _retried_soon(self, key: Key, state: _State, epoch: int, expected: int) -> bool:
+        """Whether the batch expected next failed (voided, or refused here before its reservation): its client
+        retries it before anything after it, so a later sequence is early, not past a gap for good."""
+        if state.voided_from == expected:
+            return True
+        failed = self._failed.get(key)
+        return failed is not None and failed[0] == epoch and expected in failed[1]
 
     def _reserve(self, state: _State, owner: _Owner, first: int, last: int, leo: int, now_ms: int) -> _Reserve:
         previous = state.pending[-1]["first"] if state.pending else None

@@ -269,8 +269,9 @@ def _batch(pid: int, epoch: int, seq: int, n: int = 3) -> bytes:
 def test_a_killed_brokers_reservation_is_void_as_soon_as_its_session_ends(tmp_path, shared_storage, topic_name):
     """Broker a reserves sequence 3 and dies before its index append. While a's session lives nobody can know
     whether a still appends it: its retry and the next sequence get a retriable error, and nothing is accepted past
-    it. The moment the session ends the reservation is void: the next sequence is a real gap (OUT_OF_ORDER), and
-    the retry of sequence 3 is appended at once."""
+    it. The moment the session ends the reservation is void and the retry of sequence 3 is appended at once. A
+    sequence past a gap is never accepted: past the voided batch (which the client resends first) it gets the
+    retriable REQUEST_TIMED_OUT, past a batch nobody ever reserved OUT_OF_ORDER_SEQUENCE_NUMBER."""
     a = _start(tmp_path, "a", shared_storage, faults="stall-before-index=1")
     b = _start(tmp_path, "b", shared_storage)
     wa, wb = Wire(a.bootstrap), Wire(b.bootstrap)
@@ -288,8 +289,9 @@ def test_a_killed_brokers_reservation_is_void_as_soon_as_its_session_ends(tmp_pa
         assert _owner_keys(shared_storage[0]) == owners, "a's session was still alive during those answers"
 
         _wait_for(lambda: len(_owner_keys(shared_storage[0])) == len(owners) - 1, "a's session to end")
-        assert _produce(wb, topic_name, _batch(pid, epoch, 6))[0] == ErrorCode.out_of_order_sequence_number
+        assert _produce(wb, topic_name, _batch(pid, epoch, 6))[0] == ErrorCode.request_timed_out
         assert _produce(wb, topic_name, _batch(pid, epoch, 3)) == (ErrorCode.none, 3)
+        assert _produce(wb, topic_name, _batch(pid, epoch, 9))[0] == ErrorCode.out_of_order_sequence_number
         assert _produce(wb, topic_name, _batch(pid, epoch, 6)) == (ErrorCode.none, 6)
         _assert_exactly_once(_read_all(b.bootstrap, topic_name, 0, 9), 9)
     finally:
