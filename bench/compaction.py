@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from dray_broker.config import LakeSettings
 from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.index.offsets import OffsetIndex
 from dray_broker.metadata import open_metadata_store
@@ -29,7 +30,6 @@ from dray_broker.records.encode import encode_batch
 from dray_broker.topics.catalog import TopicCatalog
 from dray_pipelines import compaction
 from dray_pipelines.lake import open_lake
-from dray_pipelines.settings import load_lake_settings
 
 CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 RECORD_BYTES = 1024
@@ -114,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        settings = load_lake_settings({"data_dir": Path(tmp), "compact_max_bytes": 1 << 40}, environ={})
+        settings = LakeSettings.load({"data_dir": Path(tmp), "compact_max_bytes": 1 << 40})
         topic = "bench"
         wal_bytes = asyncio.run(write_wal(settings, topic, args.partitions, args.records, CODECS[args.codec]))
         mb = wal_bytes / 1e6

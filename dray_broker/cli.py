@@ -13,7 +13,7 @@ import sys
 import uvloop
 from importlib.metadata import entry_points
 
-from dray_broker.config import ConfigError, add_flags, load_settings
+from dray_broker.config import ConfigError, Settings, add_flags
 from dray_broker.logs import setup_logging
 from dray_broker.version import VERSION
 
@@ -23,12 +23,17 @@ DEFAULT_UP_HTTP = "127.0.0.1:9600"
 SERVICE_READY_TIMEOUT_S = 90.0
 
 
-def _settings_or_exit(args):
+def _or_exit(read):
+    """read(), or exit 2 saying which setting is wrong."""
     try:
-        return load_settings(args)
+        return read()
     except ConfigError as e:
         print(f"dray: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _settings_or_exit(args) -> Settings:
+    return _or_exit(lambda: Settings.load(args))
 
 
 def _listeners(settings) -> list[tuple[str, str, str]]:
@@ -130,8 +135,8 @@ def cmd_up(args) -> int:
     setup_logging(settings.log_level, settings.log_json)
     # The ports of the services other packages add, which they set as a default of this parser (dray_pipelines:
     # the Dagster UI's), are checked with the broker's.
-    _check_free_or_exit(settings, [listener for listeners in getattr(args, "service_listeners", [])
-                                   for listener in listeners(args)])
+    _check_free_or_exit(settings, _or_exit(lambda: [listener for listeners in getattr(args, "service_listeners", [])
+                                                    for listener in listeners(args)]))
     host, port = settings.advertised
     services = []
 

@@ -1,17 +1,38 @@
-"""One settings object, read from (lowest to highest precedence) defaults, a YAML file, DRAY_* environment
-variables and command-line flags. Every field is validated; a bad value stops the program with a clear message."""
+"""Every setting of Dray, declared once: the broker's, the pipelines' and those of the commands that talk to a broker
+or open the stores. A setting's value comes from (lowest to highest precedence) its default, the YAML file named by
+--config or DRAY_CONFIG, its DRAY_* environment variable, then its command-line flag (or the Dagster resource's
+config). Every field is validated; a bad value stops the program with a message naming the setting and where the
+value came from.
+
+Sections, each a pydantic-settings model read with `Section.load(flags)`:
+    StorageSettings  where the log and the tables are (data_dir, metadata, object_store, catalog, warehouse) and the
+                     URLs derived from them: shared by the broker, the pipelines and `dray sql`, `dray compact`,
+                     `dray cluster status --metadata`
+    Settings         `dray broker` and `dray up`: the storage settings and the broker's own
+    LakeSettings     the pipelines (the Dagster resource DrayLake, `dray compact`, `dray sql`, `dray up`'s daemon):
+                     the storage settings, compaction, GC and retention thresholds, sensor interval, step retries
+    DagsterSettings  the Dagster webserver `dray up` starts
+    ClientSettings   the operator commands' connection to a broker
+One YAML file can hold the settings of every section (the whole system's configuration); each section takes its own
+keys, and a key that is no setting of any section is refused.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping, Self
+from urllib.parse import parse_qs, urlparse, urlunparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "DRAY_"
+WAREHOUSE_KEY_PREFIX = "iceberg"
+MiB = 1024 * 1024
 
 
 class ConfigError(Exception):
@@ -25,8 +46,91 @@ def _host_port(value: str) -> str:
     return value
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """The settings in a YAML file (keys as the flags, with - or _), every key checked to be a setting of some
+    section. Raise ConfigError when the file cannot be read, holds no mapping or names an unknown setting."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+    known = setting_names() - {"config"}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"config file {path}: {key} is not a setting{hint}")
+    return values
+
+
+class _ConfigFile(PydanticBaseSettingsSource):
+    """The YAML file named by the `config` setting, which the sources before this one (flags, environment) give."""
+
+    def get_field_value(self, field, field_name):  # the whole file is read at once, in __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.current_state.get("config")
+        if not path:
+            return {}
+        return {k: v for k, v in read_config_file(path).items() if k in self.settings_cls.model_fields}
+
+
+class DraySettings(BaseSettings):
+    """What every section shares: the DRAY_ prefix, the config file, the sources and their order, load()."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="forbid",
+                                      validate_assignment=True)
+    what: ClassVar[str] = "settings"  # as error messages name the section
+
+    config: Path | None = Field(None, description="YAML file with settings (keys as the flags, with _)")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _ConfigFile(settings_cls)
+
+    @classmethod
+    def load(cls, flags: argparse.Namespace | Mapping[str, Any] | None = None) -> Self:
+        """The settings: flags (an argparse namespace or a mapping; None is unset, other keys are ignored) over
+        DRAY_* variables over the config file over defaults. Raise ConfigError with every problem listed."""
+        flags = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags or {})
+        given = {k: v for k, v in flags.items() if k in cls.model_fields and v is not None}
+        try:
+            return cls(**given)
+        except ValidationError as e:
+            problems = "; ".join(_problem(err, given) for err in e.errors())
+            raise ConfigError(f"invalid {cls.what}: {problems}") from None
+
+    def env(self) -> dict[str, str]:
+        """These settings as DRAY_* environment variables (for child processes)."""
+        out = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is not None and name != "config":
+                value = value.resolve() if isinstance(value, Path) else value
+                out[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
+
+def _problem(err: dict, given: Mapping[str, Any]) -> str:
+    """One validation error: the setting, what is wrong, and where the value came from."""
+    name = str(err["loc"][0]) if err["loc"] else ""
+    env = ENV_PREFIX + name.upper()
+    if name in given:
+        origin = "--" + name.replace("_", "-")
+    elif os.environ.get(env):
+        origin = env
+    else:
+        origin = f"config file {given.get('config') or os.environ.get(ENV_PREFIX + 'CONFIG')}"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{name or 'settings'}: {message} (from {origin})"
+
+
+class StorageSettings(DraySettings):
+    """Where the log and the tables are."""
 
     data_dir: Path = Field(Path("./dray-data"), description="where embedded defaults keep their files")
     metadata: str | None = Field(None, description="metadata store: sqlite:///path/meta.db or oxia://host:6648 "
@@ -37,6 +141,97 @@ class Settings(BaseModel):
                                 "postgresql://..., or an http(s):// REST catalog")
     warehouse: str | None = Field(None, description="where Iceberg table data goes (default: iceberg/ in the object "
                                   "store)")
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite://", "oxia://")):
+            raise ValueError("use sqlite:///path/meta.db or oxia://host:port")
+        return v
+
+    @field_validator("object_store")
+    @classmethod
+    def _check_object_store(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("file://", "s3://")):
+            raise ValueError("use file:///path or s3://bucket/prefix?endpoint=http://host:port")
+        return v
+
+    @field_validator("catalog")
+    @classmethod
+    def _check_catalog(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite://", "postgresql://", "postgresql+", "http://", "https://")):
+            raise ValueError("use sqlite:///path/catalog.db, postgresql://user@host/db or an Iceberg REST catalog "
+                             "http(s)://host/...")
+        return v
+
+    # --- derived locations ------------------------------------------------------------------------------------
+
+    @property
+    def metadata_url(self) -> str:
+        return self.metadata or f"sqlite://{self.data_dir.resolve()}/meta.db"
+
+    @property
+    def object_store_url(self) -> str:
+        return self.object_store or f"file://{self.data_dir.resolve()}/objects"
+
+    @property
+    def catalog_url(self) -> str:
+        return self.catalog or f"sqlite:///{self.data_dir.resolve()}/catalog.db"
+
+    @property
+    def warehouse_url(self) -> str:
+        """The warehouse as a URI: file:///..., or s3://bucket/prefix (query parameters removed)."""
+        if self.warehouse:
+            return self.warehouse.rstrip("/")
+        parsed = urlparse(self.object_store_url)
+        path = parsed.path.rstrip("/") + "/" + WAREHOUSE_KEY_PREFIX
+        return urlunparse((parsed.scheme, parsed.netloc, path, "", "", ""))
+
+    @property
+    def warehouse_key_prefix(self) -> str | None:
+        """Object store key under which warehouse files are (when the warehouse is inside the object store)."""
+        return None if self.warehouse else WAREHOUSE_KEY_PREFIX
+
+    def object_key(self, uri: str) -> str | None:
+        """The object store key of a warehouse file URI, or None when it is not inside the object store."""
+        parsed = urlparse(self.object_store_url)
+        base = urlunparse((parsed.scheme, parsed.netloc, parsed.path.rstrip("/"), "", "", "")) + "/"
+        if parsed.scheme == "file":
+            uri = "file://" + urlparse(uri).path if uri.startswith(("file:", "/")) else uri
+            base = "file://" + parsed.path.rstrip("/") + "/"
+        return uri[len(base):] if uri.startswith(base) else None
+
+    def s3_options(self) -> dict[str, str]:
+        """Endpoint and credentials from an s3:// object store URL (for pyiceberg's FileIO and DuckDB)."""
+        parsed = urlparse(self.object_store_url)
+        if parsed.scheme != "s3":
+            return {}
+        return {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+
+    def fileio_properties(self) -> dict[str, str]:
+        """pyiceberg FileIO properties for the warehouse."""
+        props: dict[str, str] = {}
+        q = self.s3_options()
+        if q.get("endpoint"):
+            props["s3.endpoint"] = q["endpoint"]
+            props["s3.force-virtual-addressing"] = "false"
+        if q.get("access_key_id"):
+            props["s3.access-key-id"] = q["access_key_id"]
+        if q.get("secret_access_key"):
+            props["s3.secret-access-key"] = q["secret_access_key"]
+        if q.get("session_token"):
+            props["s3.session-token"] = q["session_token"]
+        props["s3.region"] = q.get("region") or os.environ.get("AWS_REGION") or "us-east-1"
+        return props
+
+    def storage(self) -> dict[str, Any]:
+        """The storage settings alone (to give another section the same stores)."""
+        return {name: getattr(self, name) for name in StorageSettings.model_fields if name != "config"}
+
+
+class Settings(StorageSettings):
+    """`dray broker` (and the broker of `dray up`)."""
+
     listen: str = Field("127.0.0.1:9092", description="HOST:PORT the Kafka listener binds")
     advertise: str | None = Field(None, description="HOST:PORT clients are told to connect to")
     http_listen: str | None = Field(None, description="HOST:PORT for /metrics, /healthz and /readyz (off if unset)")
@@ -70,7 +265,8 @@ class Settings(BaseModel):
     offsets_retention_check_interval_ms: int = Field(600_000, gt=0, description="how often expired offsets are looked for")
     producer_id_expiration_ms: int = Field(86_400_000, gt=0, description="an idempotent producer's state on a "
                                            "partition is forgotten this long after its last write")
-    fetch_cache_bytes: int = Field(256 * 1024 * 1024, ge=0, description="bytes of WAL chunks cached for fetch")
+    fetch_cache_bytes: int = Field(1024 * 1024 * 1024, ge=0, description="bytes of record batches cached for "
+                                   "fetch (recent commits and chunks read back), least recently used out first")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="log one JSON object per line")
 
@@ -78,20 +274,6 @@ class Settings(BaseModel):
     @classmethod
     def _check_host_port(cls, v: str | None) -> str | None:
         return None if v is None else _host_port(v)
-
-    @field_validator("metadata")
-    @classmethod
-    def _check_metadata(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("sqlite://", "oxia://")):
-            raise ValueError("use sqlite:///path/meta.db or oxia://host:port")
-        return v
-
-    @field_validator("object_store")
-    @classmethod
-    def _check_object_store(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("file://", "s3://")):
-            raise ValueError("use file:///path or s3://bucket/prefix?endpoint=http://host:port")
-        return v
 
     @field_validator("log_level")
     @classmethod
@@ -101,19 +283,65 @@ class Settings(BaseModel):
         return v.upper()
 
     @property
-    def metadata_url(self) -> str:
-        return self.metadata or f"sqlite://{self.data_dir.resolve()}/meta.db"
-
-    @property
-    def object_store_url(self) -> str:
-        return self.object_store or f"file://{self.data_dir.resolve()}/objects"
-
-    @property
     def advertised(self) -> tuple[str, int]:
         host, _, port = (self.advertise or self.listen).rpartition(":")
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"
         return host, int(port)
+
+
+class LakeSettings(StorageSettings):
+    """The pipelines: where the tables go, and the thresholds of compaction, garbage collection and retention."""
+
+    model_config = SettingsConfigDict(frozen=True)
+    what: ClassVar[str] = "pipeline settings"
+
+    namespace: str = Field("dray", description="Iceberg namespace of the topic tables")
+    compact_bytes: int = Field(64 * MiB, ge=0, description="uncompacted WAL bytes of a partition that start a run")
+    compact_age_ms: int = Field(10 * 60_000, ge=0, description="age of the oldest uncompacted WAL entry that starts a "
+                                "run")
+    compact_max_bytes: int = Field(256 * MiB, gt=0, description="most WAL bytes one compaction run takes")
+    row_group_bytes: int = Field(8 * MiB, gt=0, description="record bytes per Parquet row group (one fetch unit)")
+    row_group_records: int = Field(32_768, gt=0, description="most records per Parquet row group")
+    wal_gc_grace_ms: int = Field(5 * 60_000, ge=0, description="time a compacted WAL object stays readable")
+    orphan_ttl_ms: int = Field(60 * 60_000, ge=0, description="age after which an unindexed WAL object is deleted")
+    snapshot_retention_ms: int = Field(24 * 3600_000, ge=0, description="Iceberg snapshots kept for time travel")
+    sensor_interval_s: int = Field(15, gt=0, description="seconds between sensor evaluations in the daemon")
+    step_retries: int = Field(3, ge=0, description="retries of a failed pipeline step before its run fails")
+    step_retry_delay_s: float = Field(0.5, ge=0, description="wait before a step's first retry (doubling with each "
+                                      "retry)")
+
+
+class DagsterSettings(DraySettings):
+    """The Dagster webserver (the UI) that `dray up` starts."""
+
+    dagster_host: str = Field("127.0.0.1", description="host the Dagster UI binds")
+    dagster_port: int = Field(3000, gt=0, le=65535, description="port of the Dagster UI")
+
+
+class ClientSettings(DraySettings):
+    """How the operator commands (`dray topics`, `dray produce`...) reach a broker."""
+
+    bootstrap: str = Field("127.0.0.1:9092", description="broker(s) to talk to")
+    client_debug: bool = Field(False, description="show the Kafka client's (librdkafka's) log lines")
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, v: str) -> str:
+        for server in v.split(","):
+            _host_port(server.strip())
+        return v
+
+
+SECTIONS: tuple[type[DraySettings], ...] = (Settings, LakeSettings, DagsterSettings, ClientSettings)
+
+
+def setting_names() -> set[str]:
+    """Every setting of every section."""
+    return {name for section in SECTIONS for name in section.model_fields}
+
+
+# --- flags ----------------------------------------------------------------------------------------------------------
 
 
 def flag_help(description: str, env: str, default: Any) -> str:
@@ -128,63 +356,43 @@ def flag_help(description: str, env: str, default: Any) -> str:
     return said.replace("%", "%%")
 
 
-def _metavar(name: str) -> str:
+def _metavar(name: str, annotation: Any) -> str:
     if name.endswith("_ms"):
         return "MS"
     if name.endswith("_bytes"):
         return "BYTES"
+    if name.endswith("_s"):
+        return "SECONDS"
     if name in ("listen", "advertise", "http_listen"):
         return "HOST:PORT"
+    if name == "bootstrap":
+        return "HOST:PORT[,...]"
     if name in ("metadata", "object_store", "catalog", "warehouse"):
         return "URL"
     if name == "data_dir":
         return "DIR"
+    if name == "config":
+        return "FILE"
+    if name.endswith(("_port", "_host")):
+        return name.rsplit("_", 1)[1].upper()
+    if annotation is int:
+        return "N"
     return name.upper()
 
 
-def add_flags(parser: argparse.ArgumentParser, fields: list[str] | None = None) -> None:
-    """Add a --flag for each settings field (default None, so unset flags do not override); the help of each says
-    its DRAY_* variable and its default."""
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help=f"YAML file with settings (keys as the flags, with _) [env {ENV_PREFIX}CONFIG]")
-    for name, info in Settings.model_fields.items():
-        if fields is not None and name not in fields:
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, section: type[DraySettings] = Settings,
+              fields: list[str] | None = None, config: bool = True) -> None:
+    """Add a --flag for each field of section (default None, so unset flags do not override), or for the given
+    fields only; with config, also --config. The help of each says its DRAY_* variable and its default."""
+    if config:
+        parser.add_argument("--config", type=Path, metavar="FILE",
+                            help=f"YAML file with settings (keys as the flags, with _) [env {ENV_PREFIX}CONFIG]")
+    for name, info in section.model_fields.items():
+        if name == "config" or (fields is not None and name not in fields):
             continue
         flag = "--" + name.replace("_", "-")
         text = flag_help(info.description or "", ENV_PREFIX + name.upper(), info.default)
         if info.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, default=None, help=text, metavar=_metavar(name))
-
-
-def load_settings(
-    flags: argparse.Namespace | Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
-    """Merge YAML file < environment < flags and validate. Raise ConfigError with every problem listed."""
-    flags = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags or {})
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    config_file = flags.get("config") or environ.get(ENV_PREFIX + "CONFIG")
-    if config_file:
-        try:
-            loaded = yaml.safe_load(Path(config_file).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config file {config_file}: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {config_file} must hold a mapping of settings")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    for name in Settings.model_fields:
-        env = environ.get(ENV_PREFIX + name.upper())
-        if env is not None:
-            values[name] = env
-    for name, value in flags.items():
-        if name in Settings.model_fields and value is not None:
-            values[name] = value
-    try:
-        return Settings(**values)
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in e.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from None
+            parser.add_argument(flag, default=None, help=text, metavar=_metavar(name, info.annotation))

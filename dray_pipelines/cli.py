@@ -11,40 +11,24 @@ import os
 import sys
 
 from dray_broker.cluster_identity import ClusterMismatchError
-from dray_broker.config import flag_help
+from dray_broker.config import ConfigError, DagsterSettings, LakeSettings, StorageSettings, add_flags
 from dray_broker.tools.output import Progress
-from dray_pipelines.services import DAGSTER_HOST, DAGSTER_PORT, ui_address
-from dray_pipelines.settings import ENV_PREFIX, LakeSettings, LakeSettingsError, load_lake_settings
+from dray_pipelines.services import ui_address
 
-_STORAGE_FLAGS = {
-    "data_dir": "where embedded defaults keep their files (as for `dray broker`)",
-    "metadata": "metadata store URL (as for `dray broker`)",
-    "object_store": "object store URL (as for `dray broker`)",
-    "catalog": "Iceberg catalog: sqlite:///path/catalog.db (default <data-dir>/catalog.db), postgresql://..., "
-               "or an Iceberg REST catalog http(s)://...",
-    "warehouse": "where table data goes (default: iceberg/ in the object store)",
-}
-
-
-def _add_storage_flags(p: argparse.ArgumentParser) -> None:
-    for name, text in _STORAGE_FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(), help=text)
+STORAGE_FIELDS = [name for name in StorageSettings.model_fields if name != "config"]
 
 
 def _settings(args, **extra) -> LakeSettings:
-    values = {name: getattr(args, name, None) for name in _STORAGE_FLAGS}
-    values.update({k: v for k, v in extra.items() if v is not None})
     try:
-        return load_lake_settings(values)
-    except LakeSettingsError as e:
+        return LakeSettings.load({**vars(args), **extra})
+    except ConfigError as e:
         print(f"dray: {e}", file=sys.stderr)
         sys.exit(2)
 
 
 # Settings of the pipeline that `dray up` takes as flags and passes to the Dagster daemon (through DRAY_*
-# variables); the storage settings are the broker's own flags.
-UP_FLAGS = ["compact_bytes", "compact_age_ms", "compact_max_bytes", "row_group_bytes", "row_group_records",
-            "wal_gc_grace_ms", "orphan_ttl_ms", "snapshot_retention_ms", "sensor_interval_s"]
+# variables): all but the storage settings, which are the broker's own flags.
+UP_FLAGS = [name for name in LakeSettings.model_fields if name not in StorageSettings.model_fields]
 
 
 def _ui_listener(args) -> list[tuple[str, str, str]]:
@@ -55,16 +39,9 @@ def _ui_listener(args) -> list[tuple[str, str, str]]:
 
 def _add_up_flags(up: argparse.ArgumentParser) -> None:
     g = up.add_argument_group("the Dagster pipelines (compaction, garbage collection, retention)")
-    g.add_argument("--dagster-host", metavar="HOST", help=flag_help("host the Dagster UI binds", "DRAY_DAGSTER_HOST",
-                                                                    DAGSTER_HOST))
-    g.add_argument("--dagster-port", type=int, metavar="PORT",
-                   help=flag_help("port of the Dagster UI", "DRAY_DAGSTER_PORT", DAGSTER_PORT))
+    add_flags(g, DagsterSettings, config=False)
     up.set_defaults(service_listeners=[*(up.get_default("service_listeners") or []), _ui_listener])
-    for name in UP_FLAGS:
-        info = LakeSettings.model_fields[name]
-        metavar = {"ms": "MS", "bytes": "BYTES", "s": "SECONDS"}.get(name.rsplit("_", 1)[-1], "N")
-        g.add_argument("--" + name.replace("_", "-"), dest=name, metavar=metavar,
-                       help=flag_help(info.description or "", ENV_PREFIX + name.upper(), info.default))
+    add_flags(g, LakeSettings, UP_FLAGS, config=False)
 
 
 def register(subparsers) -> None:
@@ -73,11 +50,13 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "compact", help="run pending compaction, index swaps, retention and GC once, in process",
         description="Evaluate the pipeline's sensors once and execute the runs they request, in this process, "
-                    "through the same Dagster definitions the daemon uses. Thresholds come from DRAY_* variables.")
-    _add_storage_flags(p)
+                    "through the same Dagster definitions the daemon uses. Thresholds come from DRAY_* variables "
+                    "or the --config file.")
+    add_flags(p, LakeSettings, STORAGE_FIELDS)
     p.add_argument("--all", action="store_true",
                    help="ignore the size/age thresholds: compact everything committed so far")
-    p.add_argument("--grace-ms", type=int, default=None, help="WAL GC grace period (default DRAY_WAL_GC_GRACE_MS)")
+    p.add_argument("--grace-ms", default=None, metavar="MS",
+                   help="WAL GC grace period (default: the wal_gc_grace_ms setting, env DRAY_WAL_GC_GRACE_MS)")
     p.add_argument("--maintenance", action="store_true",
                    help="also expire old Iceberg snapshots and delete unreferenced data files")
     p.add_argument("-q", "--quiet", action="store_true", help="print only failures")
@@ -87,7 +66,7 @@ def register(subparsers) -> None:
         "sql", help="query the topic tables with DuckDB",
         description="Run SQL with DuckDB over the topics' Iceberg tables; each topic is a view by its name, e.g. "
                     "dray sql 'SELECT partition, count(*) FROM orders GROUP BY ALL'. Quote \"offset\".")
-    _add_storage_flags(p)
+    add_flags(p, LakeSettings, STORAGE_FIELDS)
     p.add_argument("query", help="the SQL to run")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     p.set_defaults(func=cmd_sql)

@@ -21,13 +21,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from dray_broker import faults
 from dray_broker.index.offsets import IndexEntry, ParquetLocation
 from dray_broker.metadata import VersionMismatchError
 from dray_broker.records.batch import HEADER_SIZE, iter_batch_positions
 from dray_broker.records.decode import RecordDecodeError, RecordsTooLarge
 from dray_broker.topics.catalog import Topic
 from dray_broker.wal import format as wal
-from dray_pipelines import faults
 from dray_pipelines.convert import RowGroupBuilder
 from dray_pipelines.lake import Lake, PartitionState, now_ms
 from dray_pipelines.tables import LiveFile, TopicTable

@@ -10,12 +10,13 @@ Jobs: `compaction` (the two assets above, one partition, target end offset in th
 Sensors: `compaction_sensor` (size/age thresholds; adds partitions; observes wal_segments), `wal_gc_sensor`,
 `orphan_gc_sensor`, `deleted_topics_sensor`, `retention_sensor`, `table_maintenance_sensor`. Run keys name the work (the offset range, the
 set of objects, the new log start), so the daemon runs each unit of work once.
+
+The settings (dray_broker.config.LakeSettings, through the resource DrayLake) are read when the definitions are built
+(the sensors' interval, the steps' retries: `defs` builds them when Dagster loads the code location) and at each run
+or sensor evaluation (thresholds, stores): never when this module is imported.
 """
 
-
-
 import json
-import os
 
 from dagster import (
     AssetExecutionContext,
@@ -42,9 +43,10 @@ from dagster import (
     SkipReason,
     asset,
     define_asset_job,
+    definitions,
+    graph,
     graph_asset,
     in_process_executor,
-    job,
     op,
     sensor,
 )
@@ -58,10 +60,6 @@ TAG_END = "dray/end_offset"
 TAG_TOPIC = "dray/topic"
 TAG_PARTITION = "dray/partition"
 TAG_TABLE = "dray/table"
-# Each step retries (transient store or catalog errors, a commit that lost a race) before its run fails.
-RETRY = RetryPolicy(max_retries=int(os.environ.get("DRAY_STEP_RETRIES", "3")),
-                    delay=float(os.environ.get("DRAY_STEP_RETRY_DELAY_S", "0.5")), backoff=Backoff.EXPONENTIAL)
-SENSOR_INTERVAL_S = int(os.environ.get("DRAY_SENSOR_INTERVAL_S", "15"))
 
 topic_partitions = DynamicPartitionsDefinition(name="topic_partitions")
 
@@ -110,8 +108,8 @@ def _metadata(r: compaction.StepResult) -> dict:
     return md
 
 
-@asset(partitions_def=topic_partitions, deps=[wal_segments], group_name=GROUP, retry_policy=RETRY,
-       kinds={"parquet"}, description="Parquet data files of the partition's compacted offset ranges (zstd, "
+@asset(partitions_def=topic_partitions, deps=[wal_segments], group_name=GROUP, kinds={"parquet"},
+       description="Parquet data files of the partition's compacted offset ranges (zstd, "
        "one row group per fetch unit, offset/timestamp statistics), staged before the Iceberg commit.")
 def parquet_files(context: AssetExecutionContext, dray: DrayLake) -> MaterializeResult:
     topic, p, end = _target(context)
@@ -120,7 +118,7 @@ def parquet_files(context: AssetExecutionContext, dray: DrayLake) -> Materialize
     return MaterializeResult(metadata=_metadata(r))
 
 
-@op(ins={"staged": In(Nothing)}, out=Out(Nothing), retry_policy=RETRY, tags={"kind": "iceberg"},
+@op(ins={"staged": In(Nothing)}, out=Out(Nothing), tags={"kind": "iceberg"},
     description="Append the staged file to the topic's Iceberg table; the snapshot summary records the range.")
 def commit_snapshot(context: OpExecutionContext, dray: DrayLake) -> None:
     topic, p, end = _target(context)
@@ -128,7 +126,7 @@ def commit_snapshot(context: OpExecutionContext, dray: DrayLake) -> None:
     context.log.info(f"{topic}-{p} [{r.start}, {r.end}): {r.action}, snapshot {r.snapshot_id}")
 
 
-@op(ins={"committed": In(Nothing)}, out=Out(Nothing), retry_policy=RETRY,
+@op(ins={"committed": In(Nothing)}, out=Out(Nothing),
     description="Index entries for the committed row groups, then the compacted watermark CAS (the atomic swap).")
 def swap_index(context: OpExecutionContext, dray: DrayLake) -> None:
     topic, p, end = _target(context)
@@ -145,17 +143,10 @@ def iceberg_snapshots(parquet_files):
     return swap_index(commit_snapshot(parquet_files))
 
 
-compaction_job = define_asset_job(
-    "compaction", selection=[parquet_files, iceberg_snapshots],  # partitioned as its assets
-    executor_def=in_process_executor,
-    description="Compact one topic-partition up to the offset in the run tag dray/end_offset.",
-)
-
-
 # --- GC, retention and maintenance jobs -----------------------------------------------------------------------------
 
 
-@op(retry_policy=RETRY)
+@op
 def collect_wal(context: OpExecutionContext, dray: DrayLake) -> None:
     grace = dray.settings().wal_gc_grace_ms
     stats = dray.run(lambda lake: gc.run_wal_gc(lake, grace))
@@ -163,13 +154,12 @@ def collect_wal(context: OpExecutionContext, dray: DrayLake) -> None:
     context.add_output_metadata(stats)
 
 
-@job(executor_def=in_process_executor, tags={"dray/gc": "wal"},
-     description="Delete WAL index entries and objects compacted (or past the log start) a grace period ago.")
+@graph(description="Delete WAL index entries and objects compacted (or past the log start) a grace period ago.")
 def wal_gc():
     collect_wal()
 
 
-@op(retry_policy=RETRY)
+@op
 def collect_orphans(context: OpExecutionContext, dray: DrayLake) -> None:
     ttl = dray.settings().orphan_ttl_ms
     stats = dray.run(lambda lake: gc.run_orphan_gc(lake, ttl))
@@ -177,13 +167,12 @@ def collect_orphans(context: OpExecutionContext, dray: DrayLake) -> None:
     context.add_output_metadata(stats)
 
 
-@job(executor_def=in_process_executor, tags={"dray/gc": "orphans"},
-     description="Delete WAL objects that no index entry points to, older than the orphan TTL.")
+@graph(description="Delete WAL objects that no index entry points to, older than the orphan TTL.")
 def orphan_gc():
     collect_orphans()
 
 
-@op(retry_policy=RETRY)
+@op
 def purge_deleted_topics(context: OpExecutionContext, dray: DrayLake) -> None:
     grace = dray.settings().wal_gc_grace_ms
     stats = dray.run(lambda lake: gc.purge_deleted_topics(lake, grace))
@@ -191,8 +180,8 @@ def purge_deleted_topics(context: OpExecutionContext, dray: DrayLake) -> None:
     context.add_output_metadata(stats)
 
 
-@job(executor_def=in_process_executor, tags={"dray/gc": "topics"},
-     description="Remove deleted topics' index entries and purge their Iceberg tables, a grace period after deletion.")
+@graph(description="Remove deleted topics' index entries and purge their Iceberg tables, a grace period after "
+                   "deletion.")
 def deleted_topics_gc():
     purge_deleted_topics()
 
@@ -201,7 +190,7 @@ class RetentionConfig(Config):
     plans: list[list] = []  # [[topic, partition, new_log_start], ...]
 
 
-@op(retry_policy=RETRY)
+@op
 def enforce_retention(context: OpExecutionContext, config: RetentionConfig, dray: DrayLake) -> None:
     async def work(lake: Lake) -> list:
         return [dict(await gc.apply_retention(lake, t, int(p), int(s)), topic=t, partition=p)
@@ -212,13 +201,12 @@ def enforce_retention(context: OpExecutionContext, config: RetentionConfig, dray
     context.add_output_metadata({"partitions": MetadataValue.json(results)})
 
 
-@job(executor_def=in_process_executor, tags={"dray/gc": "retention"},
-     description="Move log start offsets per retention.ms / retention.bytes; drop whole data files below them.")
+@graph(description="Move log start offsets per retention.ms / retention.bytes; drop whole data files below them.")
 def retention():
     enforce_retention()
 
 
-@op(retry_policy=RETRY)
+@op
 def maintain(context: OpExecutionContext, dray: DrayLake) -> None:
     s = dray.settings()
     stats = dray.run(lambda lake: gc.maintain_tables(lake, s.snapshot_retention_ms, s.orphan_ttl_ms))
@@ -226,8 +214,7 @@ def maintain(context: OpExecutionContext, dray: DrayLake) -> None:
     context.add_output_metadata(stats)
 
 
-@job(executor_def=in_process_executor, tags={"dray/gc": "tables"},
-     description="Expire old Iceberg snapshots and delete data files no snapshot references.")
+@graph(description="Expire old Iceberg snapshots and delete data files no snapshot references.")
 def table_maintenance():
     maintain()
 
@@ -298,16 +285,14 @@ def compaction_requests(context: SensorEvaluationContext, dray: DrayLake, *, for
     )
 
 
-@sensor(job=compaction_job, minimum_interval_seconds=SENSOR_INTERVAL_S, default_status=DefaultSensorStatus.RUNNING,
-        description="Requests a compaction run when a partition's uncompacted WAL passes compact_bytes or "
-                    "compact_age_ms; adds topic-partitions; observes wal_segments.")
 def compaction_sensor(context: SensorEvaluationContext, dray: DrayLake) -> SensorResult:
+    """Requests a compaction run when a partition's uncompacted WAL passes compact_bytes or compact_age_ms; adds
+    topic-partitions; observes wal_segments."""
     return compaction_requests(context, dray)
 
 
-@sensor(job=wal_gc, minimum_interval_seconds=SENSOR_INTERVAL_S, default_status=DefaultSensorStatus.RUNNING,
-        description="Requests WAL GC when compacted WAL entries or objects passed the grace period.")
 def wal_gc_sensor(context: SensorEvaluationContext, dray: DrayLake):
+    """Requests WAL GC when compacted WAL entries or objects passed the grace period."""
     grace = dray.settings().wal_gc_grace_ms
     plan = dray.run(lambda lake: gc.plan_wal_gc(lake, grace))
     if plan.empty:
@@ -316,10 +301,8 @@ def wal_gc_sensor(context: SensorEvaluationContext, dray: DrayLake):
                                                   "dray/entries": str(len(plan.entries))})
 
 
-@sensor(job=orphan_gc, minimum_interval_seconds=max(SENSOR_INTERVAL_S, 60),
-        default_status=DefaultSensorStatus.RUNNING,
-        description="Requests orphan GC when unindexed WAL objects are older than the orphan TTL.")
 def orphan_gc_sensor(context: SensorEvaluationContext, dray: DrayLake):
+    """Requests orphan GC when unindexed WAL objects are older than the orphan TTL."""
     ttl = dray.settings().orphan_ttl_ms
     plan = dray.run(lambda lake: gc.plan_orphans(lake, ttl))
     if plan.empty:
@@ -327,10 +310,8 @@ def orphan_gc_sensor(context: SensorEvaluationContext, dray: DrayLake):
     return RunRequest(run_key=plan.run_key, tags={"dray/objects": str(len(plan.objects))})
 
 
-@sensor(job=deleted_topics_gc, minimum_interval_seconds=SENSOR_INTERVAL_S,
-        default_status=DefaultSensorStatus.RUNNING,
-        description="Requests a purge of deleted topics' data once the grace period after their deletion passed.")
 def deleted_topics_sensor(context: SensorEvaluationContext, dray: DrayLake):
+    """Requests a purge of deleted topics' data once the grace period after their deletion passed."""
     grace = dray.settings().wal_gc_grace_ms
     topics = dray.run(lambda lake: gc.plan_deleted_topics(lake, grace))
     if not topics:
@@ -339,9 +320,8 @@ def deleted_topics_sensor(context: SensorEvaluationContext, dray: DrayLake):
                       tags={"dray/topics": ",".join(sorted(t.name for t in topics))[:200]})
 
 
-@sensor(job=retention, minimum_interval_seconds=SENSOR_INTERVAL_S, default_status=DefaultSensorStatus.RUNNING,
-        description="Requests a retention run when retention.ms / retention.bytes let a log start move.")
 def retention_sensor(context: SensorEvaluationContext, dray: DrayLake):
+    """Requests a retention run when retention.ms / retention.bytes let a log start move."""
     plans = dray.run(gc.plan_all_retention)
     if not plans:
         return SkipReason("no log start to move")
@@ -352,21 +332,54 @@ def retention_sensor(context: SensorEvaluationContext, dray: DrayLake):
     )
 
 
-@sensor(job=table_maintenance, minimum_interval_seconds=3600, default_status=DefaultSensorStatus.RUNNING,
-        description="Hourly: expire old Iceberg snapshots and delete unreferenced data files.")
 def table_maintenance_sensor(context: SensorEvaluationContext):
+    """Hourly: expire old Iceberg snapshots and delete unreferenced data files."""
     return RunRequest(run_key=f"maintenance:{now_ms() // 3_600_000}")
 
 
 ASSETS = [wal_segments, parquet_files, iceberg_snapshots]
-JOBS = [compaction_job, wal_gc, orphan_gc, deleted_topics_gc, retention, table_maintenance]
-SENSORS = [compaction_sensor, wal_gc_sensor, orphan_gc_sensor, deleted_topics_sensor, retention_sensor,
-           table_maintenance_sensor]
+# job name -> (graph, the run tag that keeps two runs of it apart); the compaction job is its assets'.
+GRAPH_JOBS = {
+    "wal_gc": (wal_gc, {"dray/gc": "wal"}),
+    "orphan_gc": (orphan_gc, {"dray/gc": "orphans"}),
+    "deleted_topics_gc": (deleted_topics_gc, {"dray/gc": "topics"}),
+    "retention": (retention, {"dray/gc": "retention"}),
+    "table_maintenance": (table_maintenance, {"dray/gc": "tables"}),
+}
 
 
 def make_definitions(dray: DrayLake | None = None) -> Definitions:
-    """The code location's definitions, with a given resource (default: settings from DRAY_* variables)."""
-    return Definitions(assets=ASSETS, jobs=JOBS, sensors=SENSORS, resources={"dray": dray or DrayLake()})
+    """The code location's definitions with a given resource (default: every setting from DRAY_* variables, the
+    config file or the defaults). Its settings give the sensors' interval and the steps' retry policy: each step
+    retries (transient store or catalog errors, a commit that lost a race) before its run fails."""
+    dray = dray or DrayLake()
+    s = dray.settings()
+    retry = RetryPolicy(max_retries=s.step_retries, delay=s.step_retry_delay_s, backoff=Backoff.EXPONENTIAL)
+    compaction_job = define_asset_job(
+        "compaction", selection=[parquet_files, iceberg_snapshots],  # partitioned as its assets
+        executor_def=in_process_executor, op_retry_policy=retry,
+        description="Compact one topic-partition up to the offset in the run tag dray/end_offset.",
+    )
+    jobs = {name: job_graph.to_job(name, executor_def=in_process_executor, tags=tags, op_retry_policy=retry)
+            for name, (job_graph, tags) in GRAPH_JOBS.items()}
+
+    def every(interval_s: int, job, evaluate):
+        return sensor(job=job, minimum_interval_seconds=interval_s, default_status=DefaultSensorStatus.RUNNING,
+                      description=evaluate.__doc__)(evaluate)
+
+    sensors = [
+        every(s.sensor_interval_s, compaction_job, compaction_sensor),
+        every(s.sensor_interval_s, jobs["wal_gc"], wal_gc_sensor),
+        every(max(s.sensor_interval_s, 60), jobs["orphan_gc"], orphan_gc_sensor),
+        every(s.sensor_interval_s, jobs["deleted_topics_gc"], deleted_topics_sensor),
+        every(s.sensor_interval_s, jobs["retention"], retention_sensor),
+        every(3600, jobs["table_maintenance"], table_maintenance_sensor),
+    ]
+    return Definitions(assets=ASSETS, jobs=[compaction_job, *jobs.values()], sensors=sensors,
+                       resources={"dray": dray})
 
 
-defs = make_definitions()
+@definitions
+def defs() -> Definitions:
+    """What `dagster_workspace.yaml` loads: built when Dagster loads the code location, not at import."""
+    return make_definitions()

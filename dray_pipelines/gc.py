@@ -36,10 +36,10 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from dray_broker import faults
 from dray_broker.index.offsets import IndexEntry, ParquetLocation
 from dray_broker.produce.producers import partition_dir as producer_states_dir
 from dray_broker.topics.catalog import Topic, TopicCatalog
-from dray_pipelines import faults
 from dray_pipelines.lake import LAKE_PREFIX, Lake, now_ms, partition_key, wal_object_ms
 from dray_pipelines.tables import purge_topic_table, table_location
 

@@ -20,12 +20,12 @@ from typing import AsyncIterator
 from ulid import ULID
 
 from dray_broker.cluster_identity import check_cluster_identity
+from dray_broker.config import LakeSettings
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef
-from dray_broker.metadata import MetadataStore, VersionMismatchError, open_metadata_store
-from dray_broker.metadata.base import parse_sequence_key
+from dray_broker.metadata import MetadataStore, VersionMismatchError, open_metadata_store, parse_sequence_key
 from dray_broker.objectstore import ObjectStore, open_object_store
-from dray_broker.topics.catalog import PREFIX as TOPICS_PREFIX, Topic
-from dray_pipelines.settings import LakeSettings
+from dray_broker.topics.catalog import PREFIX as TOPICS_PREFIX
+from dray_broker.topics.catalog import Topic
 from dray_pipelines.tables import TopicTable, open_catalog
 
 LAKE_PREFIX = "/dray/lake/"

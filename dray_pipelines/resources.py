@@ -1,48 +1,42 @@
-"""The Dagster resource that gives assets, ops and sensors the log: `dray: DrayLake`."""
+"""The Dagster resource that gives assets, ops and sensors the log: `dray: DrayLake`.
+
+Its fields are the pipeline settings (dray_broker.config.LakeSettings), each optional: a field set in the resource's
+config wins, as a flag does; the others come from DRAY_* variables, the config file and the defaults, read through
+the same loader as every other command, when a run or a sensor asks for `settings()`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from types import NoneType, UnionType
+from typing import Any, Awaitable, Callable, TypeVar, get_args
 
 from dagster import ConfigurableResource
+from pydantic import Field, create_model
 
+from dray_broker.config import LakeSettings
 from dray_pipelines.lake import Lake, open_lake
-from dray_pipelines.settings import LakeSettings, load_lake_settings
 
 T = TypeVar("T")
 
 
-class DrayLake(ConfigurableResource):
-    """Where the log and the tables are, and the pipeline's thresholds. Unset fields come from DRAY_* variables
-    (the same ones `dray broker` reads), then from the defaults (embedded stores under ./dray-data)."""
-
-    data_dir: str | None = None
-    metadata: str | None = None
-    object_store: str | None = None
-    catalog: str | None = None
-    warehouse: str | None = None
-    compact_bytes: int | None = None
-    compact_age_ms: int | None = None
-    compact_max_bytes: int | None = None
-    row_group_bytes: int | None = None
-    row_group_records: int | None = None
-    wal_gc_grace_ms: int | None = None
-    orphan_ttl_ms: int | None = None
-    snapshot_retention_ms: int | None = None
+class _DrayLake(ConfigurableResource):
+    """Where the log and the tables are, and the pipeline's thresholds (unset: DRAY_* variables, then the defaults,
+    embedded stores under ./dray-data)."""
 
     @classmethod
     def from_settings(cls, settings: LakeSettings) -> "DrayLake":
+        """A resource that pins every setting (what `dray compact` and the Runner use)."""
         values: dict[str, Any] = {}
         for name in cls.model_fields:
-            value = getattr(settings, name, None)
+            value = getattr(settings, name)
             if value is not None:
                 values[name] = str(value.resolve()) if isinstance(value, Path) else value
         return cls(**values)
 
     def settings(self) -> LakeSettings:
-        return load_lake_settings({name: getattr(self, name) for name in type(self).model_fields})
+        return LakeSettings.load({name: getattr(self, name) for name in type(self).model_fields})
 
     def run(self, fn: Callable[[Lake], Awaitable[T]]) -> T:
         """Run fn(lake) on a fresh event loop with the stores open."""
@@ -53,3 +47,18 @@ class DrayLake(ConfigurableResource):
                 return await fn(lake)
 
         return asyncio.run(main())
+
+
+def _config_type(annotation: Any) -> type:
+    """The Dagster config type of a settings field: its type without None, a path as a string."""
+    if isinstance(annotation, UnionType):
+        (annotation,) = [a for a in get_args(annotation) if a is not NoneType]
+    return str if annotation is Path else annotation
+
+
+# One optional field per pipeline setting, with its description.
+DrayLake = create_model(
+    "DrayLake", __base__=_DrayLake, __module__=__name__,
+    **{name: (_config_type(info.annotation) | None, Field(None, description=info.description))
+       for name, info in LakeSettings.model_fields.items()},
+)

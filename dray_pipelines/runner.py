@@ -14,9 +14,9 @@ from typing import Callable
 
 from dagster import DagsterInstance, RunRequest, RunsFilter, SensorResult, SkipReason, build_sensor_context
 
+from dray_broker.config import LakeSettings
 from dray_pipelines import definitions as d
 from dray_pipelines.resources import DrayLake
-from dray_pipelines.settings import LakeSettings
 
 log = logging.getLogger(__name__)
 RUN_KEY_TAG = "dagster/run_key"

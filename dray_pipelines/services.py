@@ -1,16 +1,16 @@
 """The Dagster webserver and daemon that `dray up` runs next to the broker (entry point group `dray.services`).
 
-`start(settings, flags)` takes the broker's settings (anything with data_dir, metadata_url and object_store_url)
-and `dray up`'s flags, writes the Dagster instance (DAGSTER_HOME, default <data-dir>/dagster: dagster.yaml with a
+`start(settings, flags)` takes the broker's settings (their storage settings: the stores the broker uses) and
+`dray up`'s flags, writes the Dagster instance (DAGSTER_HOME, default <data-dir>/dagster: dagster.yaml with a
 queued run coordinator that runs one compaction per table at a time) and a workspace file, starts
 `dagster-webserver` (and, once it serves, `dagster-daemon`) as child processes in their own process groups, and
 returns a handle: `.urls` [(name, url)], `.wait_ready(timeout)` (and `.problem` when it fails), `.terminate()`,
 `.kill()` and `.stop()` (SIGTERM, then SIGKILL of each process group after a grace period). Settings of the
-pipeline (DRAY_CATALOG, thresholds...) pass to the children through the environment.
+pipeline (dray_broker.config.LakeSettings: flags, environment, config file, defaults, resolved here) pass to the
+children as DRAY_* variables.
 
-Flags of `dray up` (added by dray_pipelines.cli): --dagster-host, --dagster-port and the pipeline's thresholds
-(--compact-bytes...), passed to the children as DRAY_* variables. Environment: DRAY_DAGSTER_HOST (127.0.0.1),
-DRAY_DAGSTER_PORT (3000), DAGSTER_HOME.
+Flags of `dray up` (added by dray_pipelines.cli): --dagster-host, --dagster-port (dray_broker.config.DagsterSettings)
+and the pipeline's thresholds (--compact-bytes...). Environment: DAGSTER_HOME.
 """
 
 from __future__ import annotations
@@ -28,14 +28,12 @@ from typing import Any, Mapping
 
 import yaml
 
+from dray_broker.config import ConfigError, DagsterSettings, LakeSettings, StorageSettings
 from dray_broker.server.in_use import check_free
-from dray_pipelines.settings import ENV_PREFIX, LakeSettings, LakeSettingsError, load_lake_settings
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0
-DAGSTER_HOST = "127.0.0.1"
-DAGSTER_PORT = 3000
 
 WORKSPACE = {"load_from": [{"python_module": {"module_name": "dray_pipelines.definitions", "attribute": "defs",
                                               "location_name": "dray_pipelines"}}]}
@@ -171,47 +169,28 @@ def _signal_group(p: subprocess.Popen, sig: int) -> None:
 
 
 def ui_address(flags: Mapping[str, Any]) -> tuple[str, int]:
-    """Where the Dagster UI listens: --dagster-host/--dagster-port, else DRAY_DAGSTER_HOST/PORT, else defaults."""
-    host = flags.get("dagster_host") or os.environ.get("DRAY_DAGSTER_HOST", DAGSTER_HOST)
-    port = flags.get("dagster_port") or int(os.environ.get("DRAY_DAGSTER_PORT", DAGSTER_PORT))
-    return host, int(port)
+    """Where the Dagster UI listens: --dagster-host/--dagster-port, else DRAY_DAGSTER_HOST/PORT, else defaults
+    (ConfigError when invalid)."""
+    ui = DagsterSettings.load(flags)
+    return ui.dagster_host, ui.dagster_port
 
 
-def _pipeline_env(flags: Mapping[str, Any]) -> dict[str, str]:
-    """The pipeline settings given as flags, as DRAY_* variables (checked first: RuntimeError when invalid)."""
-    given = {name: flags[name] for name in LakeSettings.model_fields if flags.get(name) is not None
-             and name not in ("data_dir", "metadata", "object_store", "catalog", "warehouse")}
-    try:
-        load_lake_settings(given)
-    except LakeSettingsError as e:
-        raise RuntimeError(str(e)) from None
-    return {ENV_PREFIX + name.upper(): str(value) for name, value in given.items()}
-
-
-def start(settings, flags: Mapping[str, Any] | None = None, *, host: str | None = None, port: int | None = None,
-          log_dir: Path | None = None) -> DagsterServices:
-    """Start the Dagster webserver and daemon for the log that settings describe. flags: `dray up`'s (the Dagster
-    host and port, the pipeline's thresholds). InUse when the UI's port is taken."""
+def start(settings: StorageSettings, flags: Mapping[str, Any] | None = None, *, host: str | None = None,
+          port: int | None = None, log_dir: Path | None = None) -> DagsterServices:
+    """Start the Dagster webserver and daemon for the log in settings' stores. flags: `dray up`'s (the Dagster
+    host and port, the pipeline's thresholds). InUse when the UI's port is taken; RuntimeError when a pipeline
+    setting is invalid."""
     flags = flags or {}
-    data_dir = Path(settings.data_dir).resolve()
-    home = Path(os.environ.get("DAGSTER_HOME") or data_dir / "dagster").resolve()
-    host, port = host or ui_address(flags)[0], port or ui_address(flags)[1]
-    pipeline_env = _pipeline_env(flags)
+    try:
+        lake = LakeSettings.load({**flags, **settings.storage()})
+        ui_host, ui_port = ui_address(flags)
+    except ConfigError as e:
+        raise RuntimeError(str(e)) from None
+    host, port = host or ui_host, port or ui_port
+    home = Path(os.environ.get("DAGSTER_HOME") or lake.data_dir.resolve() / "dagster").resolve()
     check_free(None, [(f"{host}:{port}", "the Dagster UI", "--dagster-port {port}")])
     workspace = prepare_home(home)
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "DRAY_DATA_DIR": str(data_dir),
-        "DRAY_METADATA": settings.metadata_url,
-        "DRAY_OBJECT_STORE": settings.object_store_url,
-        "PYTHONUNBUFFERED": "1",
-        **pipeline_env,
-    }
-    for name in ("catalog", "warehouse"):
-        value = getattr(settings, name, None)
-        if value:
-            env["DRAY_" + name.upper()] = str(value)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONUNBUFFERED": "1", **lake.env()}
     log_dir = log_dir or home / "process-logs"  # not logs/: Dagster moves that one away (its telemetry queue)
     log_dir.mkdir(parents=True, exist_ok=True)
     launch = {

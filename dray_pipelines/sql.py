@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 import duckdb
 
-from dray_pipelines.settings import LakeSettings
+from dray_broker.config import LakeSettings
 from dray_pipelines.tables import open_catalog
 
 

@@ -29,7 +29,6 @@ from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
 from pyiceberg.io.pyarrow import (
-    _get_parquet_writer_kwargs,
     compute_statistics_plan,
     data_file_statistics_from_parquet_metadata,
     parquet_path_to_id_mapping,
@@ -53,8 +52,9 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
+from dray_broker.config import LakeSettings
 from dray_broker.fetch import compacted as C
-from dray_pipelines.settings import LakeSettings
+from dray_pipelines.iceberg_shim import writer_options
 
 log = logging.getLogger(__name__)
 
@@ -421,7 +421,7 @@ class DataFileWriter:
         self.path = path
         self._table = table
         self.schema = schema_to_pyarrow(table.schema(), include_field_ids=True)
-        self._kwargs = _get_parquet_writer_kwargs(table.metadata.properties)
+        self._kwargs = writer_options(table.metadata.properties)
         self._stream = None
         self._writer: pq.ParquetWriter | None = None
         self.row_groups: list[list[int]] = []
@@ -445,17 +445,18 @@ class DataFileWriter:
         self._stream.close()
 
     def abort(self) -> None:
-        """Give up: close the stream without a footer and delete the partial file."""
+        """Give up: close what is open and delete the partial file. (Should the delete fail, the file left holds
+        fewer records than its name says, and TopicTable.staged_file writes it again.)"""
         if self._writer is not None:
-            self._writer.is_open = False  # no footer: pyarrow would write one on close()
-            self._writer = None
-        try:
-            if self._stream is not None:
-                self._stream.close()
-        except Exception:  # noqa: BLE001
-            pass
-        try:
-            if self._stream is not None:
-                self._table.io.delete(self.path)
-        except Exception:  # noqa: BLE001
-            pass
+            _quietly(self._writer.close)
+        if self._stream is not None:
+            _quietly(self._stream.close)
+            _quietly(lambda: self._table.io.delete(self.path))
+        self._writer = self._stream = None
+
+
+def _quietly(step) -> None:
+    try:
+        step()
+    except Exception:  # noqa: BLE001 - a broken stream: nothing more to save
+        pass

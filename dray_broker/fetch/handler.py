@@ -8,13 +8,13 @@ import time
 from kio.schema.errors import ErrorCode
 
 from dray_broker.fetch.reader import OffsetOutOfRange
-from dray_broker.protocol.codec import Request, make, ms, response_module
+from dray_broker.fetch.response import encode_fetch_response
+from dray_broker.protocol.codec import Request, ms
 from dray_broker.routing.zones import owner
 
 
 async def handle_fetch(broker, req: Request):
     body = req.body
-    M = response_module(req.api_key, req.version)
     deadline = time.monotonic() + max(ms(body.max_wait), 0) / 1000
     min_bytes = body.min_bytes
     max_bytes = getattr(body, "max_bytes", 0x7FFFFFFF)
@@ -30,7 +30,7 @@ async def handle_fetch(broker, req: Request):
 
     while True:
         events = [broker.reader.signals.event(ref) for _, _, parts in wanted for _, ref in parts if ref is not None]
-        topics, total, any_error = await _read_all(broker, M, wanted, max_bytes, req.client_id)
+        topics, total, any_error = await _read_all(broker, wanted, max_bytes, req.client_id)
         remaining = deadline - time.monotonic()
         if total >= min_bytes or any_error or remaining <= 0 or not events:
             break
@@ -42,11 +42,10 @@ async def handle_fetch(broker, req: Request):
                 w.cancel()
         if time.monotonic() >= deadline and not any(e.is_set() for e in events):
             break
-    return make(M.FetchResponse, throttle_time=0, error_code=ErrorCode.none, session_id=0, responses=tuple(topics),
-                node_endpoints=())
+    return encode_fetch_response(req.version, topics)
 
 
-async def _read_all(broker, M, wanted, max_bytes, client_id):
+async def _read_all(broker, wanted, max_bytes, client_id):
     topics = []
     total = 0
     any_error = False
@@ -54,7 +53,7 @@ async def _read_all(broker, M, wanted, max_bytes, client_id):
         partitions = []
         for p, ref in parts:
             error = ErrorCode.none
-            records = None
+            records = ()
             hw = lso = -1
             if topic is None:
                 error = ErrorCode.unknown_topic_id if getattr(t, "topic", None) is None else ErrorCode.unknown_topic_or_partition
@@ -69,18 +68,13 @@ async def _read_all(broker, M, wanted, max_bytes, client_id):
                 budget = min(p.partition_max_bytes, max(max_bytes - total, 0))
                 try:
                     result = await broker.reader.read(ref, p.fetch_offset, budget, min_one=total == 0)
-                    records, hw, lso = result.records, result.high_watermark, result.log_start_offset
-                    total += len(records)
+                    records, hw, lso = result.pieces, result.high_watermark, result.log_start_offset
+                    total += result.size
                 except OffsetOutOfRange:
                     error = ErrorCode.offset_out_of_range
                     hw = await broker.reader.log_end_offset(ref)
                     lso = await broker.reader.log_start_offset(ref)
             any_error = any_error or error != ErrorCode.none
-            partitions.append(make(
-                M.PartitionData, partition_index=p.partition, error_code=error, high_watermark=hw,
-                last_stable_offset=hw, log_start_offset=lso, aborted_transactions=None if error else (),
-                preferred_read_replica=-1, records=records if records is not None else b"",
-            ))
-        topics.append(make(M.FetchableTopicResponse, topic=getattr(t, "topic", None),
-                           topic_id=getattr(t, "topic_id", None), partitions=tuple(partitions)))
+            partitions.append((p.partition, error, hw, lso, records))
+        topics.append((getattr(t, "topic", None), getattr(t, "topic_id", None), partitions))
     return topics, total, any_error

@@ -1,17 +1,21 @@
-"""Reads committed batches of a partition from a given offset: index lookup (cached), chunk range read
-(cached, with offsets patched in), no per-record work."""
+"""Reads committed batches of a partition from a given offset: index lookup (cached), chunk range read (cached,
+with offsets patched in and the chunk's CRC checked once, as it enters the cache), no per-record work. What a read
+returns are views of the cached bytes (Fetch sends them as they are): a read of cached data copies nothing and reads
+no object."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Awaitable, Callable
 
 from dray_broker.fetch.cache import ChunkCache, EntryCache
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef, WalLocation
-from dray_broker.metadata.base import parse_sequence_key
+from dray_broker.metadata import parse_sequence_key
 from dray_broker.objectstore import ObjectNotFoundError, ObjectStore
 from dray_broker.records.batch import patch_base_offsets
 from dray_broker.wal import format as wal
@@ -25,27 +29,50 @@ class OffsetOutOfRange(Exception):
     pass
 
 
-@dataclass(frozen=True, slots=True)
 class LoadedRange:
-    """The batches of one index entry, with their offsets patched in, ready to return to consumers."""
+    """The batches of one index entry, with their offsets patched in, ready to return to consumers. Fetches return
+    slices of `view` (made once): the bytes are never copied again while the range is cached."""
 
-    data: bytearray
-    batch_records: tuple[int, ...]
-    batch_sizes: tuple[int, ...]
+    __slots__ = ("data", "view", "batch_records", "batch_sizes", "_record_ends", "_positions")
+
+    def __init__(self, data: bytearray, batch_records: tuple[int, ...], batch_sizes: tuple[int, ...]):
+        self.data = data
+        self.view = memoryview(data)
+        self.batch_records = batch_records
+        self.batch_sizes = batch_sizes
+        self._record_ends = tuple(accumulate(batch_records))  # offsets from the entry's start past each batch
+        self._positions = (0, *accumulate(batch_sizes))  # where each batch starts, and the end
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def slice_from(self, first_offset: int, offset: int, budget: int, first: bool) -> tuple[memoryview, bool]:
+        """The whole batches from the one holding offset (the range starts at first_offset), within budget bytes
+        (one batch at least if first), and whether they reach the end of the range."""
+        positions = self._positions
+        i = bisect_right(self._record_ends, offset - first_offset)
+        begin = positions[i]
+        j = max(bisect_right(positions, begin + budget, i) - 1, i)  # batches i..j-1 fit in the budget
+        if j == i and first and i < len(self.batch_sizes):
+            j = i + 1
+        return self.view[begin:positions[j]], j == len(self.batch_sizes)
 
 
 # Rebuilds record batches for an entry that is not in a WAL object (compacted to Parquet).
 RangeLoader = Callable[[IndexEntry], Awaitable[LoadedRange]]
 
 
-@dataclass
+@dataclass(slots=True)
 class ReadResult:
-    records: bytes | memoryview
+    pieces: list[memoryview]  # whole batches: views of cached ranges, one per index entry read (Fetch sends them)
+    size: int
     high_watermark: int
     log_start_offset: int
+
+    @property
+    def records(self) -> bytes | memoryview:
+        """The batches as one buffer (joined if they span index entries), for readers other than Fetch."""
+        return self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
 
 
 class PartitionSignals:
@@ -158,15 +185,14 @@ class PartitionReader:
                 # A cached entry whose WAL object was collected after compaction: ask the index again.
                 self.entries.forget(p)
                 continue
-            piece, complete = _slice_from(entry, data, position, max_bytes - size, first=min_one and not pieces)
+            piece, complete = data.slice_from(entry.start, position, max_bytes - size, first=min_one and not pieces)
             if piece:
                 pieces.append(piece)
                 size += len(piece)
             if not complete:
                 break  # the budget ended inside this entry: the next fetch continues from there
             position = entry.end
-        records = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        return ReadResult(records, max(end, self._log_end.get(p, 0)), start)
+        return ReadResult(pieces, size, max(end, self._log_end.get(p, 0)), start)
 
     async def _entry(self, p: PartitionRef, offset: int) -> IndexEntry | None:
         entry = self.entries.find(p, offset)
@@ -200,31 +226,14 @@ class PartitionReader:
                 raise RuntimeError(f"{entry.key} is compacted and this broker has no reader for compacted data")
             loaded = await self.load_compacted(entry)
         else:
-            raw = await self.objects.get(loc.object_key, loc.data_offset, loc.data_offset + loc.data_length)
+            data = await self.objects.get_writable(loc.object_key, loc.data_offset,
+                                                   loc.data_offset + loc.data_length)
             chunk = wal.Chunk(None, 0, loc.data_offset, loc.data_length, len(loc.batch_records),
                               sum(loc.batch_records), loc.min_timestamp, loc.max_timestamp, loc.data_crc)
-            wal.verify_chunk(chunk, raw)
-            data = bytearray(raw)
+            # The chunk's CRC is checked here, once, as it enters the cache (fetches serve it as it is from then
+            # on); its offsets are patched in (outside the batch CRCs) so that no fetch has to.
+            wal.verify_chunk(chunk, data)
             patch_base_offsets(data, entry.start, loc.batch_records)
             loaded = LoadedRange(data, loc.batch_records, loc.batch_sizes)
         self.chunks.put(entry.key, loaded)
         return loaded
-
-
-def _slice_from(entry: IndexEntry, loaded: LoadedRange, offset: int, budget: int, first: bool) -> tuple[memoryview, bool]:
-    """The whole batches of entry from the one holding offset, within budget bytes (one batch at least if first),
-    and whether they reach the end of the entry."""
-    records, sizes = loaded.batch_records, loaded.batch_sizes
-    batch_start = entry.start
-    pos = 0
-    i = 0
-    n = len(records)
-    while i < n and batch_start + records[i] <= offset:
-        batch_start += records[i]
-        pos += sizes[i]
-        i += 1
-    begin = pos
-    while i < n and (pos - begin + sizes[i] <= budget or (first and pos == begin)):
-        pos += sizes[i]
-        i += 1
-    return memoryview(loaded.data)[begin:pos], i == n

@@ -20,8 +20,7 @@ import struct
 import uuid
 from dataclasses import dataclass, field
 
-from dray_broker.metadata import Comparison, MetadataStore, SequentialPut, VersionMismatchError
-from dray_broker.metadata.base import parse_sequence_key
+from dray_broker.metadata import Comparison, MetadataStore, SequentialPut, VersionMismatchError, parse_sequence_key
 
 _WAL_TAG = b"W"
 _PQ_TAG = b"P"

@@ -1,4 +1,16 @@
-"""Metadata store backends, chosen by URL: sqlite:///path/meta.db or oxia://host:6648[/namespace]."""
+"""The metadata store: one Oxia-shaped interface, two backends, chosen by URL (open_metadata_store):
+sqlite:///path/meta.db (embedded) or oxia://host:6648[/namespace].
+
+How the pieces fit:
+- base.py: the interface (MetadataStore), its values (Entry, Notification, SequentialPut, Comparison), errors and
+  SessionLife, the life of a store's session told the same way by every backend;
+- keys.py: the hierarchical key order both backends follow (hierarchical_sort_key, KeyPrefix);
+- sequence.py: sequence keys (put_sequential): one rule to build, parse and find the newest, one argument check;
+- watch.py: WatchQueue, the watch every backend hands out and feeds;
+- oxia/: the Oxia backend (codec, routing, retries, write and read batching, sessions, notifications, store);
+- sqlite/: the SQLite backend (schema, store thread with group commit, watches, sessions, store).
+Code outside this package imports from `dray_broker.metadata` only, except to name a backend's class.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +31,8 @@ from dray_broker.metadata.base import (
     VersionMismatchError,
     Watch,
 )
+from dray_broker.metadata.keys import hierarchical_sort_key
+from dray_broker.metadata.sequence import parse_sequence_key, sequence_key
 
 __all__ = [
     "MUST_NOT_EXIST",
@@ -34,7 +48,10 @@ __all__ = [
     "SessionLife",
     "VersionMismatchError",
     "Watch",
+    "hierarchical_sort_key",
     "open_metadata_store",
+    "parse_sequence_key",
+    "sequence_key",
 ]
 
 

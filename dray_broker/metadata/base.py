@@ -271,29 +271,3 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Close the session (its ephemeral keys go) and release connections."""
-
-
-def hierarchical_sort_key(key: str) -> bytes:
-    """A byte string that sorts like Oxia's hierarchical key order (compare.CompareWithSlash).
-
-    Per segment: a segment followed by '/' sorts after a final segment at the same position."""
-    parts = key.encode().split(b"/")
-    out = bytearray()
-    for part in parts[:-1]:
-        out += b"\x01" + part + b"\x00"
-    out += b"\x00" + parts[-1]
-    return bytes(out)
-
-
-def sequence_key(prefix: str, sums: Sequence[int]) -> str:
-    return prefix + "".join(f"-{s:020d}" for s in sums)
-
-
-def parse_sequence_key(prefix: str, key: str) -> list[int] | None:
-    """The sums in a key written by put_sequential under prefix, or None if key is not one."""
-    if not key.startswith(prefix + "-"):
-        return None
-    rest = key[len(prefix) + 1 :].split("-")
-    if not all(len(p) == 20 and p.isdigit() for p in rest):
-        return None
-    return [int(p) for p in rest]

@@ -45,6 +45,12 @@ class ObjectStore(abc.ABC):
     async def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of the object (end None = to the end). Raise ObjectNotFoundError."""
 
+    async def get_writable(self, key: str, start: int, end: int) -> bytearray:
+        """Bytes [start, end) of the object in a bytearray the caller owns and may change in place (the fetch path
+        patches offsets into the chunks it caches). Backends that can read straight into one override this; here
+        it is a copy of what get returns."""
+        return bytearray(await self.get(key, start, end))
+
     @abc.abstractmethod
     async def head(self, key: str) -> ObjectInfo | None:
         """The object's size and age, or None if it does not exist."""

@@ -31,7 +31,7 @@ class HttpEndpoint:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]  # the bound port (port 0 asks the system for a free one)
         return self.port
 
     async def stop(self) -> None:

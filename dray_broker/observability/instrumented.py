@@ -9,7 +9,7 @@ from dray_broker.metadata import MetadataStore
 from dray_broker.objectstore import ObjectStore
 from dray_broker.observability.metrics import BrokerMetrics
 
-_OBJECT_OPS = ("put", "get", "head", "list", "delete")
+_OBJECT_OPS = ("put", "get", "get_writable", "head", "list", "delete")
 _METADATA_OPS = ("get", "put", "put_sequential", "put_sequential_batch", "delete", "delete_range", "list", "range_scan")
 
 

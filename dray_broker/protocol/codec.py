@@ -20,6 +20,7 @@ from kio.serial import entity_reader, entity_writer
 from kio.static.constants import EntityType
 
 from dray_broker.protocol.guard import FrameError, check_request
+from dray_broker.protocol.kio_shim import kafka_type
 
 _SIZE = struct.Struct(">i")
 _KEY_VERSION_CORRELATION = struct.Struct(">hhi")
@@ -52,9 +53,10 @@ class Request:
 @dataclass(frozen=True, slots=True)
 class EncodedBody:
     """A response body its handler encoded itself (hot paths); encode_response only adds the header, which has
-    a tag buffer after the correlation id when flexible (response header v1)."""
+    a tag buffer after the correlation id when flexible (response header v1). data is the body, or a list of its
+    chunks that are written out as they are (a Fetch response's record views: never joined)."""
 
-    data: bytes
+    data: bytes | list
     flexible_header: bool
 
 
@@ -109,7 +111,10 @@ def encode_response(api_key: int, version: int, correlation_id: int, response: A
     """The whole response frame (size prefix, header, body) as a list of chunks."""
     if isinstance(response, EncodedBody):  # the hot path: header by hand too
         header = _SIZE.pack(correlation_id) + (b"\x00" if response.flexible_header else b"")
-        return [_SIZE.pack(len(header) + len(response.data)), header, response.data]
+        data = response.data
+        if isinstance(data, list):
+            return [_SIZE.pack(len(header) + sum(map(len, data))), header, *data]
+        return [_SIZE.pack(len(header) + len(data)), header, data]
     header_cls, write_header, write_body = _writers(api_key, version)
     out = ChunkWriter([b""])
     write_header(out, header_cls(correlation_id=correlation_id))
@@ -132,8 +137,7 @@ def _field_plan(cls: type) -> tuple[frozenset[str], dict[str, int]]:
     timedeltas = {}
     for f in dataclasses.fields(cls):
         names.add(f.name)
-        kafka_type = f.metadata.get("kafka_type", "")
-        if kafka_type.startswith("timedelta"):
+        if kafka_type(f).startswith("timedelta"):
             timedeltas[f.name] = 1
     return frozenset(names), timedeltas
 

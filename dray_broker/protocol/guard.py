@@ -21,8 +21,15 @@ from functools import cache
 from types import NoneType, UnionType
 from typing import Union, get_args, get_origin
 
-from kio.serial._introspect import EntityField, EntityTupleField, PrimitiveTupleField, classify_field, is_optional
-
+from dray_broker.protocol.kio_shim import (
+    EntityField,
+    EntityTupleField,
+    PrimitiveTupleField,
+    classify_field,
+    field_tag,
+    is_optional,
+    kafka_type,
+)
 from dray_broker.protocol.primitives import encode_uvarint
 
 _FIXED = {"bool": 1, "int8": 1, "int16": 2, "uint16": 2, "int32": 4, "int64": 8, "float64": 8, "uuid": 16,
@@ -61,8 +68,9 @@ def _plan(cls) -> _Plan:
     tags = {}
     for f in dataclasses.fields(cls):
         step = _step(f)
-        if "tag" in f.metadata:
-            tags[f.metadata["tag"]] = _Plan((step,), True, {}, False)
+        tag = field_tag(f)
+        if tag is not None:
+            tags[tag] = _Plan((step,), True, {}, False)
             continue
         if step[0] == _SKIP and steps and steps[-1][0] == _SKIP:
             steps[-1] = (_SKIP, steps[-1][1] + step[1], False)
@@ -78,16 +86,16 @@ def _step(f: dataclasses.Field) -> tuple:
         return (_ARRAY_ENTITY, _plan(kind.type_), nullable)
     if isinstance(kind, EntityField):
         return (_NULLABLE_ENTITY if is_optional(f) else _ENTITY, _plan(kind.type_), nullable)
-    kafka_type = f.metadata["kafka_type"]
+    wire = kafka_type(f)
     if isinstance(kind, PrimitiveTupleField):
-        if kafka_type in _FIXED:
-            return (_ARRAY_FIXED, _FIXED[kafka_type], nullable)
+        if wire in _FIXED:
+            return (_ARRAY_FIXED, _FIXED[wire], nullable)
         return (_ARRAY_STRING, None, nullable)
-    if kafka_type in _FIXED:
-        return (_SKIP, _FIXED[kafka_type], False)
-    if kafka_type in ("string", "bytes", "records"):
-        return (_STRING, kafka_type, nullable)
-    raise TypeError(f"no frame check for kafka type {kafka_type} of {f.name}")  # every kio 0.6.5 schema compiles
+    if wire in _FIXED:
+        return (_SKIP, _FIXED[wire], False)
+    if wire in ("string", "bytes", "records"):
+        return (_STRING, wire, nullable)
+    raise TypeError(f"no frame check for kafka type {wire} of {f.name}")  # every kio 0.6.5 schema compiles
 
 
 def _uvarint(buf, pos: int, end: int) -> tuple[int, int]:

@@ -29,12 +29,19 @@ import dataclasses
 from typing import Any
 
 from kio.schema.errors import ErrorCode
-from kio.serial._implicit_defaults import get_implicit_default
 from kio.static.constants import EntityType
-from kio.serial._introspect import EntityField, EntityTupleField, PrimitiveTupleField, classify_field, is_optional
 
 from dray_broker.protocol import apis
 from dray_broker.protocol.codec import Request, response_module
+from dray_broker.protocol.kio_shim import (
+    EntityField,
+    EntityTupleField,
+    PrimitiveTupleField,
+    classify_field,
+    implicit_default,
+    is_optional,
+    kafka_type,
+)
 
 MESSAGE = "transactions are not supported by this broker (Dray)"
 
@@ -86,8 +93,8 @@ def _build(cls: type, source: Any, code: ErrorCode, message: str | None, *, top:
     scalar_used = False
     for f in dataclasses.fields(cls):
         kind = classify_field(f)
-        kafka_type = f.metadata.get("kafka_type", "")
-        if kafka_type == "error_code":
+        wire = kafka_type(f)
+        if wire == "error_code":
             values[f.name] = code
         elif f.name == "error_message":
             values[f.name] = message
@@ -102,7 +109,7 @@ def _build(cls: type, source: Any, code: ErrorCode, message: str | None, *, top:
             if not top and source is not None and not dataclasses.is_dataclass(source):
                 # An element given as a bare value (a partition index, a transactional id): it fills the first
                 # field of its kind.
-                if not scalar_used and _fits(source, kafka_type):
+                if not scalar_used and _fits(source, wire):
                     echoed, scalar_used = source, True
             elif not top and source is not None:
                 for name in (f.name, "v3_and_below_" + f.name):
@@ -116,13 +123,13 @@ def _build(cls: type, source: Any, code: ErrorCode, message: str | None, *, top:
 _MISSING = object()
 
 
-def _fits(value: Any, kafka_type: str) -> bool:
+def _fits(value: Any, wire: str) -> bool:
     if isinstance(value, bool):
-        return kafka_type == "bool"
+        return wire == "bool"
     if isinstance(value, int):
-        return kafka_type in _INT_TYPES
+        return wire in _INT_TYPES
     if isinstance(value, str):
-        return kafka_type == "string"
+        return wire == "string"
     return False
 
 
@@ -143,6 +150,6 @@ def _default(f: dataclasses.Field, kind) -> Any:
         return f.default_factory()  # type: ignore[misc]
     if is_optional(f):
         return None
-    if f.metadata.get("kafka_type") == "bool":
+    if kafka_type(f) == "bool":
         return False
-    return get_implicit_default(kind.type_)
+    return implicit_default(kind.type_)

@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable
 
 from dray_broker.cluster_identity import ensure_cluster_identity
 from dray_broker.config import Settings
+from dray_broker.faults import FAULTS
 from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.fetch.handler import handle_fetch
 from dray_broker.fetch.reader import PartitionReader
@@ -41,7 +42,6 @@ from dray_broker.routing.registry import BrokerInfo, BrokerRegistry, allocate_br
 from dray_broker.server import allocator
 from dray_broker.server.broker_dir import BrokerDir, broker_id_of, lock_data_dir
 from dray_broker.server.connection import NO_RESPONSE, Connection
-from dray_broker.server.faults import Faults
 from dray_broker.server.request_budget import RequestBudget
 from dray_broker.topics.catalog import TopicCatalog
 from dray_broker.version import VERSION
@@ -87,7 +87,8 @@ class Broker:
         self.settings = settings
         self.handlers = handlers if handlers is not None else default_handlers()
         self.handled = set(self.handlers)
-        self.faults = Faults()
+        self.faults = FAULTS
+        self.faults.load()  # DRAY_FAULTS: a malformed one stops the broker here, not at its first produce
         self.metadata: MetadataStore | None = None
         self.objects: ObjectStore | None = None
         self.connections: set[Connection] = set()

@@ -2,7 +2,8 @@
 
 The commands talk to a broker over the Kafka protocol, as any admin client would. A broker that cannot be reached
 is reported within the connect timeout (5 s at most) instead of librdkafka's long retries; librdkafka's own log
-lines are kept off the terminal (set DRAY_CLIENT_DEBUG=1 to see them)."""
+lines are kept off the terminal (set DRAY_CLIENT_DEBUG=1 to see them). The connection settings (--bootstrap,
+DRAY_BOOTSTRAP...) are dray_broker.config.ClientSettings."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from typing import Callable
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from dray_broker.config import ClientSettings, ConfigError, flag_help
 from dray_broker.tools.output import note
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 CLIENT_ID = "dray-cli"
 CONNECT_TIMEOUT_S = 5.0
 
@@ -43,10 +44,10 @@ class ToolError(Exception):
         self.code = code
 
 
-def _rdkafka_logger() -> logging.Logger:
+def _rdkafka_logger(debug: bool) -> logging.Logger:
     logger = logging.getLogger("dray.cli.rdkafka")
     if not logger.handlers:
-        if os.environ.get("DRAY_CLIENT_DEBUG"):
+        if debug:
             handler: logging.Handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("rdkafka %(levelname)s %(message)s"))
         else:
@@ -63,9 +64,9 @@ def connection_flags(*, json_flag: bool = True) -> argparse.ArgumentParser:
     """A parent parser with the flags every command takes."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("connection")
+    bootstrap = ClientSettings.model_fields["bootstrap"]
     g.add_argument("--bootstrap", "-b", metavar="HOST:PORT[,...]",
-                   default=os.environ.get("DRAY_BOOTSTRAP", DEFAULT_BOOTSTRAP),
-                   help="broker(s) to talk to (env DRAY_BOOTSTRAP; default %(default)s)")
+                   help=flag_help(bootstrap.description, "DRAY_BOOTSTRAP", bootstrap.default))
     g.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                    help="how long to wait for each answer from the broker (default %(default)s); "
                         f"an unreachable broker is reported within {CONNECT_TIMEOUT_S:g} s")
@@ -105,7 +106,7 @@ def client_config(args, **extra) -> dict:
     conf = {
         "bootstrap.servers": args.bootstrap,
         "client.id": CLIENT_ID,
-        "logger": _rdkafka_logger(),
+        "logger": _rdkafka_logger(args.client_debug),
         "socket.connection.setup.timeout.ms": int(min(args.timeout, CONNECT_TIMEOUT_S) * 1000),
         "socket.timeout.ms": int(max(args.timeout, 1) * 1000),
     }
@@ -191,6 +192,12 @@ def command(func: Callable[[argparse.Namespace], int | None]) -> Callable[[argpa
 
     @functools.wraps(func)
     def run(args) -> int:
+        try:
+            connection = ClientSettings.load({"bootstrap": args.bootstrap})  # (topics take a --config of their own)
+        except ConfigError as e:
+            note(f"dray: {e}")
+            return EXIT_USAGE
+        args.bootstrap, args.client_debug = connection.bootstrap, connection.client_debug
         try:
             return func(args) or 0
         except ToolError as e:

@@ -9,12 +9,13 @@ from the metadata store's offset index (`read_compaction_state`), only when --me
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from dray_broker.config import ConfigError, StorageSettings, flag_help
 from dray_broker.tools.client import (
+    EXIT_USAGE,
     ToolError,
     admin_client,
     command,
@@ -33,9 +34,10 @@ def register(sub) -> None:
     csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
     p = csub.add_parser("status", aliases=["info"], parents=[common],
                         help="brokers by zone, topics with log offsets, compaction lag")
-    p.add_argument("--metadata", default=os.environ.get("DRAY_METADATA"), metavar="URL",
-                   help="the metadata store (sqlite:///path/meta.db or oxia://host:port[/namespace]; env "
-                        "DRAY_METADATA): adds the compacted watermark and the compaction lag of each partition")
+    p.add_argument("--metadata", metavar="URL",
+                   help=flag_help("the metadata store (sqlite:///path/meta.db or oxia://host:port[/namespace]): adds "
+                                  "the compacted watermark and the compaction lag of each partition",
+                                  "DRAY_METADATA", None))
     p.add_argument("--topic", "-t", action="append", metavar="TOPIC", help="only this topic (repeatable)")
     p.add_argument("--partitions", action="store_true", help="one row per partition instead of per topic")
     p.set_defaults(func=cmd_status)
@@ -112,6 +114,10 @@ def _age(ms: int | None) -> str | None:
 
 @command
 def cmd_status(args) -> int:
+    try:
+        metadata = StorageSettings.load({"metadata": args.metadata}).metadata  # or DRAY_METADATA, or the config file
+    except ConfigError as e:
+        raise ToolError(str(e), EXIT_USAGE) from None
     admin = admin_client(args)
     cluster = wait(admin.describe_cluster(request_timeout=args.timeout), args, "cannot describe the cluster")
     known = topic_metadata(admin, args)
@@ -121,7 +127,7 @@ def cmd_status(args) -> int:
             raise ToolError(f"topic {name!r} does not exist")
     partitions = [(name, p) for name in names for p in sorted(known[name].partitions)]
     offsets = log_offsets(admin, args, partitions)
-    compaction = read_compaction_state(args.metadata, names, args.timeout) if args.metadata else None
+    compaction = read_compaction_state(metadata, names, args.timeout) if metadata else None
     now = int(time.time() * 1000)
 
     brokers = sorted(({"id": n.id, "host": n.host, "port": n.port, "zone": n.rack} for n in cluster.nodes),

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shlex
 from collections import Counter
 from importlib.metadata import entry_points
 from pathlib import Path
+from unittest import mock
 from urllib.parse import parse_qs, urlparse
 
 import click
@@ -28,8 +30,7 @@ import pytest
 import yaml
 
 from dray_broker import cli
-from dray_broker.config import ENV_PREFIX, Settings, load_settings
-from dray_pipelines.settings import LakeSettings, load_lake_settings
+from dray_broker.config import ENV_PREFIX, LakeSettings, Settings, setting_names
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (a test dependency) validates compose.yaml")
 
@@ -50,6 +51,12 @@ SchemaValidator = jsonschema.Draft7Validator
 
 _VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|"
                   r"(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def load_in(environ: dict[str, str], section, flags=None):
+    """The section's settings as a program started with that environment (and flags) reads them."""
+    with mock.patch.dict(os.environ, environ, clear=True):
+        return section.load(flags)
 
 
 def interpolate(value, environ: dict[str, str]):
@@ -241,7 +248,7 @@ def test_every_service_command_exists_in_the_image_and_parses(services, monkeypa
         assert program in scripts, f"{name}: {program} is no console script of the installed distributions"
         if program == "dray":
             command, parsed = parse_dray(args, monkeypatch)
-            load_settings(parsed, environ=env_of(s))  # raises ConfigError on a bad value
+            load_in(env_of(s), Settings, parsed)  # raises ConfigError on a bad value
         else:
             assert program in DAGSTER_PROGRAMS, f"{name}: unexpected program {program}"
             parse_click(program, args)
@@ -256,11 +263,11 @@ def test_image_default_command_is_the_broker(monkeypatch):
     assert command == "broker"
     image_env = {name: value for name, value in (
         ("DRAY_DATA_DIR", "/data"), ("DRAY_LISTEN", "0.0.0.0:9092"), ("DRAY_HTTP_LISTEN", "0.0.0.0:9600"))}
-    settings = load_settings(parsed, environ=image_env)
+    settings = load_in(image_env, Settings, parsed)
     assert settings.http_listen, "the HEALTHCHECK needs /readyz served"
     for name in stage["env"]:
-        if name.startswith(ENV_PREFIX) and name != "DRAY_DAGSTER_HOST":  # read by `dray up`'s Dagster services
-            assert name[len(ENV_PREFIX):].lower() in Settings.model_fields, f"Dockerfile sets unknown {name}"
+        if name.startswith(ENV_PREFIX):  # a setting of the broker, or of `dray up`'s Dagster services
+            assert name[len(ENV_PREFIX):].lower() in setting_names(), f"Dockerfile sets unknown {name}"
     assert stage["user"] and stage["user"] != "root"
 
 
@@ -298,7 +305,7 @@ def test_every_environment_variable_is_read_by_its_program(services):
             unknown = set(env) - lake_vars - refs - {"DAGSTER_HOME"}
             assert env.get("DAGSTER_HOME") == dagster_home, f"{name}: DAGSTER_HOME is the image's instance"
             assert refs <= set(env), f"{name}: deploy/dagster.yaml needs {sorted(refs - set(env))}"
-            load_lake_settings(environ=env)
+            load_in(env, LakeSettings)
         assert not unknown, f"{name}: no program reads {sorted(unknown)}"
 
 
@@ -335,13 +342,13 @@ def test_topology(services):
         deps = s.get("depends_on") or {}
         assert {"oxia", "minio-init"} <= set(deps), f"{name} must wait for Oxia and the bucket"
         if name in brokers:
-            settings = load_settings({}, environ=env)
+            settings = load_in(env, Settings)
             published = {p.split(":")[-1]: p.split(":")[-2] for p in s.get("ports", [])}
             listen_port = settings.listen.rpartition(":")[2]
             assert settings.advertised[1] == int(published[listen_port]), f"{name}: advertised port not published"
             assert settings.http_listen, f"{name}: the HEALTHCHECK needs DRAY_HTTP_LISTEN"
         else:
-            lake = load_lake_settings(environ=env)
+            lake = load_in(env, LakeSettings)
             catalog = urlparse(lake.catalog_url)
             assert catalog.scheme.startswith("postgresql") and catalog.hostname == "postgres"
             assert f"CREATE DATABASE {catalog.path.strip('/')}" in init_sql

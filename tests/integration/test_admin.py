@@ -30,11 +30,17 @@ from kafka.admin import ConfigResource as KpConfigResource
 from kio.index import load_request_schema, load_response_schema
 from kio.schema.errors import ErrorCode
 from kio.serial import entity_reader
-from kio.serial._implicit_defaults import get_implicit_default
-from kio.serial._introspect import EntityField, EntityTupleField, PrimitiveTupleField, classify_field
 
 from dray_broker.protocol import apis
 from dray_broker.protocol.codec import NULL_UUID, Request, encode_response
+from dray_broker.protocol.kio_shim import (
+    EntityField,
+    EntityTupleField,
+    PrimitiveTupleField,
+    classify_field,
+    implicit_default,
+    kafka_type,
+)
 from dray_broker.protocol.rejections import handle_transaction_api
 from tests.integration.wire import Wire, request
 
@@ -771,21 +777,21 @@ def _sample(cls):
     values = {}
     for f in dataclasses.fields(cls):
         kind = classify_field(f)
-        kafka_type = f.metadata.get("kafka_type")
+        wire = kafka_type(f)
         if isinstance(kind, EntityTupleField):
             values[f.name] = (_sample(kind.type_), _sample(kind.type_))
         elif isinstance(kind, PrimitiveTupleField):
-            values[f.name] = ("Ongoing", "Nonsense") if kafka_type == "string" else (3, 4)
+            values[f.name] = ("Ongoing", "Nonsense") if wire == "string" else (3, 4)
         elif isinstance(kind, EntityField):
             values[f.name] = _sample(kind.type_)
-        elif kafka_type == "string":
+        elif wire == "string":
             values[f.name] = f"s-{f.name}"
-        elif kafka_type == "bool":
+        elif wire == "bool":
             values[f.name] = True
-        elif kafka_type in ("int32", "int64", "int16", "int8"):
+        elif wire in ("int32", "int64", "int16", "int8"):
             values[f.name] = 7
         else:
-            values[f.name] = get_implicit_default(kind.type_)
+            values[f.name] = implicit_default(kind.type_)
     return cls(**values)
 
 

@@ -100,6 +100,7 @@ def test_help_shows_every_setting_with_its_variable_and_default():
     broker_help = " ".join(dray(None, "broker", "--help").stdout.split())
     assert "--flush-ms MS longest a produced batch waits for its WAL flush while other flushes are being written " \
            "(with none in flight, a flush starts at once) [env DRAY_FLUSH_MS, default 10.0]" in broker_help
+    assert "--config FILE YAML file with settings (keys as the flags, with _) [env DRAY_CONFIG]" in broker_help
     assert "--auto-create-topics, --no-auto-create-topics create unknown topics on Metadata/Produce [env " \
            "DRAY_AUTO_CREATE_TOPICS, default on]" in broker_help
     assert "--data-dir DIR where embedded defaults keep their files [env DRAY_DATA_DIR, default ./dray-data]" \
@@ -109,6 +110,10 @@ def test_help_shows_every_setting_with_its_variable_and_default():
            "default 67108864]" in up_help
     assert "--compact-age-ms MS" in up_help and "DRAY_COMPACT_MAX_BYTES" in up_help
     assert "--dagster-port PORT port of the Dagster UI [env DRAY_DAGSTER_PORT, default 3000]" in up_help
+    assert "--step-retries N retries of a failed pipeline step before its run fails [env DRAY_STEP_RETRIES, " \
+           "default 3]" in up_help
+    sql_help = " ".join(dray(None, "sql", "--help").stdout.split())
+    assert "--catalog URL Iceberg catalog: sqlite:///path" in sql_help and "REST catalog [env DRAY_CATALOG]" in sql_help
 
 
 @pytest.mark.s3

@@ -33,6 +33,7 @@ from kafka.protocol.producer.produce import ProduceResponse
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.legacy_records import LegacyRecordBatchBuilder
 
+from tests import services
 from tests.integration.brokers import BrokerProcess, free_port
 from tests.integration.clients import RawClient, create_topic, decode_records, make_batch
 from tests.integration.java_client import JavaClient, ensure_built
@@ -314,12 +315,22 @@ def _metric(http_port: int, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def test_a_client_gone_with_produces_in_flight_leaves_them_committed(own_broker):
-    """30 produce requests pipelined on one socket, which is reset while they wait for their WAL flush (1 s): every
-    record is committed (a produce that was committed stays committed; its answer is dropped), the request bytes
-    all go back to the budget, and the broker logs no asyncio complaint."""
+def test_a_client_gone_with_produces_in_flight_leaves_them_committed(own_broker, s3_service):
+    """30 produce requests pipelined on one socket, which is reset while they wait for their WAL flush (the object
+    store is stalled: a MinIO of the test's own, SIGSTOPped): every record is committed once the store answers
+    again (a produce that was committed stays committed; its answer is dropped), the request bytes all go back to
+    the budget, and the broker logs no asyncio complaint."""
+    minio = services.start_minio()
+    try:
+        _client_gone_with_produces_in_flight(own_broker, minio)
+    finally:
+        minio.resume()
+        minio.stop()
+
+
+def _client_gone_with_produces_in_flight(own_broker, minio) -> None:
     http_port = free_port()
-    b = own_broker("--flush-ms", "1000", "--http-listen", f"127.0.0.1:{http_port}")
+    b = own_broker("--object-store", minio.url("gone"), "--http-listen", f"127.0.0.1:{http_port}")
     topic = _topic("gone")
     create_topic(b.bootstrap, topic, 1)
     produced = _metric(http_port, 'dray_requests_total{api="Produce"}')
@@ -327,12 +338,14 @@ def test_a_client_gone_with_produces_in_flight_leaves_them_committed(own_broker)
     request = RawClient.produce_request({(topic, 0): batch}, acks=-1)
     request.with_header(correlation_id=1, client_id="gone")
     data = bytes(request.encode(version=9, header=True, framed=True))
+    minio.pause()
     with RawClient(b.bootstrap) as c:
         c.sock.sendall(data * 30)
         _wait_for(lambda: _metric(http_port, 'dray_requests_total{api="Produce"}') == produced + 30, 10,
                   "the broker to read the 30 requests")
         assert _log_end(b.bootstrap, topic, 0) == 0  # they wait for the flush
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+    minio.resume()
     _wait_for(lambda: _log_end(b.bootstrap, topic, 0) == 300, 30, "all 300 records to be committed")
     _wait_for(lambda: _metric(http_port, "dray_request_bytes") == 0, 10, "the request bytes to be given back")
     _round_trip(b.bootstrap, topic, b"served after")

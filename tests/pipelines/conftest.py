@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from dray_pipelines.settings import LakeSettings, load_lake_settings
+from dray_broker.config import LakeSettings
 from tests import services
 
 warnings.filterwarnings("ignore", module="dagster")
@@ -20,7 +20,7 @@ def lake_settings(data_dir, **overrides) -> LakeSettings:
     values = {"data_dir": data_dir, "compact_bytes": 1 << 40, "compact_age_ms": 1 << 40, "wal_gc_grace_ms": 0,
               "orphan_ttl_ms": 3_600_000, "row_group_bytes": 4096}
     values.update(overrides)
-    return load_lake_settings(values, environ={})
+    return LakeSettings.load(values)
 
 
 @pytest.fixture

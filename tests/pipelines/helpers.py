@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from dray_broker.config import LakeSettings
 from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.fetch.reader import PartitionReader
 from dray_broker.index.offsets import OffsetIndex
@@ -20,7 +21,6 @@ from dray_broker.records.decode import decode_batches
 from dray_broker.records.encode import encode_batch
 from dray_broker.topics.catalog import TopicCatalog
 from dray_pipelines.lake import open_lake
-from dray_pipelines.settings import LakeSettings
 
 CODECS = (0, 1, 2, 3, 4)
 

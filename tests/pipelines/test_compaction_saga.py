@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from dagster import RunRequest
 
-from dray_pipelines import faults
+from dray_broker import faults
 from tests.pipelines.helpers import assert_agree, log_state, read_log, write_log
 
 TOPIC = "saga"

@@ -31,7 +31,7 @@ from dray_broker.metadata import (
     VersionMismatchError,
     open_metadata_store,
 )
-from dray_broker.metadata.base import hierarchical_sort_key, parse_sequence_key, sequence_key
+from dray_broker.metadata import hierarchical_sort_key, parse_sequence_key, sequence_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("metadata_child.py")
@@ -369,6 +369,35 @@ async def test_put_sequential_rewinds_after_deleting_newest(metadata_store: Meta
     assert e7.key == sequence_key(prefix, [5, 41])
 
 
+async def test_put_sequential_refuses_when_the_newest_key_is_no_sequence_key(metadata_store: MetadataStore, pfx: str):
+    """One rule on both backends, the one of Oxia's server: the sums come from the greatest key below
+    'prefix-<max uint64>', and a sum is exactly 20 digits. If that key is under 'prefix-' but is not a sequence
+    key, put_sequential is refused (Oxia's server would fail the whole write request with it)."""
+    s = metadata_store
+    pk = pfx + "p5"
+    for name, stray, below in [("empty", "-", []), ("short", "-05", [1]), ("extra", "-00000000000000000001-x", [1])]:
+        prefix = pfx + "p5/" + name
+        if below:  # a sequence key below the stray one
+            await s.put(sequence_key(prefix, below), b"", partition_key=pk)
+        await s.put(prefix + stray, b"", partition_key=pk)
+        with pytest.raises(MetadataError, match="not a sequence key"):
+            await s.put_sequential(prefix, b"", [1], partition_key=pk)
+        (out,) = await s.put_sequential_batch([SequentialPut(prefix, b"", [1], pk)])
+        assert isinstance(out, MetadataError) and "not a sequence key" in str(out)
+        assert await s.delete(prefix + stray, partition_key=pk)
+        e = await s.put_sequential(prefix, b"", [1], partition_key=pk)
+        assert e.key == sequence_key(prefix, [sum(below) + 1])
+    # A key above the bound, or not under 'prefix-', is not the newest key of the sequence.
+    prefix = pfx + "p5/other"
+    await s.put(prefix + "-5", b"", partition_key=pk)
+    await s.put(prefix, b"", partition_key=pk)
+    assert (await s.put_sequential(prefix, b"", [3], partition_key=pk)).key == sequence_key(prefix, [3])
+    with pytest.raises(ValueError):
+        await s.put_sequential(prefix, b"", [1], partition_key=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        await s.put_sequential(prefix, b"", [1, 2**64], partition_key=pk)
+
+
 async def test_put_sequential_batch_each_put_on_its_own(store_factory: StoreFactory, pfx: str):
     """A batch appends to several sequences at once, concurrently with single appends from another store; each
     put of a batch commits or fails by itself."""
@@ -690,9 +719,10 @@ async def test_sqlite_change_log_pruning_keeps_versions_unique(tmp_path):
     s = await SqliteMetadataStore.open(str(tmp_path / "meta.db"))
     try:
         old = [await s.put(f"p/k{i}", b"x") for i in range(5)]
-        s.CHANGE_RETENTION_S = -1.0  # everything is old
-        await s._submit(s._prune, write=True)
-        assert await s._submit(lambda c: c.execute("SELECT count(*) FROM changes").fetchone()[0], write=False) == 0
+        s.watches.retention_s = -1.0  # everything is old
+        await s.thread.submit(s.watches.prune, write=True)
+        count = s.thread.submit(lambda c: c.execute("SELECT count(*) FROM changes").fetchone()[0], write=False)
+        assert await count == 0
         new = await s.put("p/k0", b"y")
         assert new.version > max(e.version for e in old)
         w = await s.watch("p/")

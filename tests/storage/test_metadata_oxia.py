@@ -1,6 +1,7 @@
 """Oxia-specific tests of dray_broker.metadata.oxia (the shared behaviour is in test_metadata_contract.py).
 
-- the hand-written protobuf codec against the PyPI package's betterproto2 classes, key order and hashing helpers;
+- the hand-written protobuf codec against the PyPI package's betterproto2 classes, the key hash, and the ranges
+  that skip Oxia's own keys;
 - coalescing of concurrent operations into few requests, and the guards against requests the server would fail
   as a whole;
 - on private servers: multi-shard routing (checked against the Go client, `oxia client`), Oxia's own `__oxia/`
@@ -28,13 +29,17 @@ from dray_broker.metadata import (
     MetadataError,
     NotificationType,
     SessionExpiredError,
+    VersionMismatchError,
+    hierarchical_sort_key,
     open_metadata_store,
+    parse_sequence_key,
+    sequence_key,
 )
-from dray_broker.metadata import oxia as ox
-from dray_broker.metadata.base import hierarchical_sort_key, parse_sequence_key, sequence_key
-from dray_broker.metadata.oxia import OxiaMetadataStore
+from dray_broker.metadata.oxia import OxiaMetadataStore, codec, own_keys
+from dray_broker.metadata.oxia.routing import shard_hash
 from oxia.internal.proto.io.streamnative.oxia import proto as pb
 from tests import services
+from tests.storage.test_metadata_shared import compare_with_slash
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
@@ -124,7 +129,7 @@ def pfx() -> str:
 
 async def raw_get(store: OxiaMetadataStore, shard: int, key: str):
     """One EQUAL get sent straight to one shard, bypassing the routing."""
-    return store._entry(await store._read(shard, key, 0), key)
+    return await store.reads.get(shard, key, Comparison.EQUAL)
 
 
 async def wait_until(predicate, timeout: float, what: str):
@@ -151,14 +156,14 @@ async def next_notes(watch, n: int, timeout: float = 15.0):
 
 def test_write_request_encoding_matches_betterproto():
     puts = [
-        ox._enc_put("/a/b", b"value", None, None, None, None, None),
-        ox._enc_put("/a/c", b"", -1, 77, "me", "pk", None),
-        ox._enc_put("/a/idx", b"\x00\xff" * 100, None, None, None, "pk2", [1, 0, (1 << 64) - 1]),
-        ox._enc_put("k" * 300, b"v" * 70_000, 123456789012, None, None, None, None),
+        codec.encode_put("/a/b", b"value", None, None, None, None, None),
+        codec.encode_put("/a/c", b"", -1, 77, "me", "pk", None),
+        codec.encode_put("/a/idx", b"\x00\xff" * 100, None, None, None, "pk2", [1, 0, (1 << 64) - 1]),
+        codec.encode_put("k" * 300, b"v" * 70_000, 123456789012, None, None, None, None),
     ]
-    deletes = [ox._enc_delete("/d", None), ox._enc_delete("/e", 0), ox._enc_delete("/f", 5)]
-    ranges = [ox._enc_delete_range("/a/", "/a/~")]
-    req = pb.WriteRequest.parse(ox._enc_write_request(3, puts, deletes, ranges))
+    deletes = [codec.encode_delete("/d", None), codec.encode_delete("/e", 0), codec.encode_delete("/f", 5)]
+    ranges = [codec.encode_delete_range("/a/", "/a/~")]
+    req = pb.WriteRequest.parse(codec.encode_write_request(3, puts, deletes, ranges))
     assert req.shard == 3
     p = req.puts
     assert (p[0].key, p[0].value, p[0].expected_version_id, p[0].session_id, p[0].partition_key) == (
@@ -172,21 +177,21 @@ def test_write_request_encoding_matches_betterproto():
 
 
 def test_other_requests_match_betterproto():
-    read = pb.ReadRequest.parse(ox._enc_read_request(0, [ox._enc_get("/x", True, 0), ox._enc_get("/y", False, 4)]))
+    read = pb.ReadRequest.parse(codec.encode_read_request(0, [codec.encode_get("/x", True, 0), codec.encode_get("/y", False, 4)]))
     assert read.shard == 0
     assert [(g.key, g.include_value, g.comparison_type) for g in read.gets] == [
         ("/x", True, pb.KeyComparisonType.EQUAL), ("/y", False, pb.KeyComparisonType.HIGHER)]
-    lst = pb.ListRequest.parse(ox._enc_range_request(2, "/a", "/b"))
+    lst = pb.ListRequest.parse(codec.encode_range_request(2, "/a", "/b"))
     assert (lst.shard, lst.start_inclusive, lst.end_exclusive) == (2, "/a", "/b")
-    scan = pb.RangeScanRequest.parse(ox._enc_range_request(1, "", "~"))
+    scan = pb.RangeScanRequest.parse(codec.encode_range_request(1, "", "~"))
     assert (scan.shard, scan.start_inclusive, scan.end_exclusive) == (1, "", "~")
-    hb = pb.SessionHeartbeat.parse(ox._enc_shard_session(5, 1 << 40))
+    hb = pb.SessionHeartbeat.parse(codec.encode_shard_session(5, 1 << 40))
     assert (hb.shard, hb.session_id) == (5, 1 << 40)
-    cs = pb.CreateSessionRequest.parse(ox._enc_create_session(1, 2000, "id"))
+    cs = pb.CreateSessionRequest.parse(codec.encode_create_session(1, 2000, "id"))
     assert (cs.shard, cs.session_timeout_ms, cs.client_identity) == (1, 2000, "id")
-    nr = pb.NotificationsRequest.parse(ox._enc_notifications_request(4, None))
+    nr = pb.NotificationsRequest.parse(codec.encode_notifications_request(4, None))
     assert (nr.shard, nr.start_offset_exclusive) == (4, None)
-    nr = pb.NotificationsRequest.parse(ox._enc_notifications_request(4, 0))
+    nr = pb.NotificationsRequest.parse(codec.encode_notifications_request(4, 0))
     assert (nr.shard, nr.start_offset_exclusive) == (4, 0)
 
 
@@ -199,7 +204,7 @@ def test_response_decoding_matches_betterproto():
         deletes=[pb.DeleteResponse(), pb.DeleteResponse(status=pb.Status.KEY_NOT_FOUND)],
         delete_ranges=[pb.DeleteRangeResponse()],
     )
-    puts, deletes, ranges = ox._dec_write_response(bytes(resp))
+    puts, deletes, ranges = codec.decode_write_response(bytes(resp))
     assert puts == [(0, 42, 9, None), (2, 0, None, None), (0, 0, None, "/s-00000000000000000001")]
     assert deletes == [0, 1] and ranges == [0]
 
@@ -208,61 +213,42 @@ def test_response_decoding_matches_betterproto():
         pb.GetResponse(status=pb.Status.KEY_NOT_FOUND),
         pb.GetResponse(version=pb.Version(version_id=-5), value=b""),
     ])
-    assert ox._dec_get_responses(bytes(read)) == [
+    assert codec.decode_get_responses(bytes(read)) == [
         (0, 42, 9, b"val", "/k"), (1, 0, None, b"", None), (0, -5, None, b"", None)]
-    assert ox._dec_list_response(bytes(pb.ListResponse(keys=["/a", "/b/ü"]))) == ["/a", "/b/ü"]
-    assert ox._dec_create_session_response(bytes(pb.CreateSessionResponse(session_id=123))) == 123
+    assert codec.decode_list_response(bytes(pb.ListResponse(keys=["/a", "/b/ü"]))) == ["/a", "/b/ü"]
+    assert codec.decode_create_session_response(bytes(pb.CreateSessionResponse(session_id=123))) == 123
 
     batch = pb.NotificationBatch(shard=2, offset=99, timestamp=5, notifications={
         "/a": pb.Notification(type=pb.NotificationType.KEY_CREATED, version_id=0),
         "/b": pb.Notification(type=pb.NotificationType.KEY_DELETED),
         "/c": pb.Notification(type=pb.NotificationType.KEY_RANGE_DELETED, key_range_last="/d"),
     })
-    shard, offset, items = ox._dec_notification_batch(bytes(batch))
+    shard, offset, items = codec.decode_notification_batch(bytes(batch))
     assert (shard, offset) == (2, 99)
     assert sorted(items) == [("/a", 0, 0, None), ("/b", 2, None, None), ("/c", 3, None, "/d")]
 
 
 def test_shard_hash_matches_the_servers_test_vectors():
     # common/hash/hash_test.go at v0.14.4
-    assert [ox.shard_hash(k) for k in ("foo", "bar", "baz")] == [125730186, 2687685474, 862947621]
-
-
-def _random_key(rng: random.Random) -> str:
-    segs = ["".join(rng.choice("ab-_~z0") for _ in range(rng.randint(0, 3))) for _ in range(rng.randint(1, 4))]
-    return "/".join(segs)
-
-
-def test_key_order_helpers_agree_with_hierarchical_sort_key():
-    rng = random.Random(7)
-    keys = sorted({_random_key(rng) for _ in range(400)})
-    for a in keys[:150]:
-        for b in keys[:150]:
-            ha, hb = hierarchical_sort_key(a), hierarchical_sort_key(b)
-            assert ox.compare_keys(a, b) == (ha > hb) - (ha < hb), (a, b)
-    # range_touches_prefix is exact on these keys: true iff some key in [start, end) starts with prefix.
-    for _ in range(3000):
-        start, end, prefix = _random_key(rng), _random_key(rng), _random_key(rng)[: rng.randint(0, 4)]
-        hs, he = hierarchical_sort_key(start), hierarchical_sort_key(end)
-        inside = [k for k in keys if hs <= hierarchical_sort_key(k) < he and k.startswith(prefix)]
-        if inside:
-            assert ox.range_touches_prefix(start, end, prefix), (start, end, prefix, inside)
+    assert [shard_hash(k) for k in ("foo", "bar", "baz")] == [125730186, 2687685474, 862947621]
 
 
 def test_user_ranges_skip_oxias_own_keys():
     internal = ["__oxia/commit-offset", "__oxia/term", "__oxia/notifications/000000000000000a",
                 "__oxia/session/0000000000000001", "__oxia/session/0000000000000001/%2Fa%2Fb"]
-    user = ["/a", "/dray/x/y", "a", "zz", "__oxia", "__oxib/x", "__oxi/x", "mc-1/a", "mc-1/a/b", "~/~/~"]
+    user = ["/a", "/dray/x/y", "a", "zz", "__oxia", "__oxiaz", "__oxiaa/x", "__oxib/x", "__oxi/x", "mc-1/a",
+            "mc-1/a/b", "~/~/~"]
     everything = ("", "~~/~~/~~/~~/~~")
-    for start, end in [everything, ("/", "zz/"), ("__oxia/", "__oxia/~"), ("a/", "z/")]:
-        ranges = ox._user_ranges(start, end)
+    for start, end in [everything, ("/", "zz/"), ("__oxia/", "__oxia/~"), ("a/", "z/"), ("__oxia/x", "__oxib/"),
+                       ("__oxia", "__oxia/z")]:
+        ranges = own_keys.user_ranges(start, end)
         for k in internal:
-            assert not any(ox.compare_keys(s, k) <= 0 < ox.compare_keys(e, k) for s, e in ranges), (k, ranges)
+            assert not any(compare_with_slash(s, k) <= 0 < compare_with_slash(e, k) for s, e in ranges), (k, ranges)
         for k in user:
-            in_range = ox.compare_keys(start, k) <= 0 < ox.compare_keys(end, k)
-            covered = any(ox.compare_keys(s, k) <= 0 < ox.compare_keys(e, k) for s, e in ranges)
+            in_range = compare_with_slash(start, k) <= 0 < compare_with_slash(end, k)
+            covered = any(compare_with_slash(s, k) <= 0 < compare_with_slash(e, k) for s, e in ranges)
             assert covered == in_range, (start, end, k, ranges)
-    assert ox._user_ranges("/b", "/a") == [] and ox._user_ranges("/a", "/a") == []
+    assert own_keys.user_ranges("/b", "/a") == [] and own_keys.user_ranges("/a", "/a") == []
 
 
 # ---------------------------------------------------------------------------------------------------- shared server
@@ -292,7 +278,7 @@ async def test_concurrent_operations_are_coalesced(store: OxiaMetadataStore, pfx
     prefix = pfx + "p/idx"
     await store.put_sequential(prefix, b"first", [1, 1], partition_key=pk)
     shard = store.shard_of(prefix, pk)
-    writer = store._writers[shard]
+    writer = store.writes.writer(shard)
     requests, ops = writer.requests_sent, writer.ops_sent
     n = 600
     entries = await asyncio.gather(*(store.put_sequential(prefix, b"v%d" % i, [1, 10], partition_key=pk)
@@ -302,7 +288,7 @@ async def test_concurrent_operations_are_coalesced(store: OxiaMetadataStore, pfx
     sums = sorted(parse_sequence_key(prefix, e.key) for e in entries)
     assert sums == [[2 + i, 11 + 10 * i] for i in range(n)]  # dense, no duplicates
 
-    reader = store._readers.get(shard) or store._readers.setdefault(shard, ox._ShardReader(store, shard))
+    reader = store.reads.reader(shard)
     requests, ops = reader.requests_sent, reader.ops_sent
     got = await asyncio.gather(*(store.get(e.key, partition_key=pk) for e in entries))
     assert got == entries
@@ -316,7 +302,7 @@ async def test_concurrent_operations_are_coalesced(store: OxiaMetadataStore, pfx
         return_exceptions=True,
     )
     wins = [r for r in results[:20] if not isinstance(r, Exception)]
-    assert len(wins) == 1 and all(isinstance(r, ox.VersionMismatchError) for r in results[:20] if r not in wins)
+    assert len(wins) == 1 and all(isinstance(r, VersionMismatchError) for r in results[:20] if r not in wins)
     assert results[20:] == [False] * 20
 
 
@@ -337,9 +323,6 @@ async def test_put_sequential_requests_the_server_would_fail_whole_are_refused(s
             await other.put_sequential(prefix, b"", [5], partition_key=pk)
         e = await other.put_sequential(prefix, b"", [5, 5, 5], partition_key=pk)  # more deltas are fine
         assert e.key == sequence_key(prefix, [6, 6, 5])
-        await store.put(pfx + "p/odd-", b"", partition_key=pk)
-        with pytest.raises(MetadataError, match="not a sequence key"):
-            await other.put_sequential(pfx + "p/odd", b"", [1], partition_key=pk)
     finally:
         await other.close()
     with pytest.raises(ValueError):
@@ -354,7 +337,7 @@ async def test_session_expires_when_the_keepalive_stops(oxia_service, pfx: str):
     try:
         e = await s.put(pfx + "eph", b"1", ephemeral=True)
         assert e.ephemeral and (await observer.get(pfx + "eph")).ephemeral
-        (session,) = s._sessions.values()
+        (session,) = s.shard_sessions.live
         await asyncio.sleep(1.5)  # the keepalive (every 0.67 s) holds it past the timeout
         assert await observer.get(pfx + "eph") is not None
         session.task.cancel()
@@ -373,7 +356,7 @@ async def test_session_expires_when_the_keepalive_stops(oxia_service, pfx: str):
         with pytest.raises(SessionExpiredError):
             await s.put(pfx + "eph3", b"3", ephemeral=True, session=1)
         assert (await s.put(pfx + "eph3", b"3", ephemeral=True, session=2)).ephemeral
-        (renewed,) = s._sessions.values()
+        (renewed,) = s.shard_sessions.live
         assert renewed.id != session.id and (await observer.get(pfx + "eph3")).ephemeral
         assert (await s.put(pfx + "durable", b"ok")).value == b"ok"
     finally:
@@ -470,7 +453,7 @@ async def test_multi_shard_lists_comparisons_watches_and_sessions(private_oxia, 
         eph_keys = [pfx + f"eph{i}" for i in range(12)]
         for k in eph_keys:
             assert (await eph.put(k, b"e", ephemeral=True)).ephemeral
-        assert len(eph._sessions) == len({eph.shard_of(k) for k in eph_keys}) > 1
+        assert len(eph.shard_sessions.live) == len({eph.shard_of(k) for k in eph_keys}) > 1
         await eph.close()
         for k in eph_keys:
             assert await s.get(k) is None
@@ -521,12 +504,9 @@ async def test_oxias_own_keys_stay_hidden(private_oxia):
         # Without sessions, the last of Oxia's keys are notification batches, which are not records: a get that
         # lands on one fails on the server, and with it its whole Read call. The other gets of that call are
         # retried alone and succeed; the public get never lands there.
-        for sess in list(s._sessions.values()):
-            sess.task.cancel()
-            await s._close_session(sess)
-        s._sessions.clear()
+        await s.shard_sessions.close()
         shard = s.shards[0]
-        poison = s._read(shard, "zzz/zzz", ox._COMPARISON_CODE[Comparison.LOWER])
+        poison = s.reads.get(shard, "zzz/zzz", Comparison.LOWER)
         good = [s.get(f"/k{i}") for i in range(5)]
         res = await asyncio.gather(poison, *good, return_exceptions=True)
         assert isinstance(res[0], MetadataError) and "eserialize" in str(res[0]), res[0]
@@ -567,7 +547,7 @@ async def test_reconnects_after_the_server_is_killed_and_restarted(private_oxia,
         srv.stop(signal.SIGKILL)
 
         async def noticed():  # the streams have seen the connection go (a write sent before that is ambiguous)
-            return all(w.stream is None or w.stream.failed for w in s._writers.values())
+            return not any(w.connected for w in s.writes.writers)
 
         await wait_until(noticed, 10, "the write streams to notice the lost connection")
         # Issued while the server is down: not sent yet, so even a put_sequential is safely retried.

@@ -19,7 +19,7 @@ async def test_keepalive_does_not_wait_behind_the_store_thread(tmp_path):
     try:
         await s.put("/eph", b"1", ephemeral=True)
         # The store's thread is busy for 2.5 session timeouts (a slow read), with writes queued behind it.
-        busy = s._submit(lambda _conn: time.sleep(2.5), write=False)
+        busy = s.thread.submit(lambda _conn: time.sleep(2.5), write=False)
         writes = [s.put(f"/k{i}", b"v") for i in range(50)]
         await busy
         await asyncio.gather(*writes)

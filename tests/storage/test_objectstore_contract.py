@@ -92,6 +92,19 @@ async def test_range_gets(store: ObjectStore) -> None:
     assert await store.get("r", 5, 5) == b""  # empty range
 
 
+async def test_writable_range_gets(store: ObjectStore) -> None:
+    """get_writable returns the same bytes as get, in a bytearray the caller may patch (the fetch cache does)."""
+    data = os.urandom(3 << 20)  # several reads' worth for the local store's preadv loop
+    await store.put("w", data)
+    for start, end in ((0, len(data)), (10, 20), (len(data) - 5, len(data)), (100, len(data) + 100), (7, 7)):
+        got = await store.get_writable("w", start, end)
+        assert isinstance(got, bytearray) and got == data[start:end]
+        got[:1] = b"x"  # it is the caller's own copy
+    assert await store.get("w") == data
+    with pytest.raises(ObjectNotFoundError):
+        await store.get_writable("missing", 0, 10)
+
+
 async def test_get_missing_raises(store: ObjectStore) -> None:
     with pytest.raises(ObjectNotFoundError):
         await store.get("missing")
@@ -261,6 +274,20 @@ async def test_local_put_leaves_no_temp_files(tmp_path) -> None:
     await store.put("x/y", b"3", create_only=False)
     assert os.listdir(tmp_path / "x") == ["y"]
     assert (tmp_path / "x" / "y").read_bytes() == b"3"
+    await store.close()
+
+
+async def test_local_writable_gets_without_nowait_reads(tmp_path, monkeypatch) -> None:
+    """Where RWF_NOWAIT reads are not available, get_writable reads in the thread pool (the same bytes)."""
+    import dray_broker.objectstore.local as local
+
+    monkeypatch.setattr(local, "_RWF_NOWAIT", None)
+    store = LocalObjectStore(tmp_path)
+    data = os.urandom(1 << 20)
+    await store.put("w", data)
+    assert await store.get_writable("w", 5, 1 << 21) == data[5:]
+    with pytest.raises(ObjectNotFoundError):
+        await store.get_writable("missing", 0, 10)
     await store.close()
 
 

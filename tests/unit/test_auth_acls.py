@@ -6,7 +6,6 @@ import random
 
 import pytest
 from kio.index import load_request_schema, load_response_schema
-from kio.serial._introspect import EntityField, EntityTupleField, PrimitiveTupleField, classify_field
 
 from dray_broker.auth.acls import (
     CLUSTER_NAME,
@@ -14,15 +13,22 @@ from dray_broker.auth.acls import (
     AclBindingFilter,
     Authorizer,
     InvalidAcl,
-    Operation as Op,
-    PatternType as P,
     Permission,
-    ResourceType as R,
     all_operations_bits,
     operations_bits,
 )
+from dray_broker.auth.acls import (
+    Operation as Op,
+)
+from dray_broker.auth.acls import (
+    PatternType as P,
+)
+from dray_broker.auth.acls import (
+    ResourceType as R,
+)
 from dray_broker.auth.api_checks import ANY_RESOURCE, API_CHECKS, CLUSTER, Scope
 from dray_broker.auth.principal import user
+from dray_broker.protocol.kio_shim import EntityField, EntityTupleField, PrimitiveTupleField, classify_field
 
 ALICE, BOB, ADMIN = user("alice"), user("bob"), user("admin")
 HOST = "10.0.0.1"

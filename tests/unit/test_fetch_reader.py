@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from dray_broker.fetch.reader import OffsetOutOfRange, PartitionReader
+from dray_broker.fetch.reader import LoadedRange, OffsetOutOfRange, PartitionReader
 from dray_broker.index.offsets import OffsetIndex, PartitionRef
 from dray_broker.metadata import open_metadata_store
 from dray_broker.objectstore import open_object_store
@@ -70,3 +70,26 @@ def read_batch_all(data: bytes):
         out += read_batch(data[pos : pos + size])
         pos += size
     return out
+
+
+def test_slice_from_keeps_whole_batches_within_the_budget():
+    """Batches of 3, 1 and 2 records (10, 20 and 30 bytes) of a range starting at offset 100."""
+    loaded = LoadedRange(bytearray(range(60)), (3, 1, 2), (10, 20, 30))
+
+    def sliced(offset, budget, first=False):
+        view, complete = loaded.slice_from(100, offset, budget, first)
+        assert view.obj is loaded.data  # a view of the cached bytes, not a copy
+        return bytes(view), complete
+
+    data = bytes(range(60))
+    assert sliced(100, 1000) == (data, True)
+    assert sliced(102, 1000) == (data, True)  # from the batch holding offset 102
+    assert sliced(103, 1000) == (data[10:], True)
+    assert sliced(105, 1000) == (data[30:], True)
+    assert sliced(100, 30) == (data[:30], False)  # exactly two batches
+    assert sliced(100, 29) == (data[:10], False)
+    assert sliced(103, 5) == (b"", False)  # nothing fits
+    assert sliced(103, 5, first=True) == (data[10:30], False)  # but the first batch comes whole
+    assert sliced(104, 0, first=True) == (data[30:], True)
+    assert sliced(104, -5, first=True) == (data[30:], True)
+    assert sliced(104, -5) == (b"", False)
