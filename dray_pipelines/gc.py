@@ -17,8 +17,9 @@ offset moves to the end of the last dropped unit (ListOffsets earliest follows i
 from the Iceberg table in one snapshot; everything else follows through WAL GC and table maintenance.
 
 Deleted topics: DeleteTopics leaves a tombstone (dray_broker/topics/catalog.py). A grace period later, the
-topic's index and boundary keys go, and its Iceberg table is purged (with any file left under its location when
-the warehouse is in the object store); its WAL objects then have no index entry and go through orphan GC.
+topic's index, producer state and boundary keys go, and its Iceberg table is purged (with any file left under its
+location when the warehouse is in the object store); its WAL objects then have no index entry and go through
+orphan GC.
 
 Table maintenance: snapshots older than snapshot_retention_ms are expired (never the current one), then data files
 under the table that no remaining snapshot references are deleted if their name says the committed range already
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 
 from dray_broker import faults
 from dray_broker.index.offsets import IndexEntry, ParquetLocation
+from dray_broker.produce.producers import partition_dir as producer_states_dir
 from dray_broker.topics.catalog import Topic, TopicCatalog
 from dray_pipelines.lake import LAKE_PREFIX, Lake, now_ms, partition_key, wal_object_ms
 from dray_pipelines.tables import purge_topic_table, table_location
@@ -189,6 +191,8 @@ async def purge_deleted_topics(lake: Lake, grace_ms: int) -> dict:
         for p in range(t.partitions):
             ref = t.partition(p)
             await lake.store.delete_range(ref.dir, ref.dir + "~", partition_key=ref.partition_key)
+            producers = producer_states_dir(ref)
+            await lake.store.delete_range(producers, producers + "~", partition_key=ref.partition_key)
             lake_dir = f"{LAKE_PREFIX}{t.id}/{p}/"
             await lake.store.delete_range(lake_dir, lake_dir + "~", partition_key=ref.partition_key)
         tables += await asyncio.to_thread(lambda: purge_topic_table(lake.catalog, lake.settings, t.name, t.id))

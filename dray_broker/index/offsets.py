@@ -210,6 +210,26 @@ class OffsetIndex:
         )
         return [decode_entry(p, e.key, e.value) for e in found]
 
+    async def entries_from(self, p: PartitionRef, offset: int) -> list[IndexEntry]:
+        """The entries readers use for the offsets from offset to the log end, in offset order: Parquet entries
+        below the compacted watermark, WAL entries above it (idempotent producers look for a batch appended after
+        a known log end). The watermark is read before and after the scans: WAL entries are collected only a grace
+        period after the watermark passed them, so an unchanged watermark means nothing was missed."""
+        while True:
+            watermark, _ = await self.compacted_watermark(p)
+            out = []
+            if offset < watermark:
+                compacted = await self.store.range_scan(
+                    p.dir + "pq-" + _offset(offset + 1), p.dir + "pq-~", partition_key=p.partition_key
+                )
+                out = [e for e in (decode_entry(p, c.key, c.value) for c in compacted) if e.end <= watermark]
+            found = await self.store.range_scan(
+                p.dir + "wal-" + _offset(max(offset, watermark) + 1), p.dir + "wal-~", partition_key=p.partition_key
+            )
+            out += [decode_entry(p, e.key, e.value) for e in found]
+            if (await self.compacted_watermark(p))[0] == watermark:
+                return out
+
     # --- the compaction side ----------------------------------------------------------------------------------
 
     async def compacted_watermark(self, p: PartitionRef) -> tuple[int, int]:

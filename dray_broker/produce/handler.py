@@ -105,8 +105,7 @@ def _append(service: ProduceService, topic: Topic, index: int, records: bytes | 
         return service.wal_writer.append(ref, records, summary), None
     # Idempotent: reserved (deduplicated) first, then appended; the connection does not wait for either.
     return service.producers.submit(
-        ref, summary, service.reader.cached_log_end(ref),
-        lambda deadline: service.wal_writer.append(ref, records, summary, deadline=deadline),
+        ref, summary, lambda guard, after: service.wal_writer.append(ref, records, summary, guard=guard, after=after),
     ), None
 
 

@@ -100,9 +100,14 @@ class Broker:
         reader = PartitionReader(objects, index, s.fetch_cache_bytes, load_compacted=CompactedReader(objects).load)
         self.metrics.registry.register(CacheCollector(reader.chunks))
         wal_writer = WalWriter(objects, index, broker_id=self.broker_id, flush_ms=s.flush_ms,
-                               flush_bytes=s.flush_bytes, on_commit=reader.committed, metrics=self.metrics)
-        producers = ProducerStates(metadata, index, functools.partial(_batch_headers, reader),
+                               flush_bytes=s.flush_bytes, on_commit=reader.committed, metrics=self.metrics,
+                               faults=self.faults)
+        producers = ProducerStates(metadata, index, functools.partial(_batch_headers, reader), reader.cached_log_end,
+                                   session_timeout_ms=s.session_timeout_ms, broker_id=self.broker_id,
                                    expiration_ms=s.producer_id_expiration_ms)
+        await producers.start()
+        # Pushed before the drain: the producers' reservations stop only after every request read is answered.
+        stack.push_async_callback(producers.stop)
         index_watch = await metadata.watch(INDEX_PREFIX)
         _run_until_stopped(stack, _follow_index(index_watch, reader), "index-watch")
         _run_until_stopped(stack, self._sweep(), "connection-sweep")
@@ -133,7 +138,7 @@ class Broker:
             ROUTES,
             NoService(),
             cluster,
-            ProduceService(cluster, topics, wal_writer, producers, reader, metadata, self.metrics, self.faults),
+            ProduceService(cluster, topics, wal_writer, producers, metadata, self.metrics, self.faults),
             FetchService(cluster, topics, reader, index),
             AdminService(cluster, topics, reader, s),
             GroupService(coordinator, topics),

@@ -50,7 +50,6 @@ class ProduceService:
     topics: TopicCatalog
     wal_writer: WalWriter
     producers: ProducerStates
-    reader: PartitionReader  # the log ends it knows (idempotent producers' sequence checks)
     metadata: MetadataStore  # producer ids are allocated there
     metrics: BrokerMetrics
     faults: Faults
