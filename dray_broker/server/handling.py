@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic, Iterable, Iterator, TypeAlias, TypeVar
 
+from dray_broker.auth.principal import ANONYMOUS, KafkaPrincipal
 from dray_broker.auth.api_checks import API_CHECKS, ApiChecks
 from dray_broker.protocol.codec import Request, decode_request
 
@@ -32,10 +33,12 @@ S = TypeVar("S")
 
 @dataclass(slots=True)
 class RequestContext:
-    """Who sent a request, as the handlers need it. (The authenticated principal goes here with authentication.)"""
+    """Who sent a request, as the handlers and the authorizer need it."""
 
     client_id: str | None
     client_host: str  # "/<ip>" of the peer, as Kafka reports it (JoinGroup, ConsumerGroupHeartbeat keep it)
+    # Who the connection authenticated as (SASL or a TLS client certificate); User:ANONYMOUS otherwise, as in Kafka.
+    principal: KafkaPrincipal = ANONYMOUS
 
 
 @dataclass(slots=True)
