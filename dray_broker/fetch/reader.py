@@ -118,10 +118,16 @@ class PartitionReader:
         self._advance(p, entry.end)
 
     def index_changed(self, p: PartitionRef, key: str) -> None:
-        """A notification from the metadata store: another broker may have appended."""
+        """A notification from the metadata store: another broker may have appended, or moved the log start."""
         sums = parse_sequence_key(p.dir + "wal", key)
         if sums is not None:
             self._advance(p, sums[0])
+        elif self.index.is_log_start_key(p, key):
+            self._log_start.pop(p, None)  # read again at the next fetch
+
+    def log_start_moved(self, p: PartitionRef, start: int) -> None:
+        """This broker moved the log start (DeleteRecords): fetches below it are out of range from now on."""
+        self._log_start[p] = (time.monotonic(), start)
 
     def _advance(self, p: PartitionRef, end: int) -> None:
         if end > self._log_end.get(p, -1):

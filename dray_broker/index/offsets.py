@@ -187,6 +187,10 @@ class OffsetIndex:
         found = await self.store.get(p.dir + "start", partition_key=p.partition_key)
         return int(found.value) if found else 0
 
+    @staticmethod
+    def is_log_start_key(p: PartitionRef, key: str) -> bool:
+        return key == p.dir + "start"
+
     async def advance_log_start_offset(self, p: PartitionRef, offset: int) -> int:
         """Move the log start offset forward to offset (never back); return the new value."""
         while True:

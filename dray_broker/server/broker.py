@@ -140,7 +140,7 @@ class Broker:
             cluster,
             ProduceService(cluster, topics, wal_writer, producers, metadata, self.metrics, self.faults),
             FetchService(cluster, topics, reader, index),
-            AdminService(cluster, topics, reader, s),
+            AdminService(cluster, topics, reader, index, s),
             GroupService(coordinator, topics),
         ], self.metrics)
 

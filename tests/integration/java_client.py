@@ -264,6 +264,13 @@ class JavaClient:
                           timeout=timeout_ms / 1000 + 60)
         return [Record.from_json(e) for e in events if "offset" in e]
 
+    def delete_records(self, bootstrap: str, topic: str, offsets: dict[int, int],
+                       props: dict | None = None) -> dict[int, int | str]:
+        """Admin.deleteRecords: partition -> its new low watermark, or the name of the exception it failed with."""
+        events = self.run("delete-records", "--bootstrap", bootstrap, "--topic", topic, "--offsets",
+                          ",".join(f"{p}:{o}" for p, o in offsets.items()), *_props(props), check=False)
+        return {e["partition"]: e.get("lowWatermark", e.get("error")) for e in events if "partition" in e}
+
     def start_consumer(self, bootstrap: str, topic: str | list[str], *, group: str | None = None,
                        group_protocol: str | None = None, assign: str | None = None, props: dict | None = None,
                        commit: bool = True) -> "RunningClient":
