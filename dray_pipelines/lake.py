@@ -2,10 +2,12 @@
 objects, and by default the Iceberg warehouse), plus the Iceberg catalog. Open one with `async with open_lake(s)`.
 
 Pipeline state kept in the metadata store, next to the index (one key per partition):
-    /dray/lake/<topic_id>/<partition>/boundaries   JSON {"dead": [[offset, first_seen_ms], ...], "start": [...]}:
-        when the dead boundary (max of compacted watermark and log start: no reader needs the WAL below it) and
-        the log start offset first reached each value. WAL entries and objects below the dead boundary, and
-        Parquet index entries below the log start, are deleted only a grace period after that.
+    /dray/lake/<topic_id>/<partition>/boundaries   JSON {"dead": [[offset, first_seen_ms], ...], "start": [...],
+        "trimmed": [...]}: when the dead boundary (max of compacted watermark and log start: no reader needs the WAL
+        below it), the log start offset, and the offset below which the Iceberg table dropped its whole data files
+        (retention's trim, also after a DeleteRecords moved the log start) first reached each value. WAL entries and
+        objects below the dead boundary are deleted only a grace period after that; Parquet index entries below the
+        log start too, and only once the table is trimmed there (until then they say which files to drop).
 """
 
 from __future__ import annotations
@@ -191,20 +193,22 @@ class Lake:
         return f"{LAKE_PREFIX}{ref.topic_id}/{ref.partition}/boundaries"
 
     async def boundaries(self, ref: PartitionRef) -> tuple[dict[str, list[list[int]]], int]:
-        """({"dead": [[offset, first_seen_ms], ...], "start": [...]}, version). dead: the WAL below offset is
-        needed by no reader (max of compacted watermark and log start); start: the log start offset."""
+        """({"dead": [[offset, first_seen_ms], ...], "start": [...], "trimmed": [...]}, version). dead: the WAL
+        below offset is needed by no reader (max of compacted watermark and log start); start: the log start
+        offset; trimmed: the table's whole data files below offset are dropped."""
         e = await self.store.get(self._boundary_key(ref), partition_key=ref.partition_key)
         doc = json.loads(e.value) if e else {}
-        return {"dead": doc.get("dead", []), "start": doc.get("start", [])}, (e.version if e else -1)
+        return ({"dead": doc.get("dead", []), "start": doc.get("start", []), "trimmed": doc.get("trimmed", [])},
+                (e.version if e else -1))
 
     async def note_boundaries(self, ref: PartitionRef, *, dead: int | None = None, start: int | None = None,
-                              at_ms: int | None = None) -> dict[str, list[list[int]]]:
+                              trimmed: int | None = None, at_ms: int | None = None) -> dict[str, list[list[int]]]:
         """Record when each boundary first reached its value (no-op for values seen before)."""
         at_ms = now_ms() if at_ms is None else at_ms
         while True:
             doc, version = await self.boundaries(ref)
             changed = False
-            for name, value in (("dead", dead), ("start", start)):
+            for name, value in (("dead", dead), ("start", start), ("trimmed", trimmed)):
                 history = doc[name]
                 if value is None or (history and history[-1][0] >= value):
                     continue
