@@ -8,6 +8,9 @@ Pipeline state kept in the metadata store, next to the index (one key per partit
         (retention's trim, also after a DeleteRecords moved the log start) first reached each value. WAL entries and
         objects below the dead boundary are deleted only a grace period after that; Parquet index entries below the
         log start too, and only once the table is trimmed there (until then they say which files to drop).
+    /dray/lake/<topic_id>/<partition>/cleaner      JSON {"passes": [[clean_end, at_ms], ...], "tombstones_due_ms": t}:
+        the cleaner of a compacted topic (dray_pipelines/cleaning.py): the passes that finished (each cleaned the
+        log below clean_end as of at_ms), and when the oldest tombstone left may be removed (null: none left).
 """
 
 from __future__ import annotations
@@ -220,6 +223,34 @@ class Lake:
                 await self.store.put(self._boundary_key(ref), json.dumps(doc).encode(), expected_version=version,
                                      partition_key=ref.partition_key)
                 return doc
+            except VersionMismatchError:
+                continue
+
+    # --- the cleaner of compacted topics -----------------------------------------------------------------------
+
+    def _cleaner_key(self, ref: PartitionRef) -> str:
+        return f"{LAKE_PREFIX}{ref.topic_id}/{ref.partition}/cleaner"
+
+    async def cleaner(self, ref: PartitionRef) -> dict:
+        """{"passes": [[clean_end, at_ms], ...], "tombstones_due_ms": int | None}."""
+        e = await self.store.get(self._cleaner_key(ref), partition_key=ref.partition_key)
+        doc = json.loads(e.value) if e else {}
+        return {"passes": doc.get("passes", []), "tombstones_due_ms": doc.get("tombstones_due_ms")}
+
+    async def note_cleaned(self, ref: PartitionRef, end: int, at_ms: int, tombstones_due_ms: int | None) -> None:
+        """Record a finished pass (no-op if it is recorded already)."""
+        key = self._cleaner_key(ref)
+        while True:
+            e = await self.store.get(key, partition_key=ref.partition_key)
+            doc = json.loads(e.value) if e else {"passes": []}
+            if [end, at_ms] in doc["passes"]:
+                return
+            doc["passes"] = (doc["passes"] + [[end, at_ms]])[-_HISTORY:]
+            doc["tombstones_due_ms"] = tombstones_due_ms
+            try:
+                await self.store.put(key, json.dumps(doc).encode(), expected_version=e.version if e else -1,
+                                     partition_key=ref.partition_key)
+                return
             except VersionMismatchError:
                 continue
 

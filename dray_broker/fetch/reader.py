@@ -214,15 +214,16 @@ class PartitionReader:
         return await self._chunk_bytes(entry)
 
     async def _chunk_bytes(self, entry: IndexEntry) -> LoadedRange:
-        data = self.chunks.get(entry.key)
+        key = entry.cache_key
+        data = self.chunks.get(key)
         if data is not None:
             return data
         # Coalesce concurrent misses on the same chunk into one read.
-        loading = self._loading.get(entry.key)
+        loading = self._loading.get(key)
         if loading is None:
             loading = asyncio.ensure_future(self._load(entry))
-            self._loading[entry.key] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(entry.key, None))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
         return await asyncio.shield(loading)
 
     async def _load(self, entry: IndexEntry) -> LoadedRange:
@@ -241,5 +242,5 @@ class PartitionReader:
             wal.verify_chunk(chunk, data)
             patch_base_offsets(data, entry.start, loc.batch_records)
             loaded = LoadedRange(data, loc.batch_records, loc.batch_sizes)
-        self.chunks.put(entry.key, loaded)
+        self.chunks.put(entry.cache_key, loaded)
         return loaded

@@ -101,6 +101,15 @@ class IndexEntry:
     def is_wal(self) -> bool:
         return isinstance(self.location, WalLocation)
 
+    @property
+    def cache_key(self) -> str:
+        """What a reader caches this entry's batches under. A Parquet entry's key stays when the cleaner of a
+        compacted topic points it at a cleaned file: the file and row group tell the versions apart."""
+        loc = self.location
+        if isinstance(loc, WalLocation):
+            return self.key
+        return f"{self.key}@{loc.path}#{(loc.extra or {}).get('rg', 0)}"
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionRef:
