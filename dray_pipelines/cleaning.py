@@ -49,6 +49,7 @@ from dray_broker.fetch import compacted as C
 from dray_broker.index.offsets import ParquetLocation
 from dray_broker.topics.catalog import Topic
 from dray_pipelines.lake import Lake, now_ms
+from dray_pipelines.sql import CONTENTS_PROPERTY
 from dray_pipelines.tables import CleanedFileWriter, LiveFile, TopicTable
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ S_OPERATION = "dray.operation"
 S_CLEANED_AT = "dray.cleaned-at"
 S_CLEAN_END = "dray.clean-end"
 # Table property: what the table of a topic holds, for SQL users (`dray sql` shows it).
-P_CONTENTS = "dray.contents"
+P_CONTENTS = CONTENTS_PROPERTY
 CLEANED_CONTENTS = ("cleaned log of a compacted topic (cleanup.policy={policy}): below offset {end} of each cleaned "
                     "partition, only the latest record per key (tombstones until delete.retention.ms); every record "
                     "above it")

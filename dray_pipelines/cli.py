@@ -129,11 +129,13 @@ def _cell(value):
 def cmd_sql(args) -> int:
     import duckdb
 
-    from dray_pipelines.sql import connect
+    from dray_pipelines.sql import connect, notes
 
     settings = _settings(args)
     con = connect(settings)
     try:
+        for note in notes(con, args.query):
+            print(f"dray sql: note: {note}", file=sys.stderr)
         if args.format == "table":
             rel = con.sql(args.query)
             if rel is not None:

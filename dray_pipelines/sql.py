@@ -2,6 +2,8 @@
 
 Extensions load offline from the duckdb-extension-* packages (no download at run time): avro and iceberg, and
 httpfs when the warehouse is on S3. Each view reads the table's current metadata file, as the catalog names it.
+A compacted topic's table holds the cleaned log (latest record per key below the clean point): its view's comment
+says so, and `dray sql` prints it on stderr for the tables a query names.
 Column names `offset`, `partition`, `timestamp`, `key` and `value` are SQL keywords in places: quote them
 ("offset") when DuckDB asks.
 """
@@ -16,6 +18,8 @@ import duckdb
 
 from dray_broker.config import LakeSettings
 from dray_pipelines.tables import open_catalog
+
+CONTENTS_PROPERTY = "dray.contents"  # table property: what the table holds, when not the whole log
 
 
 def _extension_path(name: str) -> str:
@@ -62,7 +66,16 @@ def connect(settings: LakeSettings, topics: list[str] | None = None) -> duckdb.D
             con.execute(f"CREATE VIEW {quote(name)} AS SELECT * FROM \"_empty_{len(identifiers)}_{abs(hash(name))}\"")
             continue
         con.execute(f"CREATE VIEW {quote(name)} AS SELECT * FROM iceberg_scan({_literal(table.metadata_location)})")
+        contents = table.properties.get(CONTENTS_PROPERTY)
+        if contents:  # a compacted topic's table: the cleaned log (dray_pipelines/cleaning.py)
+            con.execute(f"COMMENT ON VIEW {quote(name)} IS {_literal(contents)}")
     return con
+
+
+def notes(con: duckdb.DuckDBPyConnection, query: str) -> list[str]:
+    """What the tables a query names hold, where that is not every record ever written (compacted topics)."""
+    rows = con.execute("SELECT view_name, comment FROM duckdb_views() WHERE comment IS NOT NULL AND NOT internal")
+    return [f"{name}: {comment}" for name, comment in rows.fetchall() if name in query]
 
 
 def _s3_secret(con: duckdb.DuckDBPyConnection, settings: LakeSettings) -> None:

@@ -124,6 +124,10 @@ class PartitionReader:
             self._advance(p, sums[0])
         elif self.index.is_log_start_key(p, key):
             self._log_start.pop(p, None)  # read again at the next fetch
+        elif self.index.is_watermark_key(p, key):
+            # Compaction swapped a range to Parquet: read it from there from now on, not from cached WAL entries
+            # (for a compacted topic the cleaner then rewrites those Parquet ranges; the WAL keeps every record).
+            self.entries.forget(p)
 
     def log_start_moved(self, p: PartitionRef, start: int) -> None:
         """This broker moved the log start (DeleteRecords): fetches below it are out of range from now on."""

@@ -200,6 +200,10 @@ class OffsetIndex:
     def is_log_start_key(p: PartitionRef, key: str) -> bool:
         return key == p.dir + "start"
 
+    @staticmethod
+    def is_watermark_key(p: PartitionRef, key: str) -> bool:
+        return key == p.dir + "watermark"
+
     async def advance_log_start_offset(self, p: PartitionRef, offset: int) -> int:
         """Move the log start offset forward to offset (never back); return the new value."""
         while True:
