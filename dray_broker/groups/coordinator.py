@@ -56,7 +56,7 @@ from dray_broker.groups.state import (
     JoinResult,
     SyncResult,
 )
-from dray_broker.groups.store import LEASE, CommittedOffset, GroupStore, Lease
+from dray_broker.groups.store import CommittedOffset, GroupStore, Lease
 from dray_broker.metadata import MetadataError, SessionExpiredError, VersionMismatchError
 from dray_broker.routing.zones import brokers_for
 
@@ -150,7 +150,7 @@ class GroupCoordinator:
         await asyncio.shield(self._started)
 
     async def _start(self) -> None:
-        watch = await self.broker.metadata.watch(LEASE)
+        watch = await self.store.watch_leases()
         self._watch_task = asyncio.create_task(self._follow_leases(watch), name="group-lease-watch")
         self._sweep_task = asyncio.create_task(self._sweep_loop(), name="group-offset-expiry")
         self._session_task = asyncio.create_task(self._follow_session(), name="group-session")

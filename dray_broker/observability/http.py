@@ -10,6 +10,8 @@ import logging
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dray_broker.keyspace import CLUSTER_ID
+
 log = logging.getLogger(__name__)
 
 READY_CHECK_TIMEOUT_S = 3.0
@@ -54,7 +56,7 @@ class HttpEndpoint:
             return _not_ready([f"broker registration: not registered in metadata session generation "
                                f"{session.generation} yet"])
         checks = {
-            "metadata store": self.broker.metadata.get("/dray/cluster"),
+            "metadata store": self.broker.metadata.get(CLUSTER_ID),
             "object store": self.broker.objects.head("wal/.readyz"),
         }
         results = await asyncio.gather(*(asyncio.wait_for(c, READY_CHECK_TIMEOUT_S) for c in checks.values()),

@@ -1,7 +1,7 @@
 """Idempotent producers: producer ids, and per-partition producer state that makes retried batches land once.
 
-    /dray/producer-ids-<n>                          sequence keys: each InitProducerId takes the next id
-    /dray/idx/<topic_id>/<partition>/pid-<id>       JSON producer state of one producer on one partition
+    producer ids       sequence keys: each InitProducerId takes the next id
+    producer states    JSON state of one producer on one partition (keys: dray_broker/keyspace.py)
 
 A producer state holds the producer's epoch, the sequence ranges and base offsets of its last 5 committed batches,
 and the batches reserved but not yet known to be committed ("pending"). Any broker validates a batch against it:
@@ -31,21 +31,24 @@ from typing import Callable
 
 from kio.schema.errors import ErrorCode
 
+from dray_broker import keyspace
 from dray_broker.index.offsets import OffsetIndex, PartitionRef
+from dray_broker.keyspace import PRODUCER_IDS, IndexFamily
 from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, VersionMismatchError
 from dray_broker.records.batch import BatchSummary, iter_batch_positions
 
 log = logging.getLogger(__name__)
 
-ID_SEQUENCE = "/dray/producer-ids"
 MAX_REMEMBERED_BATCHES = 5
 RESERVATION_TTL_S = 30.0
 DEFAULT_EXPIRATION_MS = 86_400_000  # producer.id.expiration.ms
 
 
 async def allocate_producer_id(store: MetadataStore) -> int:
-    entry = await store.put_sequential(ID_SEQUENCE, b"", [1], partition_key="producer-ids")
-    return int(entry.key.rsplit("-", 1)[1])
+    entry = await store.put_sequential(PRODUCER_IDS.prefix, b"", [1], partition_key=PRODUCER_IDS.partition_key)
+    producer_id = PRODUCER_IDS.parse(entry.key)
+    assert producer_id is not None, entry.key  # put_sequential made it under the prefix
+    return producer_id
 
 
 class ProduceRejected(Exception):
@@ -117,7 +120,7 @@ class ProducerStates:
         self._in_flight: dict[tuple[PartitionRef, int, int], asyncio.Future] = {}
 
     def _key(self, p: PartitionRef, pid: int) -> str:
-        return f"{p.dir}pid-{pid:020d}"
+        return f"{keyspace.index_dir(p.topic_id, p.partition).prefix}pid-{pid:020d}"
 
     def submit(self, p: PartitionRef, summary: BatchSummary, log_end: int,
                append: Callable[[float], asyncio.Future]) -> asyncio.Future:
@@ -275,7 +278,7 @@ class ProducerStates:
         return None
 
     async def _find_in_index(self, p, pid, epoch, first_seq, from_offset) -> int | None:
-        for entry in await self.index.entries(p, "wal-"):
+        for entry in await self.index.entries(p, IndexFamily.WAL):
             if entry.end <= from_offset:
                 continue
             for h_pid, h_epoch, h_seq, offset in await self.read_batch_headers(p, entry):

@@ -7,7 +7,6 @@ import dataclasses
 import inspect
 import logging
 import time
-import uuid
 from typing import Any, Awaitable, Callable
 
 from dray_broker.cluster_identity import ensure_cluster_identity
@@ -17,7 +16,7 @@ from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.fetch.handler import handle_fetch
 from dray_broker.fetch.reader import PartitionReader
 from dray_broker.groups.coordinator import GroupCoordinator
-from dray_broker.index.offsets import OffsetIndex, PartitionRef
+from dray_broker.index.offsets import IndexWatch, OffsetIndex, PartitionRef
 from dray_broker.logs import request_context
 from dray_broker.metadata import MetadataStore, open_metadata_store
 from dray_broker.objectstore import ObjectStore, open_object_store
@@ -49,7 +48,6 @@ from dray_broker.version import VERSION
 log = logging.getLogger(__name__)
 
 Handler = Callable[["Broker", Request], Awaitable[Any]]
-INDEX_PREFIX = "/dray/idx/"
 # How long a draining broker waits for answers to requests already read (long polls end sooner: see fetch).
 DRAIN_TIMEOUT_S = 10.0
 DRAIN_REPORT_S = 1.0  # while draining, say what it waits for this often
@@ -128,7 +126,7 @@ class Broker:
         self.metrics.registry.register(CacheCollector(self.reader.chunks))
         self.producers = ProducerStates(self.metadata, self.index, self._batch_headers,
                                         expiration_ms=s.producer_id_expiration_ms)
-        index_watch = await self.metadata.watch(INDEX_PREFIX)
+        index_watch = await self.index.watch()
         self._index_watch_task = asyncio.create_task(self._follow_index(index_watch), name="index-watch")
         self._sweep_task = asyncio.create_task(self._sweep(), name="connection-sweep")
         host, port = s.listen.rsplit(":", 1)
@@ -235,17 +233,12 @@ class Broker:
     async def _batch_headers(self, p: PartitionRef, entry) -> list[tuple[int, int, int, int]]:
         return batch_headers((await self.reader.load(entry)).data)
 
-    async def _follow_index(self, watch) -> None:
+    async def _follow_index(self, watch: IndexWatch) -> None:
         """Index changes from every broker: move log ends and wake long-polling fetches."""
         try:
-            async for n in watch:
-                parts = n.key[len(INDEX_PREFIX):].split("/")
-                if len(parts) == 3:
-                    try:
-                        ref = PartitionRef(uuid.UUID(parts[0]), int(parts[1]))
-                    except ValueError:
-                        continue
-                    self.reader.index_changed(ref, n.key)
+            async for change in watch:
+                if change.log_end is not None:
+                    self.reader.index_changed(change.partition, change.log_end)
         except asyncio.CancelledError:
             await watch.aclose()
             raise
