@@ -57,7 +57,7 @@ def bench(bootstrap: str, args, broker_cpu=None) -> float:
     cpu_start = broker_cpu() if broker_cpu else 0.0
     produced = workload.produce(bootstrap, topic, records=args.records, size=args.size, partitions=args.partitions,
                                 rate=args.rate, linger_ms=args.linger_ms, compression=args.compression,
-                                values=values)
+                                values=values, idempotent=args.idempotent)
     cpu_produced = broker_cpu() if broker_cpu else 0.0
     if produced.errors:
         print(f"produce errors: {len(produced.errors)} (first: {produced.errors[0]})")
@@ -102,6 +102,8 @@ def main() -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--compression", default="none", choices=("none", "gzip", "snappy", "lz4", "zstd"))
     p.add_argument("--compressible", action="store_true", help="text-like values instead of random bytes")
+    p.add_argument("--idempotent", action="store_true", help="an idempotent producer (one producer state CAS per "
+                   "group of batches per partition: produce/producers.py)")
     run(p.parse_args())
 
 

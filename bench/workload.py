@@ -80,7 +80,7 @@ def create_topic(bootstrap: str, topic: str, partitions: int, config: dict[str, 
 
 def produce(bootstrap: str, topic: str, *, records: int, size: int = 1024, partitions: int = 8, rate: int = 0,
             linger_ms: float = 5, count_requests: bool = False, compression: str = "none",
-            values: list[bytes] | None = None) -> ProduceResult:
+            values: list[bytes] | None = None, idempotent: bool = False) -> ProduceResult:
     """Produce records (keys "0", "1", ..., round-robin over the partitions) as fast as possible, or at a fixed
     rate (records/s); wait for every delivery report. Values cycle through `values` (default: one random value of
     `size` bytes)."""
@@ -89,7 +89,7 @@ def produce(bootstrap: str, topic: str, *, records: int, size: int = 1024, parti
     config = {
         "bootstrap.servers": bootstrap, "acks": "all", "linger.ms": linger_ms, "batch.size": 1_000_000,
         "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 2_000_000,
-        "enable.idempotence": False, "log_level": 3, "compression.type": compression,
+        "enable.idempotence": idempotent, "log_level": 3, "compression.type": compression,
     }
     if count_requests:
         config.update({"statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": lambda s: stats.append(json.loads(s))})

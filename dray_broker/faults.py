@@ -10,7 +10,8 @@ Code asks at a point:
                  ProcessCrash, a BaseException they do not retry: the run stops as if its process had died
 
 The points: drop-produce-response (the broker closes the connection instead of answering a committed produce:
-dray_broker/produce/handler.py); the compaction saga's stage.*, commit.*, publish.* (dray_pipelines/compaction.py);
+dray_broker/produce/handler.py); stall-before-index (a WAL flush hangs after writing its objects, before its index
+write: dray_broker/produce/wal_writer.py; a test kills the broker then); the compaction saga's stage.*, commit.*, publish.* (dray_pipelines/compaction.py);
 wal_gc.before_objects and retention.after_log_start (dray_pipelines/gc.py).
 """
 

@@ -17,8 +17,9 @@ offset moves to the end of the last dropped unit (ListOffsets earliest follows i
 from the Iceberg table in one snapshot; everything else follows through WAL GC and table maintenance.
 
 Deleted topics: DeleteTopics leaves a tombstone (dray_broker/topics/catalog.py). A grace period later, the
-topic's index and boundary keys go, and its Iceberg table is purged (with any file left under its location when
-the warehouse is in the object store); its WAL objects then have no index entry and go through orphan GC.
+topic's index, producer state and boundary keys go, and its Iceberg table is purged (with any file left under its
+location when the warehouse is in the object store); its WAL objects then have no index entry and go through
+orphan GC.
 
 Table maintenance: snapshots older than snapshot_retention_ms are expired (never the current one), then data files
 under the table that no remaining snapshot references are deleted if their name says the committed range already
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from dray_broker import faults
 from dray_broker.index.offsets import IndexEntry, ParquetLocation
 from dray_broker.keyspace import IndexFamily
+from dray_broker.produce.producers import purge_producer_states
 from dray_broker.topics.catalog import Topic, TopicCatalog
 from dray_pipelines.lake import Lake, now_ms, partition_key, wal_object_ms
 from dray_pipelines.tables import purge_topic_table, table_location
@@ -198,6 +200,7 @@ async def purge_deleted_topics(lake: Lake, grace_ms: int) -> dict:
         for p in range(t.partitions):
             ref = t.partition(p)
             await lake.index.purge(ref)
+            await purge_producer_states(lake.store, ref)
             await lake.forget_partition(ref)
         tables += await asyncio.to_thread(lambda: purge_topic_table(lake.catalog, lake.settings, t.name, t.id))
         prefix = lake.settings.object_key(table_location(lake.settings, t.name, t.id))

@@ -30,17 +30,20 @@ over continues with the same epochs and nobody is fenced.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Coroutine, Literal, Protocol, TypeVar, overload
 
 from kio.schema.errors import ErrorCode
 
+from dray_broker.clock import SYSTEM_CLOCK, Clock, Timer
+from dray_broker.config import Settings
 from dray_broker.groups.consumer_state import (
     ConsumerConfig,
+    ConsumerDescription,
     ConsumerGroup,
     HeartbeatRequest,
     HeartbeatResult,
@@ -57,8 +60,10 @@ from dray_broker.groups.state import (
     SyncResult,
 )
 from dray_broker.groups.store import CommittedOffset, GroupStore, Lease
-from dray_broker.metadata import MetadataError, SessionExpiredError, VersionMismatchError
+from dray_broker.metadata import MetadataError, MetadataStore, SessionExpiredError, VersionMismatchError, Watch
+from dray_broker.routing.registry import BrokerInfo
 from dray_broker.routing.zones import brokers_for
+from dray_broker.topics.catalog import TopicCatalog
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +75,17 @@ REGISTERED_POLL_S = 0.05
 DEFAULT_RETENTION_TIME = -1
 
 
+T = TypeVar("T")
+G = TypeVar("G", ClassicGroup, ConsumerGroup)
+
+
 class CoordinatorError(Exception):
     def __init__(self, error: ErrorCode, message: str = ""):
         super().__init__(message or error.name)
         self.error = error
 
 
-def config_from_settings(settings: Any) -> GroupConfig:
+def config_from_settings(settings: Settings) -> GroupConfig:
     """Group settings from the broker settings."""
     return GroupConfig(
         min_session_timeout_ms=settings.group_min_session_timeout_ms,
@@ -91,7 +100,7 @@ def rendezvous(group_id: str, broker_ids: list[int]) -> int:
     return max(broker_ids, key=lambda b: hashlib.blake2b(f"group/{group_id}/{b}".encode(), digest_size=8).digest())
 
 
-def consumer_config_from_settings(settings: Any) -> ConsumerConfig:
+def consumer_config_from_settings(settings: Settings) -> ConsumerConfig:
     """KIP-848 group settings from the broker settings."""
     return ConsumerConfig(
         session_timeout_ms=settings.group_consumer_session_timeout_ms,
@@ -110,7 +119,7 @@ class _Runtime:
     lease: Lease
     persisted_seq: int = 0
     logged: tuple[int, str] = (-1, "")
-    timer: asyncio.TimerHandle | None = None
+    timer: Timer | None = None
     persist_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
 
@@ -123,12 +132,29 @@ class ListedGroup:
     group_type: str = "classic"
 
 
+class LiveBrokers(Protocol):
+    """The broker registry as the coordinator uses it (routing/registry.py BrokerRegistry)."""
+
+    @property
+    def me(self) -> BrokerInfo: ...
+
+    @property
+    def ready(self) -> bool: ...  # registered in the live metadata session generation
+
+    def live(self) -> list[BrokerInfo]: ...
+
+
 class GroupCoordinator:
-    def __init__(self, broker: Any, config: GroupConfig | None = None):
-        self.broker = broker
-        self.config = config or config_from_settings(broker.settings)
-        self.consumer_config = consumer_config_from_settings(broker.settings)
-        self.store = GroupStore(broker.metadata)
+    def __init__(self, metadata: MetadataStore, topics: TopicCatalog, registry: LiveBrokers, broker_id: int,
+                 config: GroupConfig, consumer_config: ConsumerConfig, clock: Clock = SYSTEM_CLOCK):
+        self.metadata = metadata
+        self.topics = topics  # KIP-848 subscriptions resolve topic names to ids and partition counts
+        self.registry = registry
+        self.broker_id = broker_id
+        self.config = config
+        self.consumer_config = consumer_config
+        self.clock = clock  # session timers, takeover delay and offset expiry run on it (tests drive it)
+        self.store = GroupStore(metadata)
         self.instance = uuid.uuid4().hex  # tells this process's leases from an earlier one with the same id
         self._groups: dict[str, _Runtime] = {}
         self._acquiring: dict[str, asyncio.Future] = {}
@@ -137,19 +163,10 @@ class GroupCoordinator:
         self._sweep_task: asyncio.Task | None = None
         self._session_task: asyncio.Task | None = None
         self._stopped = False
-        self._started: asyncio.Future | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.ensure_started()
-
-    async def ensure_started(self) -> None:
-        if self._started is None:
-            self._started = asyncio.ensure_future(self._start())
-        await asyncio.shield(self._started)
-
-    async def _start(self) -> None:
         watch = await self.store.watch_leases()
         self._watch_task = asyncio.create_task(self._follow_leases(watch), name="group-lease-watch")
         self._sweep_task = asyncio.create_task(self._sweep_loop(), name="group-offset-expiry")
@@ -169,38 +186,37 @@ class GroupCoordinator:
         for task in list(self._tasks):
             task.cancel()
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _unowned(self, coro):
+    def _unowned(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         """Run coro in a task of the coordinator and wait for it: cancelling the caller (its client went away)
         does not cancel the work."""
         return asyncio.shield(self._spawn(coro))
 
-    @staticmethod
-    def now() -> int:
-        return int(time.time() * 1000)
+    def now(self) -> int:
+        return self.clock.now_ms()
 
     # --- who coordinates what ---------------------------------------------------------------------------------
 
     def _live_ids(self) -> list[int]:
-        return [b.id for b in self.broker.registry.live()]
+        return [b.id for b in self.registry.live()]
 
     def preferred(self, group_id: str) -> int:
         """The broker that should take an unleased group: rendezvous hash over live brokers."""
         return rendezvous(group_id, self._live_ids())
 
-    async def find_coordinator(self, group_id: str, client_id: str | None = None):
+    async def find_coordinator(self, group_id: str, client_id: str | None = None) -> BrokerInfo:
         """The BrokerInfo clients should send this group's requests to: the lease holder, whatever its zone (one
         broker runs a group); for a group nobody holds, a broker of the client's zone, which takes the lease
         when the group's first request reaches it."""
-        live = {b.id: b for b in self.broker.registry.live()}
+        live = {b.id: b for b in self.registry.live()}
         rt = self._groups.get(group_id)
         if rt is not None:
-            return live.get(self.broker.broker_id) or self.broker.registry.me
+            return live.get(self.broker_id) or self.registry.me
         lease = await self.store.get_lease(group_id)
         if lease is not None and lease.broker_id in live:
             return live[lease.broker_id]
@@ -209,19 +225,22 @@ class GroupCoordinator:
 
     def _ours(self, lease: Lease) -> bool:
         """Taken by this process (in any session generation)."""
-        return lease.broker_id == self.broker.broker_id and lease.instance == self.instance
+        return lease.broker_id == self.broker_id and lease.instance == self.instance
 
     def _mine(self, lease: Lease) -> bool:
         """Held by this process in its live session generation."""
-        session = self.broker.metadata.session
+        session = self.metadata.session
         return self._ours(lease) and session.alive and lease.session == session.generation
 
     def topics_view(self) -> dict[str, tuple[str, int]]:
         """Topic name -> (topic id, partition count), from the broker's topic cache."""
-        topics = getattr(self.broker, "topics", None)
-        if topics is None:
-            return {}
-        return {t.name: (str(t.id), t.partitions) for t in topics.all()}
+        return {t.name: (str(t.id), t.partitions) for t in self.topics.all()}
+
+    @overload
+    async def _runtime(self, group_id: str, *, create: Literal[True], kind: str = "classic") -> _Runtime: ...
+
+    @overload
+    async def _runtime(self, group_id: str, *, create: bool, kind: str = "classic") -> _Runtime | None: ...
 
     async def _runtime(self, group_id: str, *, create: bool, kind: str = "classic") -> _Runtime | None:
         """The group, loaded here (taking its lease if nobody holds it). None if it does not exist and create is
@@ -269,8 +288,8 @@ class GroupCoordinator:
             return None
         if lease is None:
             try:
-                lease = await self.store.take_lease(group_id, self.broker.broker_id, self.instance,
-                                                    self.broker.metadata.session.require())
+                lease = await self.store.take_lease(group_id, self.broker_id, self.instance,
+                                                    self.metadata.session.require())
             except VersionMismatchError:
                 holder = await self.store.get_lease(group_id)
                 raise CoordinatorError(
@@ -283,6 +302,7 @@ class GroupCoordinator:
             if not create:
                 await self.store.release_lease(group_id, lease.version)
                 return None
+            group: ClassicGroup | ConsumerGroup
             if kind == "consumer":
                 group = ConsumerGroup(group_id, self.consumer_config, now)
             else:
@@ -296,7 +316,7 @@ class GroupCoordinator:
                 self._unload(rt, ErrorCode.coordinator_not_available)
                 await self._release(rt)
                 raise CoordinatorError(ErrorCode.coordinator_not_available, f"cannot create the group: {e!r}")
-            log.info("group %r created, coordinated by broker %d", group_id, self.broker.broker_id)
+            log.info("group %r created, coordinated by broker %d", group_id, self.broker_id)
             return rt
         record, version = stored
         if is_consumer_record(record):
@@ -307,7 +327,7 @@ class GroupCoordinator:
         self._add(rt)
         self._reschedule(rt)
         log.info("group %r loaded (generation %d, %s, %d members), coordinated by broker %d",
-                 group_id, group.generation, group.state, len(group.members), self.broker.broker_id)
+                 group_id, group.generation, group.state, len(group.members), self.broker_id)
         return rt
 
     def _add(self, rt: _Runtime) -> None:
@@ -346,10 +366,11 @@ class GroupCoordinator:
             if rt.closed:
                 raise CoordinatorError(ErrorCode.not_coordinator, "the group moved")
             seq, record = rt.group.snapshot_seq, rt.group.snapshot
+            assert record is not None  # snapshot_seq > persisted_seq >= 0: a snapshot was taken
             rt.state_version = await self.store.put_state(rt.group.group_id, record, rt.state_version)
             rt.persisted_seq = seq
 
-    def _settle(self, rt: _Runtime):
+    def _settle(self, rt: _Runtime) -> asyncio.Future[None]:
         """After the state machine ran: persist its snapshot if it changed, then release its replies (in a task of
         the coordinator: a request cancelled meanwhile stops neither)."""
         return self._unowned(self._settle_now(rt))
@@ -382,7 +403,7 @@ class GroupCoordinator:
         if deadline is None or rt.closed:
             return
         delay = max(0.0, (deadline - self.now() + 1) / 1000)
-        rt.timer = asyncio.get_running_loop().call_later(delay, self._on_timer, rt)
+        rt.timer = self.clock.call_later(delay, functools.partial(self._on_timer, rt))
 
     def _on_timer(self, rt: _Runtime) -> None:
         rt.timer = None
@@ -400,12 +421,13 @@ class GroupCoordinator:
         rt = await self._runtime(group_id, create=req.member_id == "")
         if rt is None:
             return JoinResult(ErrorCode.unknown_member_id, member_id=req.member_id)
-        if isinstance(rt.group, ConsumerGroup):
-            if rt.group.members or req.member_id:
+        group = rt.group
+        if isinstance(group, ConsumerGroup):
+            if group.members or req.member_id:
                 return JoinResult(ErrorCode.group_id_not_found, member_id=req.member_id)  # not a classic group
-            self._convert(rt, ClassicGroup(group_id, self.config, self.now()))
-        reply = asyncio.get_running_loop().create_future()
-        rt.group.join(self.now(), reply, req)
+            group = self._convert(rt, ClassicGroup(group_id, self.config, self.now()))
+        reply: asyncio.Future[JoinResult] = asyncio.get_running_loop().create_future()
+        group.join(self.now(), reply, req)
         await self._settle(rt)
         return await reply
 
@@ -415,7 +437,7 @@ class GroupCoordinator:
         rt = await self._runtime(group_id, create=False)
         if rt is None or isinstance(rt.group, ConsumerGroup):
             return SyncResult(ErrorCode.unknown_member_id)
-        reply = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[SyncResult] = asyncio.get_running_loop().create_future()
         rt.group.sync(self.now(), reply, member_id, group_instance_id, generation_id, protocol_type, protocol_name,
                       assignments)
         await self._settle(rt)
@@ -440,7 +462,7 @@ class GroupCoordinator:
 
     # --- ConsumerGroupHeartbeat, ConsumerGroupDescribe (KIP-848) -------------------------------------------------
 
-    def _convert(self, rt: _Runtime, group: ClassicGroup | ConsumerGroup) -> None:
+    def _convert(self, rt: _Runtime, group: G) -> G:
         """An empty group changes type (its committed offsets stay)."""
         group.snapshot_seq = rt.group.snapshot_seq
         group.state_timestamp = rt.group.state_timestamp
@@ -448,6 +470,7 @@ class GroupCoordinator:
         group.mark_created()
         log.info("group %r is now a %s group", group.group_id,
                  "consumer" if isinstance(group, ConsumerGroup) else "classic")
+        return group
 
     async def consumer_heartbeat(self, group_id: str, req: HeartbeatRequest) -> HeartbeatResult:
         def error(code: ErrorCode, message: str | None = None) -> HeartbeatResult:
@@ -457,18 +480,18 @@ class GroupCoordinator:
         rt = await self._runtime(group_id, create=req.member_epoch == 0, kind="consumer")
         if rt is None:
             return error(ErrorCode.unknown_member_id, f"group {group_id} has no member {req.member_id}")
-        if isinstance(rt.group, ClassicGroup):
-            g = rt.group
-            if g.state != EMPTY or g.members or req.member_epoch != 0:
+        group = rt.group
+        if isinstance(group, ClassicGroup):
+            if group.state != EMPTY or group.members or req.member_epoch != 0:
                 return error(ErrorCode.group_id_not_found, f"Group {group_id} is not a consumer group.")
-            self._convert(rt, ConsumerGroup(group_id, self.consumer_config, self.now()))
-        result = rt.group.heartbeat(self.now(), req, self.topics_view())
+            group = self._convert(rt, ConsumerGroup(group_id, self.consumer_config, self.now()))
+        result = group.heartbeat(self.now(), req, self.topics_view())
         await self._settle(rt)
         if rt.closed and result.error == ErrorCode.none:
             return error(ErrorCode.not_coordinator, "the group moved to another coordinator")
         return result
 
-    async def consumer_describe(self, group_id: str):
+    async def consumer_describe(self, group_id: str) -> ConsumerDescription:
         """ConsumerDescription, or CoordinatorError(GROUP_ID_NOT_FOUND)."""
         rt = await self._runtime(group_id, create=False)
         if rt is None or rt.group.state == DEAD:
@@ -608,9 +631,9 @@ class GroupCoordinator:
                 continue
             lease = leases.get(group_id)
             if lease is not None and lease.broker_id in live:
-                if lease.broker_id != self.broker.broker_id:
+                if lease.broker_id != self.broker_id:
                     continue
-            elif rendezvous(group_id, live) != self.broker.broker_id:
+            elif rendezvous(group_id, live) != self.broker_id:
                 continue
             state = record.get("state", EMPTY) if record.get("members") else EMPTY
             if is_consumer_record(record):
@@ -621,7 +644,7 @@ class GroupCoordinator:
 
     # --- lease watch, takeover, offset expiry -----------------------------------------------------------------
 
-    async def _follow_leases(self, watch) -> None:
+    async def _follow_leases(self, watch: Watch) -> None:
         try:
             async for n in watch:
                 group_id = GroupStore.lease_group(n.key)
@@ -644,8 +667,8 @@ class GroupCoordinator:
             self._unload(rt, ErrorCode.not_coordinator)
             rt = None
         if lease is None and rt is None and not self._stopped:
-            await asyncio.sleep(TAKEOVER_DELAY_S)
-            if self._stopped or self.preferred(group_id) != self.broker.broker_id:
+            await self.clock.sleep(TAKEOVER_DELAY_S)
+            if self._stopped or self.preferred(group_id) != self.broker_id:
                 return
             try:
                 await self._runtime(group_id, create=False)
@@ -656,7 +679,7 @@ class GroupCoordinator:
 
     async def _follow_session(self) -> None:
         """Drop the groups of an ended session generation; take them back in the next one."""
-        session = self.broker.metadata.session
+        session = self.metadata.session
         try:
             generation = await session.wait_alive()
         except MetadataError:  # the store closed
@@ -676,8 +699,8 @@ class GroupCoordinator:
             except MetadataError:
                 return
             # Registered again first: FindCoordinator on other brokers names live lease holders only.
-            while not self.broker.registry.ready and session.alive and session.generation == generation:
-                await asyncio.sleep(REGISTERED_POLL_S)
+            while not self.registry.ready and session.alive and session.generation == generation:
+                await self.clock.sleep(REGISTERED_POLL_S)
             for rt in held:
                 try:
                     await self._runtime(rt.group.group_id, create=False)
@@ -692,7 +715,7 @@ class GroupCoordinator:
     async def _sweep_loop(self) -> None:
         interval = self.config.offsets_retention_check_interval_ms / 1000
         while True:
-            await asyncio.sleep(interval)
+            await self.clock.sleep(interval)
             try:
                 await self.expire_offsets()
             except asyncio.CancelledError:
@@ -708,7 +731,7 @@ class GroupCoordinator:
             lease = leases.get(group_id)
             if lease is not None and not self._mine(lease):
                 continue
-            if lease is None and self.preferred(group_id) != self.broker.broker_id:
+            if lease is None and self.preferred(group_id) != self.broker_id:
                 continue
             try:
                 rt = await self._runtime(group_id, create=False)
@@ -749,7 +772,7 @@ def _as_error(result: JoinResult | SyncResult, error: ErrorCode) -> JoinResult |
     return SyncResult(error)
 
 
-def _deliver(replies) -> None:
+def _deliver(replies: list[tuple[Any, JoinResult | SyncResult]]) -> None:
     for token, result in replies:
         if isinstance(token, asyncio.Future) and not token.done():
             token.set_result(result)

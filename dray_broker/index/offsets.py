@@ -266,6 +266,21 @@ class OffsetIndex:
         found = await self.store.range_scan(start, end, partition_key=p.partition_key)
         return [decode_entry(p, e.key, e.value, family) for e in found]
 
+    async def entries_from(self, p: PartitionRef, offset: int) -> list[IndexEntry]:
+        """The entries readers use for the offsets from offset to the log end, in offset order: Parquet entries
+        below the compacted watermark, WAL entries above it (idempotent producers look for a batch appended after
+        a known log end). The watermark is read before and after the scans: WAL entries are collected only a grace
+        period after the watermark passed them, so an unchanged watermark means nothing was missed."""
+        while True:
+            watermark, _ = await self.compacted_watermark(p)
+            out = []
+            if offset < watermark:
+                compacted = await self.entries(p, IndexFamily.PARQUET, min_end=offset + 1)
+                out = [e for e in compacted if e.end <= watermark]
+            out += await self.entries(p, IndexFamily.WAL, min_end=max(offset, watermark) + 1)
+            if (await self.compacted_watermark(p))[0] == watermark:
+                return out
+
     # --- the compaction side ----------------------------------------------------------------------------------
 
     async def compacted_watermark(self, p: PartitionRef) -> tuple[int, int]:

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dray_broker.keyspace import CLUSTER_ID
+from dray_broker.metadata import MetadataStore
+from dray_broker.objectstore import ObjectStore
+from dray_broker.observability.metrics import BrokerMetrics
+from dray_broker.routing.registry import BrokerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +23,16 @@ READY_CHECK_TIMEOUT_S = 3.0
 
 
 class HttpEndpoint:
-    def __init__(self, broker, host: str, port: int):
-        self.broker = broker
+    def __init__(self, host: str, port: int, metrics: BrokerMetrics, metadata: MetadataStore, objects: ObjectStore,
+                 registry: BrokerRegistry, refresh_gauges: Callable[[], Awaitable[None]]):
+        """refresh_gauges: sets the gauges computed at scrape time."""
         self.host = host
         self.port = port
+        self.metrics = metrics
+        self.metadata = metadata
+        self.objects = objects
+        self.registry = registry
+        self.refresh_gauges = refresh_gauges
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
@@ -41,23 +52,23 @@ class HttpEndpoint:
             await self._runner.cleanup()
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        await self.broker.refresh_gauges()
-        body = generate_latest(self.broker.metrics.registry)
+        await self.refresh_gauges()
+        body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        session = self.broker.metadata.session
+        session = self.metadata.session
         if not session.alive:  # known at once: no need to wait for the store checks
             return _not_ready([f"metadata session: generation {session.generation} expired, not renewed yet"])
-        if not self.broker.registry.ready:
+        if not self.registry.ready:
             return _not_ready([f"broker registration: not registered in metadata session generation "
                                f"{session.generation} yet"])
         checks = {
-            "metadata store": self.broker.metadata.get(CLUSTER_ID),
-            "object store": self.broker.objects.head("wal/.readyz"),
+            "metadata store": self.metadata.get(CLUSTER_ID),
+            "object store": self.objects.head("wal/.readyz"),
         }
         results = await asyncio.gather(*(asyncio.wait_for(c, READY_CHECK_TIMEOUT_S) for c in checks.values()),
                                        return_exceptions=True)

@@ -43,7 +43,11 @@ def encode_produce_response(version: int, topics: Sequence[TopicResult]) -> Enco
     flexible = version >= 9
     out = bytearray(_count(len(topics), flexible))
     for name, topic_id, partitions in topics:
-        out += topic_id.bytes if version >= 13 else _string(name or "", flexible)
+        if version >= 13:
+            assert topic_id is not None  # v13 requests name topics by id
+            out += topic_id.bytes
+        else:
+            out += _string(name or "", flexible)
         out += _count(len(partitions), flexible)
         for index, error, base_offset, message in partitions:
             if version >= 5:

@@ -14,6 +14,12 @@ order in which batches arrived: one index write at a time takes every written fl
 flush order) in one store batch, so the index keeps up however many flushes are in flight. Nothing is acked
 before its object is durable and its index entry committed; a failed step fails exactly the appends of that flush
 (or of that partition) with an error the client retries.
+
+An idempotent producer's append carries a guard and the append it follows (produce/producers.py). Right before an
+index write, a partition's entry is left out (and its appends failed) when a guard gives a reason, or when an
+append follows one that is neither committed nor in this index write ahead of it. A partition's appends in one
+index write are applied in order (put_sequential_batch), and one of them fails only for a reason that fails the
+later ones of the same partition too. So a producer's batches commit in order, never one after a gap.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 from ulid import ULID
 
@@ -41,12 +47,17 @@ class FlushError(Exception):
     """The WAL object or the index entry could not be committed; nothing of the append is acked."""
 
 
+# Checked right before the index write: a reason why the append must not be indexed now, or None.
+Guard = Callable[[], Optional[str]]
+
+
 @dataclass(slots=True)
 class _Append:
     data: bytes | memoryview
     summary: BatchSummary
     future: asyncio.Future
-    deadline: float | None  # monotonic time after which it must not be indexed (an idempotent reservation)
+    guard: Guard | None
+    after: asyncio.Future | None  # an earlier append that must commit before (or with) this one
 
 
 @dataclass(slots=True)
@@ -64,7 +75,7 @@ CommitListener = Callable[[PartitionRef, IndexEntry, list], None]
 
 class WalWriter:
     def __init__(self, objects: ObjectStore, index: OffsetIndex, *, broker_id: int, flush_ms: float,
-                 flush_bytes: int, on_commit: CommitListener | None = None, metrics=None):
+                 flush_bytes: int, on_commit: CommitListener | None = None, metrics=None, faults=None):
         self.objects = objects
         self.index = index
         self.broker_id = broker_id
@@ -72,6 +83,7 @@ class WalWriter:
         self.flush_bytes = flush_bytes
         self.on_commit = on_commit
         self.metrics = metrics
+        self.faults = faults
         self._buffer: dict[PartitionRef, list[_Append]] = {}
         self._buffered_bytes = 0
         self._flush_soon: asyncio.Handle | None = None  # a flush at the end of this loop iteration
@@ -83,12 +95,13 @@ class WalWriter:
         self._indexing = False
         self._flushes: set[asyncio.Task] = set()
 
-    def append(self, partition: PartitionRef, data: bytes | memoryview, summary: BatchSummary,
-               deadline: float | None = None) -> asyncio.Future:
-        """Buffer one partition's batches; the future gives their base offset once committed."""
+    def append(self, partition: PartitionRef, data: bytes | memoryview, summary: BatchSummary, *,
+               guard: Guard | None = None, after: asyncio.Future | None = None) -> asyncio.Future:
+        """Buffer one partition's batches; the future gives their base offset once committed. after must be an
+        earlier append to the same partition."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._buffer.setdefault(partition, []).append(_Append(data, summary, future, deadline))
+        self._buffer.setdefault(partition, []).append(_Append(data, summary, future, guard, after))
         self._buffered_bytes += len(data)
         if self._buffered_bytes >= self.flush_bytes:
             self.flush()
@@ -200,16 +213,21 @@ class WalWriter:
     async def _index(self, flushes: list[_Flush]) -> None:
         """Append the flushes' chunks to the index as one store batch (in flush order, so a partition's offsets
         follow arrival order); ack each partition whose append committed."""
-        now = time.monotonic()  # idempotent reservations must not have expired by now
+        if self.faults is not None and self.faults.fire("stall-before-index"):
+            await asyncio.Event().wait()  # a broker hung between its WAL writes and its index write
         todo: list[tuple[PartitionRef, list[_Append]]] = []
         requests: list[Append] = []
+        included: set[int] = set()  # ids of the append futures in this index write so far
         for f in flushes:
             if f.key is None:
                 continue  # its object write failed, and failed its appends
             for p, appends in f.batch.items():
-                if any(a.deadline is not None and a.deadline < now for a in appends):
-                    _fail(appends, FlushError("an idempotent batch's reservation expired before its index append"))
+                refusal = _refusal(appends, included)
+                if refusal is not None:
+                    log.warning("not indexing %d appends to %s: %s", len(appends), p, refusal)
+                    _fail(appends, FlushError(refusal))
                     continue
+                included.update(id(a.future) for a in appends)
                 chunk = f.chunks[p]
                 location = WalLocation(
                     f.key, chunk.data_offset, chunk.data_length, chunk.data_crc, chunk.min_timestamp,
@@ -238,7 +256,28 @@ class WalWriter:
                 self.on_commit(p, entry, [a.data for a in appends])
 
 
+def _refusal(appends: list[_Append], included: set[int]) -> str | None:
+    """Why a partition's entry must not be indexed, if it must not. included: the appends ahead of it in the same
+    index write (its own come after them)."""
+    here = None
+    for a in appends:
+        if a.after is not None and id(a.after) not in included and not _committed(a.after):
+            here = here or {id(b.future) for b in appends}
+            if id(a.after) not in here:
+                return "an earlier batch of the same idempotent producer was not committed"
+        if a.guard is not None:
+            reason = a.guard()
+            if reason is not None:
+                return reason
+    return None
+
+
+def _committed(f: asyncio.Future) -> bool:
+    return f.done() and not f.cancelled() and f.exception() is None
+
+
 def _fail(appends: list[_Append], error: Exception) -> None:
     for a in appends:
         if not a.future.done():
             a.future.set_exception(error)
+            a.future.exception()  # retrieved: the request waiting for it may be gone (its connection closed)

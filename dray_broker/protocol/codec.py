@@ -47,7 +47,6 @@ class Request:
     correlation_id: int
     client_id: str | None
     body: Any
-    client_host: str = ""  # "/<ip>" of the peer, as Kafka reports it (set for JoinGroup only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +59,7 @@ class EncodedBody:
     flexible_header: bool
 
 
-class ChunkWriter(list):
+class ChunkWriter(list[bytes]):
     """The writer kio wants: collects chunks for transport.writelines (no joining copies)."""
 
     write = list.append
@@ -74,7 +73,7 @@ def peek_header(frame: bytes) -> tuple[int, int, int]:
 
 
 @cache
-def _readers(api_key: int, version: int):
+def _readers(api_key: int, version: int) -> tuple[Any, Any, Any]:
     cls = load_request_schema(api_key, version)
     return cls, entity_reader(cls.__header_schema__), entity_reader(cls)
 
@@ -101,13 +100,13 @@ def decode_request(frame: bytes) -> Request:
 
 
 @cache
-def _writers(api_key: int, version: int):
+def _writers(api_key: int, version: int) -> tuple[Any, Any, Any]:
     cls = load_response_schema(api_key, version)
     header_cls = cls.__header_schema__
     return header_cls, entity_writer(header_cls), entity_writer(cls)
 
 
-def encode_response(api_key: int, version: int, correlation_id: int, response: Any) -> list:
+def encode_response(api_key: int, version: int, correlation_id: int, response: Any) -> list[bytes]:
     """The whole response frame (size prefix, header, body) as a list of chunks."""
     if isinstance(response, EncodedBody):  # the hot path: header by hand too
         header = _SIZE.pack(correlation_id) + (b"\x00" if response.flexible_header else b"")

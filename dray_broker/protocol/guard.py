@@ -19,7 +19,7 @@ import dataclasses
 import struct
 from functools import cache
 from types import NoneType, UnionType
-from typing import Union, get_args, get_origin
+from typing import Any, Union, get_args, get_origin
 
 from dray_broker.protocol.kio_shim import (
     EntityField,
@@ -48,6 +48,9 @@ _ARRAY_ENTITY = 5  # array of entities: plan
 _ENTITY = 6  # nested entity: plan
 _NULLABLE_ENTITY = 7  # nested entity after an int8 null marker: plan
 
+# A change to the frame: (start, end, replacement bytes)
+Edit = tuple[int, int, bytes]
+
 
 class FrameError(ValueError):
     """The frame cannot be a valid request of its API and version."""
@@ -62,7 +65,7 @@ class _Plan:
 
 
 @cache
-def _plan(cls) -> _Plan:
+def _plan(cls: Any) -> _Plan:
     flexible = cls.__flexible__
     steps: list = []
     tags = {}
@@ -79,7 +82,7 @@ def _plan(cls) -> _Plan:
     return _Plan(tuple(steps), flexible, tags, flexible)
 
 
-def _step(f: dataclasses.Field) -> tuple:
+def _step(f: dataclasses.Field[Any]) -> tuple[Any, ...]:
     kind = classify_field(f)
     nullable = get_origin(f.type) in (UnionType, Union) and NoneType in get_args(f.type)
     if isinstance(kind, EntityTupleField):
@@ -98,7 +101,7 @@ def _step(f: dataclasses.Field) -> tuple:
     raise TypeError(f"no frame check for kafka type {wire} of {f.name}")  # every kio 0.6.5 schema compiles
 
 
-def _uvarint(buf, pos: int, end: int) -> tuple[int, int]:
+def _uvarint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     value = shift = 0
     for _ in range(5):
         if pos >= end:
@@ -112,13 +115,13 @@ def _uvarint(buf, pos: int, end: int) -> tuple[int, int]:
     raise FrameError("a varint is longer than 5 bytes")
 
 
-def _int(buf, pos: int, end: int, size: int) -> tuple[int, int]:
+def _int(buf: bytes, pos: int, end: int, size: int) -> tuple[int, int]:
     if pos + size > end:
         raise FrameError("a length runs past the end of the frame")
     return int.from_bytes(buf[pos:pos + size], "big", signed=True), pos + size
 
 
-def _length(buf, pos: int, end: int, flexible: bool, legacy_size: int) -> tuple[int, int]:
+def _length(buf: bytes, pos: int, end: int, flexible: bool, legacy_size: int) -> tuple[int, int]:
     """A string/bytes length or an array count: -1 for null. Must fit in what is left of the frame."""
     if flexible:
         n, pos = _uvarint(buf, pos, end)
@@ -132,7 +135,7 @@ def _length(buf, pos: int, end: int, flexible: bool, legacy_size: int) -> tuple[
     return n, pos
 
 
-def _walk(plan: _Plan, buf, pos: int, end: int, edits: list) -> int:
+def _walk(plan: _Plan, buf: bytes, pos: int, end: int, edits: list[Edit]) -> int:
     flexible = plan.flexible
     for op, arg, nullable in plan.steps:
         if op == _SKIP:
@@ -195,7 +198,7 @@ def _walk(plan: _Plan, buf, pos: int, end: int, edits: list) -> int:
     return pos
 
 
-def _tagged_fields(plan: _Plan, buf, pos: int, end: int, edits: list) -> int:
+def _tagged_fields(plan: _Plan, buf: bytes, pos: int, end: int, edits: list[Edit]) -> int:
     start = pos
     count, pos = _uvarint(buf, pos, end)
     if count > end - pos:
@@ -213,7 +216,7 @@ def _tagged_fields(plan: _Plan, buf, pos: int, end: int, edits: list) -> int:
         if field_plan is None:
             dropped = True
         else:
-            inner: list = []
+            inner: list[Edit] = []
             if _walk(field_plan, buf, pos, value_end, inner) != value_end:
                 raise FrameError(f"tagged field {tag} does not fill its {size} bytes")
             if inner:
@@ -228,7 +231,7 @@ def _tagged_fields(plan: _Plan, buf, pos: int, end: int, edits: list) -> int:
     return pos
 
 
-def _apply(buf, start: int, end: int, edits: list) -> bytes:
+def _apply(buf: bytes, start: int, end: int, edits: list[Edit]) -> bytes:
     out = []
     pos = start
     for a, b, replacement in sorted(edits):
@@ -240,18 +243,18 @@ def _apply(buf, start: int, end: int, edits: list) -> bytes:
 
 
 @cache
-def _header_plan(header_cls) -> _Plan:
+def _header_plan(header_cls: Any) -> _Plan:
     """Request header v1/v2: api key, version, correlation id, then client_id as an int16-length string (also in
     the flexible v2), then (v2) tagged fields."""
     return _Plan(((_SKIP, 8, False), (_STRING_LEGACY16, None, True)), header_cls.__flexible__, {},
                  header_cls.__flexible__)
 
 
-def check_request(frame: bytes, request_cls) -> bytes:
+def check_request(frame: bytes, request_cls: Any) -> bytes:
     """The frame, or a copy of it without unknown tagged fields. Raise FrameError where a length or count cannot
     fit in the frame (before kio would reserve memory for it)."""
     end = len(frame)
-    edits: list = []
+    edits: list[Edit] = []
     pos = _walk(_header_plan(request_cls.__header_schema__), frame, 0, end, edits)
     _walk(_plan(request_cls), frame, pos, end, edits)
     return _apply(frame, 0, end, edits) if edits else frame

@@ -18,6 +18,7 @@ real kio schemas and fails loudly when a kio upgrade moves or changes one (kio i
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from kio.serial._implicit_defaults import get_implicit_default as implicit_default
 from kio.serial._introspect import (
@@ -34,11 +35,11 @@ __all__ = ["EntityField", "EntityTupleField", "PrimitiveField", "PrimitiveTupleF
            "field_tag", "implicit_default", "is_optional", "kafka_type"]
 
 
-def kafka_type(f: dataclasses.Field) -> str:
+def kafka_type(f: dataclasses.Field[Any]) -> str:
     """The field's Kafka type ("" for a field kio did not generate)."""
-    return f.metadata.get("kafka_type", "")
+    return str(f.metadata.get("kafka_type", ""))
 
 
-def field_tag(f: dataclasses.Field) -> int | None:
+def field_tag(f: dataclasses.Field[Any]) -> int | None:
     tag = get_field_tag(f)
     return None if tag is None else int(tag)

@@ -42,6 +42,7 @@ from dray_broker.protocol.kio_shim import (
     is_optional,
     kafka_type,
 )
+from dray_broker.server.handling import NoService, RequestContext, Response
 
 MESSAGE = "transactions are not supported by this broker (Dray)"
 
@@ -71,17 +72,17 @@ _LIST_SOURCES: dict[str, tuple[str, ...]] = {
 _INT_TYPES = frozenset({"int8", "int16", "int32", "int64"})
 
 
-async def handle_transaction_api(broker, req: Request):
+async def handle_transaction_api(_: NoService, ctx: RequestContext, req: Request) -> Response:
     """An error response of the requested version for any transaction API (see the module docstring)."""
     code = ERRORS[req.api_key]
     M = response_module(req.api_key, req.version)
-    response_cls = next(v for v in vars(M).values()
-                        if dataclasses.is_dataclass(v) and getattr(v, "__type__", None) is EntityType.response)
+    response_cls: type = next(v for v in vars(M).values() if isinstance(v, type) and dataclasses.is_dataclass(v)
+                              and getattr(v, "__type__", None) is EntityType.response)
     response = error_response(response_cls, req.body, code, MESSAGE if code != ErrorCode.none else None)
     if req.api_key == apis.LIST_TRANSACTIONS and hasattr(response, "unknown_state_filters"):
         unknown = tuple(s for s in (getattr(req.body, "state_filters", None) or ()) if s not in TRANSACTION_STATES)
         response = dataclasses.replace(response, unknown_state_filters=unknown)
-    return response
+    return Response(response)
 
 
 def error_response(cls: type, request: Any, code: ErrorCode, message: str | None) -> Any:
@@ -89,7 +90,7 @@ def error_response(cls: type, request: Any, code: ErrorCode, message: str | None
 
 
 def _build(cls: type, source: Any, code: ErrorCode, message: str | None, *, top: bool = False) -> Any:
-    values = {}
+    values: dict[str, Any] = {}
     scalar_used = False
     for f in dataclasses.fields(cls):
         kind = classify_field(f)
@@ -105,7 +106,7 @@ def _build(cls: type, source: Any, code: ErrorCode, message: str | None, *, top:
         elif isinstance(kind, EntityField):
             values[f.name] = _build(kind.type_, None, code, message)
         else:
-            echoed = _MISSING
+            echoed: Any = _MISSING
             if not top and source is not None and not dataclasses.is_dataclass(source):
                 # An element given as a bare value (a partition index, a transactional id): it fills the first
                 # field of its kind.
@@ -133,7 +134,7 @@ def _fits(value: Any, wire: str) -> bool:
     return False
 
 
-def _source_list(source: Any, name: str) -> tuple:
+def _source_list(source: Any, name: str) -> tuple[Any, ...]:
     if source is None or not dataclasses.is_dataclass(source):
         return ()
     for candidate in (name, *_LIST_SOURCES.get(name, ())):
@@ -143,11 +144,11 @@ def _source_list(source: Any, name: str) -> tuple:
     return ()
 
 
-def _default(f: dataclasses.Field, kind) -> Any:
+def _default(f: dataclasses.Field[Any], kind: Any) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
     if is_optional(f):
         return None
     if kafka_type(f) == "bool":

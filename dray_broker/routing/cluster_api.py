@@ -10,6 +10,8 @@ from __future__ import annotations
 from kio.schema.errors import ErrorCode
 
 from dray_broker.protocol.codec import Request, make, response_module
+from dray_broker.server.handling import RequestContext, Response
+from dray_broker.server.services import ClusterView
 
 ENDPOINT_BROKERS = 1
 ENDPOINT_CONTROLLERS = 2
@@ -19,23 +21,24 @@ UNKNOWN_AUTHORIZED_OPERATIONS = -2147483648
 CLUSTER_OPERATIONS = sum(1 << op for op in (5, 7, 8, 9, 10, 11, 12))
 
 
-async def handle_describe_cluster(broker, req: Request):
+async def handle_describe_cluster(cluster: ClusterView, ctx: RequestContext, req: Request) -> Response:
     body = req.body
     M = response_module(req.api_key, req.version)
     endpoint_type = getattr(body, "endpoint_type", ENDPOINT_BROKERS)
     if endpoint_type != ENDPOINT_BROKERS:
         # As a Kafka broker listener does: controllers are described by controllers only (and we have none).
-        return make(M.DescribeClusterResponse, throttle_time=0, error_code=ErrorCode.unsupported_endpoint_type,
-                    error_message=f"endpoint type {endpoint_type} is not supported: Dray has brokers only",
-                    endpoint_type=endpoint_type, cluster_id=broker.cluster_id, controller_id=-1, brokers=(),
-                    cluster_authorized_operations=UNKNOWN_AUTHORIZED_OPERATIONS)
-    brokers = broker.registry.live()
+        return Response(make(
+            M.DescribeClusterResponse, throttle_time=0, error_code=ErrorCode.unsupported_endpoint_type,
+            error_message=f"endpoint type {endpoint_type} is not supported: Dray has brokers only",
+            endpoint_type=endpoint_type, cluster_id=cluster.cluster_id, controller_id=-1, brokers=(),
+            cluster_authorized_operations=UNKNOWN_AUTHORIZED_OPERATIONS))
+    brokers = cluster.registry.live()
     operations = CLUSTER_OPERATIONS if body.include_cluster_authorized_operations else UNKNOWN_AUTHORIZED_OPERATIONS
-    return make(
+    return Response(make(
         M.DescribeClusterResponse, throttle_time=0, error_code=ErrorCode.none, error_message=None,
-        endpoint_type=ENDPOINT_BROKERS, cluster_id=broker.cluster_id,
+        endpoint_type=ENDPOINT_BROKERS, cluster_id=cluster.cluster_id,
         controller_id=min(b.id for b in brokers) if brokers else -1,
         brokers=tuple(make(M.DescribeClusterBroker, broker_id=b.id, host=b.host, port=b.port, rack=b.zone,
                            is_fenced=False) for b in brokers),
         cluster_authorized_operations=operations,
-    )
+    ))

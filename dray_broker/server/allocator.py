@@ -12,9 +12,10 @@ this does nothing.
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 
-def _malloc_trim():
+def _malloc_trim() -> Any:
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):

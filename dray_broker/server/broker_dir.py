@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +135,10 @@ class BrokerDir:
         return stored.broker_id if stored is not None else None
 
 
-def _read_holder(fd: int) -> dict:
+def _read_holder(fd: int) -> dict[str, Any]:
     try:
-        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+        holder: dict[str, Any] = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return holder
     except ValueError:
         return {}
 

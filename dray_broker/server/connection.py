@@ -1,8 +1,8 @@
 """One client connection: frames in, responses out in request order.
 
-Requests are handled one after another, as Kafka does, but a handler may return an awaitable (a produce that
-waits for its WAL flush): the connection then reads and handles the next request while that one waits, and the
-writer sends responses strictly in request order. Malformed frames close this connection only.
+Requests are handled one after another, as Kafka does, but the frame handler may defer an answer (Deferred: a
+produce that waits for its WAL flush): the connection then reads and handles the next request while that one
+waits, and the writer sends responses strictly in request order. Malformed frames close this connection only.
 
 Memory. The socket reads into a receive buffer of BASE_BUFFER bytes, made when bytes come and dropped when the
 connection has been idle for a sweep (the broker calls sweep() about once a second): an idle connection holds no
@@ -23,20 +23,29 @@ import asyncio
 import logging
 import struct
 from collections import deque
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable, TypeAlias, cast
 
 from dray_broker.protocol.codec import MalformedRequestError
+from dray_broker.server.handling import Deferred, NoResponse
 from dray_broker.server.request_budget import RequestBudget
 
 log = logging.getLogger(__name__)
 
 _SIZE = struct.Struct(">i")
 
-# A handler's answer: response chunks, an awaitable of them (or of NO_RESPONSE), NO_RESPONSE (acks=0 produce), or
-# None (close the connection).
-NO_RESPONSE = object()
-_END = object()  # the writer's last item
-FrameHandler = Callable[[bytes, "Connection"], Awaitable[Any]]
+# What is written for a request: its response frame (chunks), nothing (NO_RESPONSE), or None: close the connection.
+Written: TypeAlias = list[bytes] | NoResponse | None
+# What the frame handler gives for a frame: that now, or later (Deferred: the writer awaits it, in request order,
+# while the next frames are handled).
+FrameAnswer: TypeAlias = Written | Deferred[Written]
+FrameHandler = Callable[[bytes, "Connection"], Awaitable[FrameAnswer]]
+
+
+class _End:
+    """The writer's last item."""
+
+
+_END = _End()
 
 # Pause reading while this many requests wait for their responses.
 MAX_IN_FLIGHT = 64
@@ -69,7 +78,7 @@ class Connection(asyncio.BufferedProtocol):
         self._filled = 0
         self._frame_size: int | None = None  # the frame at the buffer's start, once its size is reserved
         self._frames: deque[bytes] = deque()  # whole frames not handled yet; each holds len(frame) of the budget
-        self._responses: deque[tuple] = deque()  # (result, bytes reserved for its request), in request order
+        self._responses: deque[tuple[FrameAnswer | _End, int]] = deque()  # (answer, bytes its request holds)
         self._transport: asyncio.Transport | None = None
         self._tasks: list[asyncio.Task] = []
         self._paused = False
@@ -92,8 +101,8 @@ class Connection(asyncio.BufferedProtocol):
 
     # --- asyncio.BufferedProtocol -----------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # a stream server's
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.host = f"/{peer[0]}" if peer else ""
@@ -240,6 +249,7 @@ class Connection(asyncio.BufferedProtocol):
             self._answer(_END, 0)
 
     async def _handle(self, frame: bytes) -> None:
+        result: FrameAnswer
         try:
             result = await self._handle_frame(frame, self)
         except MalformedRequestError as e:
@@ -252,7 +262,7 @@ class Connection(asyncio.BufferedProtocol):
         self._answer(result, len(frame))
         self._update_reading()
 
-    def _answer(self, result, reserved: int) -> None:
+    def _answer(self, result: FrameAnswer | _End, reserved: int) -> None:
         self._responses.append((result, reserved))
         _wake(self._responses_waiter)
 
@@ -265,23 +275,26 @@ class Connection(asyncio.BufferedProtocol):
             elif not await self._write_one(*self._responses.popleft()):
                 return
 
-    async def _write_one(self, result, reserved: int) -> bool:
+    async def _write_one(self, answer: FrameAnswer | _End, reserved: int) -> bool:
         """Write one answer (False at the end)."""
-        if result is _END:
+        if isinstance(answer, _End):
             return False
-        if result is not None and result is not NO_RESPONSE and not isinstance(result, list):
+        written: Written
+        if isinstance(answer, Deferred):
             try:
-                result = await result
+                written = await answer.answer
             except Exception:
                 log.exception("connection %s failed while answering", self.peer)
-                result = None
-        if result is None:  # the handler decided the connection must close
+                written = None
+        else:
+            written = answer
+        if written is None:  # the handler decided the connection must close
             self.close("request refused")
-        elif result is not NO_RESPONSE and not self._closing:
+        elif not isinstance(written, NoResponse) and not self._closing:
             while self._write_paused and not self._closing:
                 await self._wait("_writable_waiter")
-            if not self._closing:
-                self._transport.writelines(result)
+            if not self._closing and self._transport is not None:
+                self._transport.writelines(written)
         self._finish(reserved)
         self._update_reading()
         return True

@@ -1,9 +1,6 @@
 """Topic admin APIs: CreateTopics (v2-7), DeleteTopics (v1-6), CreatePartitions (v0-3), DescribeConfigs (v1-4),
 AlterConfigs (v0-2) and IncrementalAlterConfigs (v0-1), over the topic catalog (topics/catalog.py).
 
-HANDLERS also carries ListOffsets, DescribeCluster and the transaction API rejections, so that the broker gets
-all of them from one dict (the broker merges it into its handler table).
-
 Errors are per topic / per resource, with a message, as Kafka answers them:
 - a name given twice in one request: INVALID_REQUEST for each occurrence;
 - illegal names: INVALID_TOPIC_EXCEPTION (also for a name that collides with an existing one once '.' and '_'
@@ -15,14 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from types import ModuleType
+from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from dray_broker.fetch.list_offsets import handle_list_offsets
-from dray_broker.protocol import apis
 from dray_broker.protocol.codec import NULL_UUID, Request, make, response_module
-from dray_broker.protocol.rejections import handle_transaction_api
-from dray_broker.routing.cluster_api import handle_describe_cluster
+from dray_broker.server.handling import RequestContext, Response
+from dray_broker.server.services import AdminService
 from dray_broker.topics.catalog import TOPIC_CONFIGS, Topic, TopicError, validate_configs, validate_name
 
 log = logging.getLogger(__name__)
@@ -91,7 +88,7 @@ def _without_fixed(configs: dict[str, str | None]) -> dict[str, str | None]:
 # --- CreateTopics ---------------------------------------------------------------------------------------------
 
 
-async def handle_create_topics(broker, req: Request):
+async def handle_create_topics(admin: AdminService, ctx: RequestContext, req: Request) -> Response:
     body = req.body
     M = response_module(req.api_key, req.version)
     counts = Counter(t.name for t in body.topics)
@@ -103,7 +100,7 @@ async def handle_create_topics(broker, req: Request):
             if counts[t.name] > 1:
                 raise TopicError(f"topic {t.name!r} appears more than once in the request",
                                  ErrorCode.invalid_request.value)
-            topic = await _create(broker, t, body.validate_only)
+            topic = await _create(admin, t, body.validate_only)
         except Exception as e:
             error, message = _error(e, f"creating topic {t.name!r}")
         results.append(make(
@@ -114,10 +111,10 @@ async def handle_create_topics(broker, req: Request):
             replication_factor=1 if topic else -1,
             configs=_created_configs(M, topic),
         ))
-    return make(M.CreateTopicsResponse, throttle_time=0, topics=tuple(results))
+    return Response(make(M.CreateTopicsResponse, throttle_time=0, topics=tuple(results)))
 
 
-def _created_configs(M, topic: Topic | None):
+def _created_configs(M: ModuleType, topic: Topic | None) -> tuple[Any, ...] | None:
     """v5+: the new topic's configs (null on error)."""
     if topic is None or not hasattr(M, "CreatableTopicConfigs"):
         return None
@@ -125,7 +122,7 @@ def _created_configs(M, topic: Topic | None):
                       is_sensitive=False) for name, value, read_only, source in _topic_config_values(topic))
 
 
-async def _create(broker, t, validate_only: bool) -> Topic:
+async def _create(admin: AdminService, t: Any, validate_only: bool) -> Topic:
     validate_name(t.name)
     if t.assignments:
         # Placement means nothing with shared storage (any broker serves any partition), but the count is honoured.
@@ -141,7 +138,7 @@ async def _create(broker, t, validate_only: bool) -> Topic:
                              ErrorCode.invalid_replica_assignment.value)
         partitions = len(indexes)
     else:
-        partitions = broker.settings.default_partitions if t.num_partitions == -1 else t.num_partitions
+        partitions = admin.settings.default_partitions if t.num_partitions == -1 else t.num_partitions
         # Replication factor: -1 (the default) or any positive value is accepted. Storage is shared, so there
         # are no replicas to place: every acknowledged record is already in the object store.
         if t.replication_factor == 0 or t.replication_factor < -1:
@@ -160,17 +157,17 @@ async def _create(broker, t, validate_only: bool) -> Topic:
         configs[c.name] = c.value
     configs = _without_fixed(configs)
     folded = t.name.replace(".", "_")
-    for other in broker.topics.all():
+    for other in admin.topics.all():
         if other.name != t.name and other.name.replace(".", "_") == folded:
             raise TopicError(f"topic {t.name!r} collides with existing topic {other.name!r} ('.' and '_' collide)",
                              ErrorCode.invalid_topic_exception.value)
-    return await broker.topics.create(t.name, partitions, configs, validate_only=validate_only)
+    return await admin.topics.create(t.name, partitions, configs, validate_only=validate_only)
 
 
 # --- DeleteTopics ---------------------------------------------------------------------------------------------
 
 
-async def handle_delete_topics(broker, req: Request):
+async def handle_delete_topics(admin: AdminService, ctx: RequestContext, req: Request) -> Response:
     body = req.body
     M = response_module(req.api_key, req.version)
     if hasattr(body, "topics"):  # v6: by name or by id
@@ -190,25 +187,25 @@ async def handle_delete_topics(broker, req: Request):
             if (name is not None and names[name] > 1) or (topic_id is not None and ids[topic_id] > 1):
                 raise TopicError("topic appears more than once in the request", ErrorCode.invalid_request.value)
             if topic_id is not None:
-                topic = broker.topics.by_id(topic_id)
+                topic = admin.topics.by_id(topic_id)
                 if topic is None:
                     raise TopicError(f"no topic has id {topic_id}", ErrorCode.unknown_topic_id.value)
                 name = topic.name
-            deleted = await broker.topics.delete(name)
+            deleted = await admin.topics.delete(name)
             topic_id = deleted.id
             for i in range(deleted.partitions):
-                broker.reader.forget(deleted.partition(i))
+                admin.reader.forget(deleted.partition(i))
         except Exception as e:
             error, message = _error(e, f"deleting topic {name or topic_id}")
         results.append(make(M.DeletableTopicResult, name=name, topic_id=topic_id or NULL_UUID, error_code=error,
                             error_message=message))
-    return make(M.DeleteTopicsResponse, throttle_time=0, responses=tuple(results))
+    return Response(make(M.DeleteTopicsResponse, throttle_time=0, responses=tuple(results)))
 
 
 # --- CreatePartitions -----------------------------------------------------------------------------------------
 
 
-async def handle_create_partitions(broker, req: Request):
+async def handle_create_partitions(admin: AdminService, ctx: RequestContext, req: Request) -> Response:
     body = req.body
     M = response_module(req.api_key, req.version)
     counts = Counter(t.name for t in body.topics)
@@ -219,7 +216,7 @@ async def handle_create_partitions(broker, req: Request):
             if counts[t.name] > 1:
                 raise TopicError(f"topic {t.name!r} appears more than once in the request",
                                  ErrorCode.invalid_request.value)
-            topic = await broker.topics.get(t.name)
+            topic = await admin.topics.get(t.name)
             if topic is None:
                 raise TopicError(f"topic {t.name!r} does not exist", ErrorCode.unknown_topic_or_partition.value)
             if t.count < topic.partitions:
@@ -234,11 +231,11 @@ async def handle_create_partitions(broker, req: Request):
             if t.assignments is not None and len(t.assignments) != t.count - topic.partitions:
                 raise TopicError(f"{len(t.assignments)} assignments given for {t.count - topic.partitions} new "
                                  f"partitions", ErrorCode.invalid_replica_assignment.value)
-            await broker.topics.add_partitions(t.name, t.count, validate_only=body.validate_only)
+            await admin.topics.add_partitions(t.name, t.count, validate_only=body.validate_only)
         except Exception as e:
             error, message = _error(e, f"adding partitions to {t.name!r}")
         results.append(make(M.CreatePartitionsTopicResult, name=t.name, error_code=error, error_message=message))
-    return make(M.CreatePartitionsResponse, throttle_time=0, results=tuple(results))
+    return Response(make(M.CreatePartitionsResponse, throttle_time=0, results=tuple(results)))
 
 
 # --- DescribeConfigs ------------------------------------------------------------------------------------------
@@ -248,7 +245,7 @@ def _topic_config_values(topic: Topic | None) -> list[tuple[str, str | None, boo
     """(name, value, read_only, source) of every topic config."""
     if topic is None:
         return []
-    out = []
+    out: list[tuple[str, str | None, bool, int]] = []
     for name, spec in TOPIC_CONFIGS.items():
         if name in topic.configs:
             out.append((name, topic.configs[name], False, SOURCE_TOPIC_CONFIG))
@@ -259,10 +256,11 @@ def _topic_config_values(topic: Topic | None) -> list[tuple[str, str | None, boo
     return out
 
 
-def _topic_config_entries(topic: Topic) -> list[dict]:
+def _topic_config_entries(topic: Topic) -> list[dict[str, Any]]:
     fixed = _fixed()
     entries = []
     for name, value, read_only, source in _topic_config_values(topic):
+        doc: str | None
         if name in fixed:
             _, config_type, synonym, doc = fixed[name]
             default = fixed[name][0]
@@ -279,12 +277,12 @@ def _topic_config_entries(topic: Topic) -> list[dict]:
     return entries
 
 
-def _broker_config_entries(broker) -> list[dict]:
-    s = broker.settings
+def _broker_config_entries(admin: AdminService) -> list[dict[str, Any]]:
+    s = admin.settings
     explicit = s.model_fields_set
-    me = broker.registry.me
+    me = admin.cluster.registry.me
 
-    def entry(name, value, field, config_type, doc):
+    def entry(name: str, value: object, field: str, config_type: int, doc: str) -> dict[str, Any]:
         source = SOURCE_STATIC_BROKER_CONFIG if field in explicit else SOURCE_DEFAULT_CONFIG
         return dict(name=name, value=None if value is None else str(value), read_only=True, config_source=source,
                     is_sensitive=False, synonyms=[(name, None if value is None else str(value), source)],
@@ -294,7 +292,8 @@ def _broker_config_entries(broker) -> list[dict]:
         return "true" if b else "false"
 
     return [
-        entry("broker.id", broker.broker_id, "broker_id", TYPE_INT, "This broker's id (allocated when not set)."),
+        entry("broker.id", admin.cluster.broker_id, "broker_id", TYPE_INT,
+              "This broker's id (allocated when not set)."),
         entry("broker.rack", s.zone, "zone", TYPE_STRING, "The availability zone of this broker."),
         entry("listeners", f"PLAINTEXT://{s.listen}", "listen", TYPE_STRING, "Where the Kafka listener binds."),
         entry("advertised.listeners", f"PLAINTEXT://{me.host}:{me.port}", "advertise", TYPE_STRING,
@@ -326,7 +325,7 @@ def _broker_config_entries(broker) -> list[dict]:
     ]
 
 
-async def handle_describe_configs(broker, req: Request):
+async def handle_describe_configs(admin: AdminService, ctx: RequestContext, req: Request) -> Response:
     body = req.body
     M = response_module(req.api_key, req.version)
     include_synonyms = getattr(body, "include_synonyms", False)
@@ -335,7 +334,7 @@ async def handle_describe_configs(broker, req: Request):
     for r in body.resources:
         error, message, entries = ErrorCode.none, None, []
         try:
-            entries = await _describe(broker, r.resource_type, r.resource_name)
+            entries = await _describe(admin, r.resource_type, r.resource_name)
         except Exception as e:
             error, message = _error(e, f"describing configs of {r.resource_name!r}")
         keys = set(r.configuration_keys) if r.configuration_keys else None
@@ -349,23 +348,23 @@ async def handle_describe_configs(broker, req: Request):
         )
         results.append(make(M.DescribeConfigsResult, error_code=error, error_message=message,
                             resource_type=r.resource_type, resource_name=r.resource_name, configs=configs))
-    return make(M.DescribeConfigsResponse, throttle_time=0, results=tuple(results))
+    return Response(make(M.DescribeConfigsResponse, throttle_time=0, results=tuple(results)))
 
 
-async def _describe(broker, resource_type: int, name: str) -> list[dict]:
+async def _describe(admin: AdminService, resource_type: int, name: str) -> list[dict[str, Any]]:
     if resource_type == RESOURCE_TOPIC:
         validate_name(name)
-        topic = await broker.topics.get(name)
+        topic = await admin.topics.get(name)
         if topic is None:
             raise TopicError(f"topic {name!r} does not exist", ErrorCode.unknown_topic_or_partition.value)
         return _topic_config_entries(topic)
     if resource_type == RESOURCE_BROKER:
         if name == "":
             return []  # cluster-wide dynamic broker defaults: there are none
-        if name != str(broker.broker_id):
-            raise TopicError(f"unexpected broker id {name!r}: this is broker {broker.broker_id} (or use '')",
+        if name != str(admin.cluster.broker_id):
+            raise TopicError(f"unexpected broker id {name!r}: this is broker {admin.cluster.broker_id} (or use '')",
                              ErrorCode.invalid_request.value)
-        return _broker_config_entries(broker)
+        return _broker_config_entries(admin)
     raise TopicError(f"config resource type {resource_type} is not supported (topics: 2, brokers: 4)",
                      ErrorCode.invalid_request.value)
 
@@ -373,15 +372,15 @@ async def _describe(broker, resource_type: int, name: str) -> list[dict]:
 # --- AlterConfigs and IncrementalAlterConfigs -----------------------------------------------------------------
 
 
-async def handle_alter_configs(broker, req: Request):
-    return await _alter(broker, req, incremental=False)
+async def handle_alter_configs(admin: AdminService, ctx: RequestContext, req: Request) -> Response:
+    return await _alter(admin, req, incremental=False)
 
 
-async def handle_incremental_alter_configs(broker, req: Request):
-    return await _alter(broker, req, incremental=True)
+async def handle_incremental_alter_configs(admin: AdminService, ctx: RequestContext, req: Request) -> Response:
+    return await _alter(admin, req, incremental=True)
 
 
-async def _alter(broker, req: Request, *, incremental: bool):
+async def _alter(admin: AdminService, req: Request, *, incremental: bool) -> Response:
     body = req.body
     M = response_module(req.api_key, req.version)
     counts = Counter((r.resource_type, r.resource_name) for r in body.resources)
@@ -391,16 +390,16 @@ async def _alter(broker, req: Request, *, incremental: bool):
         try:
             if counts[(r.resource_type, r.resource_name)] > 1:
                 raise TopicError("resource appears more than once in the request", ErrorCode.invalid_request.value)
-            await _alter_one(broker, r, incremental, body.validate_only)
+            await _alter_one(admin, r, incremental, body.validate_only)
         except Exception as e:
             error, message = _error(e, f"altering configs of {r.resource_name!r}")
         results.append(make(M.AlterConfigsResourceResponse, error_code=error, error_message=message,
                             resource_type=r.resource_type, resource_name=r.resource_name))
-    return make(M.IncrementalAlterConfigsResponse if incremental else M.AlterConfigsResponse,
-                throttle_time=0, responses=tuple(results))
+    return Response(make(M.IncrementalAlterConfigsResponse if incremental else M.AlterConfigsResponse,
+                         throttle_time=0, responses=tuple(results)))
 
 
-async def _alter_one(broker, r, incremental: bool, validate_only: bool) -> None:
+async def _alter_one(admin: AdminService, r: Any, incremental: bool, validate_only: bool) -> None:
     if r.resource_type == RESOURCE_BROKER:
         if r.configs:
             raise TopicError("broker configs are read-only in Dray: set them in the broker's settings (flags, "
@@ -411,7 +410,7 @@ async def _alter_one(broker, r, incremental: bool, validate_only: bool) -> None:
                          ErrorCode.invalid_request.value)
     validate_name(r.resource_name)
     # As Kafka: the topic must exist, then the configs must be valid.
-    if await broker.topics.get(r.resource_name) is None:
+    if await admin.topics.get(r.resource_name) is None:
         raise TopicError(f"topic {r.resource_name!r} does not exist", ErrorCode.unknown_topic_or_partition.value)
     changes: dict[str, str | None] = {}
     if incremental:
@@ -437,18 +436,4 @@ async def _alter_one(broker, r, incremental: bool, validate_only: bool) -> None:
             changes[c.name] = c.value
     changes = _without_fixed(changes)
     validate_configs(changes)
-    await broker.topics.set_configs(r.resource_name, changes, replace=not incremental, validate_only=validate_only)
-
-
-HANDLERS: dict = {
-    apis.CREATE_TOPICS: handle_create_topics,
-    apis.DELETE_TOPICS: handle_delete_topics,
-    apis.CREATE_PARTITIONS: handle_create_partitions,
-    apis.DESCRIBE_CONFIGS: handle_describe_configs,
-    apis.ALTER_CONFIGS: handle_alter_configs,
-    apis.INCREMENTAL_ALTER_CONFIGS: handle_incremental_alter_configs,
-    apis.LIST_OFFSETS: handle_list_offsets,
-    apis.DESCRIBE_CLUSTER: handle_describe_cluster,
-    # Answered (with errors) but never advertised: apis.IMPLEMENTED does not list them.
-    **{key: handle_transaction_api for key in apis.TRANSACTION_APIS},
-}
+    await admin.topics.set_configs(r.resource_name, changes, replace=not incremental, validate_only=validate_only)

@@ -42,6 +42,8 @@ from dray_broker.protocol.kio_shim import (
     kafka_type,
 )
 from dray_broker.protocol.rejections import handle_transaction_api
+from dray_broker.server.handling import NoService, RequestContext
+from dray_broker.server.routes import ROUTES
 from tests.integration.wire import Wire, request
 
 RDKAFKA_LOG = logging.getLogger("rdkafka")
@@ -828,9 +830,12 @@ def test_transaction_api_rejections_every_version(api_key):
         except Exception:
             continue
     assert versions
+    route = ROUTES.get(api_key)  # the table routes every version kio decodes
+    assert route is not None and (route.min_version, route.max_version) == (versions[0][0], versions[-1][0])
     for version, req_cls in versions:
         body = _sample(req_cls)
-        response = asyncio.run(handle_transaction_api(None, Request(api_key, version, 9, "c", body)))
+        response = asyncio.run(handle_transaction_api(NoService(), RequestContext("c", ""),
+                                                      Request(api_key, version, 9, "c", body))).body
         frame = b"".join(bytes(c) for c in encode_response(api_key, version, 9, response))[4:]
         resp_cls = load_response_schema(api_key, version)
         _, n = entity_reader(resp_cls.__header_schema__)(frame, 0)

@@ -1,6 +1,7 @@
 """Starting and stopping brokers as a user does, with real processes: a broker id that stays with its data
 directory, a taken port or data directory explained in one line, `dray broker --help` with every variable and
-default, and a shutdown that says what it waits for."""
+default, and a shutdown that says what it waits for. In process: a start that fails half-way stops what it had
+started."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import urllib.request
 import pytest
 from confluent_kafka import Producer
 
+from dray_broker.config import Settings
+from dray_broker.server.broker import Broker
 from tests import services
 from tests.integration.brokers import BrokerProcess, free_port
 from tests.integration.test_cli import dray, dray_json, one_line_error
@@ -184,3 +187,24 @@ def test_stopping_says_what_it_waits_for(s3_service, tmp_path, topic_name):
 def _metrics(http: str) -> str:
     with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as r:
         return r.read().decode()
+
+
+async def test_a_start_that_fails_stops_what_it_started(tmp_path):
+    with socket.socket() as taken:  # the HTTP port is taken: the last step of the start fails
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = dict(data_dir=tmp_path, listen="127.0.0.1:0", session_timeout_ms=30_000)
+        broker = Broker(Settings(**settings, http_listen=f"127.0.0.1:{taken.getsockname()[1]}"))
+        with pytest.raises(OSError):
+            await broker.start()
+    assert broker.broker_id >= 0 and broker.port > 0  # it had registered, listening on its port
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", broker.port), timeout=5).close()
+    # The data directory is free, and the registration gone: a broker on the same directory starts at once with the
+    # same id (a registration left behind would hold the id for the 30 s session timeout, and the start would fail).
+    again = Broker(Settings(**settings))
+    await again.start()
+    try:
+        assert again.broker_id == broker.broker_id
+    finally:
+        await again.stop()

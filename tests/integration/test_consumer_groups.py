@@ -442,6 +442,7 @@ def test_wire_epochs_offsets_and_group_types(cg_broker):
             include_authorized_operations=False)).groups[0]
         assert d.error_code == ErrorCode.none and d.group_state == "Stable" and d.group_epoch == 1
         assert d.assignor_name == "uniform" and d.members[0].member_id == "m1"
+        assert d.members[0].client_host == "/127.0.0.1"  # as Kafka reports it, from the connection
         assert {tp.topic_name for tp in d.members[0].assignment.topic_partitions} == {topic}
         listed = wire.call(apis.LIST_GROUPS, 5, request(apis.LIST_GROUPS, 5, "ListGroupsRequest",
                                                           states_filter=(), types_filter=("consumer",)))

@@ -1,18 +1,24 @@
-"""Idempotent producers: default client settings, retries after a lost response, retries to another broker."""
+"""Idempotent producers: default client settings, retries after a lost response, retries to another broker, and
+a broker killed while it holds a reservation (produce/producers.py), on both metadata backends."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+import uuid
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from kafka import KafkaProducer
 from kio.schema.errors import ErrorCode
 
+from dray_broker.keyspace import PRODUCER_OWNERS
+from dray_broker.metadata import open_metadata_store
 from dray_broker.protocol import apis
 from tests.batches import make_batch
 from tests.integration.brokers import BrokerProcess
+from tests.integration.conftest import BACKENDS
 from tests.integration.wire import Wire, request
 
 
@@ -96,11 +102,14 @@ def two_brokers(tmp_path):
     b.stop()
 
 
-def _produce(wire: Wire, topic: str, batch: bytes):
-    body = request(apis.PRODUCE, 9, "ProduceRequest", transactional_id=None, acks=-1, timeout=10_000, topic_data=(
+def _produce_request(topic: str, batch: bytes):
+    return request(apis.PRODUCE, 9, "ProduceRequest", transactional_id=None, acks=-1, timeout=10_000, topic_data=(
         request(apis.PRODUCE, 9, "TopicProduceData", name=topic, partition_data=(
             request(apis.PRODUCE, 9, "PartitionProduceData", index=0, records=batch),)),))
-    part = wire.call(apis.PRODUCE, 9, body).responses[0].partition_responses[0]
+
+
+def _produce(wire: Wire, topic: str, batch: bytes):
+    part = wire.call(apis.PRODUCE, 9, _produce_request(topic, batch)).responses[0].partition_responses[0]
     return part.error_code, part.base_offset
 
 
@@ -211,3 +220,108 @@ def test_producer_state_expires(tmp_path, topic_name):
         wire.close()
     finally:
         broker.stop()
+
+
+# --- a broker killed while it holds a reservation ---------------------------------------------------------------
+
+SESSION_TIMEOUT_MS = 4000
+
+
+@pytest.fixture(params=BACKENDS)
+def shared_storage(request, tmp_path) -> tuple[str, str]:
+    """(metadata URL, object store URL) for brokers of one cluster: embedded, or Oxia + MinIO."""
+    if request.param == "embedded":
+        return f"sqlite://{tmp_path}/meta.db", f"file://{tmp_path}/objects"
+    oxia, s3 = request.getfixturevalue("oxia_service"), request.getfixturevalue("s3_service")
+    return f"oxia://{oxia.address}", s3.url(f"idem-{uuid.uuid4().hex[:8]}")
+
+
+def _start(tmp_path, name: str, storage: tuple[str, str], faults: str = "") -> BrokerProcess:
+    return BrokerProcess(tmp_path / name, metadata=storage[0], object_store=storage[1],
+                         extra_args=["--session-timeout-ms", str(SESSION_TIMEOUT_MS)],
+                         env={"DRAY_FAULTS": faults} if faults else {}).start()
+
+
+def _owner_keys(metadata_url: str) -> set[str]:
+    """The reservation owners alive: one ephemeral key per broker metadata session."""
+    async def scan():
+        store = await open_metadata_store(metadata_url)
+        try:
+            return set(await store.list(PRODUCER_OWNERS.prefix, PRODUCER_OWNERS.end))
+        finally:
+            await store.close()
+
+    return asyncio.run(scan())
+
+
+def _wait_for(condition, what: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _batch(pid: int, epoch: int, seq: int, n: int = 3) -> bytes:
+    return make_batch([(b"%d" % (seq + i), b"v") for i in range(n)], producer_id=pid, producer_epoch=epoch,
+                      base_sequence=seq)
+
+
+def test_a_killed_brokers_reservation_is_void_as_soon_as_its_session_ends(tmp_path, shared_storage, topic_name):
+    """Broker a reserves sequence 3 and dies before its index append. While a's session lives nobody can know
+    whether a still appends it: its retry and the next sequence get a retriable error, and nothing is accepted past
+    it. The moment the session ends the reservation is void and the retry of sequence 3 is appended at once. A
+    sequence past a gap is never accepted: past the voided batch (which the client resends first) it gets the
+    retriable REQUEST_TIMED_OUT, past a batch nobody ever reserved OUT_OF_ORDER_SEQUENCE_NUMBER."""
+    a = _start(tmp_path, "a", shared_storage, faults="stall-before-index=1")
+    b = _start(tmp_path, "b", shared_storage)
+    wa, wb = Wire(a.bootstrap), Wire(b.bootstrap)
+    try:
+        Producer({"bootstrap.servers": b.bootstrap, "log_level": 3}).list_topics(topic_name, timeout=10)
+        pid, epoch = _init_producer_id(wb)
+        assert _produce(wb, topic_name, _batch(pid, epoch, 0)) == (ErrorCode.none, 0)
+        owners = _owner_keys(shared_storage[0])
+        wa.send(apis.PRODUCE, 9, _produce_request(topic_name, _batch(pid, epoch, 3)))
+        _wait_for(lambda: "injecting fault stall-before-index" in a.log(), "a to hang before its index append")
+        a.kill()
+
+        assert _produce(wb, topic_name, _batch(pid, epoch, 3))[0] == ErrorCode.request_timed_out
+        assert _produce(wb, topic_name, _batch(pid, epoch, 6))[0] == ErrorCode.request_timed_out
+        assert _owner_keys(shared_storage[0]) == owners, "a's session was still alive during those answers"
+
+        _wait_for(lambda: len(_owner_keys(shared_storage[0])) == len(owners) - 1, "a's session to end")
+        assert _produce(wb, topic_name, _batch(pid, epoch, 6))[0] == ErrorCode.request_timed_out
+        assert _produce(wb, topic_name, _batch(pid, epoch, 3)) == (ErrorCode.none, 3)
+        assert _produce(wb, topic_name, _batch(pid, epoch, 9))[0] == ErrorCode.out_of_order_sequence_number
+        assert _produce(wb, topic_name, _batch(pid, epoch, 6)) == (ErrorCode.none, 6)
+        _assert_exactly_once(_read_all(b.bootstrap, topic_name, 0, 9), 9)
+    finally:
+        wa.close()
+        wb.close()
+        a.kill()
+        b.stop()
+
+
+def test_a_retry_after_a_crash_gets_the_offset_committed_before_it(tmp_path, shared_storage, topic_name):
+    """Broker a commits sequence 3, then dies before answering: the retry on b gets offset 3 at once, while a's
+    session still lives (the index shows the batch), and the next sequence follows."""
+    a = _start(tmp_path, "a", shared_storage, faults="drop-produce-response=1")
+    b = _start(tmp_path, "b", shared_storage)
+    wa, wb = Wire(a.bootstrap), Wire(b.bootstrap)
+    try:
+        Producer({"bootstrap.servers": b.bootstrap, "log_level": 3}).list_topics(topic_name, timeout=10)
+        pid, epoch = _init_producer_id(wb)
+        assert _produce(wb, topic_name, _batch(pid, epoch, 0)) == (ErrorCode.none, 0)
+        owners = _owner_keys(shared_storage[0])
+        with pytest.raises(ConnectionError):
+            _produce(wa, topic_name, _batch(pid, epoch, 3))
+        a.kill()
+
+        assert _produce(wb, topic_name, _batch(pid, epoch, 3)) == (ErrorCode.none, 3)
+        assert _produce(wb, topic_name, _batch(pid, epoch, 6)) == (ErrorCode.none, 6)
+        assert _owner_keys(shared_storage[0]) == owners, "answered while a's session was still alive"
+        _assert_exactly_once(_read_all(b.bootstrap, topic_name, 0, 9), 9)
+    finally:
+        wa.close()
+        wb.close()
+        a.kill()
+        b.stop()

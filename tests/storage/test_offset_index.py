@@ -67,6 +67,15 @@ async def _check(index: OffsetIndex, p: PartitionRef, results, watermark: int) -
         assert entry is not None and entry.start <= offset < entry.end
         assert entry.is_wal == (offset >= watermark)
     assert await index.lookup(p, log_end) is None
+    # From any offset, entries_from lists what readers use up to the log end, contiguous, in offset order.
+    for offset in sorted({0, watermark // 2, watermark, (watermark + log_end) // 2, log_end}):
+        entries = await index.entries_from(p, offset)
+        if offset == log_end:
+            assert entries == []
+            continue
+        assert entries[0].start <= offset < entries[0].end and entries[-1].end == log_end
+        assert all(a.end == b.start for a, b in zip(entries, entries[1:]))
+        assert all(e.is_wal == (e.start >= watermark) for e in entries)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

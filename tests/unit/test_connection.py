@@ -13,7 +13,8 @@ import warnings
 
 import pytest
 
-from dray_broker.server.connection import BASE_BUFFER, GROW_STEP, Connection
+from dray_broker.server.connection import BASE_BUFFER, GROW_STEP, Connection, FrameAnswer
+from dray_broker.server.handling import Deferred
 from dray_broker.server.request_budget import RequestBudget
 
 MiB = 1024 * 1024
@@ -52,7 +53,7 @@ class Served:
         self.connections.append(conn)
         return conn
 
-    async def _handle(self, frame: bytes, conn: Connection):
+    async def _handle(self, frame: bytes, conn: Connection) -> FrameAnswer:
         (ident,) = struct.unpack_from(">i", frame)
         self.handled.append(ident)
         answer = [struct.pack(">ii", 4, ident)]
@@ -65,7 +66,7 @@ class Served:
             self.answered.append(ident)
             return answer
 
-        return later()
+        return Deferred(later())
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection("127.0.0.1", self.port)

@@ -3,30 +3,20 @@ group types, offsets with member epochs, listing and deletion. No network: the c
 
 from __future__ import annotations
 
-import uuid
-from types import SimpleNamespace
-
 import pytest
 from kio.schema.errors import ErrorCode
 
 from dray_broker.groups.consumer_state import ConsumerGroup, HeartbeatRequest
-from tests.unit.test_groups_coordinator import _close, _coordinators, _join, _owner
-
-TOPIC_ID = uuid.UUID(int=42)
-
-
-class FakeTopics:
-    def __init__(self, **counts):
-        self.topics = [SimpleNamespace(name=n, id=uuid.uuid5(TOPIC_ID, n), partitions=c) for n, c in counts.items()]
-
-    def all(self):
-        return self.topics
+from tests.unit.test_groups_coordinator import _close, _coordinators, _join, _join_barrier, _owner
 
 
 async def _with_topics(path, **counts):
+    """Coordinators whose topic catalogs (over their shared store) hold these topics: name=partitions."""
     cs = await _coordinators(path)
-    for c in cs:
-        c.broker.topics = FakeTopics(**counts)
+    for name, partitions in counts.items():
+        await cs[0].topics.create(name, partitions)
+        for c in cs:
+            assert await c.topics.get(name) is not None  # in each catalog's cache, which subscriptions read
     return cs
 
 
@@ -84,7 +74,7 @@ async def test_group_types_and_conversion(tmp_path):
         c = await _owner([a, b], "classic-1")
         # A classic group with a member refuses KIP-848 members.
         mid = (await c.join("classic-1", _join())).member_id
-        await c.join("classic-1", _join(mid))
+        await _join_barrier(c, "classic-1", [_join(mid)])
         r = await c.consumer_heartbeat("classic-1", _hb("x", 0))
         assert r.error == ErrorCode.group_id_not_found
         # A consumer group with a member refuses JoinGroup; describe (classic) says it is not classic.

@@ -1,46 +1,53 @@
 """The group coordinator over a real (SQLite) metadata store, two "brokers" sharing it in one process: leases,
-persistence, failover, offsets, expiry and listing. No network: the coordinators are called directly."""
+persistence, failover, offsets, expiry and listing. No network: the coordinators are called directly, with real
+topic catalogs, a registry that the test kills brokers in, and a clock that the test moves."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from types import SimpleNamespace
 
 import pytest
 from kio.schema.errors import ErrorCode
 
 from dray_broker.config import Settings
-from dray_broker.groups.coordinator import CoordinatorError, GroupCoordinator
+from dray_broker.groups.coordinator import CoordinatorError, GroupCoordinator, consumer_config_from_settings
 from dray_broker.groups.state import STABLE, GroupConfig, JoinRequest
 from dray_broker.groups.store import GroupStore
 from dray_broker.metadata.sqlite import SqliteMetadataStore
 from dray_broker.routing.registry import BrokerInfo
+from dray_broker.topics.catalog import TopicCatalog
+from tests.unit.clock import ManualClock
 
 CONFIG = GroupConfig(initial_rebalance_delay_ms=0, min_session_timeout_ms=100)
+TIMEOUT_S = 10
 
 
-class FakeRegistry:
-    ready = True  # registered in the live session generation
+class LiveSet:
+    """The live brokers, as a BrokerRegistry shows them (the coordinator's LiveBrokers); _close takes a broker out
+    as its registration would go."""
 
     def __init__(self, brokers: dict[int, BrokerInfo], me: BrokerInfo):
         self.brokers = brokers
         self.me = me
+        self.ready = True  # registered in the live session generation
 
-    def live(self):
+    def live(self) -> list[BrokerInfo]:
         return sorted(self.brokers.values(), key=lambda b: b.id)
 
 
-async def _coordinators(path, n=2, config=CONFIG):
+async def _coordinators(path, n=2, config=CONFIG, clock: ManualClock | None = None) -> list[GroupCoordinator]:
+    """n coordinators over one SQLite file (a store, a topic catalog and a broker id each), on one clock."""
+    clock = clock or ManualClock()
     live: dict[int, BrokerInfo] = {}
     out = []
     for i in range(1, n + 1):
         store = await SqliteMetadataStore.open(str(path), session_timeout_ms=2_000)
+        topics = TopicCatalog(store)
+        await topics.start()
         info = BrokerInfo(i, "127.0.0.1", 9000 + i, None)
         live[i] = info
-        broker = SimpleNamespace(metadata=store, broker_id=i, registry=FakeRegistry(live, info), settings=Settings(),
-                                 topics=None)
-        c = GroupCoordinator(broker, config)
+        c = GroupCoordinator(store, topics, LiveSet(live, info), i, config, consumer_config_from_settings(Settings()),
+                             clock)
         await c.start()
         out.append(c)
     return out
@@ -59,8 +66,10 @@ async def _close(*coordinators, crash=False):
             for t in [c._watch_task, c._sweep_task, c._session_task, *c._tasks]:
                 if t:
                     t.cancel()
-        del c.broker.registry.brokers[c.broker.broker_id]
-        await c.broker.metadata.close()
+        assert isinstance(c.registry, LiveSet)
+        del c.registry.brokers[c.broker_id]
+        await c.topics.stop()
+        await c.metadata.close()
 
 
 def _join(member_id="", client="c", session=5_000, rebalance=5_000, instance=None):
@@ -69,10 +78,35 @@ def _join(member_id="", client="c", session=5_000, rebalance=5_000, instance=Non
                        protocols=(("range", b"m"),))
 
 
+async def _until(condition, what: str) -> None:
+    async with asyncio.timeout(TIMEOUT_S):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def _parked(c: GroupCoordinator, group: str, member_id: str) -> bool:
+    """The member's JoinGroup waits at the group's join barrier."""
+    rt = c._groups.get(group)
+    member = rt.group.members.get(member_id) if rt is not None else None
+    return member is not None and member.join_waiter is not None
+
+
+async def _join_barrier(c: GroupCoordinator, group: str, requests: list[JoinRequest]):
+    """Known members join together: once all wait at the barrier, the clock moves on until the (initial)
+    rebalance delay has passed and their JoinGroup results come."""
+    joins = asyncio.gather(*(c.join(group, r) for r in requests))
+    await _until(lambda: all(_parked(c, group, r.member_id) for r in requests), "members at the join barrier")
+    async with asyncio.timeout(TIMEOUT_S):
+        while not joins.done():  # a millisecond at a time: each step may run a timer that sets the next one
+            c.clock.advance(1)
+            await asyncio.wait({joins}, timeout=0.01)
+    return joins.result()
+
+
 async def _form(c: GroupCoordinator, group: str, n: int):
     """n members join and sync; returns (member ids, generation)."""
     ids = [(await c.join(group, _join(client=f"c{i}"))).member_id for i in range(n)]
-    results = await asyncio.gather(*(c.join(group, _join(m)) for m in ids))
+    results = await _join_barrier(c, group, [_join(m) for m in ids])
     generation = results[0].generation_id
     leader = results[0].leader
     syncs = await asyncio.gather(*(
@@ -86,7 +120,7 @@ async def _form(c: GroupCoordinator, group: str, n: int):
 async def _owner(cs, group):
     """The coordinator that holds the group (asking one whose lease it is not raises NOT_COORDINATOR)."""
     node = await cs[0].find_coordinator(group)
-    return next(c for c in cs if c.broker.broker_id == node.id)
+    return next(c for c in cs if c.broker_id == node.id)
 
 
 async def test_one_coordinator_per_group_and_find_coordinator_names_it(tmp_path):
@@ -104,7 +138,7 @@ async def test_one_coordinator_per_group_and_find_coordinator_names_it(tmp_path)
             await b.commit_offsets(group, "", None, -1, 8, [("t", 0, 5, -1, None)])
         # A group nobody holds and that does not exist: no lease is taken by asking about it.
         assert await b.heartbeat("nothing-here", "m", None, 1) == ErrorCode.unknown_member_id
-        assert await GroupStore(b.broker.metadata).get_lease("nothing-here") is None
+        assert await GroupStore(b.metadata).get_lease("nothing-here") is None
     finally:
         await _close(a, b)
 
@@ -128,14 +162,14 @@ async def test_failover_keeps_the_generation_and_committed_offsets(tmp_path):
         assert offsets[("t", 0)].metadata == "meta" and offsets[("t", 1)].metadata == ""
         assert offsets[("t", 2)] is None
         assert (await other.sync(group, m2, None, gen, None, None, {})).assignment == m2.encode()
-        # Sessions run on the new coordinator: a member that stays silent is evicted.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if await other.heartbeat(group, m1, None, gen) == ErrorCode.rebalance_in_progress:
-                break
-            await asyncio.sleep(0.5)
-        else:
-            raise AssertionError("the silent member was not evicted")
+        # Sessions run on the new coordinator: a member that stays silent past its session timeout (5 s) is
+        # evicted, and the one that heartbeats is told to rejoin.
+        for _ in range(5):
+            other.clock.advance(1_000)
+            assert await other.heartbeat(group, m1, None, gen) == ErrorCode.none
+        other.clock.advance(1_000)
+        assert await other.heartbeat(group, m1, None, gen) == ErrorCode.rebalance_in_progress
+        assert list(other._groups[group].group.members) == [m1]
     finally:
         await _close(*[c for c in (a, b) if not c._stopped])
 
@@ -149,7 +183,7 @@ async def test_graceful_stop_hands_over_at_once_and_parked_joins_get_not_coordin
     try:
         member = (await first.join(group, _join())).member_id
         parked = asyncio.ensure_future(first.join(group, _join(member)))
-        await asyncio.sleep(0.1)
+        await _until(lambda: _parked(first, group, member), "the join at the barrier")  # the delay never passes
         assert not parked.done()
         await _close(first)
         assert (await parked).error == ErrorCode.not_coordinator
@@ -179,7 +213,7 @@ async def test_bad_commits_store_nothing(tmp_path):
             [ErrorCode.group_id_not_found]
         assert await a.commit_offsets("nope", "m", None, 1, 8, [("t", 0, 1, -1, "")]) == \
             [ErrorCode.illegal_generation]
-        assert await GroupStore(a.broker.metadata).get_state("nope") is None
+        assert await GroupStore(a.metadata).get_state("nope") is None
     finally:
         await _close(a)
 
@@ -210,23 +244,22 @@ async def test_simple_group_commits_list_describe_and_delete(tmp_path):
 async def test_offsets_of_an_empty_group_expire_after_retention(tmp_path):
     config = GroupConfig(initial_rebalance_delay_ms=0, min_session_timeout_ms=100, offsets_retention_ms=300,
                          offsets_retention_check_interval_ms=3_600_000)
-    (a,) = await _coordinators(tmp_path / "m.db", n=1, config=config)
-    clock = [a.now()]
-    a.now = lambda: clock[0]  # the coordinator's clock, moved by the test (no timing on a loaded machine)
+    clock = ManualClock()
+    (a,) = await _coordinators(tmp_path / "m.db", n=1, config=config, clock=clock)
     try:
         group = "g-expiry"
         (m1,), gen = await _form(a, group, 1)
         await a.commit_offsets(group, m1, None, gen, 8, [("t", 0, 3, -1, "")])
-        clock[0] += 400
+        clock.advance(400)
         await a.expire_offsets()  # Stable and subscribed (unparseable metadata counts as subscribed): kept
         assert (await a.fetch_offsets(group, [("t", 0)]))[("t", 0)].offset == 3
         assert (await a.leave(group, [(m1, None)])) == (ErrorCode.none, [ErrorCode.none])
         await a.expire_offsets()  # empty, but only just: kept
         assert (await a.fetch_offsets(group, [("t", 0)]))[("t", 0)] is not None
-        clock[0] += 400
+        clock.advance(400)
         await a.expire_offsets()
         assert await a.describe(group) is None  # offsets gone, and the empty group with them
-        assert await GroupStore(a.broker.metadata).get_state(group) is None
+        assert await GroupStore(a.metadata).get_state(group) is None
     finally:
         await _close(a)
 
@@ -241,7 +274,7 @@ async def test_offset_delete_refuses_subscribed_topics(tmp_path):
         req = JoinRequest(member_id=m, group_instance_id=None, client_id="c", client_host="", session_timeout_ms=5000,
                           rebalance_timeout_ms=5000, protocol_type="consumer",
                           protocols=(("range", subscription("t1")),))
-        r = await a.join(group, req)
+        (r,) = await _join_barrier(a, group, [req])
         await a.sync(group, m, None, r.generation_id, None, None, {})
         await a.commit_offsets(group, m, None, r.generation_id, 8, [("t1", 0, 1, -1, ""), ("t2", 0, 1, -1, "")])
         error, results = await a.delete_offsets(group, [("t1", [0]), ("t2", [0])])
