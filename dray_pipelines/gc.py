@@ -115,15 +115,14 @@ async def plan_wal_gc(lake: Lake, grace_ms: int, at_ms: int | None = None) -> Wa
 async def run_wal_gc(lake: Lake, grace_ms: int) -> dict:
     """Record boundaries not yet recorded, then delete what a fresh plan says is collectable."""
     topics = {t.name: t for t in await lake.topics()}
+    by_partition = {partition_key(t.name, p): t.partition(p) for t in topics.values() for p in range(t.partitions)}
     first = await plan_wal_gc(lake, grace_ms)
     for key in first.unnoted:
-        topic_name, p = key.rsplit("-", 1)
-        ref = topics[topic_name].partition(int(p))
+        ref = by_partition[key]
         watermark, _ = await lake.index.compacted_watermark(ref)
         log_start = await lake.index.log_start_offset(ref)
         await lake.note_boundaries(ref, dead=max(watermark, log_start), start=log_start or None)
     plan = await plan_wal_gc(lake, grace_ms) if first.unnoted else first
-    by_partition = {f"{t.name}-{p}": t.partition(p) for t in topics.values() for p in range(t.partitions)}
     wal_deleted = parquet_deleted = 0
     for key, (wal_below, parquet_below) in plan.below.items():
         ref = by_partition[key]

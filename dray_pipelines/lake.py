@@ -23,7 +23,6 @@ from dray_broker import keyspace
 from dray_broker.cluster_identity import check_cluster_identity
 from dray_broker.config import LakeSettings
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef
-from dray_broker.keyspace import IndexFamily
 from dray_broker.metadata import MetadataStore, VersionMismatchError, open_metadata_store
 from dray_broker.objectstore import ObjectStore, open_object_store
 from dray_broker.topics.catalog import Topic, TopicCatalog
@@ -151,24 +150,9 @@ class Lake:
         ref = topic.partition(partition)
         watermark, version = await self.index.compacted_watermark(ref)
         log_start = await self.index.log_start_offset(ref)
-        # WAL entries from the one ending at the watermark (for its cumulative bytes) to the log end.
-        entries = await self.index.entries(ref, IndexFamily.WAL, min_end=watermark)
-        cum_at_w = 0
-        if entries and entries[0].end == watermark:
-            cum_at_w = entries[0].cum_bytes
-            entries = entries[1:]
-        elif watermark > 0:
-            # The entry ending at the watermark was collected: its cumulative bytes are those of the first
-            # remaining entry minus that entry's own bytes.
-            if entries:
-                cum_at_w = entries[0].cum_bytes - sum(entries[0].location.batch_sizes)
-        if entries:
-            end, cum_end = entries[-1].end, entries[-1].cum_bytes
-        else:
-            end, cum_end = await self.index.log_end_and_bytes(ref)
-            cum_at_w = cum_end if end <= watermark else cum_at_w
-        return PartitionState(topic, partition, log_start, max(end, watermark), watermark, version, entries,
-                              cum_at_w, cum_end)
+        wal = await self.index.wal_after(ref, watermark)
+        return PartitionState(topic, partition, log_start, max(wal.log_end, watermark), watermark, version,
+                              wal.entries, wal.bytes_at, wal.bytes_at_end)
 
     # --- boundaries: when did WAL data, and the log start, move past an offset --------------------------------
 

@@ -129,6 +129,16 @@ class Append:
 
 
 @dataclass(frozen=True, slots=True)
+class WalTail:
+    """A partition's WAL past an offset (OffsetIndex.wal_after): what compaction has left to do."""
+
+    entries: list[IndexEntry]  # the WAL entries ending past the offset, in offset order
+    bytes_at: int  # bytes appended to the WAL through the offset
+    log_end: int
+    bytes_at_end: int  # bytes appended to the WAL through the log end
+
+
+@dataclass(frozen=True, slots=True)
 class IndexChange:
     """A notification of the index watch: a key of this partition's index changed; log_end is the end offset of
     the WAL entry written (None for any other change)."""
@@ -236,6 +246,23 @@ class OffsetIndex:
         if found is None:
             return 0, 0
         return keyspace.parse_wal_key(p.topic_id, p.partition, found.key) or (0, 0)
+
+    async def wal_after(self, p: PartitionRef, offset: int) -> WalTail:
+        """The WAL entries past offset (an entry boundary: the compacted watermark), the bytes appended through
+        offset and through the log end."""
+        entries = await self.entries(p, IndexFamily.WAL, min_end=offset)
+        bytes_at = 0
+        if entries and entries[0].end == offset:
+            bytes_at = entries[0].cum_bytes or 0
+            entries = entries[1:]
+        elif offset > 0 and entries and isinstance(entries[0].location, WalLocation):
+            # The entry ending at offset was collected: the bytes through offset are those through the first
+            # remaining entry minus that entry's own.
+            bytes_at = (entries[0].cum_bytes or 0) - sum(entries[0].location.batch_sizes)
+        if entries:
+            return WalTail(entries, bytes_at, entries[-1].end, entries[-1].cum_bytes or 0)
+        log_end, bytes_at_end = await self.log_end_and_bytes(p)
+        return WalTail([], bytes_at_end if log_end <= offset else bytes_at, log_end, bytes_at_end)
 
     async def log_start_offset(self, p: PartitionRef) -> int:
         found = await self.store.get(keyspace.log_start_key(p.topic_id, p.partition), partition_key=p.partition_key)

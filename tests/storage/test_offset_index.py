@@ -12,7 +12,14 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from dray_broker.index.offsets import IndexChange, OffsetIndex, ParquetLocation, PartitionRef, WalLocation
+from dray_broker.index.offsets import (
+    IndexChange,
+    OffsetIndex,
+    ParquetLocation,
+    PartitionRef,
+    WalLocation,
+    WalTail,
+)
 from dray_broker.keyspace import IndexFamily
 from dray_broker.metadata import open_metadata_store
 
@@ -175,6 +182,31 @@ async def test_what_the_pipelines_and_gc_do_through_the_index(metadata_url):
         assert (await index.log_end_offset(p), await index.log_start_offset(p)) == (0, 0)
         assert await index.compacted_watermark(p) == (0, -1)
         assert await index.log_end_and_bytes(neighbour) == (5, 50)
+    finally:
+        await store.close()
+
+
+async def test_the_wal_past_the_watermark_with_its_bytes(metadata_url):
+    """What compaction has left to do: the WAL entries past an entry boundary, the bytes appended through it and
+    through the log end, also once GC deleted the entries below it."""
+    store = await open_metadata_store(metadata_url)
+    try:
+        index = OffsetIndex(store)
+        p = PartitionRef(uuid.uuid4(), 2)
+        assert await index.wal_after(p, 0) == WalTail([], 0, 0, 0)
+        for i in range(4):
+            await index.append(p, _location(f"t{i}", [1, 2]), 3, 30)
+
+        def seen(tail: WalTail):
+            return [e.end for e in tail.entries], tail.bytes_at, tail.log_end, tail.bytes_at_end
+
+        assert seen(await index.wal_after(p, 0)) == ([3, 6, 9, 12], 0, 12, 120)
+        assert seen(await index.wal_after(p, 6)) == ([9, 12], 60, 12, 120)
+        assert seen(await index.wal_after(p, 12)) == ([], 120, 12, 120)
+        assert await index.delete_wal_entries_below(p, 6) == 2
+        assert seen(await index.wal_after(p, 6)) == ([9, 12], 60, 12, 120)
+        assert await index.delete_wal_entries_below(p, 12) == 1  # the newest stays
+        assert seen(await index.wal_after(p, 12)) == ([], 120, 12, 120)
     finally:
         await store.close()
 
