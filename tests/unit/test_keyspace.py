@@ -276,3 +276,28 @@ def test_no_module_but_the_keyspace_spells_a_key():
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and _KEY_LITERAL.search(node.value):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert found == [], f"metadata keys are built in dray_broker/keyspace.py only: {found}"
+
+
+# An index family spelled as a string ("wal-", f"...pq-{end}", "pq-~") instead of keyspace.IndexFamily.
+_FAMILY_LITERAL = re.compile(r"(^|/)(wal|pq)-(\d|~|$)")
+
+
+def test_index_families_are_the_enum_outside_the_keyspace():
+    found = []
+    for package in ("dray_broker", "dray_pipelines"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path == ROOT / "dray_broker" / "keyspace.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                        _FAMILY_LITERAL.search(node.value):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == [], f"index families are keyspace.IndexFamily outside dray_broker/keyspace.py: {found}"
+
+
+@pytest.mark.parametrize("text, is_family", [
+    ("wal-", True), ("pq-", True), ("pq-~", True), ("/dray/idx/t/0/wal-0001", True),
+    ("wal", False), ("wal-write", False), ("wal-gc:", False), ("wal/", False), ("orders-wal-1", False),
+])
+def test_the_family_check_sees_a_family(text, is_family):
+    assert bool(_FAMILY_LITERAL.search(text)) == is_family
