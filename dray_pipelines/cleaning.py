@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 from dray_broker import faults
 from dray_broker.fetch import compacted as C
 from dray_broker.index.offsets import ParquetLocation
+from dray_broker.keyspace import IndexFamily
 from dray_broker.topics.catalog import Topic
 from dray_pipelines.lake import Lake, now_ms
 from dray_pipelines.sql import CONTENTS_PROPERTY
@@ -112,7 +113,7 @@ async def plan_cleaning(lake: Lake, topic: Topic, p: int, *, force: bool = False
     ref = topic.partition(p)
     watermark, _ = await lake.index.compacted_watermark(ref)
     log_start = await lake.index.log_start_offset(ref)
-    entries = [e for e in await lake.index.entries(ref, "pq-") if log_start < e.end <= watermark]
+    entries = [e for e in await lake.index.entries(ref, IndexFamily.PARQUET) if log_start < e.end <= watermark]
     if not entries:
         return None
     # The clean point: the end of the last data file whose records are all older than min.compaction.lag.ms.

@@ -15,7 +15,6 @@ from typing import Awaitable, Callable
 
 from dray_broker.fetch.cache import ChunkCache, EntryCache
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef, WalLocation
-from dray_broker.metadata import parse_sequence_key
 from dray_broker.objectstore import ObjectNotFoundError, ObjectStore
 from dray_broker.records.batch import patch_base_offsets
 from dray_broker.wal import format as wal
@@ -117,17 +116,19 @@ class PartitionReader:
         self.entries.add(p, entry)
         self._advance(p, entry.end)
 
-    def index_changed(self, p: PartitionRef, key: str) -> None:
-        """A notification from the metadata store: another broker may have appended, or moved the log start."""
-        sums = parse_sequence_key(p.dir + "wal", key)
-        if sums is not None:
-            self._advance(p, sums[0])
-        elif self.index.is_log_start_key(p, key):
-            self._log_start.pop(p, None)  # read again at the next fetch
-        elif self.index.is_watermark_key(p, key):
-            # Compaction swapped a range to Parquet: read it from there from now on, not from cached WAL entries
-            # (for a compacted topic the cleaner then rewrites those Parquet ranges; the WAL keeps every record).
-            self.entries.forget(p)
+    def index_changed(self, p: PartitionRef, log_end: int) -> None:
+        """The index watch saw a WAL append reach log_end (another broker's, or this one's)."""
+        self._advance(p, log_end)
+
+    def log_start_changed(self, p: PartitionRef) -> None:
+        """The index watch saw the log start move (DeleteRecords, retention): read it again at the next fetch."""
+        self._log_start.pop(p, None)
+
+    def watermark_changed(self, p: PartitionRef) -> None:
+        """The index watch saw the compacted watermark move: read the range from Parquet from now on, not from
+        cached WAL entries (for a compacted topic the cleaner then rewrites those ranges; the WAL keeps every
+        record)."""
+        self.entries.forget(p)
 
     def log_start_moved(self, p: PartitionRef, start: int) -> None:
         """This broker moved the log start (DeleteRecords): fetches below it are out of range from now on."""
