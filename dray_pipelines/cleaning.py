@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dray_broker import faults
-from dray_broker.fetch import compacted as C
+from dray_broker import lake_schema as C
 from dray_broker.index.offsets import ParquetLocation
 from dray_broker.keyspace import IndexFamily
 from dray_broker.topics.catalog import Topic

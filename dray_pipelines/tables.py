@@ -349,7 +349,7 @@ class TopicTable:
         if table.current_snapshot() is None:
             return None
         committed = self.committed(refresh=False)
-        live = {t.file.file_path: t.file for t in table.scan(row_filter=EqualTo(C.PARTITION, partition)).plan_files()}
+        live = {t.file.file_path: t.file for t in table.scan(row_filter=EqualTo(lake_schema.PARTITION, partition)).plan_files()}
         doomed = [live[old] for old in replaced if old in live]
         if not doomed:
             return None
