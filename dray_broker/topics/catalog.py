@@ -53,6 +53,10 @@ TOPIC_CONFIGS: dict[str, ConfigSpec] = {
     "min.compaction.lag.ms": ConfigSpec("0", int, minimum=0),
     "max.compaction.lag.ms": ConfigSpec(LONG_MAX, int, minimum=1),
     "min.cleanable.dirty.ratio": ConfigSpec("0.5", float, minimum=0.0, maximum=1.0),
+    # Kafka's log segments: stored and described (Kafka Streams sets segment.bytes on its repartition topics), no
+    # effect here: the log is WAL objects and Parquet files, whose sizes the broker and the pipeline settings decide.
+    "segment.bytes": ConfigSpec("1073741824", int, minimum=14),
+    "segment.ms": ConfigSpec("604800000", int, minimum=1),
 }
 
 

@@ -61,6 +61,12 @@ CONFIG_INFO: dict[str, tuple[int, str, str]] = {
     "max.compaction.lag.ms": (TYPE_LONG, "log.cleaner.max.compaction.lag.ms",
                               "How long a record may stay uncompacted at most (a compacted topic): past it, the "
                               "partition is cleaned whatever its dirty ratio."),
+    "segment.bytes": (TYPE_INT, "log.segment.bytes",
+                      "Accepted for compatibility, no effect: Dray has no log segments (the log is WAL objects, then "
+                      "Parquet files)."),
+    "segment.ms": (TYPE_LONG, "log.roll.ms",
+                   "Accepted for compatibility, no effect: Dray has no log segments (the log is WAL objects, then "
+                   "Parquet files)."),
     "min.cleanable.dirty.ratio": (TYPE_DOUBLE, "log.cleaner.min.cleanable.ratio",
                                   "The share of a compacted partition's log not cleaned yet above which the "
                                   "cleaner cleans it."),
