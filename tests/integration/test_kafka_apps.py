@@ -221,7 +221,8 @@ def test_connect_distributed_worker_resumes_from_its_stored_offsets(broker, apps
         "config.storage.replication.factor": 1, "offset.storage.replication.factor": 1,
         "status.storage.replication.factor": 1, "offset.flush.interval.ms": 500,
         "scheduled.rebalance.max.delay.ms": 0, **internal}.items()) + "\n")
-    _admin(b).create_topics([NewTopic(topic, 1, 1)])[topic].result(15)
+    admin = _admin(b)
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(15)
     source, sink = tmp_path / "in.txt", tmp_path / "out.txt"
     written = [f"line {i} of run {run}" for i in range(200)]
     source.write_text("".join(line + "\n" for line in written))
@@ -240,7 +241,6 @@ def test_connect_distributed_worker_resumes_from_its_stored_offsets(broker, apps
     assert _lines_of(sink) == written
 
     # Its internal topics were created compacted (the worker refuses to start otherwise).
-    admin = _admin(b)
     for name in internal.values():
         (configs,) = admin.describe_configs([ConfigResource(ResourceType.TOPIC, name)]).values()
         assert configs.result(10)["cleanup.policy"].value == "compact", name
