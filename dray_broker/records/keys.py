@@ -21,16 +21,35 @@ def keyless_record(data, max_inflated: int) -> int | None:
         if h.is_control:
             continue
         records = view[pos + HEADER_SIZE: pos + h.size]
-        buf = decompress(h.compression, records, max_inflated) if h.compression else records
-        at = 0
-        for _ in range(h.record_count):
+        buf = decompress(h.compression, records, max_inflated) if h.compression else bytes(records)
+        delta = _first_keyless(buf, h.record_count)
+        if delta is not None:
+            return delta
+    return None
+
+
+def _first_keyless(buf: bytes, count: int) -> int | None:
+    """Per record: its length (to jump to the next one), then past attributes, timestamp delta and offset delta to
+    the key length, a zigzag varint that is -1 (the byte 0x01) for a null key. Single-byte varints, the common
+    case, are read inline."""
+    at = 0
+    for i in range(count):
+        b = buf[at]
+        if b < 0x80:
+            length, at = b >> 1, at + 1
+        else:
             length, at = read_varint(buf, at)
-            end = at + length
-            at += 1  # attributes
-            _, at = read_varint(buf, at)  # timestamp delta
+        end = at + length
+        at += 1  # attributes
+        while buf[at] & 0x80:  # timestamp delta: skipped
+            at += 1
+        at += 1
+        if buf[at] < 0x80:
+            offset_delta, at = buf[at], at + 1
+            offset_delta = (offset_delta >> 1) ^ -(offset_delta & 1)
+        else:
             offset_delta, at = read_varint(buf, at)
-            key_length, _ = read_varint(buf, at)
-            if key_length < 0:
-                return offset_delta
-            at = end
+        if buf[at] == 0x01:  # key length -1
+            return offset_delta
+        at = end
     return None
