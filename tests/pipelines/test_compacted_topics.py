@@ -160,3 +160,22 @@ def test_consumer_during_cleaning_and_producing(stack):
     finally:
         consumer.close()
     assert seen == latest
+
+
+def test_broker_killed_while_the_cleaner_runs(stack):
+    """Brokers take no part in cleaning; one killed -9 during a pass and started again serves the cleaned log."""
+    broker, runner, _ = stack
+    topic = f"compacted-kill-{uuid.uuid4().hex[:6]}"
+    _create(broker.bootstrap, topic)
+    written = _produce(broker.bootstrap, topic, _updates(ROUNDS, "a"))
+    outcome: list = []
+    cleaner = threading.Thread(target=lambda: outcome.append(runner.run_all(force=True)))
+    cleaner.start()
+    broker.kill()
+    cleaner.join(300)
+    assert not cleaner.is_alive() and not outcome[0].failed, outcome
+    assert "cleaning" in [r.job for r in outcome[0].runs]
+    broker.start()
+    expected = _cleaned(written, len(written))
+    got = clients.consume("confluent", broker.bootstrap, topic, {0: len(expected)}, dense=False, timeout=30)
+    assert [(r.offset, r.key, r.value) for r in got] == expected
