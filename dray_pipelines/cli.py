@@ -91,8 +91,14 @@ def cmd_compact(args) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
+    from dray_pipelines.lake import NoDrayData, check_dray_data
     from dray_pipelines.runner import Runner
 
+    try:
+        check_dray_data(settings)
+    except (NoDrayData, ClusterMismatchError) as e:
+        print(f"dray compact: {e}", file=sys.stderr)
+        return 1
     with Progress("compacting", unit="runs", enabled=None if not args.quiet else False) as bar:
         def report(line: str) -> None:
             bar.advance(1)
@@ -129,30 +135,43 @@ def _cell(value):
 def cmd_sql(args) -> int:
     import duckdb
 
+    from dray_pipelines.lake import NoDrayData
     from dray_pipelines.sql import connect
 
     settings = _settings(args)
-    con = connect(settings)
     try:
-        if args.format == "table":
-            rel = con.sql(args.query)
-            if rel is not None:
-                rel.show(max_width=200, max_rows=10_000)
-            return 0
-        cur = con.execute(args.query)
-        columns = [d[0] for d in cur.description] if cur.description else []
-        rows = cur.fetchall()
-        if args.format == "csv":
-            w = csv.writer(sys.stdout)
-            w.writerow(columns)
-            for row in rows:
-                w.writerow([_cell(v) for v in row])
-        else:
-            for row in rows:
-                print(json.dumps({c: _cell(v) for c, v in zip(columns, row)}))
+        con = connect(settings)
+    except (NoDrayData, ClusterMismatchError) as e:
+        print(f"dray sql: {e}", file=sys.stderr)
+        return 1
+    try:
+        for statement in con.extract_statements(args.query):
+            if args.format == "table":
+                rel = con.sql(statement.query)
+                if rel is not None:  # a statement with a result (not CREATE, SET...)
+                    rel.show(max_width=200, max_rows=10_000)
+            else:
+                _print_rows(con.execute(statement.query), args.format)
+            sys.stdout.flush()
         return 0
     except duckdb.Error as e:
         print(f"dray sql: {e}", file=sys.stderr)
         return 1
     finally:
         con.close()
+
+
+def _print_rows(cur, fmt: str) -> None:
+    """One statement's result as CSV (with its header) or JSON lines; nothing for a statement without one."""
+    if not cur.description:
+        return
+    columns = [d[0] for d in cur.description]
+    rows = cur.fetchall()
+    if fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(columns)
+        for row in rows:
+            w.writerow([_cell(v) for v in row])
+    else:
+        for row in rows:
+            print(json.dumps({c: _cell(v) for c, v in zip(columns, row)}))

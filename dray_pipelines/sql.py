@@ -8,6 +8,7 @@ Column names `offset`, `partition`, `timestamp`, `key` and `value` are SQL keywo
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from pathlib import Path
 from urllib.parse import urlparse
@@ -15,7 +16,8 @@ from urllib.parse import urlparse
 import duckdb
 
 from dray_broker.config import LakeSettings
-from dray_pipelines.tables import open_catalog
+from dray_pipelines.lake import open_lake
+from dray_pipelines.tail import TopicSnapshot, read_topics
 
 
 def _extension_path(name: str) -> str:
@@ -37,32 +39,40 @@ def _literal(value: str) -> str:
 
 
 def connect(settings: LakeSettings, topics: list[str] | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with a view per topic table (all tables of the namespace, or the given topics)."""
+    """A DuckDB connection with a view per topic (all topics, or the given ones): every record a consumer reading
+    from the log start would get now, from the topic's Iceberg table and the log above it (dray_pipelines.tail).
+    Raises NoDrayData when the settings point at no Dray stores."""
+    snapshots = asyncio.run(_read(settings, topics))
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     for ext in ("avro", "iceberg"):
         con.execute(f"LOAD {_literal(_extension_path(ext))}")
     if urlparse(settings.warehouse_url).scheme in ("s3", "s3a"):
         con.execute(f"LOAD {_literal(_extension_path('httpfs'))}")
         _s3_secret(con, settings)
-    catalog = open_catalog(settings)
-    namespace = settings.namespace
-    try:
-        identifiers = catalog.list_tables(namespace)
-    except Exception:  # noqa: BLE001 - no namespace yet: no tables
-        identifiers = []
-    for identifier in identifiers:
-        name = identifier[-1]
-        if topics is not None and name not in topics:
-            continue
-        table = catalog.load_table((namespace, name))
-        if table.current_snapshot() is None:  # nothing committed yet: an empty relation with the table's columns
-            from pyiceberg.io.pyarrow import schema_to_pyarrow
-
-            con.register(f"_empty_{len(identifiers)}_{abs(hash(name))}", schema_to_pyarrow(table.schema()).empty_table())
-            con.execute(f"CREATE VIEW {quote(name)} AS SELECT * FROM \"_empty_{len(identifiers)}_{abs(hash(name))}\"")
-            continue
-        con.execute(f"CREATE VIEW {quote(name)} AS SELECT * FROM iceberg_scan({_literal(table.metadata_location)})")
+    for i, snap in enumerate(snapshots):
+        con.register(f"_dray_tail_{i}", snap.tail)
+        parts = [f"SELECT * FROM _dray_tail_{i}"]
+        if snap.metadata_location is not None:
+            parts.insert(0, f"SELECT * FROM iceberg_scan({_literal(snap.metadata_location)})"
+                            + _above_log_start(snap.log_start))
+        body = " UNION ALL BY NAME ".join(parts)
+        # Control records (transaction markers) are offsets of the log but no records a consumer gets.
+        con.execute(f"CREATE VIEW {quote(snap.topic.name)} AS SELECT * FROM ({body}) WHERE attributes & 32 = 0")
     return con
+
+
+async def _read(settings: LakeSettings, topics: list[str] | None) -> list[TopicSnapshot]:
+    async with open_lake(settings) as lake:
+        return await read_topics(lake, topics)
+
+
+def _above_log_start(log_start: dict[int, int]) -> str:
+    """A WHERE clause leaving out offsets below each partition's log start (none when every start is 0)."""
+    moved = {p: s for p, s in log_start.items() if s > 0}
+    if not moved:
+        return ""
+    cases = " ".join(f"WHEN {p} THEN {s}" for p, s in sorted(moved.items()))
+    return f' WHERE "offset" >= CASE "partition" {cases} ELSE 0 END'
 
 
 def _s3_secret(con: duckdb.DuckDBPyConnection, settings: LakeSettings) -> None:
