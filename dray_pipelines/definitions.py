@@ -1,13 +1,13 @@
 """The Dagster code location (`dagster_workspace.yaml` loads `defs` from here).
 
 Assets, per topic-partition (dynamic partitions `topic_partitions`, keys `<topic>-<partition>`):
-    wal_segments       WAL data of the partition, written by brokers; observed by the compaction sensor
+    wal_segments       WAL data of the partition, written by brokers; reported by the compaction sensor
     parquet_files      Parquet data files staged from the WAL         (step: stage)
     iceberg_snapshots  snapshots of the topic's Iceberg table, and     (steps: commit_snapshot, swap_index)
                        the offset index swapped over to them
 Jobs: `compaction` (the two assets above, one partition, target end offset in the run tag dray/end_offset),
 `wal_gc`, `orphan_gc`, `deleted_topics_gc`, `retention`, `table_maintenance`.
-Sensors: `compaction_sensor` (size/age thresholds; adds partitions; observes wal_segments), `wal_gc_sensor`,
+Sensors: `compaction_sensor` (size/age thresholds; adds partitions, removes deleted topics'; reports wal_segments), `wal_gc_sensor`,
 `orphan_gc_sensor`, `deleted_topics_sensor`, `retention_sensor`, `table_maintenance_sensor`. Run keys name the work (the offset range, the
 set of objects, the new log start), so the daemon runs each unit of work once.
 
@@ -21,7 +21,7 @@ import json
 from dagster import (
     AssetExecutionContext,
     AssetIn,
-    AssetObservation,
+    AssetMaterialization,
     AssetSpec,
     Backoff,
     Config,
@@ -289,6 +289,7 @@ def compaction_requests(context: SensorEvaluationContext, dray: DrayLake, *, for
     known = set(context.instance.get_dynamic_partitions(topic_partitions.name)) if context.instance else set()
     keys = [st.key for st in all_states if "..." not in st.key]
     new_keys = [k for k in keys if k not in known]
+    gone_keys = sorted(known - set(keys))  # partitions of deleted topics leave the partition set
     active = _active_partitions(context)
     cursor = json.loads(context.cursor) if context.cursor else {}
     observations = []
@@ -298,10 +299,13 @@ def compaction_requests(context: SensorEvaluationContext, dray: DrayLake, *, for
             continue
         oldest = st.oldest_uncompacted_ms()
         seen = [st.log_end, st.watermark, st.log_start]
-        if cursor.get(st.key) != seen:
+        if cursor.get(st.key) != seen or st.key in new_keys:
             cursor[st.key] = seen
-            observations.append(AssetObservation(
+            # A materialization (not an observation): the brokers wrote this partition's WAL data, and the UI
+            # shows the partition filled, with its state as the latest metadata.
+            observations.append(AssetMaterialization(
                 asset_key=wal_segments.key, partition=st.key,
+                description=f"log end {st.log_end}, {st.uncompacted_records} records not compacted yet",
                 metadata={
                     "log_end_offset": st.log_end, "log_start_offset": st.log_start,
                     "compacted_watermark": st.watermark, "lag_records": st.uncompacted_records,
@@ -321,7 +325,10 @@ def compaction_requests(context: SensorEvaluationContext, dray: DrayLake, *, for
         ))
     return SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[topic_partitions.build_add_request(new_keys)] if new_keys else [],
+        dynamic_partitions_requests=[
+            *([topic_partitions.build_add_request(new_keys)] if new_keys else []),
+            *([topic_partitions.build_delete_request(gone_keys)] if gone_keys else []),
+        ],
         asset_events=observations,
         cursor=json.dumps(cursor, sort_keys=True),
         skip_reason=None if requests else "no partition passed a compaction threshold",
@@ -330,7 +337,7 @@ def compaction_requests(context: SensorEvaluationContext, dray: DrayLake, *, for
 
 def compaction_sensor(context: SensorEvaluationContext, dray: DrayLake) -> SensorResult:
     """Requests a compaction run when a partition's uncompacted WAL passes compact_bytes or compact_age_ms; adds
-    topic-partitions; observes wal_segments."""
+    topic-partitions and removes deleted topics' partitions; reports wal_segments' state."""
     return compaction_requests(context, dray)
 
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from dagster import DagsterInstance, RunRequest, RunsFilter, SensorResult, SkipReason, build_sensor_context
+from dagster import DagsterInstance, DeleteDynamicPartitionsRequest, RunRequest, RunsFilter, SensorResult, SkipReason, build_sensor_context
 
 from dray_broker.config import LakeSettings
 from dray_pipelines import definitions as d
@@ -79,7 +79,11 @@ class Runner:
             return [r for r in result if isinstance(r, RunRequest)]
         assert isinstance(result, SensorResult), result
         for request in result.dynamic_partitions_requests or []:
-            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            if isinstance(request, DeleteDynamicPartitionsRequest):
+                for key in request.partition_keys:
+                    self.instance.delete_dynamic_partition(request.partitions_def_name, key)
+            else:
+                self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
         for event in result.asset_events or []:
             self.instance.report_runless_asset_event(event)
         if result.cursor is not None:
