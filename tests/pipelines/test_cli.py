@@ -108,3 +108,34 @@ def test_compact_records_its_runs_in_the_instance_of_dray_up(tmp_path):
                 if r.job_name == "compaction"] == [("compaction", "SUCCESS", "compact:cli.seen-0:0-20")]
     finally:
         instance.dispose()
+
+
+def test_commands_find_the_stores_as_the_broker_does_and_create_nothing(tmp_path):
+    """Run from a folder with no Dray data, `dray sql` and `dray compact` refuse in one line that says where they
+    looked, and leave no data directory behind; pointed at the data (flag or DRAY_DATA_DIR) they find it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DRAY_", "DAGSTER_HOME"))}
+
+    def dray_in(folder, *args, env=None):
+        return subprocess.run([sys.executable, "-m", "dray_broker.cli", *args], cwd=folder, capture_output=True,
+                              text=True, timeout=300, env={**clean, "PYTHONPATH": str(ROOT), **(env or {})})
+
+    def made(folder):
+        # .hypothesis: kio imports hypothesis when it is installed (a test dependency), which makes its folder
+        return sorted(p.name for p in folder.iterdir() if p.name != ".hypothesis")
+
+    for args in (["sql", "SELECT 1"], ["compact", "--all"]):
+        done = dray_in(elsewhere, *args)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr.count("\n") == 1 and "no Dray data at" in done.stderr
+        assert str(elsewhere / "dray-data" / "meta.db") in done.stderr
+        assert made(elsewhere) == []  # no ./dray-data made as a side effect
+
+    data = tmp_path / "data"
+    asyncio.run(write_log(lake_settings(data), "found", 1, batches=2, records_per_batch=5))
+    done = dray_in(elsewhere, "sql", "--format", "csv", 'SELECT count(*) AS n FROM found; SELECT 7 AS "seven"',
+                   env={"DRAY_DATA_DIR": str(data)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["n", "10", "seven", "7"]  # each statement's result, in order
+    assert made(elsewhere) == []
