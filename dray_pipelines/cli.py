@@ -64,11 +64,16 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "sql", help="query the topic tables with DuckDB",
-        description="Run SQL with DuckDB over the topics' Iceberg tables; each topic is a view by its name, e.g. "
-                    "dray sql 'SELECT partition, count(*) FROM orders GROUP BY ALL'. Quote \"offset\".")
+        description="Run SQL with DuckDB over the topics: each topic is a view by its name holding every record "
+                    "consumers can read (its Iceberg table plus the log not compacted yet), e.g. "
+                    "dray sql 'SELECT partition, count(*) FROM orders GROUP BY ALL'. key and value are BLOBs: "
+                    "decode(value) reads text. Quote \"offset\".")
     add_flags(p, LakeSettings, STORAGE_FIELDS)
-    p.add_argument("query", help="the SQL to run")
+    p.add_argument("query", nargs="?", help="the SQL to run (several statements: each result is printed)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    p.add_argument("--script", action="store_true",
+                   help="print a DuckDB script with a view per topic table, for DuckDB outside Dray (e.g. "
+                        "dray sql --script > dray.sql; duckdb -init dray.sql)")
     p.set_defaults(func=cmd_sql)
 
 
@@ -139,6 +144,18 @@ def cmd_sql(args) -> int:
     from dray_pipelines.sql import connect
 
     settings = _settings(args)
+    if args.script:
+        from dray_pipelines.sql import duckdb_script
+
+        try:
+            print(duckdb_script(settings), end="")
+        except (NoDrayData, ClusterMismatchError) as e:
+            print(f"dray sql: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if not args.query:
+        print("dray sql: give the SQL to run (or --script)", file=sys.stderr)
+        return 2
     try:
         con = connect(settings)
     except (NoDrayData, ClusterMismatchError) as e:

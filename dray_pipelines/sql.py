@@ -1,9 +1,12 @@
-"""DuckDB over the topic tables: each topic's Iceberg table is a view named after the topic.
+"""DuckDB over the topics: each topic is a view named after it, holding every record a consumer would read now (the
+topic's Iceberg table at a pinned snapshot plus the log above it: dray_pipelines.tail).
 
 Extensions load offline from the duckdb-extension-* packages (no download at run time): avro and iceberg, and
-httpfs when the warehouse is on S3. Each view reads the table's current metadata file, as the catalog names it.
-Column names `offset`, `partition`, `timestamp`, `key` and `value` are SQL keywords in places: quote them
-("offset") when DuckDB asks.
+httpfs when the warehouse is on S3. `key` and `value` are BLOBs (decode(value) reads UTF-8 text); `offset` is a
+keyword: quote it ("offset").
+
+duckdb_script() is the same for DuckDB outside Dray: a script with one view per topic table, reading the snapshot
+current when it is made (plain DuckDB cannot read the uncompacted log).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import duckdb
 
 from dray_broker.config import LakeSettings
 from dray_pipelines.lake import open_lake
-from dray_pipelines.tail import TopicSnapshot, read_topics
+from dray_pipelines.tail import TopicSnapshot, read_topics, topic_table
 
 
 def _extension_path(name: str) -> str:
@@ -76,6 +79,10 @@ def _above_log_start(log_start: dict[int, int]) -> str:
 
 
 def _s3_secret(con: duckdb.DuckDBPyConnection, settings: LakeSettings) -> None:
+    con.execute(_s3_secret_sql(settings))
+
+
+def _s3_secret_sql(settings: LakeSettings) -> str:
     q = settings.s3_options()
     parts = ["TYPE s3"]
     endpoint = q.get("endpoint")
@@ -90,7 +97,47 @@ def _s3_secret(con: duckdb.DuckDBPyConnection, settings: LakeSettings) -> None:
     else:
         parts.append("PROVIDER credential_chain")
     parts.append(f"REGION {_literal(settings.fileio_properties().get('s3.region', 'us-east-1'))}")
-    con.execute(f"CREATE OR REPLACE SECRET dray_s3 ({', '.join(parts)})")
+    return f"CREATE OR REPLACE SECRET dray_s3 ({', '.join(parts)});"
+
+
+def duckdb_script(settings: LakeSettings) -> str:
+    """A DuckDB script (for the duckdb CLI, or any DuckDB) with one view per topic table, at each table's current
+    snapshot."""
+    tables = asyncio.run(_current_tables(settings))
+    s3 = urlparse(settings.warehouse_url).scheme in ("s3", "s3a")
+    lines = [
+        f"-- The Dray topic tables of catalog {settings.catalog_url}, namespace {settings.namespace}.",
+        "-- Each view reads its table's current Iceberg snapshot: the records compacted so far (`dray sql` also reads",
+        "-- the log above it). Print this script again after compaction to see newer snapshots.",
+        "INSTALL avro; LOAD avro;",
+        "INSTALL iceberg; LOAD iceberg;",
+    ]
+    if s3:
+        lines += ["INSTALL httpfs; LOAD httpfs;", _s3_secret_sql(settings)]
+    for topic, location in tables:
+        lines.append(f"CREATE OR REPLACE VIEW {quote(topic)} AS SELECT * FROM iceberg_scan({_literal(location)});")
+    if not tables:
+        lines.append("-- (no topic has compacted data yet: run `dray compact --all`, or wait for the daemon)")
+    example = quote(tables[0][0]) if tables else '"orders"'
+    lines += [
+        "-- key and value are BLOBs: decode() reads them as UTF-8 text ('replace': bytes that are not UTF-8 show as ?).",
+        "-- offset is a keyword: quote it.",
+        f"""-- SELECT partition, "offset", timestamp, decode(key, 'replace') AS key, decode(value, 'replace') AS value""",
+        f"--   FROM {example}",
+        '--   ORDER BY partition, "offset" LIMIT 10;',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def _current_tables(settings: LakeSettings) -> list[tuple[str, str]]:
+    """(topic, metadata file of its table's current snapshot) of each topic whose table has data."""
+    async with open_lake(settings) as lake:
+        out = []
+        for topic in await lake.topics():
+            table = await asyncio.to_thread(topic_table, lake, topic)
+            if table is not None and table.current_snapshot() is not None:
+                out.append((topic.name, table.metadata_location))
+        return out
 
 
 def query(settings: LakeSettings, sql: str) -> tuple[list[str], list[tuple]]:

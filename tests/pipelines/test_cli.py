@@ -54,6 +54,25 @@ def test_compact_and_sql(tmp_path):
     done = dray("sql", "--data-dir", str(data), "SELECT * FROM no_such_topic")
     assert done.returncode == 1 and "no_such_topic" in done.stderr
 
+    # DuckDB outside Dray: the printed script makes the views (its INSTALLs need the network: the extensions load
+    # here from the offline packages instead), and its example query runs.
+    done = dray("sql", "--data-dir", str(data), "--script")
+    assert done.returncode == 0, done.stderr
+    import duckdb
+
+    from dray_pipelines.sql import _extension_path
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": False})
+    for ext in ("avro", "iceberg"):
+        con.execute(f"LOAD '{_extension_path(ext)}'")
+    con.execute("\n".join(line.replace("INSTALL avro;", "").replace("INSTALL iceberg;", "")
+                           for line in done.stdout.splitlines()))
+    assert con.execute('SELECT count(*) FROM "cli.events"').fetchone() == (200,)
+    example = "\n".join(line.removeprefix("-- ") for line in done.stdout.splitlines()[-3:])
+    rows = con.execute(example).fetchall()
+    assert [(r[0], r[1]) for r in rows] == [(0, n) for n in range(10)]
+    assert [r[3] for r in rows] == [e[2].decode() if e[2] is not None else None for e in expected[:10]]  # text keys
+
 
 def test_compact_shows_progress_on_a_terminal_only(tmp_path):
     data = tmp_path / "data"
