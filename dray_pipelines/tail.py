@@ -30,7 +30,8 @@ from dray_broker.records.batch import HEADER_SIZE, read_header
 from dray_broker.topics.catalog import Topic
 from dray_pipelines.convert import RowGroupBuilder
 from dray_pipelines.lake import Lake
-from dray_pipelines.tables import ARROW_SCHEMA, P_TOPIC_ID, S_COMMITTED
+from dray_broker.lake_schema import ARROW_SCHEMA, OFFSET
+from dray_pipelines.tables import P_TOPIC_ID, S_COMMITTED
 
 READ_BYTES = 8 * 1024 * 1024  # bytes of batches per read of the log
 ATTEMPTS = 5  # a read raced garbage collection (a WAL object gone after its swap): read again
@@ -115,8 +116,8 @@ async def _partition_tail(reader: PartitionReader, topic: Topic, partition: int,
     rows = pa.concat_tables(chunks)
     # The first batch read may begin below the wanted offset (a batch straddling the committed end or the log start).
     low = max(committed, start)
-    if rows.num_rows and rows.column("offset")[0].as_py() < low:
-        rows = rows.filter(pc.greater_equal(rows.column("offset"), low))
+    if rows.num_rows and rows.column(OFFSET)[0].as_py() < low:
+        rows = rows.filter(pc.greater_equal(rows.column(OFFSET), low))
     return start, rows
 
 
