@@ -122,7 +122,7 @@ def duckdb_script(settings: LakeSettings) -> str:
     lines += [
         "-- key and value are BLOBs: decode() reads them as UTF-8 text ('replace': bytes that are not UTF-8 show as ?).",
         "-- offset is a keyword: quote it.",
-        f"""-- SELECT partition, "offset", timestamp, decode(key, 'replace') AS key, decode(value, 'replace') AS value""",
+        """-- SELECT partition, "offset", timestamp, decode(key, 'replace') AS key, decode(value, 'replace') AS value""",
         f"--   FROM {example}",
         '--   ORDER BY partition, "offset" LIMIT 10;',
     ]
