@@ -41,7 +41,9 @@ def test_webserver_and_daemon_compact_on_their_own(tmp_path, monkeypatch):
     port = free_port()
     handle = services.start(Settings(data_dir=data), port=port)
     try:
-        assert handle.urls == [("Dagster UI", f"http://127.0.0.1:{port}")]
+        logs = data / "dagster" / "process-logs"
+        assert handle.urls == [("Dagster UI", f"http://127.0.0.1:{port}"),
+                               ("Dagster logs", f"{logs}/dagster-webserver.log, dagster-daemon.log (run logs: in the UI)")]
         assert handle.wait_ready(120), (handle.log_dir / "dagster-webserver.log").read_text()[-3000:]
         config = (handle.home / "dagster.yaml").read_text()
         assert "QueuedRunCoordinator" in config and "dray/table" in config
@@ -52,6 +54,8 @@ def test_webserver_and_daemon_compact_on_their_own(tmp_path, monkeypatch):
                 break
             time.sleep(1)
         assert state.watermark == 40, (handle.log_dir / "dagster-daemon.log").read_text()[-5000:]
+        # The logs are where `dray up` says, still there once Dagster has run (it moves its own logs/ folder away).
+        assert (logs / "dagster-webserver.log").stat().st_size > 0 and (logs / "dagster-daemon.log").stat().st_size > 0
         # Two more sensor ticks over the same state: they must ask for nothing more.
         ticks = _sensor_ticks(handle.urls[0][1], "compaction_sensor")
         deadline = time.monotonic() + 60
