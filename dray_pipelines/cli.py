@@ -77,15 +77,22 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_sql)
 
 
-def _up_instance(settings: LakeSettings):
-    """The Dagster instance `dray up` keeps in <data-dir>/dagster, when there is one and DAGSTER_HOME is not set:
-    the runs then show in its UI, and its daemon and `dray compact` skip each other's finished run keys. None: the
-    Runner's default (DAGSTER_HOME's instance, else an ephemeral one)."""
-    home = settings.data_dir / "dagster"
-    if os.environ.get("DAGSTER_HOME") or not (home / "dagster.yaml").exists():
-        return None
+def _instance(settings: LakeSettings):
+    """The Dagster instance the daemon of these stores uses, so that `dray compact`'s runs are its runs (in the UI,
+    with the same run keys, tags and asset materializations): $DAGSTER_HOME's when set, else the one `dray up` keeps
+    in <data-dir>/dagster, made now if `dray up` has not run yet, when the data dir holds the embedded metadata store
+    (it exists: it was checked). None otherwise (stores elsewhere and no DAGSTER_HOME: an ephemeral instance)."""
     from dagster import DagsterInstance
 
+    from dray_pipelines.services import prepare_home
+
+    if os.environ.get("DAGSTER_HOME"):
+        return DagsterInstance.get()
+    home = settings.data_dir / "dagster"
+    if not (home / "dagster.yaml").exists():
+        if settings.metadata is not None:
+            return None
+        prepare_home(home)
     return DagsterInstance.from_config(str(home.resolve()))
 
 
@@ -110,7 +117,7 @@ def cmd_compact(args) -> int:
             if not args.quiet:
                 print(line, flush=True)
 
-        runner = Runner(settings, instance=_up_instance(settings), report=report, log_level="ERROR",
+        runner = Runner(settings, instance=_instance(settings), report=report, log_level="ERROR",
                         progress=bar.describe)
         try:
             result = runner.run_all(force=args.all, maintenance=args.maintenance)

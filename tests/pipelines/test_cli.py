@@ -110,14 +110,12 @@ def test_compact_shows_progress_on_a_terminal_only(tmp_path):
 
 
 def test_compact_records_its_runs_in_the_instance_of_dray_up(tmp_path):
-    """With the Dagster instance `dray up` keeps in <data-dir>/dagster, `dray compact`'s runs show in its UI."""
-    from dagster import DagsterInstance
-
-    from dray_pipelines.services import prepare_home
+    """`dray compact`'s runs go to the Dagster instance `dray up` keeps in <data-dir>/dagster (made if `dray up` has
+    not run yet): they show in its UI, with their materializations."""
+    from dagster import AssetKey, DagsterInstance
 
     data = tmp_path / "data"
     asyncio.run(write_log(lake_settings(data), "cli.seen", 1, batches=2, records_per_batch=10))
-    prepare_home(data / "dagster")
     done = dray("compact", "--all", "--data-dir", str(data))
     assert done.returncode == 0 and "compact:cli.seen-0:0-20" in done.stdout, done.stdout + done.stderr
     instance = DagsterInstance.from_config(str(data / "dagster"))
@@ -125,6 +123,9 @@ def test_compact_records_its_runs_in_the_instance_of_dray_up(tmp_path):
         runs = instance.get_runs()
         assert [(r.job_name, r.status.value, r.tags.get("dagster/run_key")) for r in runs
                 if r.job_name == "compaction"] == [("compaction", "SUCCESS", "compact:cli.seen-0:0-20")]
+        for asset in ("wal_segments", "parquet_files", "iceberg_snapshots"):  # the partition is not Missing
+            assert instance.get_materialized_partitions(AssetKey(asset)) == {"cli.seen-0"}, asset
+        assert "QueuedRunCoordinator" in (data / "dagster" / "dagster.yaml").read_text()  # as `dray up` writes it
     finally:
         instance.dispose()
 
