@@ -60,15 +60,18 @@ def produce(bootstrap: str, topic: str, n: int, seed: int, pieces: int = 1) -> l
             for r in clients.produce("confluent", bootstrap, topic, records[i:i + step], codec="lz4", timeout=60)]
 
 
-def test_sql_counts_equal_consumer_counts_at_every_stage(lake_broker, backend_settings, dagster_instance):
+def test_sql_counts_equal_consumer_counts_at_every_stage(lake_broker, backend_settings):
     from confluent_kafka.admin import AdminClient, NewTopic
+    from dagster import DagsterInstance
 
     settings = backend_settings.model_copy(update={"compact_max_bytes": 1, "row_group_bytes": 8_000})
     bootstrap = lake_broker.bootstrap
     topic = "sql.orders"
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(15)
-    runner = Runner(settings, instance=dagster_instance)
+    # An instance of its own: the other backend's run of this test made runs with the same run keys.
+    instance = DagsterInstance.ephemeral()
+    runner = Runner(settings, instance=instance)
 
     # Nothing compacted: everything comes from the WAL.
     acked = produce(bootstrap, topic, 900, seed=1, pieces=6)
@@ -127,6 +130,7 @@ def test_sql_counts_equal_consumer_counts_at_every_stage(lake_broker, backend_se
     assert_sql_is_the_topic(settings, bootstrap, topic, again)
     assert not runner.run_sensor("compaction_sensor", force=True).failed
     assert_sql_is_the_topic(settings, bootstrap, topic, again)
+    instance.dispose()
 
 
 def _has_view(settings, topic: str) -> bool:
