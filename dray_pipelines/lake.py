@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 from ulid import ULID
 
 from dray_broker import keyspace
-from dray_broker.cluster_identity import check_cluster_identity, cluster_id
+from dray_broker.cluster_identity import check_cluster_identity, check_object_store_alone, cluster_id
 from dray_broker.config import LakeSettings
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef
 from dray_broker.metadata import MetadataStore, VersionMismatchError, open_metadata_store
@@ -226,11 +226,16 @@ async def _open_metadata_store(settings: LakeSettings) -> MetadataStore:
 @contextlib.asynccontextmanager
 async def open_lake(settings: LakeSettings) -> AsyncIterator[Lake]:
     """The stores as the broker finds them (the same settings). Raise NoDrayData, creating nothing, when no broker
-    ever used them."""
-    store = await _open_metadata_store(settings)
+    ever used them (ClusterMismatchError when the object store is another cluster's)."""
+    try:
+        store = await _open_metadata_store(settings)
+    except NoDrayData:
+        await _object_store_alone(settings)
+        raise
     objects = None
     try:
         if await cluster_id(store) is None:
+            await _object_store_alone(settings)
             raise NoDrayData(f"no Dray data at {where_looked(settings)}: no broker has started on it")
         objects = open_object_store(settings.object_store_url)
         await check_cluster_identity(store, objects)  # before any GC could take another cluster's WAL for orphans
@@ -239,6 +244,18 @@ async def open_lake(settings: LakeSettings) -> AsyncIterator[Lake]:
         if objects is not None:
             await objects.close()
         await store.close()
+
+
+async def _object_store_alone(settings: LakeSettings) -> None:
+    """With no cluster in the metadata store: an object store that belongs to one is a mismatch, not "no data"."""
+    url = urlparse(settings.object_store_url)
+    if url.scheme == "file" and not Path(url.path).exists():  # opening it would create it
+        return
+    objects = open_object_store(settings.object_store_url)
+    try:
+        await check_object_store_alone(objects)
+    finally:
+        await objects.close()
 
 
 def check_dray_data(settings: LakeSettings) -> None:
