@@ -7,9 +7,9 @@ Assets, per topic-partition (dynamic partitions `topic_partitions`, keys `<topic
                        the offset index swapped over to them
 Jobs: `compaction` (the two assets above, one partition, target end offset in the run tag dray/end_offset),
 `wal_gc`, `orphan_gc`, `deleted_topics_gc`, `retention`, `table_maintenance`.
-Sensors: `compaction_sensor` (size/age thresholds; adds partitions, removes deleted topics'; reports wal_segments), `wal_gc_sensor`,
-`orphan_gc_sensor`, `deleted_topics_sensor`, `retention_sensor`, `table_maintenance_sensor`. Run keys name the work (the offset range, the
-set of objects, the new log start), so the daemon runs each unit of work once.
+Sensors: `compaction_sensor` (size/age thresholds; adds partitions, removes deleted topics'; reports wal_segments),
+`wal_gc_sensor`, `orphan_gc_sensor`, `deleted_topics_sensor`, `retention_sensor`, `table_maintenance_sensor`. Run keys
+name the work (the offset range, the set of objects, the new log start), so the daemon runs each unit of work once.
 
 The settings (dray_broker.config.LakeSettings, through the resource DrayLake) are read when the definitions are built
 (the sensors' interval, the steps' retries: `defs` builds them when Dagster loads the code location) and at each run
@@ -25,11 +25,11 @@ from dagster import (
     AssetSpec,
     Backoff,
     Config,
-    Failure,
     DagsterRunStatus,
     DefaultSensorStatus,
     Definitions,
     DynamicPartitionsDefinition,
+    Failure,
     In,
     MaterializeResult,
     MetadataValue,
@@ -59,6 +59,7 @@ from dray_pipelines.resources import DrayLake
 
 GROUP = "dray"
 TAG_END = "dray/end_offset"
+TAG_START = "dray/start_offset"
 TAG_TOPIC = "dray/topic"
 TAG_PARTITION = "dray/partition"
 TAG_TABLE = "dray/table"
@@ -76,9 +77,6 @@ wal_segments = AssetSpec(
     description="Record batches in WAL objects, written by brokers and indexed in the metadata store. "
                 "Observed by compaction_sensor: log end, compacted watermark, uncompacted bytes and age.",
 )
-
-
-TAG_START = "dray/start_offset"
 
 
 def _target(context) -> tuple[str, int, int]:
