@@ -50,3 +50,21 @@ def test_an_error_no_retry_can_fix_fails_the_run_at_once(runner, settings):
     assert len(failures) == 1
     error = failures[0].event_specific_data.error
     assert "ui.gone-0 does not exist" in (failures[0].message + str(error.message if error else ""))
+
+
+def test_dray_compact_says_why_a_run_did_nothing_or_failed(runner, settings):
+    """The Runner (`dray compact`) prints, for a request whose range another run already compacted, that there was
+    nothing to do; for a failed run, the reason."""
+    lines: list[str] = []
+    runner.report = lines.append
+    asyncio.run(write_log(settings, "ui.twice", 1, batches=2, records_per_batch=10))
+    (request,) = runner.evaluate("compaction_sensor", force=True)
+    assert runner.execute("compaction", request).success
+    assert runner.execute("compaction", request).success  # as if the daemon had run it meanwhile
+    assert "nothing to do: already swapped" in lines[-1] and "(" not in lines[0]
+    from dagster import RunRequest
+
+    runner.instance.add_dynamic_partitions("topic_partitions", ["ui.nowhere-0"])
+    failed = runner.execute("compaction", RunRequest(partition_key="ui.nowhere-0", tags={"dray/end_offset": "5"}))
+    assert not failed.success and "topic 'ui.nowhere' does not exist" in failed.error and "retry" in failed.error
+    assert lines[-1].startswith("FAILED") and failed.error in lines[-1], lines
