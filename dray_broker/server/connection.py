@@ -25,8 +25,10 @@ import struct
 from collections import deque
 from typing import Awaitable, Callable, TypeAlias, cast
 
+from dray_broker.auth.principal import ANONYMOUS, KafkaPrincipal
 from dray_broker.protocol.codec import MalformedRequestError
 from dray_broker.server.handling import Deferred, NoResponse
+from dray_broker.server.listeners import PLAINTEXT_LISTENER, Listener
 from dray_broker.server.request_budget import RequestBudget
 
 log = logging.getLogger(__name__)
@@ -62,10 +64,11 @@ class Connection(asyncio.BufferedProtocol):
                  "_filled", "_frame_size", "_frames", "_responses", "_transport", "_tasks", "_paused",
                  "_waiting_for_budget", "_too_many_in_flight", "_draining", "_write_paused", "_closing", "_lost",
                  "_received", "_stalled", "_unanswered", "_frames_waiter", "_responses_waiter",
-                 "_writable_waiter", "_answered_waiter", "peer", "host", "client_id")
+                 "_writable_waiter", "_answered_waiter", "peer", "host", "client_id", "listener", "principal")
 
     def __init__(self, handle_frame: FrameHandler, max_frame_bytes: int, on_close: Callable[["Connection"], None],
-                 budget: RequestBudget, *, stalled_sweeps: int = STALLED_SWEEPS):
+                 budget: RequestBudget, *, listener: Listener = PLAINTEXT_LISTENER,
+                 stalled_sweeps: int = STALLED_SWEEPS):
         self._handle_frame = handle_frame
         self._max_frame = max_frame_bytes
         self._on_close = on_close
@@ -98,6 +101,8 @@ class Connection(asyncio.BufferedProtocol):
         self.peer = "?"
         self.host = ""
         self.client_id: str | None = None
+        self.listener = listener  # the listener the client connected on
+        self.principal: KafkaPrincipal = ANONYMOUS  # who the client authenticated as (TLS certificate or SASL)
 
     # --- asyncio.BufferedProtocol -----------------------------------------------------------------------------
 
