@@ -211,12 +211,15 @@ class Broker:
 
     def _new_connection(self, listener: Listener) -> Connection:
         assert self._dispatcher is not None, "connections are accepted once the broker has started"
-        conn = Connection(self._dispatcher.dispatch, self.settings.max_request_bytes, self._connection_closed,
+        return Connection(self._dispatcher.dispatch, self.settings.max_request_bytes, self._connection_closed,
                           self.request_budget, listener=self._bound(listener),
-                          identify=self.tls.principal if listener.tls and self.tls is not None else None)
+                          identify=self.tls.principal if listener.tls and self.tls is not None else None,
+                          on_open=self._connection_opened)
+
+    def _connection_opened(self, conn: Connection) -> None:
+        # (A TLS client is counted once its handshake is done: one that fails it never opens, nor closes.)
         self.connections.add(conn)
         self.metrics.connections.inc()
-        return conn
 
     def reload_tls(self) -> None:
         """SIGHUP: load the TLS files again (new handshakes use them; open connections keep theirs)."""

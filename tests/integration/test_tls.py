@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def ca(tmp_path_factory) -> TestCA:
 @pytest.fixture(scope="module")
 def tls_broker(ca, tmp_path_factory):
     server = ca.server()
-    b = _tls_broker(tmp_path_factory.mktemp("tls-broker"), server.cert, server.key).start()
+    b = _tls_broker(tmp_path_factory.mktemp("tls-broker"), server.cert, server.key, "--http-listen",
+                    f"127.0.0.1:{free_port()}").start()
     yield b
     b.stop()
 
@@ -106,6 +108,13 @@ def _served_cn(bootstrap: str, ca: Path) -> str:
         return subject["commonName"]
     finally:
         wire.close()
+
+
+def _open_connections(b: BrokerProcess) -> float:
+    """The broker's dray_connections gauge (from --http-listen)."""
+    http = b.extra_args[b.extra_args.index("--http-listen") + 1]
+    metrics = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
+    return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith("dray_connections "))
 
 
 def _wait_for(condition, timeout: float = 15.0, what: str = "condition"):
@@ -255,13 +264,15 @@ def test_a_plaintext_client_on_the_ssl_port_fails_cleanly_and_others_are_served(
     from kafka.errors import KafkaTimeoutError
 
     before = tls_broker.log()
+    connections = _open_connections(tls_broker)
     # A raw Kafka request where a TLS ClientHello should come: the connection is closed, no Kafka answer.
-    with socket.create_connection(("127.0.0.1", tls_broker.ssl_port), timeout=15) as s:
-        s.sendall(b"\x00\x00\x00\x0e\x00\x12\x00\x00\x00\x00\x00\x01\x00\x04test")  # ApiVersions v0
-        received = b""
-        while chunk := s.recv(4096):
-            received += chunk
-        assert received == b"" or received[0] == 0x15  # nothing, or a TLS alert record
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", tls_broker.ssl_port), timeout=15) as s:
+            s.sendall(b"\x00\x00\x00\x0e\x00\x12\x00\x00\x00\x00\x00\x01\x00\x04test")  # ApiVersions v0
+            received = b""
+            while chunk := s.recv(4096):
+                received += chunk
+            assert received == b"" or received[0] == 0x15  # nothing, or a TLS alert record
     # Real plaintext clients: kafka-python gets no metadata (its version probe skipped: it would retry for 30 s),
     # nor does kcat.
     producer = KafkaProducer(bootstrap_servers=tls_broker.ssl_bootstrap, api_version=(3, 0), max_block_ms=3000)
@@ -279,6 +290,8 @@ def test_a_plaintext_client_on_the_ssl_port_fails_cleanly_and_others_are_served(
     read_back("confluent", tls_broker.bootstrap, topic, acked)
     after = tls_broker.log()[len(before):]
     assert "Traceback" not in after and " ERROR " not in after
+    # Failed handshakes hold nothing: the broker counts no connection for them.
+    _wait_for(lambda: _open_connections(tls_broker) <= connections, what="the connection count to come back")
 
 
 # --- refused configurations ------------------------------------------------------------------------------------
