@@ -344,8 +344,13 @@ def test_topology(services):
         if name in brokers:
             settings = load_in(env, Settings)
             published = {p.split(":")[-1]: p.split(":")[-2] for p in s.get("ports", [])}
-            listen_port = settings.listen.rpartition(":")[2]
-            assert settings.advertised[1] == int(published[listen_port]), f"{name}: advertised port not published"
+            for listener in settings.listeners:
+                assert listener.advertised_port == int(published[str(listener.port)]), (
+                    f"{name}: the advertised port of {listener} is not the one published for it")
+                if listener.tls:
+                    assert {"/certs/broker.pem", "/certs/broker.key"} == {str(settings.tls_cert),
+                                                                          str(settings.tls_key)}
+                    assert "certs-init" in deps and "certs:/certs:ro" in s["volumes"], f"{name}: no certificates"
             assert settings.http_listen, f"{name}: the HEALTHCHECK needs DRAY_HTTP_LISTEN"
         else:
             lake = load_in(env, LakeSettings)

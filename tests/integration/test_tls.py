@@ -350,3 +350,41 @@ def test_the_cli_connects_with_a_kafka_client_properties_file_or_librdkafka_prop
     # Without them the ssl port gives no answer: reported as an unreachable broker, in one line.
     done = _dray(tls_broker.ssl_bootstrap, "topics", "list", "--timeout", "3")
     assert done.returncode == 3 and done.stderr.startswith("dray: cannot reach a Kafka broker"), done.stderr
+
+
+# --- deploy/make-certs.sh (compose.yaml's certs-init) ----------------------------------------------------------
+
+
+def test_make_certs_gives_a_broker_clients_trust_and_renews_it_in_place(tmp_path):
+    script = Path(__file__).resolve().parents[2] / "deploy" / "make-certs.sh"
+    certs = tmp_path / "certs"
+
+    def make(*hosts: str) -> str:
+        done = subprocess.run(["sh", str(script), str(certs), *hosts], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "made the CA" in make("localhost", "broker-a1")
+    assert "kept" in make("localhost", "broker-a1")  # valid, same hosts: nothing changes
+    b = _tls_broker(tmp_path / "data", certs / "broker.pem", certs / "broker.key", "--tls-check-ms", "100").start()
+    try:
+        topic = f"make-certs-{uuid.uuid4().hex[:6]}"
+        create_topic(b.bootstrap, topic, 1)
+        tls = ClientTls(certs / "ca.pem")
+        by_name = f"localhost:{b.ssl_port}"  # librdkafka checks the name against the certificate
+        acked = produce("confluent", by_name, topic, make_records(30, 1, seed=5), tls=tls)
+        read_back("kcat", by_name, topic, acked, tls=tls)
+
+        def served_names() -> set[str]:
+            wire = _tls_wire(b.ssl_bootstrap, certs / "ca.pem")
+            try:
+                return {value for kind, value in wire.sock.getpeercert()["subjectAltName"]}
+            finally:
+                wire.close()
+
+        assert served_names() == {"127.0.0.1", "localhost", "broker-a1"}
+        assert "issued" in make("localhost", "broker-a1", "kafka.example.com")  # another host: a new certificate
+        _wait_for(lambda: "kafka.example.com" in served_names(), what="the renewed certificate")
+        read_back("confluent", by_name, topic, acked, tls=tls)
+    finally:
+        b.stop()
