@@ -158,6 +158,34 @@ def test_clients_produce_and_consume_over_ssl(tls_broker, ca, producer, reader):
     read_back(reader, tls_broker.ssl_bootstrap, topic, acked, tls=tls)
 
 
+def test_a_consumer_group_over_ssl_finds_its_coordinator_there(tls_broker, ca):
+    """The group's coordinator (FindCoordinator) is given at its ssl endpoint: the group joins, reads and commits."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = f"tls-group-{uuid.uuid4().hex[:6]}"
+    create_topic(tls_broker.bootstrap, topic, 2)
+    tls = ClientTls(ca.cert)
+    acked = produce("confluent", tls_broker.ssl_bootstrap, topic, make_records(100, 2, seed=9), tls=tls)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    consumer = Consumer({"bootstrap.servers": tls_broker.ssl_bootstrap, "group.id": group,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False, "session.timeout.ms": 6000,
+                         **tls.librdkafka()})
+    try:
+        consumer.subscribe([topic])
+        values = []
+        deadline = time.monotonic() + 30
+        while len(values) < len(acked) and time.monotonic() < deadline:
+            for m in consumer.consume(100, 0.2):
+                assert m.error() is None, m.error()
+                values.append(m.value())
+        assert sorted(map(repr, values)) == sorted(repr(r.value) for r in acked)
+        consumer.commit(asynchronous=False)
+        committed = consumer.committed([TopicPartition(topic, p) for p in (0, 1)], timeout=10)
+        assert sum(tp.offset for tp in committed) == len(acked)
+    finally:
+        consumer.close()
+
+
 def test_java_client_produces_and_consumes_over_ssl(tls_broker, ca):
     java = JavaClient(ensure_built())
     topic = f"tls-java-{uuid.uuid4().hex[:6]}"
