@@ -269,6 +269,12 @@ class Settings(StorageSettings):
                                    "fetch (recent commits and chunks read back), least recently used out first")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="log one JSON object per line")
+    acls: bool = Field(False, description="authorize every request by the cluster's ACLs (Kafka's "
+                       "authorizer.class.name); off: everyone may do everything")
+    super_users: str | None = Field(None, description="principals allowed everything, comma-separated "
+                                    "(User:admin,User:ops), as Kafka's super.users")
+    allow_everyone_if_no_acl_found: bool = Field(False, description="allow a request on a resource that has no ACL "
+                                                 "at all, as Kafka's allow.everyone.if.no.acl.found")
 
     @field_validator("listen", "advertise", "http_listen")
     @classmethod
@@ -281,6 +287,19 @@ class Settings(StorageSettings):
         if v.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("use DEBUG, INFO, WARNING or ERROR")
         return v.upper()
+
+    @field_validator("super_users")
+    @classmethod
+    def _check_super_users(cls, v: str | None) -> str | None:
+        if v is not None:
+            for name in v.split(","):
+                if ":" not in name.strip():
+                    raise ValueError(f"{name.strip()!r} is not a principal (Type:name, e.g. User:admin)")
+        return v
+
+    @property
+    def super_user_list(self) -> list[str]:
+        return [s.strip() for s in (self.super_users or "").split(",") if s.strip()]
 
     @property
     def advertised(self) -> tuple[str, int]:

@@ -13,6 +13,10 @@ import logging
 import uuid
 from typing import Any, Coroutine
 
+from dray_broker.auth.acl_api import AclService
+from dray_broker.auth.acl_store import AclStore
+from dray_broker.auth.acls import Authorizer
+from dray_broker.auth.enforce import Enforcer
 from dray_broker.cluster_identity import ensure_cluster_identity
 from dray_broker.config import Settings
 from dray_broker.faults import FAULTS
@@ -132,6 +136,17 @@ class Broker:
         # Parked JoinGroup/SyncGroup requests get NOT_COORDINATOR and the leases go, so another broker takes over.
         stack.push_async_callback(coordinator.stop)
 
+        # The cluster's ACLs, followed from the metadata store; enforced only with --acls.
+        acl_store = None
+        enforcer = None
+        if s.acls:
+            authorizer = Authorizer(s.super_user_list, s.allow_everyone_if_no_acl_found)
+            acl_store = AclStore(metadata, authorizer)
+            await acl_store.start()
+            stack.push_async_callback(acl_store.stop)
+            enforcer = Enforcer(authorizer, topics, (r.key for r in ROUTES))
+            log.info("authorizer on: %d ACLs, super users %s", len(authorizer), ", ".join(s.super_user_list) or "none")
+
         cluster = ClusterView(self.cluster_id, self.broker_id, registry, topics, s.auto_create_topics,
                               s.default_partitions, s.enforce_owner)
         self._dispatcher = Dispatcher(ROUTES, [
@@ -142,7 +157,8 @@ class Broker:
             FetchService(cluster, topics, reader, index),
             AdminService(cluster, topics, reader, s),
             GroupService(coordinator, topics),
-        ], self.metrics)
+            AclService(acl_store),
+        ], self.metrics, enforcer)
 
         if s.http_listen:
             http_host, http_port = s.http_listen.rsplit(":", 1)

@@ -2,8 +2,10 @@
 route's handler with its service and the request context, and encode what it returns. The connection
 (server/connection.py) writes the answers, in request order.
 
-Authorization (DESIGN.md invariant 10) belongs here, between decoding and the handler: each route names the checks
-its API needs (Route.checks, from auth/api_checks.py); the authorizer that applies them is not switched on yet.
+Authorization (DESIGN.md invariant 10) happens here, between decoding and the handler: with --acls the Enforcer
+(auth/enforce.py) applies the checks each route's API needs (auth/api_checks.py), answering a denied request itself
+or handing the handler the request without the resources it may not touch, and completing the handler's answer.
+Without --acls there is no Enforcer and no per-request work.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
+from dray_broker.auth.enforce import Enforcer
 from dray_broker.logs import request_context
 from dray_broker.observability.metrics import ApiMetrics, BrokerMetrics
 from dray_broker.protocol import apis
@@ -46,11 +49,13 @@ class _Bound:
 
 
 class Dispatcher:
-    def __init__(self, routes: RouteTable, services: Iterable[object], metrics: BrokerMetrics):
+    def __init__(self, routes: RouteTable, services: Iterable[object], metrics: BrokerMetrics,
+                 enforcer: Enforcer | None = None):
         """services: one instance of each service type the routes name (a missing one fails here, not when a
-        request comes)."""
+        request comes). enforcer: the authorizer's checks (--acls), or None."""
         by_type = {type(s): s for s in services}
         self.routes = routes
+        self._enforcer = enforcer
         self._bound: dict[int, _Bound] = {}
         for r in routes:
             if r.service not in by_type:
@@ -77,12 +82,21 @@ class Dispatcher:
         metrics = bound.metrics
         metrics.requests.inc()
         started = time.perf_counter()
+        finish = None
+        if self._enforcer is not None:
+            verdict = self._enforcer.check(ctx, req)
+            if isinstance(verdict, Response):
+                metrics.seconds.observe(time.perf_counter() - started)
+                return encode_response(api_key, version, correlation_id, verdict.body)
+            req, finish = verdict
         try:
             result = await bound.call(ctx, req)
         except Exception:
             metrics.errors.inc()
             raise
         if isinstance(result, Response):
+            if finish is not None:
+                result = Response(finish(result.body))
             metrics.seconds.observe(time.perf_counter() - started)
             return encode_response(api_key, version, correlation_id, result.body)
         if isinstance(result, Deferred):

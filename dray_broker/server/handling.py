@@ -39,6 +39,9 @@ class RequestContext:
     client_host: str  # "/<ip>" of the peer, as Kafka reports it (JoinGroup, ConsumerGroupHeartbeat keep it)
     # Who the connection authenticated as (SASL or a TLS client certificate); User:ANONYMOUS otherwise, as in Kafka.
     principal: KafkaPrincipal = ANONYMOUS
+    # Topics of this Produce or Fetch the principal may not write or read (auth/enforce.py): answered with
+    # TOPIC_AUTHORIZATION_FAILED by the handler, which encodes its answer by hand.
+    denied_topics: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)

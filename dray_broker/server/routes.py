@@ -9,6 +9,7 @@ advertised: a client that sends one anyway gets an error response (protocol/reje
 
 from __future__ import annotations
 
+from dray_broker.auth.acl_api import AclService, handle_create_acls, handle_delete_acls, handle_describe_acls
 from dray_broker.fetch.handler import handle_fetch
 from dray_broker.fetch.list_offsets import handle_list_offsets
 from dray_broker.groups import handlers as groups
@@ -56,6 +57,10 @@ ROUTES = RouteTable([
           groups.handle_consumer_group_heartbeat),
     route(apis.CONSUMER_GROUP_DESCRIBE, "ConsumerGroupDescribe", (0, 1), GroupService,
           groups.handle_consumer_group_describe),
+    # ACLs (answered SECURITY_DISABLED without --acls).
+    route(apis.DESCRIBE_ACLS, "DescribeAcls", (1, 3), AclService, handle_describe_acls),
+    route(apis.CREATE_ACLS, "CreateAcls", (1, 3), AclService, handle_create_acls),
+    route(apis.DELETE_ACLS, "DeleteAcls", (1, 3), AclService, handle_delete_acls),
     # Transactions are not supported: answered with errors, not advertised (the versions kio decodes).
     route(apis.ADD_PARTITIONS_TO_TXN, "AddPartitionsToTxn", (0, 5), NoService, handle_transaction_api,
           advertised=False),
