@@ -68,6 +68,8 @@ _LIST_SOURCES: dict[str, tuple[str, ...]] = {
     "results_by_partition": ("partitions",),
     "partitions": ("partitions", "partition_indexes"),
     "transaction_states": ("transactional_ids",),
+    "results": ("creations",),  # CreateAcls
+    "filter_results": ("filters",),  # DeleteAcls
 }
 _INT_TYPES = frozenset({"int8", "int16", "int32", "int64"})
 

@@ -1,0 +1,362 @@
+"""ACLs with the authorizer on (--acls): real clients (confluent-kafka, kafka-python, kcat, the Java client) as
+User:ANONYMOUS on a plaintext listener are allowed or denied per API as Kafka's authorizer decides; topics they may
+not describe are invisible; DENY beats ALLOW; prefixed patterns; super users; and two brokers on one metadata store
+(both backends), where an ACL created through one broker is enforced by the other.
+
+The cluster's first ACL (User:ANONYMOUS may ALTER the cluster, i.e. manage ACLs) is written into the metadata store
+before the brokers start, as an operator bootstraps a secured cluster; every other ACL goes through the Kafka API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import (
+    AclBinding as CkAclBinding,
+    AclBindingFilter as CkAclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
+
+from dray_broker.auth.acl_store import AclStore
+from dray_broker.auth.acls import CLUSTER_NAME, AclBinding, Authorizer, Operation, PatternType, Permission
+from dray_broker.auth.acls import ResourceType as R
+from dray_broker.metadata import open_metadata_store
+from tests import services
+from tests.integration.brokers import BrokerProcess
+from tests.integration.clients import RawClient, _await
+from tests.integration.conftest import BACKENDS
+
+ANON = "User:ANONYMOUS"
+TIMEOUT = 15
+
+
+def _seed_acls(metadata_url: str, bindings: list[AclBinding]) -> None:
+    async def run() -> None:
+        store = await open_metadata_store(metadata_url)
+        try:
+            acls = AclStore(store, Authorizer())
+            for b in bindings:
+                await acls.create(b)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def secured(request, tmp_path_factory):
+    """Two brokers with --acls on one metadata store and object store (each backend); ANONYMOUS may manage ACLs."""
+    tmp = tmp_path_factory.mktemp(f"acls-{request.param}")
+    oxia = None
+    if request.param == "embedded":
+        metadata, objects = f"sqlite://{tmp}/meta.db", f"file://{tmp}/objects"
+    else:
+        request.getfixturevalue("oxia_service")
+        s3 = request.getfixturevalue("s3_service")
+        oxia = services.start_oxia()
+        metadata, objects = f"oxia://{oxia.address}", s3.url(f"acls-{uuid.uuid4().hex[:8]}")
+    _seed_acls(metadata, [AclBinding(R.CLUSTER, CLUSTER_NAME, PatternType.LITERAL, ANON, "*", Operation.ALTER,
+                                     Permission.ALLOW)])
+    brokers = [BrokerProcess(tmp / name, metadata=metadata, object_store=objects, extra_args=["--acls"]).start()
+               for name in ("a", "b")]
+    yield brokers
+    for b in brokers:
+        b.stop()
+    if oxia is not None:
+        oxia.stop()
+
+
+@pytest.fixture
+def name() -> str:
+    return f"acl-{uuid.uuid4().hex[:8]}"
+
+
+def admin(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+
+
+def allow(name: str, op: AclOperation, rt: ResourceType = ResourceType.TOPIC,
+          pattern: ResourcePatternType = ResourcePatternType.LITERAL, principal: str = ANON,
+          permission: AclPermissionType = AclPermissionType.ALLOW) -> CkAclBinding:
+    return CkAclBinding(rt, name, pattern, principal, "*", op, permission)
+
+
+def deny(name: str, op: AclOperation, rt: ResourceType = ResourceType.TOPIC) -> CkAclBinding:
+    return allow(name, op, rt, permission=AclPermissionType.DENY)
+
+
+def create_acls(brokers: list[BrokerProcess], *bindings: CkAclBinding) -> None:
+    """Create through the admin API (which sends to the controller), then wait until every broker has them (each
+    follows the metadata store's watch)."""
+    ad = admin(brokers[0].bootstrap)  # kept until the answers come (a destroyed client fails its futures)
+    for f in ad.create_acls(list(bindings), request_timeout=TIMEOUT).values():
+        f.result(TIMEOUT)
+    for broker in brokers:
+        for binding in bindings:
+            assert _await(lambda: has_acl(broker, binding), timeout=10), f"{binding} never reached {broker.bootstrap}"
+
+
+def has_acl(broker: BrokerProcess, b: CkAclBinding) -> bool:
+    """Whether the broker enforces the binding (DescribeAcls answers from the broker's own authorizer)."""
+    from kafka.protocol.admin.acl import DescribeAclsRequest, DescribeAclsResponse
+
+    with RawClient(broker.bootstrap) as c:
+        response = c.call(DescribeAclsRequest(
+            resource_type_filter=b.restype.value, resource_name_filter=b.name,
+            pattern_type_filter=b.resource_pattern_type.value, principal_filter=b.principal, host_filter=b.host,
+            operation=b.operation.value, permission_type=b.permission_type.value), DescribeAclsResponse, 3)
+    return response.error_code == 0 and len(response.resources) == 1
+
+
+def create_topic(bootstrap: str, topic: str) -> None:
+    ad = admin(bootstrap)
+    ad.create_topics([NewTopic(topic, 1)], request_timeout=TIMEOUT)[topic].result(TIMEOUT)
+
+
+def produce(bootstrap: str, topic: str, n: int = 3) -> list:
+    """Delivery errors (None for a delivered record)."""
+    p = Producer({"bootstrap.servers": bootstrap, "log_level": 3, "message.timeout.ms": 10_000})
+    errors: list = []
+    for i in range(n):
+        p.produce(topic, f"v{i}".encode(), partition=0, on_delivery=lambda err, msg: errors.append(err))
+    p.flush(TIMEOUT)
+    return errors
+
+
+def error_code(err) -> int | None:
+    return None if err is None else err.code()
+
+
+def consume(bootstrap: str, topic: str, group: str, n: int) -> tuple[list[bytes], KafkaError | None]:
+    """Subscribe with `group`: the values read, or the first error."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                  "log_level": 3, "session.timeout.ms": 6000})
+    c.subscribe([topic])
+    values: list[bytes] = []
+    try:
+        for _ in range(60):
+            for m in c.consume(10, 0.5):
+                if m.error() is not None:
+                    if m.error().code() != KafkaError._PARTITION_EOF:
+                        return values, m.error()
+                else:
+                    values.append(m.value())
+            if len(values) >= n:
+                break
+    finally:
+        c.close()
+    return values, None
+
+
+def test_topic_needs_its_acls_and_is_invisible_without_describe(secured, name):
+    a, b = secured
+    ad = admin(a.bootstrap)
+    # No ACL on the topic: it cannot be created (no CREATE on it or on the cluster).
+    (future,) = ad.create_topics([NewTopic(name, 1)], request_timeout=TIMEOUT).values()
+    with pytest.raises(KafkaException) as e:
+        future.result(TIMEOUT)
+    assert e.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+    create_acls(secured, allow(name, AclOperation.CREATE))
+    (future,) = ad.create_topics([NewTopic(name, 1)], request_timeout=TIMEOUT).values()
+    future.result(TIMEOUT)
+    # CREATE does not imply DESCRIBE: the topic exists but is invisible, and cannot be written.
+    assert name not in ad.list_topics(timeout=TIMEOUT).topics
+    assert [error_code(e) for e in produce(b.bootstrap, name)] == [KafkaError.TOPIC_AUTHORIZATION_FAILED] * 3
+
+    create_acls(secured, allow(name, AclOperation.WRITE))
+    assert name in ad.list_topics(timeout=TIMEOUT).topics  # WRITE implies DESCRIBE
+    assert produce(b.bootstrap, name) == [None] * 3
+
+    # Reading needs READ on the topic and on the group.
+    group = f"g-{name}"
+    values, err = consume(b.bootstrap, name, group, 3)
+    assert err is not None and err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED, err
+    create_acls(secured, allow(group, AclOperation.READ, ResourceType.GROUP))
+    values, err = consume(b.bootstrap, name, group, 3)
+    assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, err
+    create_acls(secured, allow(name, AclOperation.READ))
+    values, err = consume(b.bootstrap, name, group, 3)
+    assert err is None and sorted(values) == [b"v0", b"v1", b"v2"]
+
+    # DENY beats ALLOW.
+    create_acls(secured, deny(name, AclOperation.WRITE))
+    assert [error_code(e) for e in produce(a.bootstrap, name)] == [KafkaError.TOPIC_AUTHORIZATION_FAILED] * 3
+
+
+def test_prefixed_acl_created_through_one_broker_is_enforced_by_the_other(secured, name):
+    """CreateAcls and DeleteAcls sent to one broker (a raw connection, so the request goes where we say), Metadata
+    and Produce to the other."""
+    from kafka.protocol.admin.acl import CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse
+
+    a, b = secured
+    inside, outside = f"{name}-in", f"x{name}"
+
+    def metadata_errors(broker: BrokerProcess) -> dict[str, int]:
+        with RawClient(broker.bootstrap) as c:
+            return {t.name: t.error_code for t in c.metadata([inside, outside], auto_create=True).topics}
+
+    assert metadata_errors(b) == {inside: 29, outside: 29}
+    with RawClient(a.bootstrap) as c:
+        response = c.call(CreateAclsRequest(creations=[CreateAclsRequest.AclCreation(
+            resource_type=2, resource_name=name, resource_pattern_type=4, principal=ANON, host="*", operation=2,
+            permission_type=3)]), CreateAclsResponse, 3)
+    assert [r.error_code for r in response.results] == [0]
+    # Broker b learns it from the metadata store's watch: the prefix's topic gets created, the other stays denied.
+    assert _await(lambda: metadata_errors(b)[inside] == 0, timeout=10), metadata_errors(b)
+    assert metadata_errors(b)[outside] == 29
+
+    with RawClient(b.bootstrap) as c:
+        response = c.call(DeleteAclsRequest(filters=[DeleteAclsRequest.DeleteAclsFilter(
+            resource_type_filter=2, resource_name_filter=name, pattern_type_filter=4, principal_filter=None,
+            host_filter=None, operation=1, permission_type=1)]), DeleteAclsResponse, 3)
+    assert [len(r.matching_acls) for r in response.filter_results] == [1]
+    assert _await(lambda: metadata_errors(a)[inside] == 29, timeout=10), metadata_errors(a)
+
+
+def test_describe_and_delete_acls_filters(secured, name):
+    a, _ = secured
+    ad = admin(a.bootstrap)
+    create_acls(secured, allow(name, AclOperation.READ), allow(name, AclOperation.WRITE),
+                allow(name[:6], AclOperation.DESCRIBE, pattern=ResourcePatternType.PREFIXED),
+                allow(f"g-{name}", AclOperation.READ, ResourceType.GROUP))
+    def described(pattern: ResourcePatternType, rt: ResourceType = ResourceType.TOPIC, resource: str | None = name):
+        f = CkAclBindingFilter(rt, resource, pattern, None, None, AclOperation.ANY, AclPermissionType.ANY)
+        return sorted((b.name, b.resource_pattern_type.name, b.operation.name)
+                      for b in ad.describe_acls(f, request_timeout=TIMEOUT).result(TIMEOUT))
+
+    assert described(ResourcePatternType.LITERAL) == [(name, "LITERAL", "READ"), (name, "LITERAL", "WRITE")]
+    # MATCH: every ACL that applies to the topic, the prefixed one included.
+    assert (name[:6], "PREFIXED", "DESCRIBE") in described(ResourcePatternType.MATCH)
+    assert described(ResourcePatternType.ANY, ResourceType.GROUP, f"g-{name}") == [(f"g-{name}", "LITERAL", "READ")]
+
+    (future,) = ad.delete_acls([CkAclBindingFilter(ResourceType.TOPIC, name, ResourcePatternType.LITERAL, ANON, None,
+                                                   AclOperation.WRITE, AclPermissionType.ANY)],
+                               request_timeout=TIMEOUT).values()
+    assert [(b.name, b.operation.name) for b in future.result(TIMEOUT)] == [(name, "WRITE")]
+    assert described(ResourcePatternType.LITERAL) == [(name, "LITERAL", "READ")]
+
+
+def test_authorized_operations(secured, name):
+    a, _ = secured
+    ad = admin(a.bootstrap)
+    create_acls(secured, allow(name, AclOperation.CREATE), allow(name, AclOperation.READ),
+                allow(f"g-{name}", AclOperation.DESCRIBE, ResourceType.GROUP))
+    create_topic(a.bootstrap, name)
+    from confluent_kafka import TopicCollection
+
+    (future,) = ad.describe_topics(TopicCollection([name]), include_authorized_operations=True,
+                                   request_timeout=TIMEOUT).values()
+    assert sorted(op.name for op in future.result(TIMEOUT).authorized_operations) == ["CREATE", "DESCRIBE", "READ"]
+    cluster = ad.describe_cluster(include_authorized_operations=True, request_timeout=TIMEOUT).result(TIMEOUT)
+    assert sorted(op.name for op in cluster.authorized_operations) == ["ALTER", "DESCRIBE"]
+    (future,) = ad.describe_consumer_groups([f"g-{name}"], include_authorized_operations=True,
+                                            request_timeout=TIMEOUT).values()
+    assert [op.name for op in future.result(TIMEOUT).authorized_operations] == ["DESCRIBE"]
+    # A group it may not describe answers GROUP_AUTHORIZATION_FAILED.
+    (future,) = ad.describe_consumer_groups([f"h-{name}"], request_timeout=TIMEOUT).values()
+    with pytest.raises(KafkaException) as e:
+        future.result(TIMEOUT)
+    assert e.value.args[0].code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+
+
+def test_kafka_python_and_kcat(secured, name):
+    from kafka import KafkaProducer
+    from kafka.errors import TopicAuthorizationFailedError
+
+    a, b = secured
+    create_acls(secured, allow(name, AclOperation.ALL, pattern=ResourcePatternType.PREFIXED))
+    allowed, denied = f"{name}-ok", f"no-{name}"
+    p = KafkaProducer(bootstrap_servers=b.bootstrap, request_timeout_ms=10_000, max_block_ms=10_000)
+    try:
+        assert p.send(allowed, b"one", partition=0).get(TIMEOUT).offset == 0
+        with pytest.raises(TopicAuthorizationFailedError):
+            p.send(denied, b"two").get(TIMEOUT)
+    finally:
+        p.close(5)
+
+    def kcat(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(["kcat", "-b", b.bootstrap, *args], input=input, capture_output=True, timeout=60)
+
+    assert kcat("-P", "-t", allowed, "-p", "0", input=b"two\n").returncode == 0
+    read = kcat("-C", "-t", allowed, "-p", "0", "-o", "beginning", "-e", "-q")
+    assert read.returncode == 0 and read.stdout.split() == [b"one", b"two"]
+    listed = kcat("-L", "-J")
+    assert allowed.encode() in listed.stdout and denied.encode() not in listed.stdout
+    failed = kcat("-P", "-t", denied, "-p", "0", input=b"x\n")
+    assert failed.returncode != 0 and b"authorization" in failed.stderr.lower(), failed.stderr
+
+
+def test_java_client(secured, name):
+    from tests.integration.java_client import JavaClient, JavaClientError, Record, ensure_built
+
+    java = JavaClient(ensure_built())
+    a, b = secured
+    # The Java producer is idempotent by default: InitProducerId passes with WRITE on some topic (KIP-679).
+    create_acls(secured, allow(name, AclOperation.CREATE), allow(name, AclOperation.WRITE),
+                allow(name, AclOperation.READ))
+    create_topic(a.bootstrap, name)
+    records = [Record(key=None, value=f"j{i}".encode(), partition=0) for i in range(3)]
+    acks = java.produce(b.bootstrap, name, records, props={"delivery.timeout.ms": 20000})
+    assert [a.offset for a in acks] == [0, 1, 2]
+    read = java.consume(b.bootstrap, name, 3, timeout_ms=20_000)
+    assert [r.value for r in read] == [b"j0", b"j1", b"j2"]
+    with pytest.raises(JavaClientError) as e:
+        java.produce(b.bootstrap, f"other-{name}", records[:1], props={"delivery.timeout.ms": 10000,
+                                                                      "max.block.ms": 10000})
+    assert "TopicAuthorizationException" in str(e.value) or "Not authorized" in str(e.value)
+
+
+def test_super_users_may_do_anything_and_no_acls_are_needed_without_acls(tmp_path, name):
+    meta = f"sqlite://{tmp_path}/meta.db"
+    _seed_acls(meta, [AclBinding(R.TOPIC, "*", PatternType.LITERAL, ANON, "*", Operation.ALL, Permission.DENY)])
+    broker = BrokerProcess(tmp_path / "super", metadata=meta, object_store=f"file://{tmp_path}/objects",
+                           extra_args=["--acls", "--super-users", f"User:admin,{ANON}"]).start()
+    try:
+        assert produce(broker.bootstrap, name) == [None] * 3  # DENY ALL on every topic: not for a super user
+    finally:
+        broker.stop()
+    # The same store without --acls: nothing is checked, and the ACL APIs say security is disabled.
+    broker = BrokerProcess(tmp_path / "open", metadata=meta, object_store=f"file://{tmp_path}/objects").start()
+    try:
+        assert produce(broker.bootstrap, name) == [None] * 3
+        ad = admin(broker.bootstrap)
+        (future,) = ad.create_acls([allow(name, AclOperation.READ)], request_timeout=TIMEOUT).values()
+        with pytest.raises(KafkaException) as e:
+            future.result(TIMEOUT)
+        assert e.value.args[0].code() == KafkaError.SECURITY_DISABLED
+    finally:
+        broker.stop()
+
+
+def test_cli_create_list_delete(secured, name):
+    a, _ = secured
+
+    def dray(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dray_broker.cli", "acls", *args, "-b", a.bootstrap],
+                              capture_output=True, text=True, timeout=60)
+
+    made = dray("create", "--allow-principal", ANON, "--operation", "read,describe", "--topic", name,
+                "--resource-pattern-type", "prefixed")
+    assert made.returncode == 0, made.stderr
+    listed = dray("list", "--topic", f"{name}-x", "--json")
+    import json
+
+    rows = json.loads(listed.stdout)
+    assert sorted((r["resource-name"], r["resource-pattern-type"], r["operation"]) for r in rows) == [
+        (name, "prefixed", "describe"), (name, "prefixed", "read")]
+    gone = dray("delete", "--allow-principal", ANON, "--operation", "read", "--topic", name,
+                "--resource-pattern-type", "prefixed", "--json")
+    assert gone.returncode == 0, gone.stderr
+    assert [r["operation"] for r in json.loads(gone.stdout)] == ["read"]
+    assert [r["operation"] for r in json.loads(dray("list", "--topic", name, "--json").stdout)] == ["describe"]
