@@ -307,13 +307,12 @@ def test_java_client(secured, name):
                 allow(name, AclOperation.READ))
     create_topic(a.bootstrap, name)
     records = [Record(key=None, value=f"j{i}".encode(), partition=0) for i in range(3)]
-    acks = java.produce(b.bootstrap, name, records, props={"delivery.timeout.ms": 20000})
+    acks = java.produce(b.bootstrap, name, records)
     assert [a.offset for a in acks] == [0, 1, 2]
     read = java.consume(b.bootstrap, name, 3, timeout_ms=20_000)
     assert [r.value for r in read] == [b"j0", b"j1", b"j2"]
     with pytest.raises(JavaClientError) as e:
-        java.produce(b.bootstrap, f"other-{name}", records[:1], props={"delivery.timeout.ms": 10000,
-                                                                      "max.block.ms": 10000})
+        java.produce(b.bootstrap, f"other-{name}", records[:1], props={"max.block.ms": 10000})
     assert "TopicAuthorizationException" in str(e.value) or "Not authorized" in str(e.value)
 
 
