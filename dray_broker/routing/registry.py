@@ -1,7 +1,6 @@
-"""Live brokers: each registers an ephemeral key that dies with its session; every broker watches the set.
-
-    /dray/brokers/<id>    JSON {"id", "host", "port", "zone", "instance"}   (ephemeral)
-    /dray/broker-ids-...  sequence keys that allocate broker ids
+"""Live brokers: each registers an ephemeral key (keyspace.BROKERS) that dies with its session; every broker
+watches the set. The value: JSON {"id", "host", "port", "zone", "instance"}. Broker ids come from a sequence
+(keyspace.BROKER_IDS).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from dray_broker.keyspace import BROKER_IDS, BROKERS, broker_key, parse_broker_key
 from dray_broker.metadata import (
     MUST_NOT_EXIST,
     MetadataError,
@@ -24,9 +24,6 @@ from dray_broker.metadata import (
 )
 
 log = logging.getLogger(__name__)
-
-PREFIX = "/dray/brokers/"
-ID_SEQUENCE = "/dray/broker-ids"
 
 
 class BrokerIdInUse(Exception):
@@ -51,8 +48,10 @@ class BrokerInfo:
 
 async def allocate_broker_id(store: MetadataStore) -> int:
     """A broker id no other broker got from this store (starting at 1)."""
-    entry = await store.put_sequential(ID_SEQUENCE, b"", [1], partition_key="broker-ids")
-    return int(entry.key.rsplit("-", 1)[1])
+    entry = await store.put_sequential(BROKER_IDS.prefix, b"", [1], partition_key=BROKER_IDS.partition_key)
+    broker_id = BROKER_IDS.parse(entry.key)
+    assert broker_id is not None, entry.key  # put_sequential made it under the prefix
+    return broker_id
 
 
 class BrokerRegistry:
@@ -81,7 +80,7 @@ class BrokerRegistry:
     async def start(self, wait_for_id_s: float = 0) -> None:
         """Register; a live broker with the same id makes this fail (after waiting wait_for_id_s for the key of
         a dead one to expire with its session)."""
-        watch = await self.store.watch(PREFIX)
+        watch = await self.store.watch(BROKERS.prefix)
         deadline = time.monotonic() + wait_for_id_s
         while True:
             generation = await self.store.session.wait_alive()
@@ -106,14 +105,14 @@ class BrokerRegistry:
             if task:
                 task.cancel()
         try:
-            await self.store.delete(PREFIX + str(self.me.id))
+            await self.store.delete(broker_key(self.me.id))
         except Exception as e:  # the session's end removes it anyway
             log.debug("could not deregister: %r", e)
 
     async def _register(self, generation: int) -> bool:
         """Create our key in the session generation; False if another broker holds the id. A key of our own from
         an ended generation (not yet removed) is replaced. SessionExpiredError if the generation ends."""
-        key = PREFIX + str(self.me.id)
+        key = broker_key(self.me.id)
         value = json.dumps({**json.loads(self.me.encode()), "instance": self.instance}).encode()
         while True:
             try:
@@ -165,7 +164,7 @@ class BrokerRegistry:
         while True:
             seen = self._changes
             live = {self.me.id: self.me}
-            for e in await self.store.range_scan(PREFIX, PREFIX + "~"):
+            for e in await self.store.range_scan(BROKERS.prefix, BROKERS.end):
                 info = BrokerInfo.decode(e.value)
                 live.setdefault(info.id, info)
             if self._changes == seen:
@@ -176,7 +175,9 @@ class BrokerRegistry:
         try:
             async for n in watch:
                 self._changes += 1
-                broker_id = int(n.key[len(PREFIX):])
+                broker_id = parse_broker_key(n.key)
+                if broker_id is None:
+                    continue
                 if n.type in (NotificationType.DELETED, NotificationType.RANGE_DELETED):
                     if broker_id != self.me.id:
                         self._live.pop(broker_id, None)

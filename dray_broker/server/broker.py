@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import uuid
 from typing import Any, Coroutine
 
 from dray_broker.auth.acl_api import AclService
@@ -23,8 +22,8 @@ from dray_broker.faults import FAULTS
 from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.fetch.reader import PartitionReader
 from dray_broker.groups.coordinator import GroupCoordinator, config_from_settings, consumer_config_from_settings
-from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef
-from dray_broker.metadata import MetadataStore, Watch, open_metadata_store
+from dray_broker.index.offsets import IndexEntry, IndexWatch, OffsetIndex, PartitionRef
+from dray_broker.metadata import MetadataStore, open_metadata_store
 from dray_broker.objectstore import open_object_store
 from dray_broker.observability.http import HttpEndpoint
 from dray_broker.observability.instrumented import timed_metadata_store, timed_object_store
@@ -45,7 +44,6 @@ from dray_broker.version import VERSION
 
 log = logging.getLogger(__name__)
 
-INDEX_PREFIX = "/dray/idx/"
 # How long a draining broker waits for answers to requests already read (long polls end sooner: see fetch).
 DRAIN_TIMEOUT_S = 10.0
 DRAIN_REPORT_S = 1.0  # while draining, say what it waits for this often
@@ -112,7 +110,7 @@ class Broker:
         await producers.start()
         # Pushed before the drain: the producers' reservations stop only after every request read is answered.
         stack.push_async_callback(producers.stop)
-        index_watch = await metadata.watch(INDEX_PREFIX)
+        index_watch = await index.watch()
         _run_until_stopped(stack, _follow_index(index_watch, reader), "index-watch")
         _run_until_stopped(stack, self._sweep(), "connection-sweep")
 
@@ -257,17 +255,12 @@ async def _batch_headers(reader: PartitionReader, p: PartitionRef,
     return batch_headers((await reader.load(entry)).data)
 
 
-async def _follow_index(watch: Watch, reader: PartitionReader) -> None:
+async def _follow_index(watch: IndexWatch, reader: PartitionReader) -> None:
     """Index changes from every broker: move log ends and wake long-polling fetches."""
     try:
-        async for n in watch:
-            parts = n.key[len(INDEX_PREFIX):].split("/")
-            if len(parts) == 3:
-                try:
-                    ref = PartitionRef(uuid.UUID(parts[0]), int(parts[1]))
-                except ValueError:
-                    continue
-                reader.index_changed(ref, n.key)
+        async for change in watch:
+            if change.log_end is not None:
+                reader.index_changed(change.partition, change.log_end)
     except asyncio.CancelledError:
         await watch.aclose()
         raise

@@ -9,6 +9,8 @@ import uuid
 from dagster import AssetKey, DagsterRunStatus
 from ulid import ULID
 
+from dray_broker import keyspace
+from dray_broker.keyspace import IndexFamily
 from dray_broker.topics.catalog import TopicCatalog
 from dray_pipelines import gc
 from dray_pipelines.lake import open_lake
@@ -165,7 +167,7 @@ def test_wal_gc_waits_for_the_grace_period(runner, settings, clock):
 async def _wal_entries(settings, topic, p):
     async with open_lake(settings) as lake:
         t = await lake.topic(topic)
-        return await lake.index.entries(t.partition(p), "wal-")
+        return await lake.index.entries(t.partition(p), IndexFamily.WAL)
 
 
 async def _plan(settings, grace, at_ms=None):
@@ -304,9 +306,8 @@ def test_deleted_topic_is_purged_after_the_grace_period(runner, settings):
         async with open_lake(settings) as lake:
             keys = []
             for p in range(doomed.partitions):
-                ref = doomed.partition(p)
-                for d in (ref.dir, f"/dray/lake/{doomed.id}/{p}/"):
-                    keys += await lake.store.list(d, d + "~", partition_key=ref.partition_key)
+                for d in (keyspace.index_dir(doomed.id, p), keyspace.lake_dir(doomed.id, p)):
+                    keys += await lake.store.list(d.prefix, d.end, partition_key=d.partition_key)
             return {"keys": keys,
                     "table": "doomed" in {n for _, n in lake.catalog.list_tables(settings.namespace)},
                     "files": [o.key for o in await lake.objects.list(table_prefix + "/")],
