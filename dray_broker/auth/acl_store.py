@@ -1,4 +1,4 @@
-"""The cluster's ACLs in the metadata store, one key per binding (its content id, so creating an existing ACL through
+"""The cluster's ACLs in the metadata store, one key per binding (keyspace.acl_key: its content id, so creating an existing ACL through
 any broker changes nothing, as in Kafka), mirrored into every broker's Authorizer by a watch: an ACL created or
 deleted through one broker is enforced by every other as soon as the store tells them (well within a second)."""
 
@@ -9,18 +9,13 @@ import logging
 from collections.abc import Iterable
 
 from dray_broker.auth.acls import AclBinding, AclBindingFilter, Authorizer, InvalidAcl
+from dray_broker.keyspace import ACLS, acl_key, parse_acl_key
 from dray_broker.metadata import MetadataStore
 from dray_broker.metadata.base import MUST_NOT_EXIST, NotificationType, VersionMismatchError
 
 log = logging.getLogger(__name__)
 
-PREFIX = "/dray/acls/"
 RESYNC_DELAY_S = 1.0  # after the watch broke, reload everything this much later
-
-
-def acl_key(binding_id: str) -> str:
-    """The key of an ACL binding (keyspace.acl_key on the keyspace branch)."""
-    return PREFIX + binding_id
 
 
 class AclStore:
@@ -41,12 +36,13 @@ class AclStore:
 
     async def _load(self):
         """Watch first, then read everything: no change falls between the two."""
-        watch = await self.store.watch(PREFIX)
+        watch = await self.store.watch(ACLS.prefix)
         by_id: dict[str, AclBinding] = {}
-        for e in await self.store.range_scan(PREFIX, PREFIX + "~"):
-            binding = self._decode(e.key, e.value)
-            if binding is not None:
-                by_id[e.key[len(PREFIX):]] = binding
+        for e in await self.store.range_scan(ACLS.prefix, ACLS.end, partition_key=ACLS.partition_key):
+            binding_id = parse_acl_key(e.key)
+            binding = self._decode(e.key, e.value) if binding_id is not None else None
+            if binding_id is not None and binding is not None:
+                by_id[binding_id] = binding
         self._by_id = by_id
         self.authorizer.replace(by_id.values())
         return watch
@@ -55,15 +51,17 @@ class AclStore:
         while True:
             try:
                 async for n in watch:
-                    binding_id = n.key[len(PREFIX):]
                     if n.type is NotificationType.RANGE_DELETED:
                         await watch.aclose()
                         watch = await self._load()
                         break
+                    binding_id = parse_acl_key(n.key)
+                    if binding_id is None:
+                        continue
                     if n.type is NotificationType.DELETED:
                         self._forget(binding_id)
                     else:
-                        e = await self.store.get(n.key)
+                        e = await self.store.get(n.key, partition_key=ACLS.partition_key)
                         if e is None:
                             self._forget(binding_id)
                         elif (binding := self._decode(e.key, e.value)) is not None:
@@ -107,7 +105,8 @@ class AclStore:
         binding.validate()
         binding_id = binding.stable_id()
         try:
-            await self.store.put(acl_key(binding_id), binding.to_json(), expected_version=MUST_NOT_EXIST)
+            await self.store.put(acl_key(binding_id), binding.to_json(), expected_version=MUST_NOT_EXIST,
+                                 partition_key=ACLS.partition_key)
         except VersionMismatchError:
             pass  # created already (the same binding has the same id)
         self._remember(binding_id, binding)
@@ -118,7 +117,7 @@ class AclStore:
         deleted = []
         for binding in self.authorizer.acls(acl_filter):
             binding_id = binding.stable_id()
-            await self.store.delete(acl_key(binding_id))
+            await self.store.delete(acl_key(binding_id), partition_key=ACLS.partition_key)
             self._forget(binding_id)
             deleted.append(binding)
         return deleted
