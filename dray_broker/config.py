@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Mapping, Self
 from urllib.parse import parse_qs, urlparse, urlunparse
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "DRAY_"
@@ -126,6 +126,8 @@ def _problem(err: dict, given: Mapping[str, Any]) -> str:
     else:
         origin = f"config file {given.get('config') or os.environ.get(ENV_PREFIX + 'CONFIG')}"
     message = err["msg"].removeprefix("Value error, ")
+    if not name:  # a rule across settings
+        return message
     return f"{name or 'settings'}: {message} (from {origin})"
 
 
@@ -267,6 +269,25 @@ class Settings(StorageSettings):
                                            "partition is forgotten this long after its last write")
     fetch_cache_bytes: int = Field(1024 * 1024 * 1024, ge=0, description="bytes of record batches cached for "
                                    "fetch (recent commits and chunks read back), least recently used out first")
+    sasl_mechanisms: str = Field("SCRAM-SHA-256,SCRAM-SHA-512,PLAIN", description="SASL mechanisms of the "
+                                 "sasl_plaintext and sasl_ssl listeners, comma-separated: SCRAM-SHA-256, "
+                                 "SCRAM-SHA-512, PLAIN (checked against the SCRAM credential), OAUTHBEARER (needs "
+                                 "--sasl-oauthbearer-jwks-url)")
+    connections_max_reauth_ms: int = Field(0, ge=0, description="longest a SASL login lasts before the client must "
+                                           "re-authenticate (KIP-368; 0: until the connection closes, or the "
+                                           "OAUTHBEARER token expires)")
+    sasl_oauthbearer_jwks_url: str | None = Field(None, description="the JSON Web Key Set that OAUTHBEARER tokens "
+                                                  "are checked with: a file path, file:// or https:// URL")
+    sasl_oauthbearer_jwks_refresh_ms: int = Field(3_600_000, gt=0, description="how often the JWKS is read again "
+                                                  "(also at once, at most every 10 s, for a token with an unknown kid)")
+    sasl_oauthbearer_expected_audience: str | None = Field(None, description="audiences a token's aud claim must "
+                                                           "name one of (comma-separated; unset: not checked)")
+    sasl_oauthbearer_expected_issuer: str | None = Field(None, description="the issuer a token's iss claim must be "
+                                                         "(unset: not checked)")
+    sasl_failed_login_limit: int = Field(20, ge=0, description="failed SASL logins from one client address within "
+                                         "--sasl-failed-login-window-ms after which its logins fail at once (0: no "
+                                         "limit)")
+    sasl_failed_login_window_ms: int = Field(60_000, gt=0, description="the window of --sasl-failed-login-limit")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="log one JSON object per line")
 
@@ -281,6 +302,28 @@ class Settings(StorageSettings):
         if v.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("use DEBUG, INFO, WARNING or ERROR")
         return v.upper()
+
+    @field_validator("sasl_mechanisms")
+    @classmethod
+    def _check_mechanisms(cls, v: str) -> str:
+        from dray_broker.auth.sasl import MECHANISMS
+
+        names = [m.strip().upper() for m in v.split(",") if m.strip()]
+        unknown = [m for m in names if m not in MECHANISMS]
+        if not names or unknown or len(set(names)) != len(names):
+            raise ValueError(f"list each of {', '.join(MECHANISMS)} at most once" +
+                             (f" ({', '.join(unknown)} is not one)" if unknown else ""))
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _check_oauthbearer(self) -> Self:
+        if "OAUTHBEARER" in self.enabled_sasl_mechanisms and not self.sasl_oauthbearer_jwks_url:
+            raise ValueError("sasl_mechanisms has OAUTHBEARER: set sasl_oauthbearer_jwks_url too")
+        return self
+
+    @property
+    def enabled_sasl_mechanisms(self) -> tuple[str, ...]:
+        return tuple(self.sasl_mechanisms.split(","))
 
     @property
     def advertised(self) -> tuple[str, int]:

@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 from typing import Any, Coroutine
 
+from dray_broker.auth.credential_store import ScramCredentialStore
 from dray_broker.cluster_identity import ensure_cluster_identity
 from dray_broker.config import Settings
 from dray_broker.faults import FAULTS
@@ -29,16 +31,25 @@ from dray_broker.produce.wal_writer import WalWriter
 from dray_broker.routing.registry import BrokerInfo, BrokerRegistry, allocate_broker_id
 from dray_broker.server import allocator
 from dray_broker.server.broker_dir import broker_id_of, lock_data_dir
+from dray_broker.server.authentication import Authenticator, FailedLogins, sasl_settings
 from dray_broker.server.connection import Connection
 from dray_broker.server.dispatch import Dispatcher
 from dray_broker.server.handling import NoService
 from dray_broker.server.request_budget import RequestBudget
 from dray_broker.server.routes import ROUTES
-from dray_broker.server.services import AdminService, ClusterView, FetchService, GroupService, ProduceService
+from dray_broker.server.services import (
+    AdminService,
+    ClusterView,
+    FetchService,
+    GroupService,
+    ProduceService,
+    UserService,
+)
 from dray_broker.topics.catalog import TopicCatalog
 from dray_broker.version import VERSION
 
 log = logging.getLogger(__name__)
+_SASL_LISTENER = os.environ.get("DRAY_INTERIM_SASL") == "1"  # until the listeners land
 
 # How long a draining broker waits for answers to requests already read (long polls end sooner: see fetch).
 DRAIN_TIMEOUT_S = 10.0
@@ -65,6 +76,7 @@ class Broker:
         self.broker_id = -1
         self.port = -1  # the bound Kafka port, once started
         self._dispatcher: Dispatcher | None = None  # once every service it routes to has started
+        self._authenticator: Authenticator | None = None
         self._stack = contextlib.AsyncExitStack()  # what start() started, stopped in reverse order
 
     # --- lifecycle --------------------------------------------------------------------------------------------
@@ -132,6 +144,10 @@ class Broker:
 
         cluster = ClusterView(self.cluster_id, self.broker_id, registry, topics, s.auto_create_topics,
                               s.default_partitions, s.enforce_owner)
+        credentials = ScramCredentialStore(metadata)
+        self._authenticator = Authenticator(
+            sasl_settings(s, credentials, self.cluster_id), ROUTES, self.metrics,
+            FailedLogins(s.sasl_failed_login_limit, s.sasl_failed_login_window_ms), s.max_request_bytes)
         self._dispatcher = Dispatcher(ROUTES, [
             ROUTES,
             NoService(),
@@ -140,7 +156,8 @@ class Broker:
             FetchService(cluster, topics, reader, index),
             AdminService(cluster, topics, reader, s),
             GroupService(coordinator, topics),
-        ], self.metrics)
+            UserService(credentials),
+        ], self.metrics, self._authenticator)
 
         if s.http_listen:
             http_host, http_port = s.http_listen.rsplit(":", 1)
@@ -195,6 +212,9 @@ class Broker:
         assert self._dispatcher is not None, "connections are accepted once the broker has started"
         conn = Connection(self._dispatcher.dispatch, self.settings.max_request_bytes, self._connection_closed,
                           self.request_budget)
+        if _SASL_LISTENER:  # TODO(listeners): the connection's listener says whether it is SASL
+            assert self._authenticator is not None
+            self._authenticator.attach(conn)
         self.connections.add(conn)
         self.metrics.connections.inc()
         return conn
