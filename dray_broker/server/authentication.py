@@ -210,7 +210,7 @@ class Authenticator:
         if reply.close:
             reason = "authentication_failed" if reply.error_code is ErrorCode.sasl_authentication_failed \
                 else "illegal_state"
-            self._failed(conn, sasl, reason)
+            self._failed(conn, sasl, reason, detail=reply.reason)
             return LastAnswer(chunks, f"SASL authentication failed: {reply.error_message}")
         if sasl.authenticated:
             self._logged_in(conn, sasl, logged_in_before)
@@ -226,7 +226,7 @@ class Authenticator:
         reply = await sasl.raw_token(token)
         chunks = [reply.frame] if reply.frame is not None else []
         if reply.close:
-            self._failed(conn, sasl, "authentication_failed")
+            self._failed(conn, sasl, "authentication_failed", detail=reply.reason)
             if not chunks:
                 conn.close("SASL authentication failed")
                 return NO_RESPONSE
@@ -243,13 +243,14 @@ class Authenticator:
         if not reauthentication:
             log.info("%s authenticated as %s with %s", conn.peer, sasl.principal, sasl.mechanism)
 
-    def _failed(self, conn: Connection, sasl: SaslConnection, reason: str, *, count_towards_limit: bool = True) -> None:
+    def _failed(self, conn: Connection, sasl: SaslConnection, reason: str, *, count_towards_limit: bool = True,
+                detail: str | None = None) -> None:
         mechanism = sasl.mechanism if sasl.mechanism in self.settings.mechanisms else "none"
         self._metrics.sasl_failed_logins.labels(mechanism, reason).inc()
         if count_towards_limit:
             self._limiter.failed(conn.host)
         log.warning("failed SASL login from %s (client %s, mechanism %s): %s", conn.peer, conn.client_id, mechanism,
-                    reason)
+                    detail or reason)
 
 
 # --- the SASL APIs where no login is going on -----------------------------------------------------------------------
