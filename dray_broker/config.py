@@ -27,8 +27,10 @@ from typing import Any, ClassVar, Mapping, Self
 from urllib.parse import parse_qs, urlparse, urlunparse
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dray_broker.server.listeners import Listener, make_listeners
 
 ENV_PREFIX = "DRAY_"
 WAREHOUSE_KEY_PREFIX = "iceberg"
@@ -234,8 +236,11 @@ class StorageSettings(DraySettings):
 class Settings(StorageSettings):
     """`dray broker` (and the broker of `dray up`)."""
 
-    listen: str = Field("127.0.0.1:9092", description="HOST:PORT the Kafka listener binds")
-    advertise: str | None = Field(None, description="HOST:PORT clients are told to connect to")
+    listen: str = Field("127.0.0.1:9092", description="Kafka listener: PROTOCOL://HOST:PORT it binds (plaintext, ssl, "
+                        "sasl_plaintext or sasl_ssl; a bare HOST:PORT is plaintext), repeatable (comma-separated in "
+                        "the environment)")
+    advertise: str | None = Field(None, description="PROTOCOL://HOST:PORT clients of that protocol's listener are told "
+                                  "to connect to, repeatable (default: the listener's host and port)")
     http_listen: str | None = Field(None, description="HOST:PORT for /metrics, /healthz and /readyz (off if unset)")
     broker_id: int | None = Field(None, ge=0, description="broker id (default: the one kept in "
                                  "<data-dir>/meta.properties, else a new one from the metadata store)")
@@ -291,10 +296,29 @@ class Settings(StorageSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="log one JSON object per line")
 
-    @field_validator("listen", "advertise", "http_listen")
+    @field_validator("listen", "advertise", mode="before")
+    @classmethod
+    def _join_endpoints(cls, v: Any) -> Any:
+        """A repeated flag (or a YAML list) is the endpoints one after another."""
+        return ",".join(str(e).strip() for e in v) if isinstance(v, (list, tuple)) else v
+
+    @field_validator("http_listen")
     @classmethod
     def _check_host_port(cls, v: str | None) -> str | None:
         return None if v is None else _host_port(v)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        make_listeners(v)
+        return v
+
+    @field_validator("advertise")
+    @classmethod
+    def _check_advertise(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and "listen" in info.data:  # (a bad listen is reported by itself)
+            make_listeners(info.data["listen"], v)
+        return v
 
     @field_validator("log_level")
     @classmethod
@@ -326,11 +350,15 @@ class Settings(StorageSettings):
         return tuple(self.sasl_mechanisms.split(","))
 
     @property
+    def listeners(self) -> list[Listener]:
+        """The Kafka listeners (port 0 ones not bound yet), in the order given."""
+        return make_listeners(self.listen, self.advertise)
+
+    @property
     def advertised(self) -> tuple[str, int]:
-        host, _, port = (self.advertise or self.listen).rpartition(":")
-        if host in ("", "0.0.0.0", "::"):
-            host = "127.0.0.1"
-        return host, int(port)
+        """Where clients of the first listener are told to connect (port 0: the bound port, once bound)."""
+        first = self.listeners[0]
+        return first.advertised_host, first.advertised_port or first.port
 
 
 class LakeSettings(StorageSettings):
@@ -387,6 +415,10 @@ def setting_names() -> set[str]:
 # --- flags ----------------------------------------------------------------------------------------------------------
 
 
+# Settings whose flag may be given more than once (each a value of the comma-separated list).
+REPEATABLE = frozenset({"listen", "advertise"})
+
+
 def flag_help(description: str, env: str, default: Any) -> str:
     """A flag's help: what it is, then its DRAY_* variable and its default in brackets (argparse %-escaped)."""
     if isinstance(default, bool):
@@ -406,7 +438,9 @@ def _metavar(name: str, annotation: Any) -> str:
         return "BYTES"
     if name.endswith("_s"):
         return "SECONDS"
-    if name in ("listen", "advertise", "http_listen"):
+    if name in ("listen", "advertise"):
+        return "[PROTOCOL://]HOST:PORT"
+    if name == "http_listen":
         return "HOST:PORT"
     if name == "bootstrap":
         return "HOST:PORT[,...]"
@@ -437,5 +471,7 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, section
         text = flag_help(info.description or "", ENV_PREFIX + name.upper(), info.default)
         if info.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif name in REPEATABLE:
+            parser.add_argument(flag, action="append", default=None, help=text, metavar=_metavar(name, info.annotation))
         else:
             parser.add_argument(flag, default=None, help=text, metavar=_metavar(name, info.annotation))

@@ -29,6 +29,7 @@ from dray_broker.auth.principal import ANONYMOUS, KafkaPrincipal
 from dray_broker.auth.sasl import SaslConnection
 from dray_broker.protocol.codec import MalformedRequestError
 from dray_broker.server.handling import Deferred, NoResponse
+from dray_broker.server.listeners import PLAINTEXT_LISTENER, Listener
 from dray_broker.server.request_budget import RequestBudget
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,12 @@ class Connection(asyncio.BufferedProtocol):
                  "_filled", "_frame_size", "_frames", "_responses", "_transport", "_tasks", "_paused",
                  "_waiting_for_budget", "_too_many_in_flight", "_draining", "_write_paused", "_closing", "_lost",
                  "_received", "_stalled", "_unanswered", "_frames_waiter", "_responses_waiter",
-                 "_writable_waiter", "_answered_waiter", "peer", "host", "client_id", "sasl", "principal", "_ending")
+                 "_writable_waiter", "_answered_waiter", "peer", "host", "client_id", "listener", "principal", "sasl",
+                 "_ending")
 
     def __init__(self, handle_frame: FrameHandler, max_frame_bytes: int, on_close: Callable[["Connection"], None],
-                 budget: RequestBudget, *, stalled_sweeps: int = STALLED_SWEEPS):
+                 budget: RequestBudget, *, listener: Listener = PLAINTEXT_LISTENER,
+                 stalled_sweeps: int = STALLED_SWEEPS):
         self._handle_frame = handle_frame
         self._max_frame = max_frame_bytes
         self._on_close = on_close
@@ -114,10 +117,10 @@ class Connection(asyncio.BufferedProtocol):
         self.peer = "?"
         self.host = ""
         self.client_id: str | None = None
-        # The SASL state of a connection to a SASL listener (auth/sasl.py SaslConnection), else None; who the
-        # connection authenticated as (RequestContext.principal).
+        self.listener = listener  # the listener the client connected on
+        self.principal: KafkaPrincipal = ANONYMOUS  # who the client authenticated as (TLS certificate or SASL)
+        # The SASL state of a connection to a SASL listener (server/authentication.py attaches it), else None.
         self.sasl: SaslConnection | None = None
-        self.principal: KafkaPrincipal = ANONYMOUS
 
     @property
     def max_frame_bytes(self) -> int:

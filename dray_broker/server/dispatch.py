@@ -81,7 +81,7 @@ class Dispatcher:
             return NO_RESPONSE
         conn.client_id = req.client_id
         request_context.set((req.client_id, correlation_id))
-        ctx = RequestContext(req.client_id, conn.host, conn.principal)
+        ctx = RequestContext(req.client_id, conn.host, conn.principal, conn.listener.name)
         metrics = bound.metrics
         metrics.requests.inc()
         started = time.perf_counter()

@@ -47,14 +47,15 @@ AUDIENCE = "dray-test"
 
 @dataclass
 class SaslBroker:
-    process: BrokerProcess
+    process: BrokerProcess  # its --listen is a PLAINTEXT listener (process.bootstrap)
+    sasl_port: int  # the SASL_PLAINTEXT listener's
     http_port: int
     metadata: str
     object_store: str
 
     @property
     def bootstrap(self) -> str:
-        return self.process.bootstrap
+        return f"127.0.0.1:{self.sasl_port}"
 
     def metric(self, name: str, **labels: str) -> float:
         """A counter's value on /metrics (0 until counted)."""
@@ -80,14 +81,15 @@ def bootstrap_user(name: str, password: str, metadata: str, mechanism: str = "SC
 
 
 def start_sasl_broker(data_dir: Path, metadata: str, object_store: str, jwks: Path, *extra: str) -> SaslBroker:
-    http_port = free_port()
-    process = BrokerProcess(data_dir, metadata=metadata, object_store=object_store, env={"DRAY_INTERIM_SASL": "1"},
-                            extra_args=["--sasl-mechanisms", "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN,OAUTHBEARER",
+    http_port, sasl_port = free_port(), free_port()
+    process = BrokerProcess(data_dir, metadata=metadata, object_store=object_store,
+                            extra_args=["--listen", f"SASL_PLAINTEXT://127.0.0.1:{sasl_port}",
+                                        "--sasl-mechanisms", "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN,OAUTHBEARER",
                                         "--sasl-oauthbearer-jwks-url", str(jwks),
                                         "--sasl-oauthbearer-expected-issuer", ISSUER,
                                         "--sasl-oauthbearer-expected-audience", AUDIENCE,
                                         "--http-listen", f"127.0.0.1:{http_port}", *extra])
-    return SaslBroker(process.start(), http_port, metadata, object_store)
+    return SaslBroker(process.start(), sasl_port, http_port, metadata, object_store)
 
 
 @dataclass
