@@ -68,7 +68,7 @@ async def handle_produce(service: ProduceService, ctx: RequestContext, req: Requ
                               "unknown topic"))
             elif not 0 <= pd.index < topic.partitions:
                 parts.append((pd.index, ErrorCode.unknown_topic_or_partition, f"topic {topic.name} has no partition {pd.index}"))
-            elif (leader := service.cluster.other_owner(topic.id, pd.index, ctx.client_id)) is not None:
+            elif (leader := service.cluster.other_owner(topic.id, pd.index, ctx.client_id, ctx.listener)) is not None:
                 parts.append((pd.index, ErrorCode.not_leader_or_follower, f"partition {pd.index} is served by "
                               f"broker {leader.id}"))
             elif pd.records is None:

@@ -23,6 +23,7 @@ from dray_broker.observability.metrics import ApiMetrics, BrokerMetrics
 from dray_broker.protocol import apis
 from dray_broker.protocol.codec import Request, UnsupportedVersionError, encode_response, peek_header
 from dray_broker.server.api_versions import unsupported_api_versions_frame
+from dray_broker.server.authentication import PROCEED, Authenticator
 from dray_broker.server.connection import Connection, FrameAnswer, Written
 from dray_broker.server.handling import (
     NO_RESPONSE,
@@ -50,9 +51,11 @@ class _Bound:
 
 class Dispatcher:
     def __init__(self, routes: RouteTable, services: Iterable[object], metrics: BrokerMetrics,
-                 enforcer: Enforcer | None = None):
+                 authenticator: Authenticator | None = None, enforcer: Enforcer | None = None):
         """services: one instance of each service type the routes name (a missing one fails here, not when a
-        request comes). enforcer: the authorizer's checks (--acls), or None."""
+        request comes). authenticator: for the connections of SASL listeners. enforcer: the authorizer's checks
+        (--acls), or None."""
+        self.authenticator = authenticator
         by_type = {type(s): s for s in services}
         self.routes = routes
         self._enforcer = enforcer
@@ -63,6 +66,11 @@ class Dispatcher:
             self._bound[r.key] = _Bound(r, functools.partial(r.handler, by_type[r.service]), metrics.api(r.name))
 
     async def dispatch(self, frame: bytes, conn: Connection) -> FrameAnswer:
+        if conn.sasl is not None:  # a SASL listener's connection: the login first (server/authentication.py)
+            assert self.authenticator is not None
+            answer = await self.authenticator.gate(frame, conn)
+            if answer is not PROCEED:
+                return answer  # type: ignore[return-value]
         api_key, version, correlation_id = peek_header(frame)
         bound = self._bound.get(api_key)
         if bound is None or not bound.route.accepts(version):
@@ -78,7 +86,7 @@ class Dispatcher:
             return NO_RESPONSE
         conn.client_id = req.client_id
         request_context.set((req.client_id, correlation_id))
-        ctx = RequestContext(req.client_id, conn.host)
+        ctx = RequestContext(req.client_id, conn.host, conn.principal, conn.listener.name)
         metrics = bound.metrics
         metrics.requests.inc()
         started = time.perf_counter()
