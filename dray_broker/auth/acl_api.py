@@ -5,6 +5,7 @@ authorizer (--acls off) they answer SECURITY_DISABLED, as Kafka does."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from kio.schema.errors import ErrorCode
 
@@ -29,7 +30,8 @@ class AclService:
     store: AclStore | None  # None: the authorizer is off
 
 
-def _filter(f) -> AclBindingFilter:
+def _filter(f: Any) -> AclBindingFilter:
+    """A DescribeAcls request or a DeleteAcls filter (kio types of several versions)."""
     return AclBindingFilter(ResourceType(f.resource_type_filter), f.resource_name_filter,
                             PatternType(f.pattern_type_filter), f.principal_filter, f.host_filter,
                             Operation(f.operation), Permission(f.permission_type))

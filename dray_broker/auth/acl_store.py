@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from dray_broker.auth.acls import AclBinding, AclBindingFilter, Authorizer, InvalidAcl
 from dray_broker.keyspace import ACLS, acl_key, parse_acl_key
-from dray_broker.metadata import MetadataStore
+from dray_broker.metadata import MetadataStore, Watch
 from dray_broker.metadata.base import MUST_NOT_EXIST, NotificationType, VersionMismatchError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class AclStore:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def _load(self):
+    async def _load(self) -> Watch:
         """Watch first, then read everything: no change falls between the two."""
         watch = await self.store.watch(ACLS.prefix)
         by_id: dict[str, AclBinding] = {}
@@ -47,7 +47,7 @@ class AclStore:
         self.authorizer.replace(by_id.values())
         return watch
 
-    async def _follow(self, watch) -> None:
+    async def _follow(self, watch: Watch) -> None:
         while True:
             try:
                 async for n in watch:
