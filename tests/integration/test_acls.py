@@ -359,3 +359,54 @@ def test_cli_create_list_delete(secured, name):
     assert gone.returncode == 0, gone.stderr
     assert [r["operation"] for r in json.loads(gone.stdout)] == ["read"]
     assert [r["operation"] for r in json.loads(dray("list", "--topic", name, "--json").stdout)] == ["describe"]
+
+
+def test_scram_users_get_their_own_acls(tmp_path, name):
+    """Principals from SASL/SCRAM logins: User:admin (a super user) grants User:alice WRITE on a topic; alice may
+    write it, bob may not, and neither may ANONYMOUS on the plaintext listener."""
+    from tests.integration.brokers import free_port
+
+    meta = f"sqlite://{tmp_path}/meta.db"
+    for user in ("admin", "alice", "bob"):
+        done = subprocess.run([sys.executable, "-m", "dray_broker.cli", "users", "bootstrap", user, "--password-stdin",
+                               "--mechanism", "SCRAM-SHA-256", "--metadata", meta],
+                              input=f"{user}-pw\n", capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    sasl_port = free_port()
+    broker = BrokerProcess(tmp_path / "b", metadata=meta, object_store=f"file://{tmp_path}/objects",
+                           extra_args=["--listen", f"SASL_PLAINTEXT://127.0.0.1:{sasl_port}",
+                                       "--sasl-mechanisms", "SCRAM-SHA-256", "--acls",
+                                       "--super-users", "User:admin"]).start()
+    sasl = f"127.0.0.1:{sasl_port}"
+
+    def as_user(user: str) -> dict:
+        return {"bootstrap.servers": sasl, "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-256",
+                "sasl.username": user, "sasl.password": f"{user}-pw", "log_level": 3}
+
+    def produce_as(config: dict) -> list:
+        p = Producer({**config, "message.timeout.ms": 10_000})
+        errors: list = []
+        p.produce(name, b"x", partition=0, on_delivery=lambda err, msg: errors.append(error_code(err)))
+        p.flush(TIMEOUT)
+        return errors
+
+    try:
+        root = AdminClient(as_user("admin"))
+        root.create_topics([NewTopic(name, 1)], request_timeout=TIMEOUT)[name].result(TIMEOUT)
+        assert produce_as(as_user("alice")) == [KafkaError.TOPIC_AUTHORIZATION_FAILED]
+        for f in root.create_acls([allow(name, AclOperation.WRITE, principal="User:alice")],
+                                  request_timeout=TIMEOUT).values():
+            f.result(TIMEOUT)
+        assert produce_as(as_user("alice")) == [None]
+        assert produce_as(as_user("bob")) == [KafkaError.TOPIC_AUTHORIZATION_FAILED]
+        assert produce_as({"bootstrap.servers": broker.bootstrap, "log_level": 3}) == [
+            KafkaError.TOPIC_AUTHORIZATION_FAILED]
+        # alice may not manage ACLs (no ALTER on the cluster).
+        alice = AdminClient(as_user("alice"))
+        (future,) = alice.create_acls([allow(name, AclOperation.READ, principal="User:alice")],
+                                      request_timeout=TIMEOUT).values()
+        with pytest.raises(KafkaException) as e:
+            future.result(TIMEOUT)
+        assert e.value.args[0].code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED
+    finally:
+        broker.stop()
