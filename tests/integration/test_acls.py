@@ -398,6 +398,20 @@ def test_scram_users_get_their_own_acls(tmp_path, name):
                                   request_timeout=TIMEOUT).values():
             f.result(TIMEOUT)
         assert produce_as(as_user("alice")) == [None]
+        # ListGroups shows alice the groups she may describe; the super user (DESCRIBE on the cluster) sees all.
+        for f in root.create_acls([allow(name, AclOperation.READ, principal="User:alice"),
+                                   allow(f"ga-{name}", AclOperation.READ, ResourceType.GROUP, principal="User:alice")],
+                                  request_timeout=TIMEOUT).values():
+            f.result(TIMEOUT)
+        for user, group in (("alice", f"ga-{name}"), ("admin", f"gb-{name}")):
+            c = Consumer({**as_user(user), "group.id": group, "auto.offset.reset": "earliest"})
+            c.subscribe([name])
+            assert _await(lambda: any(m.error() is None for m in c.consume(10, 0.5)), timeout=TIMEOUT)
+            c.close()
+        for user, expected in (("alice", {f"ga-{name}"}), ("admin", {f"ga-{name}", f"gb-{name}"})):
+            client = AdminClient(as_user(user))
+            listed = client.list_consumer_groups(request_timeout=TIMEOUT).result(TIMEOUT).valid
+            assert {g.group_id for g in listed} & {f"ga-{name}", f"gb-{name}"} == expected, user
         assert produce_as(as_user("bob")) == [KafkaError.TOPIC_AUTHORIZATION_FAILED]
         assert produce_as({"bootstrap.servers": broker.bootstrap, "log_level": 3}) == [
             KafkaError.TOPIC_AUTHORIZATION_FAILED]
@@ -410,3 +424,80 @@ def test_scram_users_get_their_own_acls(tmp_path, name):
         assert e.value.args[0].code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED
     finally:
         broker.stop()
+
+
+def test_admin_and_group_apis_per_resource(secured, name):
+    """Each resource of an admin request is decided by itself: allowed ones are done, denied ones answer their
+    authorization error (confluent-kafka's AdminClient)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, OffsetSpec
+
+    a, _ = secured
+    ad = admin(a.bootstrap)
+    some, every = f"{name}-some", f"{name}-all"  # some: CREATE and DESCRIBE only; all: ALL
+    create_acls(secured, allow(some, AclOperation.CREATE), allow(some, AclOperation.DESCRIBE),
+                allow(every, AclOperation.ALL))
+    for t in (some, every):
+        create_topic(a.bootstrap, t)
+
+    def outcome(future) -> int | None:
+        try:
+            future.result(TIMEOUT)
+            return None
+        except KafkaException as e:
+            return e.args[0].code()
+
+    grown = ad.create_partitions([NewPartitions(some, 2), NewPartitions(every, 2)], request_timeout=TIMEOUT)
+    assert {t: outcome(f) for t, f in grown.items()} == {some: KafkaError.TOPIC_AUTHORIZATION_FAILED, every: None}
+    described = ad.describe_configs([ConfigResource("topic", some), ConfigResource("topic", every)],
+                                    request_timeout=TIMEOUT)
+    assert sorted(outcome(f) or 0 for f in described.values()) == [0, KafkaError.TOPIC_AUTHORIZATION_FAILED]
+    altered = ad.incremental_alter_configs(
+        [ConfigResource("topic", t, incremental_configs=[ConfigEntry("retention.ms", "3600000",
+                                                                     incremental_operation=AlterConfigOpType.SET)])
+         for t in (some, every)], request_timeout=TIMEOUT)
+    assert sorted(outcome(f) or 0 for f in altered.values()) == [0, KafkaError.TOPIC_AUTHORIZATION_FAILED]
+    offsets = ad.list_offsets({TopicPartition(some, 0): OffsetSpec.latest()}, request_timeout=TIMEOUT)
+    assert [outcome(f) for f in offsets.values()] == [None]  # DESCRIBE is enough
+    # One ListOffsets for a topic it may describe and one it may not (librdkafka would not send the latter):
+    # answered per topic and partition.
+    from dray_broker.protocol import apis
+    from tests.integration.wire import Wire, request
+
+    def topic(t: str):
+        return request(apis.LIST_OFFSETS, 7, "ListOffsetsTopic", name=t, partitions=(
+            request(apis.LIST_OFFSETS, 7, "ListOffsetsPartition", partition_index=0, timestamp=-1),))
+
+    wire = Wire(a.bootstrap)
+    try:
+        answer = wire.call(apis.LIST_OFFSETS, 7, request(apis.LIST_OFFSETS, 7, "ListOffsetsRequest", replica_id=-1,
+                                                         isolation_level=0, topics=(topic(f"x{name}"), topic(some))))
+    finally:
+        wire.close()
+    assert sorted((t.name, [p.error_code for p in t.partitions]) for t in answer.topics) == [
+        (some, [0]), (f"x{name}", [KafkaError.TOPIC_AUTHORIZATION_FAILED])]
+
+    # Groups: g1 may be read (so described) by ANONYMOUS; g2 too, until a DENY DESCRIBE hides it.
+    g1, g2 = f"g1-{name}", f"g2-{name}"
+    create_acls(secured, allow(g1, AclOperation.READ, ResourceType.GROUP),
+                allow(g2, AclOperation.READ, ResourceType.GROUP))
+    assert produce(a.bootstrap, every, 1) == [None]
+    for g in (g1, g2):
+        values, err = consume(a.bootstrap, every, g, 1)
+        assert err is None and values == [b"v0"]
+    create_acls(secured, deny(g2, AclOperation.DESCRIBE, ResourceType.GROUP))
+    (future,) = ad.describe_consumer_groups([g2], request_timeout=TIMEOUT).values()
+    assert outcome(future) == KafkaError.GROUP_AUTHORIZATION_FAILED
+    (future,) = ad.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g1)], request_timeout=TIMEOUT).values()
+    assert [(tp.topic, tp.offset) for tp in future.result(TIMEOUT).topic_partitions] == [(every, 1)]
+    (future,) = ad.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g2)], request_timeout=TIMEOUT).values()
+    assert outcome(future) == KafkaError.GROUP_AUTHORIZATION_FAILED
+
+    (future,) = ad.delete_consumer_groups([g1], request_timeout=TIMEOUT).values()
+    assert outcome(future) == KafkaError.GROUP_AUTHORIZATION_FAILED  # READ does not allow DELETE
+    create_acls(secured, allow(g1, AclOperation.DELETE, ResourceType.GROUP))
+    (future,) = ad.delete_consumer_groups([g1], request_timeout=TIMEOUT).values()
+    assert outcome(future) is None
+
+    deleted = ad.delete_topics([some, every], operation_timeout=TIMEOUT, request_timeout=TIMEOUT)
+    assert {t: outcome(f) for t, f in deleted.items()} == {some: KafkaError.TOPIC_AUTHORIZATION_FAILED, every: None}
