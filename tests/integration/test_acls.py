@@ -384,11 +384,16 @@ def test_scram_users_get_their_own_acls(tmp_path, name):
                 "sasl.username": user, "sasl.password": f"{user}-pw", "log_level": 3}
 
     def produce_as(config: dict) -> list:
+        """The delivery error codes, or the fatal error an idempotent producer raises."""
         p = Producer({**config, "message.timeout.ms": 10_000})
         errors: list = []
-        p.produce(name, b"x", partition=0, on_delivery=lambda err, msg: errors.append(error_code(err)))
-        p.flush(TIMEOUT)
-        return errors
+        p.produce(name, b"x", partition=0, on_delivery=lambda err, msg: errors.append(err))
+        try:
+            p.flush(TIMEOUT)
+        except SystemError as e:  # confluent-kafka raises a fatal error from within the delivery callback
+            assert isinstance(e.__cause__, KafkaException), e
+            return [e.__cause__.args[0].code()]
+        return [error_code(e) for e in errors]
 
     try:
         root = AdminClient(as_user("admin"))
@@ -413,6 +418,13 @@ def test_scram_users_get_their_own_acls(tmp_path, name):
             listed = client.list_consumer_groups(request_timeout=TIMEOUT).result(TIMEOUT).valid
             assert {g.group_id for g in listed} & {f"ga-{name}", f"gb-{name}"} == expected, user
         assert produce_as(as_user("bob")) == [KafkaError.TOPIC_AUTHORIZATION_FAILED]
+        # An idempotent producer needs IDEMPOTENT_WRITE on the cluster or WRITE on some topic (InitProducerId):
+        # alice has WRITE on a topic, bob may only see it.
+        assert produce_as({**as_user("alice"), "enable.idempotence": True}) == [None]
+        for f in root.create_acls([allow(name, AclOperation.DESCRIBE, principal="User:bob")],
+                                  request_timeout=TIMEOUT).values():
+            f.result(TIMEOUT)
+        assert produce_as({**as_user("bob"), "enable.idempotence": True}) == [KafkaError.CLUSTER_AUTHORIZATION_FAILED]
         assert produce_as({"bootstrap.servers": broker.bootstrap, "log_level": 3}) == [
             KafkaError.TOPIC_AUTHORIZATION_FAILED]
         # alice may not manage ACLs (no ALTER on the cluster).
