@@ -336,6 +336,26 @@ def _groups_each(field: str, operation: Operation, response_field: str, ops_fiel
     return policy
 
 
+def _create_topics(call: Call) -> Verdict:
+    """CREATE on each topic unless on the cluster; from v5 a created topic's configs are answered only with
+    DESCRIBE_CONFIGS on it (else topic_config_error_code says TOPIC_AUTHORIZATION_FAILED, as Kafka does)."""
+    verdict = _create_each(call)
+    if isinstance(verdict, Response) or call.req.version < 5:
+        return verdict
+    req, finish = verdict
+
+    def configs_seen(response: Any) -> Any:
+        return dataclasses.replace(response, topics=tuple(
+            dataclasses.replace(t, configs=(), topic_config_error_code=TOPIC_DENIED)
+            if t.error_code == ErrorCode.none and not call.may(Op.DESCRIBE_CONFIGS, R.TOPIC, t.name) else t
+            for t in response.topics))
+
+    return req, _then(finish, configs_seen)
+
+
+_create_each = _topics_each("topics", Op.CREATE, "topics", unless_cluster=Op.CREATE)
+
+
 def _list_groups(call: Call) -> Verdict:
     if call.may_cluster(Op.DESCRIBE):
         return call.req, None
@@ -402,7 +422,7 @@ _POLICIES: dict[int, Policy] = {
     apis.FIND_COORDINATOR: _find_coordinator,
     apis.DESCRIBE_GROUPS: _groups_each("groups", Op.DESCRIBE, "groups", "authorized_operations"),
     apis.LIST_GROUPS: _list_groups,
-    apis.CREATE_TOPICS: _topics_each("topics", Op.CREATE, "topics", unless_cluster=Op.CREATE),
+    apis.CREATE_TOPICS: _create_topics,
     apis.DELETE_TOPICS: _delete_topics,
     apis.INIT_PRODUCER_ID: _init_producer_id,
     apis.DESCRIBE_CONFIGS: _configs(Op.DESCRIBE_CONFIGS, "results"),

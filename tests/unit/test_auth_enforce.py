@@ -1,0 +1,90 @@
+"""The authorizer's place in dispatch (auth/enforce.py): every routed API has a policy, and a request whose
+resources are partly denied reaches the handler without them and is answered for them with Kafka's error."""
+
+from __future__ import annotations
+
+
+from kio.schema.errors import ErrorCode
+
+from dray_broker.auth.acls import AclBinding, Authorizer, Operation, PatternType, Permission, ResourceType
+from dray_broker.auth.enforce import Enforcer
+from dray_broker.auth.principal import user
+from dray_broker.protocol import apis
+from dray_broker.protocol.codec import Request, make, response_module
+from dray_broker.server.handling import RequestContext, Response
+from dray_broker.server.routes import ROUTES
+from tests.integration.wire import request
+
+
+class NoTopics:
+    """The enforcer's view of the topic catalog, with no topics (only names are used here)."""
+
+    def by_id(self, topic_id):
+        return None
+
+    def cached(self, name):
+        return None
+
+
+def enforcer(*bindings: AclBinding) -> Enforcer:
+    authorizer = Authorizer(super_users=["User:root"])
+    for b in bindings:
+        authorizer.add(b)
+    return Enforcer(authorizer, NoTopics(), [r.key for r in ROUTES])  # type: ignore[arg-type]
+
+
+def allow_topic(name: str, op: Operation, principal: str = "User:alice") -> AclBinding:
+    return AclBinding(ResourceType.TOPIC, name, PatternType.LITERAL, principal, "*", op, Permission.ALLOW)
+
+
+def test_every_route_has_a_policy_or_table_checks():
+    enforcer()  # raises for a routed API whose checks it cannot apply
+
+
+def list_offsets(*topics: str) -> Request:
+    body = request(apis.LIST_OFFSETS, 7, "ListOffsetsRequest", replica_id=-1, isolation_level=0, topics=tuple(
+        request(apis.LIST_OFFSETS, 7, "ListOffsetsTopic", name=t, partitions=tuple(
+            request(apis.LIST_OFFSETS, 7, "ListOffsetsPartition", partition_index=p, timestamp=-1) for p in (0, 1)))
+        for t in topics))
+    return Request(apis.LIST_OFFSETS, 7, 1, "c", body)
+
+
+def test_denied_topics_are_taken_out_and_answered_per_partition():
+    e = enforcer(allow_topic("seen", Operation.DESCRIBE))
+    req, finish = e.check(RequestContext("c", "/10.0.0.1", user("alice")), list_offsets("seen", "hidden"))
+    assert [t.name for t in req.body.topics] == ["seen"]  # the handler gets only what is allowed
+    M = response_module(apis.LIST_OFFSETS, 7)
+    handled = make(M.ListOffsetsResponse, throttle_time=0, topics=(make(M.ListOffsetsTopicResponse, name="seen",
+        partitions=(make(M.ListOffsetsPartitionResponse, partition_index=0, error_code=ErrorCode.none, timestamp=-1,
+                         offset=5, leader_epoch=0),)),))
+    answered = finish(handled)
+    assert [(t.name, [(p.partition_index, p.error_code) for p in t.partitions]) for t in answered.topics] == [
+        ("seen", [(0, ErrorCode.none)]),
+        ("hidden", [(0, ErrorCode.topic_authorization_failed), (1, ErrorCode.topic_authorization_failed)])]
+
+
+def test_super_users_and_deny():
+    e = enforcer(allow_topic("t", Operation.ALL), AclBinding(ResourceType.TOPIC, "t", PatternType.LITERAL,
+                                                              "User:alice", "10.0.0.9", Operation.DESCRIBE,
+                                                              Permission.DENY))
+    req, finish = e.check(RequestContext("c", "/10.0.0.9", user("alice")), list_offsets("t"))
+    assert req.body.topics == () and finish is not None  # the DENY from its host wins
+    req, finish = e.check(RequestContext("c", "/10.0.0.1", user("alice")), list_offsets("t"))
+    assert [t.name for t in req.body.topics] == ["t"] and finish is None
+    req, finish = e.check(RequestContext("c", "/10.0.0.9", user("root")), list_offsets("t", "u"))
+    assert [t.name for t in req.body.topics] == ["t", "u"] and finish is None
+
+
+def test_a_request_denied_as_a_whole_is_answered_with_its_error():
+    body = request(apis.HEARTBEAT, 4, "HeartbeatRequest", group_id="g", generation_id=1, member_id="m",
+                   group_instance_id=None)
+    verdict = enforcer().check(RequestContext("c", "/10.0.0.1", user("alice")),
+                               Request(apis.HEARTBEAT, 4, 1, "c", body))
+    assert isinstance(verdict, Response) and verdict.body.error_code == ErrorCode.group_authorization_failed
+    create = request(apis.CREATE_ACLS, 3, "CreateAclsRequest", creations=(
+        request(apis.CREATE_ACLS, 3, "AclCreation", resource_type=2, resource_name="t", resource_pattern_type=3,
+                principal="User:alice", host="*", operation=3, permission_type=3),) * 2)
+    verdict = enforcer().check(RequestContext("c", "/10.0.0.1", user("alice")),
+                               Request(apis.CREATE_ACLS, 3, 1, "c", create))
+    assert isinstance(verdict, Response)
+    assert [r.error_code for r in verdict.body.results] == [ErrorCode.cluster_authorization_failed] * 2
