@@ -3,7 +3,6 @@ resources are partly denied reaches the handler without them and is answered for
 
 from __future__ import annotations
 
-
 from kio.schema.errors import ErrorCode
 
 from dray_broker.auth.acls import AclBinding, Authorizer, Operation, PatternType, Permission, ResourceType
