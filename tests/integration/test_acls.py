@@ -513,3 +513,24 @@ def test_admin_and_group_apis_per_resource(secured, name):
 
     deleted = ad.delete_topics([some, every], operation_timeout=TIMEOUT, request_timeout=TIMEOUT)
     assert {t: outcome(f) for t, f in deleted.items()} == {some: KafkaError.TOPIC_AUTHORIZATION_FAILED, every: None}
+
+
+def test_allow_everyone_if_no_acl_found(tmp_path, name):
+    """With allow.everyone.if.no.acl.found, a resource without any ACL is open to all; one with ACLs is decided by
+    them (here: for another user only)."""
+    guarded = f"{name}-guarded"
+    meta = f"sqlite://{tmp_path}/meta.db"
+    _seed_acls(meta, [AclBinding(R.TOPIC, guarded, PatternType.LITERAL, "User:other", "*", Operation.ALL,
+                                 Permission.ALLOW)])
+    broker = BrokerProcess(tmp_path / "b", metadata=meta, object_store=f"file://{tmp_path}/objects",
+                           extra_args=["--acls", "--allow-everyone-if-no-acl-found"]).start()
+    try:
+        create_topic(broker.bootstrap, name)  # the cluster has no ACL: CREATE on it is open
+        create_topic(broker.bootstrap, guarded)
+        assert produce(broker.bootstrap, name) == [None] * 3
+        assert [error_code(e) for e in produce(broker.bootstrap, guarded)] == [
+            KafkaError.TOPIC_AUTHORIZATION_FAILED] * 3
+        assert name in admin(broker.bootstrap).list_topics(timeout=TIMEOUT).topics
+        assert guarded not in admin(broker.bootstrap).list_topics(timeout=TIMEOUT).topics
+    finally:
+        broker.stop()
