@@ -215,8 +215,10 @@ def _topic_denial(call: Call, item: Any, operation: Operation, name_field: str =
 def _metadata(call: Call) -> Verdict:
     body = call.body
     req, finish = call.req, None
-    if body.topics is not None:
+    every_topic = body.topics is None or (call.req.version == 0 and not body.topics)  # v0: [] is all
+    if not every_topic:
         create_cluster = None
+        auto_create = getattr(body, "allow_auto_topic_creation", True)  # v0-3: always
 
         def denial(t: Any) -> ErrorCode | None:
             nonlocal create_cluster
@@ -225,7 +227,7 @@ def _metadata(call: Call) -> Verdict:
                 return None  # an unknown id: the handler says so
             if not call.may(Op.DESCRIBE, R.TOPIC, name):
                 return TOPIC_DENIED
-            if body.allow_auto_topic_creation and call.enforcer.topics.cached(name) is None:
+            if auto_create and call.enforcer.topics.cached(name) is None:
                 if create_cluster is None:
                     create_cluster = call.may_cluster(Op.CREATE)
                 if not create_cluster and not call.may(Op.CREATE, R.TOPIC, name):
@@ -239,7 +241,7 @@ def _metadata(call: Call) -> Verdict:
 
     def visible(response: Any) -> Any:
         topics = response.topics
-        if body.topics is None:
+        if every_topic:
             topics = tuple(t for t in topics if t.name is not None and call.may(Op.DESCRIBE, R.TOPIC, t.name))
         if include_topic_ops:
             topics = tuple(dataclasses.replace(t, topic_authorized_operations=call.operations(R.TOPIC, t.name))
@@ -366,7 +368,7 @@ def _list_groups(call: Call) -> Verdict:
 def _delete_topics(call: Call) -> Verdict:
     if call.may_cluster(Op.DELETE):
         return call.req, None
-    field = "topics" if getattr(call.body, "topics", None) else "topic_names"  # v6 names topics or ids
+    field = "topics" if hasattr(call.body, "topics") else "topic_names"  # v6 names topics or ids
 
     def denial(t: Any) -> ErrorCode | None:
         name = t if isinstance(t, str) else call.topic_name(t)

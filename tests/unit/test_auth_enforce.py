@@ -3,6 +3,8 @@ resources are partly denied reaches the handler without them and is answered for
 
 from __future__ import annotations
 
+import uuid
+
 from kio.schema.errors import ErrorCode
 
 from dray_broker.auth.acls import AclBinding, Authorizer, Operation, PatternType, Permission, ResourceType
@@ -15,21 +17,27 @@ from dray_broker.server.routes import ROUTES
 from tests.integration.wire import request
 
 
-class NoTopics:
-    """The enforcer's view of the topic catalog, with no topics (only names are used here)."""
+NO_ID = uuid.UUID(int=0)
+
+
+class Topics:
+    """The enforcer's view of the topic catalog: which topics exist (by name; no ids here)."""
+
+    def __init__(self, *names: str):
+        self.names = set(names)
 
     def by_id(self, topic_id):
         return None
 
     def cached(self, name):
-        return None
+        return name if name in self.names else None
 
 
-def enforcer(*bindings: AclBinding) -> Enforcer:
+def enforcer(*bindings: AclBinding, topics: Topics = Topics()) -> Enforcer:
     authorizer = Authorizer(super_users=["User:root"])
     for b in bindings:
         authorizer.add(b)
-    return Enforcer(authorizer, NoTopics(), [r.key for r in ROUTES])  # type: ignore[arg-type]
+    return Enforcer(authorizer, topics, [r.key for r in ROUTES])  # type: ignore[arg-type]
 
 
 def allow_topic(name: str, op: Operation, principal: str = "User:alice") -> AclBinding:
@@ -87,3 +95,44 @@ def test_a_request_denied_as_a_whole_is_answered_with_its_error():
                                Request(apis.CREATE_ACLS, 3, 1, "c", create))
     assert isinstance(verdict, Response)
     assert [r.error_code for r in verdict.body.results] == [ErrorCode.cluster_authorization_failed] * 2
+
+
+def test_metadata_of_every_topic_shows_only_the_described_ones_in_every_version():
+    e = enforcer(allow_topic("seen", Operation.READ), topics=Topics("seen", "hidden"))
+    ctx = RequestContext("c", "/10.0.0.1", user("alice"))
+    for version in range(0, 13):
+        every = None if version > 0 else ()
+        body = request(apis.METADATA, version, "MetadataRequest", topics=every, allow_auto_topic_creation=True,
+                       include_cluster_authorized_operations=False, include_topic_authorized_operations=True)
+        req, finish = e.check(ctx, Request(apis.METADATA, version, 1, "c", body))
+        M = response_module(apis.METADATA, version)
+        handled = make(M.MetadataResponse, throttle_time=0, brokers=(), cluster_id="c", controller_id=1, topics=tuple(
+            make(M.MetadataResponseTopic, error_code=ErrorCode.none, name=n, topic_id=NO_ID, is_internal=False,
+                 partitions=(),
+                 topic_authorized_operations=-2**31) for n in ("seen", "hidden")))
+        answered = finish(handled)
+        assert [t.name for t in answered.topics] == ["seen"], version
+        if version >= 8:  # READ implies DESCRIBE: bits 3 and 8
+            assert answered.topics[0].topic_authorized_operations == (1 << 3) | (1 << 8)
+        # Named: the hidden one answers TOPIC_AUTHORIZATION_FAILED (it would otherwise be auto-created).
+        named = request(apis.METADATA, version, "MetadataRequest", topics=tuple(
+            request(apis.METADATA, version, "MetadataRequestTopic", name=n, topic_id=NO_ID) for n in ("seen", "hidden")),
+            allow_auto_topic_creation=True, include_cluster_authorized_operations=False,
+            include_topic_authorized_operations=False)
+        req, finish = e.check(ctx, Request(apis.METADATA, version, 1, "c", named))
+        assert [t.name for t in req.body.topics] == ["seen"]
+        answered = finish(make(M.MetadataResponse, throttle_time=0, brokers=(), cluster_id="c", controller_id=1,
+                               topics=()))
+        assert [(t.name, t.error_code) for t in answered.topics] == [("hidden", ErrorCode.topic_authorization_failed)]
+
+
+def test_metadata_does_not_create_a_topic_without_create():
+    e = enforcer(allow_topic("new", Operation.DESCRIBE))
+    body = request(apis.METADATA, 12, "MetadataRequest", topics=(request(apis.METADATA, 12, "MetadataRequestTopic",
+                                                                          name="new", topic_id=NO_ID),),
+                   allow_auto_topic_creation=True, include_topic_authorized_operations=False)
+    req, finish = e.check(RequestContext("c", "/10.0.0.1", user("alice")), Request(apis.METADATA, 12, 1, "c", body))
+    assert req.body.topics == ()  # the handler would create it
+    e = enforcer(allow_topic("new", Operation.DESCRIBE), allow_topic("new", Operation.CREATE))
+    req, finish = e.check(RequestContext("c", "/10.0.0.1", user("alice")), Request(apis.METADATA, 12, 1, "c", body))
+    assert [t.name for t in req.body.topics] == ["new"]
