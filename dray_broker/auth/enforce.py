@@ -315,7 +315,7 @@ def _offset_fetch(call: Call) -> Verdict:
 
 def _find_coordinator(call: Call) -> Verdict:
     body = call.body
-    resource = _FIND_COORDINATOR_KEYS.get(body.key_type)
+    resource = _FIND_COORDINATOR_KEYS.get(getattr(body, "key_type", 0))  # v0: groups only
     if resource is None:
         return call.req, None  # SHARE and unknown types: the handler refuses them
     resource_type, code = resource

@@ -136,3 +136,24 @@ def test_metadata_does_not_create_a_topic_without_create():
     e = enforcer(allow_topic("new", Operation.DESCRIBE), allow_topic("new", Operation.CREATE))
     req, finish = e.check(RequestContext("c", "/10.0.0.1", user("alice")), Request(apis.METADATA, 12, 1, "c", body))
     assert [t.name for t in req.body.topics] == ["new"]
+
+
+def test_find_coordinator_one_key_or_each_key():
+    e = enforcer(AclBinding(ResourceType.GROUP, "mine", PatternType.LITERAL, "User:alice", "*", Operation.READ,
+                            Permission.ALLOW))
+    ctx = RequestContext("c", "/10.0.0.1", user("alice"))
+    for version in range(0, 4):
+        for key, allowed in (("mine", True), ("theirs", False)):
+            body = request(apis.FIND_COORDINATOR, version, "FindCoordinatorRequest", key=key, key_type=0)
+            verdict = e.check(ctx, Request(apis.FIND_COORDINATOR, version, 1, "c", body))
+            if allowed:
+                assert not isinstance(verdict, Response)
+            else:
+                assert isinstance(verdict, Response)
+                assert verdict.body.error_code == ErrorCode.group_authorization_failed
+    body = request(apis.FIND_COORDINATOR, 4, "FindCoordinatorRequest", key_type=0, coordinator_keys=("mine", "theirs"))
+    req, finish = e.check(ctx, Request(apis.FIND_COORDINATOR, 4, 1, "c", body))
+    assert req.body.coordinator_keys == ("mine",)
+    M = response_module(apis.FIND_COORDINATOR, 4)
+    answered = finish(make(M.FindCoordinatorResponse, throttle_time=0, coordinators=()))
+    assert [(c.key, c.error_code) for c in answered.coordinators] == [("theirs", ErrorCode.group_authorization_failed)]
