@@ -427,6 +427,16 @@ def test_scram_users_get_their_own_acls(tmp_path, name):
         assert produce_as({**as_user("bob"), "enable.idempotence": True}) == [KafkaError.CLUSTER_AUTHORIZATION_FAILED]
         assert produce_as({"bootstrap.servers": broker.bootstrap, "log_level": 3}) == [
             KafkaError.TOPIC_AUTHORIZATION_FAILED]
+        # `dray acls` logs in with -X properties, as the super user.
+        import json
+
+        listed = subprocess.run([sys.executable, "-m", "dray_broker.cli", "acls", "list", "--topic", name, "--json",
+                                 "-b", sasl, "-X", "security.protocol=SASL_PLAINTEXT",
+                                 "-X", "sasl.mechanism=SCRAM-SHA-256", "-X", "sasl.username=admin",
+                                 "-X", "sasl.password=admin-pw"], capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert sorted((r["principal"], r["operation"]) for r in json.loads(listed.stdout)) == [
+            ("User:alice", "read"), ("User:alice", "write"), ("User:bob", "describe")]
         # alice may not manage ACLs (no ALTER on the cluster).
         alice = AdminClient(as_user("alice"))
         (future,) = alice.create_acls([allow(name, AclOperation.READ, principal="User:alice")],
