@@ -102,7 +102,8 @@ async def main(requests: int, rounds: int, acls: bool) -> None:
         for _ in range(requests):
             await one()
         runs.append((time.process_time() - started) / requests * 1e6)
-    print(f"dispatch{' (authorizer on)' if acls else ''}: {statistics.median(runs):.2f} us of CPU per produce request (median of {rounds} x {requests}; "
+    label = "dispatch (authorizer on)" if acls else "dispatch"
+    print(f"{label}: {statistics.median(runs):.2f} us of CPU per produce request (median of {rounds} x {requests}; "
           f"min {min(runs):.2f}, max {max(runs):.2f})")
 
 

@@ -1,6 +1,6 @@
-"""The cluster's ACLs in the metadata store, one key per binding (keyspace.acl_key: its content id, so creating an existing ACL through
-any broker changes nothing, as in Kafka), mirrored into every broker's Authorizer by a watch: an ACL created or
-deleted through one broker is enforced by every other as soon as the store tells them (well within a second)."""
+"""The cluster's ACLs in the metadata store, one key per binding (keyspace.acl_key: its content id, so creating an
+existing ACL through any broker changes nothing, as in Kafka), mirrored into every broker's Authorizer by a watch:
+an ACL created or deleted through one broker is enforced by every other as soon as the store tells them."""
 
 from __future__ import annotations
 

@@ -26,8 +26,14 @@ from typing import Any, Callable, Iterable, TypeAlias
 
 from kio.schema.errors import ErrorCode
 
-from dray_broker.auth.acls import CLUSTER_NAME, Authorizer, Operation, ResourceType, operations_bits
-from dray_broker.auth.acls import SUPPORTED_OPERATIONS
+from dray_broker.auth.acls import (
+    CLUSTER_NAME,
+    SUPPORTED_OPERATIONS,
+    Authorizer,
+    Operation,
+    ResourceType,
+    operations_bits,
+)
 from dray_broker.auth.api_checks import API_CHECKS, CLUSTER, Check, Scope
 from dray_broker.protocol import apis
 from dray_broker.protocol.codec import Request
@@ -93,11 +99,14 @@ class Call:
         """A request topic's name, or the name of its topic id (None: unknown id)."""
         name = getattr(item, name_field, None)
         if name is None and (topic_id := getattr(item, "topic_id", None)) is not None:
-            topic = self.enforcer.topics.by_id(topic_id if isinstance(topic_id, uuid.UUID) else uuid.UUID(str(topic_id)))
+            if not isinstance(topic_id, uuid.UUID):
+                topic_id = uuid.UUID(str(topic_id))
+            topic = self.enforcer.topics.by_id(topic_id)
             return topic.name if topic is not None else None
         return name
 
-    def split(self, field: str, denial: Callable[[Any], ErrorCode | None]) -> tuple[Request, list[tuple[Any, ErrorCode]]]:
+    def split(self, field: str,
+              denial: Callable[[Any], ErrorCode | None]) -> tuple[Request, list[tuple[Any, ErrorCode]]]:
         """The request without the items of array `field` that `denial` refuses, and those items with their error."""
         kept, denied = [], []
         for item in getattr(self.body, field):
@@ -110,7 +119,8 @@ class Call:
             return self.req, denied
         return dataclasses.replace(self.req, body=dataclasses.replace(self.body, **{field: tuple(kept)})), denied
 
-    def answer_denied(self, field: str, denied: list[tuple[Any, ErrorCode]], then: Finish | None = None) -> Finish | None:
+    def answer_denied(self, field: str, denied: list[tuple[Any, ErrorCode]],
+                      then: Finish | None = None) -> Finish | None:
         """A finish that adds an entry per denied request item to the response's array `field` (and then `then`)."""
         if not denied:
             return then

@@ -116,7 +116,8 @@ def test_metadata_of_every_topic_shows_only_the_described_ones_in_every_version(
             assert answered.topics[0].topic_authorized_operations == (1 << 3) | (1 << 8)
         # Named: the hidden one answers TOPIC_AUTHORIZATION_FAILED (it would otherwise be auto-created).
         named = request(apis.METADATA, version, "MetadataRequest", topics=tuple(
-            request(apis.METADATA, version, "MetadataRequestTopic", name=n, topic_id=NO_ID) for n in ("seen", "hidden")),
+            request(apis.METADATA, version, "MetadataRequestTopic", name=n, topic_id=NO_ID)
+            for n in ("seen", "hidden")),
             allow_auto_topic_creation=True, include_cluster_authorized_operations=False,
             include_topic_authorized_operations=False)
         req, finish = e.check(ctx, Request(apis.METADATA, version, 1, "c", named))
