@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
-from dray_broker.auth.enforce import Enforcer
+from dray_broker.auth.enforce import Enforcer, Finish
 from dray_broker.logs import request_context
 from dray_broker.observability.metrics import ApiMetrics, BrokerMetrics
 from dray_broker.protocol import apis
@@ -112,11 +112,11 @@ class Dispatcher:
                 if asyncio.iscoroutine(result.answer):
                     result.answer.close()  # never to be awaited
                 raise TypeError(f"the {route.name} handler deferred its answer, but its route is not deferred")
-            return Deferred(self._answer_later(req, metrics, started, result.answer))
+            return Deferred(self._answer_later(req, metrics, started, result.answer, finish))
         return NO_RESPONSE
 
     async def _answer_later(self, req: Request, metrics: ApiMetrics, started: float,
-                            answer: Awaitable[Answer]) -> Written:
+                            answer: Awaitable[Answer], finish: Finish | None = None) -> Written:
         try:
             response = await answer
         except ConnectionResetError as e:
@@ -129,4 +129,5 @@ class Dispatcher:
         if isinstance(response, NoResponse):  # acks=0: nothing to answer once its batches are committed
             return NO_RESPONSE
         metrics.seconds.observe(time.perf_counter() - started)
-        return encode_response(req.api_key, req.version, req.correlation_id, response.body)
+        body = response.body if finish is None else finish(response.body)
+        return encode_response(req.api_key, req.version, req.correlation_id, body)
