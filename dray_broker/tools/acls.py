@@ -21,7 +21,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from dray_broker.tools.client import ToolError, admin_client, command, connection_flags, wait
+from dray_broker.tools.client import EXIT_USAGE, ToolError, admin_client, command, connection_flags, wait
 from dray_broker.tools.output import note, plural, print_json, print_table
 
 CLUSTER = "kafka-cluster"
@@ -72,13 +72,13 @@ def _operations(args, *, create: bool) -> list[AclOperation]:
     names = [n.strip() for text in args.operation for n in text.split(",") if n.strip()]
     if not names:
         if create:
-            raise ToolError("give --operation (e.g. --operation read,describe)")
+            raise ToolError("give --operation (e.g. --operation read,describe)", EXIT_USAGE)
         return [AclOperation.ANY]
     ops = []
     for n in names:
         op = getattr(AclOperation, n.upper().replace("-", "_"), None)
         if op is None or op is AclOperation.UNKNOWN or (create and op is AclOperation.ANY):
-            raise ToolError(f"unknown operation {n!r}")
+            raise ToolError(f"unknown operation {n!r}", EXIT_USAGE)
         ops.append(op)
     return ops
 
@@ -98,12 +98,12 @@ def _entries(args, *, create: bool) -> list[tuple[str | None, str | None, AclPer
                                           (args.deny_principal, args.deny_host, AclPermissionType.DENY)):
         for principal in principals:
             if ":" not in principal:
-                raise ToolError(f"{principal!r} is not a principal (TYPE:NAME, e.g. User:alice)")
+                raise ToolError(f"{principal!r} is not a principal (TYPE:NAME, e.g. User:alice)", EXIT_USAGE)
             for host in hosts or (["*"] if create else [None]):
                 entries.append((principal, host, permission))
     if not entries:
         if create:
-            raise ToolError("give --allow-principal or --deny-principal")
+            raise ToolError("give --allow-principal or --deny-principal", EXIT_USAGE)
         entries.append((None, None, AclPermissionType.ANY))
     return entries
 
@@ -112,7 +112,7 @@ def _entries(args, *, create: bool) -> list[tuple[str | None, str | None, AclPer
 def cmd_create(args) -> int:
     resources = _resources(args)
     if not resources:
-        raise ToolError("give a resource: --topic, --group, --transactional-id or --cluster")
+        raise ToolError("give a resource: --topic, --group, --transactional-id or --cluster", EXIT_USAGE)
     pattern = _PATTERNS[args.resource_pattern_type]
     bindings = [AclBinding(rt, name, pattern, principal, host, op, permission)
                 for rt, name in resources for principal, host, permission in _entries(args, create=True)
