@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 
 from dray_broker.config import ConfigError, Settings, add_flags
 from dray_broker.logs import setup_logging
+from dray_broker.server.listeners import SecurityProtocol
 from dray_broker.version import VERSION
 
 log = logging.getLogger("dray")
@@ -38,7 +39,11 @@ def _settings_or_exit(args) -> Settings:
 
 def _listeners(settings) -> list[tuple[str, str, str]]:
     """(HOST:PORT, what listens there, the flag that moves it) of each port a broker listens on."""
-    listeners = [(settings.listen, "the Kafka listener", "--listen {host}:{port}")]
+    kafka = settings.listeners
+    listeners = [(listener.address, "the Kafka listener" if len(kafka) == 1 else f"the {listener.name} Kafka listener",
+                  "--listen " + ("" if listener.protocol is SecurityProtocol.PLAINTEXT else
+                                 listener.name.lower() + "://") + "{host}:{port}")
+                 for listener in kafka]
     if settings.http_listen:
         listeners.append((settings.http_listen, "metrics and health", "--http-listen {host}:{port}"))
     return listeners
@@ -137,12 +142,13 @@ def cmd_up(args) -> int:
     # the Dagster UI's), are checked with the broker's.
     _check_free_or_exit(settings, _or_exit(lambda: [listener for listeners in getattr(args, "service_listeners", [])
                                                     for listener in listeners(args)]))
-    host, port = settings.advertised
     services = []
 
     async def start_services() -> None:
-        urls = [("Kafka bootstrap", f"{host}:{port}"),
-                ("metrics, health", f"http://{settings.http_listen}/metrics /healthz /readyz")]
+        kafka = settings.listeners
+        urls = [("Kafka bootstrap" if len(kafka) == 1 else f"Kafka {listener.name.lower()}",
+                 f"{listener.advertised_host}:{listener.advertised_port or listener.port}") for listener in kafka]
+        urls.append(("metrics, health", f"http://{settings.http_listen}/metrics /healthz /readyz"))
         for entry_point in entry_points(group="dray.services"):
             services.append(await asyncio.to_thread(entry_point.load(), settings, vars(args)))
         for service in services:

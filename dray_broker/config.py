@@ -27,8 +27,10 @@ from typing import Any, ClassVar, Mapping, Self
 from urllib.parse import parse_qs, urlparse, urlunparse
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dray_broker.server.listeners import Listener, make_listeners
 
 ENV_PREFIX = "DRAY_"
 WAREHOUSE_KEY_PREFIX = "iceberg"
@@ -126,6 +128,8 @@ def _problem(err: dict, given: Mapping[str, Any]) -> str:
     else:
         origin = f"config file {given.get('config') or os.environ.get(ENV_PREFIX + 'CONFIG')}"
     message = err["msg"].removeprefix("Value error, ")
+    if not name:  # a rule across settings
+        return message
     return f"{name or 'settings'}: {message} (from {origin})"
 
 
@@ -232,8 +236,11 @@ class StorageSettings(DraySettings):
 class Settings(StorageSettings):
     """`dray broker` (and the broker of `dray up`)."""
 
-    listen: str = Field("127.0.0.1:9092", description="HOST:PORT the Kafka listener binds")
-    advertise: str | None = Field(None, description="HOST:PORT clients are told to connect to")
+    listen: str = Field("127.0.0.1:9092", description="Kafka listener: PROTOCOL://HOST:PORT it binds (plaintext, ssl, "
+                        "sasl_plaintext or sasl_ssl; a bare HOST:PORT is plaintext), repeatable (comma-separated in "
+                        "the environment)")
+    advertise: str | None = Field(None, description="PROTOCOL://HOST:PORT clients of that protocol's listener are told "
+                                  "to connect to, repeatable (default: the listener's host and port)")
     http_listen: str | None = Field(None, description="HOST:PORT for /metrics, /healthz and /readyz (off if unset)")
     broker_id: int | None = Field(None, ge=0, description="broker id (default: the one kept in "
                                  "<data-dir>/meta.properties, else a new one from the metadata store)")
@@ -267,13 +274,57 @@ class Settings(StorageSettings):
                                            "partition is forgotten this long after its last write")
     fetch_cache_bytes: int = Field(1024 * 1024 * 1024, ge=0, description="bytes of record batches cached for "
                                    "fetch (recent commits and chunks read back), least recently used out first")
+    sasl_mechanisms: str = Field("SCRAM-SHA-256,SCRAM-SHA-512,PLAIN", description="SASL mechanisms of the "
+                                 "sasl_plaintext and sasl_ssl listeners, comma-separated: SCRAM-SHA-256, "
+                                 "SCRAM-SHA-512, PLAIN (checked against the SCRAM credential), OAUTHBEARER (needs "
+                                 "--sasl-oauthbearer-jwks-url)")
+    connections_max_reauth_ms: int = Field(0, ge=0, description="longest a SASL login lasts before the client must "
+                                           "re-authenticate (KIP-368; 0: until the connection closes, or the "
+                                           "OAUTHBEARER token expires)")
+    sasl_oauthbearer_jwks_url: str | None = Field(None, description="the JSON Web Key Set that OAUTHBEARER tokens "
+                                                  "are checked with: a file path, file:// or https:// URL")
+    sasl_oauthbearer_jwks_refresh_ms: int = Field(3_600_000, gt=0, description="how often the JWKS is read again "
+                                                  "(also at once, at most every 10 s, for a token with an unknown kid)")
+    sasl_oauthbearer_expected_audience: str | None = Field(None, description="audiences a token's aud claim must "
+                                                           "name one of (comma-separated; unset: not checked)")
+    sasl_oauthbearer_expected_issuer: str | None = Field(None, description="the issuer a token's iss claim must be "
+                                                         "(unset: not checked)")
+    sasl_failed_login_limit: int = Field(20, ge=0, description="failed SASL logins from one client address within "
+                                         "--sasl-failed-login-window-ms after which its logins fail at once (0: no "
+                                         "limit)")
+    sasl_failed_login_window_ms: int = Field(60_000, gt=0, description="the window of --sasl-failed-login-limit")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="log one JSON object per line")
+    acls: bool = Field(False, description="authorize every request by the cluster's ACLs (Kafka's "
+                       "authorizer.class.name); off: everyone may do everything")
+    super_users: str | None = Field(None, description="principals allowed everything, comma-separated "
+                                    "(User:admin,User:ops), as Kafka's super.users")
+    allow_everyone_if_no_acl_found: bool = Field(False, description="allow a request on a resource that has no ACL "
+                                                 "at all, as Kafka's allow.everyone.if.no.acl.found")
 
-    @field_validator("listen", "advertise", "http_listen")
+    @field_validator("listen", "advertise", mode="before")
+    @classmethod
+    def _join_endpoints(cls, v: Any) -> Any:
+        """A repeated flag (or a YAML list) is the endpoints one after another."""
+        return ",".join(str(e).strip() for e in v) if isinstance(v, (list, tuple)) else v
+
+    @field_validator("http_listen")
     @classmethod
     def _check_host_port(cls, v: str | None) -> str | None:
         return None if v is None else _host_port(v)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        make_listeners(v)
+        return v
+
+    @field_validator("advertise")
+    @classmethod
+    def _check_advertise(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and "listen" in info.data:  # (a bad listen is reported by itself)
+            make_listeners(info.data["listen"], v)
+        return v
 
     @field_validator("log_level")
     @classmethod
@@ -282,12 +333,51 @@ class Settings(StorageSettings):
             raise ValueError("use DEBUG, INFO, WARNING or ERROR")
         return v.upper()
 
+    @field_validator("super_users")
+    @classmethod
+    def _check_super_users(cls, v: str | None) -> str | None:
+        if v is not None:
+            for name in v.split(","):
+                if ":" not in name.strip():
+                    raise ValueError(f"{name.strip()!r} is not a principal (Type:name, e.g. User:admin)")
+        return v
+
+    @property
+    def super_user_list(self) -> list[str]:
+        return [s.strip() for s in (self.super_users or "").split(",") if s.strip()]
+
+    @field_validator("sasl_mechanisms")
+    @classmethod
+    def _check_mechanisms(cls, v: str) -> str:
+        from dray_broker.auth.sasl import MECHANISMS
+
+        names = [m.strip().upper() for m in v.split(",") if m.strip()]
+        unknown = [m for m in names if m not in MECHANISMS]
+        if not names or unknown or len(set(names)) != len(names):
+            raise ValueError(f"list each of {', '.join(MECHANISMS)} at most once" +
+                             (f" ({', '.join(unknown)} is not one)" if unknown else ""))
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _check_oauthbearer(self) -> Self:
+        if "OAUTHBEARER" in self.enabled_sasl_mechanisms and not self.sasl_oauthbearer_jwks_url:
+            raise ValueError("sasl_mechanisms has OAUTHBEARER: set sasl_oauthbearer_jwks_url too")
+        return self
+
+    @property
+    def enabled_sasl_mechanisms(self) -> tuple[str, ...]:
+        return tuple(self.sasl_mechanisms.split(","))
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """The Kafka listeners (port 0 ones not bound yet), in the order given."""
+        return make_listeners(self.listen, self.advertise)
+
     @property
     def advertised(self) -> tuple[str, int]:
-        host, _, port = (self.advertise or self.listen).rpartition(":")
-        if host in ("", "0.0.0.0", "::"):
-            host = "127.0.0.1"
-        return host, int(port)
+        """Where clients of the first listener are told to connect (port 0: the bound port, once bound)."""
+        first = self.listeners[0]
+        return first.advertised_host, first.advertised_port or first.port
 
 
 class LakeSettings(StorageSettings):
@@ -344,6 +434,10 @@ def setting_names() -> set[str]:
 # --- flags ----------------------------------------------------------------------------------------------------------
 
 
+# Settings whose flag may be given more than once (each a value of the comma-separated list).
+REPEATABLE = frozenset({"listen", "advertise"})
+
+
 def flag_help(description: str, env: str, default: Any) -> str:
     """A flag's help: what it is, then its DRAY_* variable and its default in brackets (argparse %-escaped)."""
     if isinstance(default, bool):
@@ -363,7 +457,9 @@ def _metavar(name: str, annotation: Any) -> str:
         return "BYTES"
     if name.endswith("_s"):
         return "SECONDS"
-    if name in ("listen", "advertise", "http_listen"):
+    if name in ("listen", "advertise"):
+        return "[PROTOCOL://]HOST:PORT"
+    if name == "http_listen":
         return "HOST:PORT"
     if name == "bootstrap":
         return "HOST:PORT[,...]"
@@ -394,5 +490,7 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, section
         text = flag_help(info.description or "", ENV_PREFIX + name.upper(), info.default)
         if info.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif name in REPEATABLE:
+            parser.add_argument(flag, action="append", default=None, help=text, metavar=_metavar(name, info.annotation))
         else:
             parser.add_argument(flag, default=None, help=text, metavar=_metavar(name, info.annotation))
