@@ -121,7 +121,8 @@ async def _read_jwks(url: str) -> bytes:
     if parsed.scheme in ("http", "https"):
         def get() -> bytes:
             with urllib.request.urlopen(url, timeout=10) as response:
-                return response.read()
+                document: bytes = response.read()
+                return document
         return await asyncio.to_thread(get)
     path = urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else url
     return await asyncio.to_thread(Path(path).read_bytes)

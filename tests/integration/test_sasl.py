@@ -542,6 +542,59 @@ def test_a_plaintext_login_with_handshake_v0_raw_tokens(sasl_broker):
         wire.close()
 
 
+def test_a_listener_without_sasl_refuses_the_sasl_apis(sasl_broker):
+    """The broker's PLAINTEXT listener (next to its SASL one) answers SaslHandshake and SaslAuthenticate with
+    ILLEGAL_SASL_STATE, as Kafka does, and serves on."""
+    from kio.schema.metadata.v12.request import MetadataRequest
+    from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest
+    from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
+
+    wire = Wire(sasl_broker.process.bootstrap)
+    try:
+        assert wire.call(17, 1, SaslHandshakeRequest(mechanism="PLAIN")).error_code == ErrorCode.illegal_sasl_state
+        reply = wire.call(36, 2, SaslAuthenticateRequest(auth_bytes=f"\0{ADMIN}\0{ADMIN_PASSWORD}".encode()))
+        assert reply.error_code == ErrorCode.illegal_sasl_state
+        assert wire.call(3, 12, MetadataRequest(topics=None, allow_auto_topic_creation=False,
+                                                include_topic_authorized_operations=False)).brokers
+    finally:
+        wire.close()
+
+
+def test_an_expired_session_is_closed_at_its_next_request(tmp_path, issuer):
+    """A client that does not re-authenticate (this raw one) is told its session lifetime and is disconnected at
+    its first request after it, as Kafka does."""
+    from kio.schema.metadata.v12.request import MetadataRequest
+    from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest
+    from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
+
+    metadata, objects = f"sqlite://{tmp_path}/meta.db", f"file://{tmp_path}/objects"
+    bootstrap_user(ADMIN, ADMIN_PASSWORD, metadata)
+    broker = start_sasl_broker(tmp_path / "b", metadata, objects, issuer.jwks, "--connections-max-reauth-ms", "1000")
+    wire = _sasl_wire(broker)
+    try:
+        assert wire.call(17, 1, SaslHandshakeRequest(mechanism="PLAIN")).error_code == ErrorCode.none
+        reply = wire.call(36, 2, SaslAuthenticateRequest(auth_bytes=f"\0{ADMIN}\0{ADMIN_PASSWORD}".encode()))
+        assert reply.error_code == ErrorCode.none
+        assert reply.session_lifetime.total_seconds() * 1000 == 1000
+        request = MetadataRequest(topics=None, allow_auto_topic_creation=False,
+                                  include_topic_authorized_operations=False)
+        answered = 0
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                wire.call(3, 12, request)
+                answered += 1
+            except ConnectionError:
+                break
+            time.sleep(0.1)  # a client's pace between requests, not a wait for the broker
+        else:
+            pytest.fail("the session never ended")
+        assert answered >= 1 and _closed(wire.sock)
+    finally:
+        wire.close()
+        broker.process.stop()
+
+
 def test_failed_logins_are_rate_limited_per_address(tmp_path, issuer):
     metadata, objects = f"sqlite://{tmp_path}/meta.db", f"file://{tmp_path}/objects"
     bootstrap_user("limited", "right", metadata)
