@@ -203,7 +203,7 @@ class WalWriter:
         try:
             await self.objects.put(key, buffers, create_only=True)
         except Exception as e:
-            log.warning("WAL object %s could not be written: %r; failing %d partitions", key, e, len(batch))
+            log.warning("WAL object %s could not be written: %r; failing %d partition(s)", key, e, len(batch))
             _fail([a for appends in batch.values() for a in appends], FlushError(f"WAL write failed: {e!r}"))
             return None, {}
         log.debug("wrote %s (%d bytes, %d chunks) in %.1f ms", key, sum(map(len, buffers)), len(table),

@@ -17,6 +17,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from dray_broker.tools.output import plural
 from dray_broker.protocol.codec import NULL_UUID, Request, make, response_module
 from dray_broker.server.handling import RequestContext, Response
 from dray_broker.server.services import AdminService
@@ -220,10 +221,10 @@ async def handle_create_partitions(admin: AdminService, ctx: RequestContext, req
             if topic is None:
                 raise TopicError(f"topic {t.name!r} does not exist", ErrorCode.unknown_topic_or_partition.value)
             if t.count < topic.partitions:
-                raise TopicError(f"topic {t.name!r} has {topic.partitions} partitions, more than the {t.count} asked "
+                raise TopicError(f"topic {t.name!r} has {plural(topic.partitions, 'partition')}, more than the {t.count} asked "
                                  f"for: partitions cannot be removed", ErrorCode.invalid_partitions.value)
             if t.count == topic.partitions:
-                raise TopicError(f"topic {t.name!r} already has {t.count} partitions",
+                raise TopicError(f"topic {t.name!r} already has {plural(t.count, 'partition')}",
                                  ErrorCode.invalid_partitions.value)
             if t.count > MAX_PARTITIONS:
                 raise TopicError(f"{t.count} partitions is more than the {MAX_PARTITIONS} a topic may have",
