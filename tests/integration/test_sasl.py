@@ -199,11 +199,12 @@ def confluent_consume(config: dict, topic: str, n: int) -> list[bytes]:
     return got
 
 
-def kafka_python_round_trip(bootstrap, mechanism, user, password, topic, records) -> list[bytes]:
+def kafka_python_round_trip(bootstrap, mechanism, user, password, topic, records, **auth) -> list[bytes]:
+    """Produce then read back with kafka-python (auth: other client settings, e.g. an OAUTHBEARER token provider)."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     auth = dict(bootstrap_servers=bootstrap, security_protocol="SASL_PLAINTEXT", sasl_mechanism=mechanism,
-                sasl_plain_username=user, sasl_plain_password=password)
+                sasl_plain_username=user, sasl_plain_password=password, **auth)
     producer = KafkaProducer(**auth, linger_ms=5, enable_idempotence=False, max_block_ms=int(TIMEOUT * 1000))
     try:
         futures = [producer.send(topic, v, partition=0) for v in records]
@@ -440,6 +441,17 @@ def test_oauthbearer_with_a_token_from_a_key_the_test_made(sasl_broker, issuer):
     confluent_produce(config, topic, [b"token", b"login"])
     assert confluent_consume(config, topic, 2) == [b"token", b"login"]
     assert sasl_broker.metric("dray_sasl_logins_total", mechanism="OAUTHBEARER") >= 1
+
+    # kafka-python, with a token provider.
+    from kafka.net.sasl.oauth import AbstractTokenProvider
+
+    class Tokens(AbstractTokenProvider):
+        def token(self):
+            return issuer.token("service-b")[0]
+
+    records = [b"from", b"kafka-python"]
+    assert kafka_python_round_trip(sasl_broker.bootstrap, "OAUTHBEARER", None, None, f"{topic}-kp", records,
+                                   sasl_oauth_token_provider=Tokens()) == records
 
     # A token signed by another key is refused, cleanly.
     stranger = ec.generate_private_key(ec.SECP256R1())
