@@ -485,6 +485,27 @@ def test_sessions_expire_and_clients_reauthenticate(tmp_path, issuer):
         assert not errors and delivered
         assert [m.offset() for m in delivered] == list(range(len(delivered)))
         assert broker.metric("dray_sasl_failed_logins_total") == 0
+
+        del producer  # closed: only the Java consumer's connections log in from now on
+
+        # The Java client re-authenticates too: a consumer fetching across several session lifetimes.
+        from tests.integration.java_client import JavaClient, ensure_built
+
+        tool = JavaClient(ensure_built())
+        before = broker.metric("dray_sasl_logins_total", reauthentication="true")
+        with tool.start_consumer(broker.bootstrap, topic, assign="all",
+                                 props=java_props("SCRAM-SHA-512", "reauth", "pw")) as consumer:
+            consumer.wait_for(lambda e: len(consumer.records()) >= len(delivered))
+            deadline = time.monotonic() + 30
+            while (broker.metric("dray_sasl_logins_total", reauthentication="true") < before + 2
+                   and time.monotonic() < deadline):
+                time.sleep(0.2)  # polling the broker's counter
+            confluent_produce(confluent_config(broker.bootstrap, "SCRAM-SHA-512", "reauth", "pw"), topic, [b"late"])
+            consumer.wait_for(lambda e: len(consumer.records()) >= len(delivered) + 1)
+            assert consumer.close() == 0
+        assert broker.metric("dray_sasl_logins_total", reauthentication="true") >= before + 2
+        assert consumer.records()[-1].value == b"late"
+        assert broker.metric("dray_sasl_failed_logins_total") == 0
     finally:
         broker.process.stop()
 
