@@ -444,8 +444,14 @@ def _metavar(name: str, annotation: Any) -> str:
         return "HOST:PORT"
     if name == "bootstrap":
         return "HOST:PORT[,...]"
-    if name in ("metadata", "object_store", "catalog", "warehouse"):
+    if name in ("metadata", "object_store", "catalog", "warehouse") or name.endswith("_url"):
         return "URL"
+    if name == "sasl_mechanisms":
+        return "MECHANISM[,...]"
+    if name == "sasl_oauthbearer_expected_audience":
+        return "AUDIENCE[,...]"
+    if name == "sasl_oauthbearer_expected_issuer":
+        return "ISSUER"
     if name == "data_dir":
         return "DIR"
     if name == "config":
