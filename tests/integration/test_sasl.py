@@ -741,3 +741,46 @@ def fuzz_broker(tmp_path_factory, issuer):
     confluent_produce(confluent_config(broker.bootstrap, "SCRAM-SHA-256", ADMIN, ADMIN_PASSWORD), topic, [b"alive"])
     assert "Traceback" not in broker.process.log()
     broker.process.stop()
+
+
+# --------------------------------------------------------------------------------------------- SASL_SSL
+
+
+def test_sasl_over_tls(tmp_path, issuer):
+    """A sasl_ssl listener: TLS first (the client checks the broker's certificate), then the SASL login, with
+    librdkafka and the Java client; a wrong password fails the same clean way."""
+    from confluent_kafka import KafkaError
+
+    from tests.integration.certs import TestCA
+    from tests.integration.java_client import JavaClient, Record, ensure_built
+
+    ca = TestCA(tmp_path / "pki")
+    server = ca.server()
+    metadata, objects = f"sqlite://{tmp_path}/meta.db", f"file://{tmp_path}/objects"
+    bootstrap_user("tls-user", "tls-pw", metadata, mechanism="SCRAM-SHA-512")
+    port = free_port()
+    broker = BrokerProcess(tmp_path / "b", metadata=metadata, object_store=objects,
+                           extra_args=["--listen", f"SASL_SSL://127.0.0.1:{port}", "--tls-cert", str(server.cert),
+                                       "--tls-key", str(server.key)]).start()
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        tls = {"security.protocol": "SASL_SSL", "ssl.ca.location": str(ca.cert)}
+        config = {**confluent_config(bootstrap, "SCRAM-SHA-512", "tls-user", "tls-pw"), **tls}
+        topic = f"sasl-ssl-{uuid.uuid4().hex[:6]}"
+        records = values(100, "ssl")
+        confluent_produce(config, topic, records)
+        assert confluent_consume({**config, "sasl.mechanism": "PLAIN"}, topic, 100) == records
+
+        props = {**java_props("SCRAM-SHA-512", "tls-user", "tls-pw"), "security.protocol": "SASL_SSL",
+                 "ssl.truststore.type": "PEM", "ssl.truststore.location": str(ca.cert)}
+        got = JavaClient(ensure_built()).consume(bootstrap, topic, count=100, assign="all", props=props)
+        assert [r.value for r in got] == records
+        acks = JavaClient(ensure_built()).produce(bootstrap, topic, [Record(key=None, value=b"java", partition=0)],
+                                                 props=props)
+        assert [a.offset for a in acks] == [100]
+
+        error = login_error(bootstrap, {**tls, "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "tls-user",
+                                        "sasl.password": "wrong"})
+        assert error is not None and error.code() == KafkaError._AUTHENTICATION, error
+    finally:
+        broker.stop()
