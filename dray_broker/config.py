@@ -304,6 +304,10 @@ class Settings(StorageSettings):
                                          "--sasl-failed-login-window-ms after which its logins fail at once (0: no "
                                          "limit)")
     sasl_failed_login_window_ms: int = Field(60_000, gt=0, description="the window of --sasl-failed-login-limit")
+    connection_failed_authentication_delay_ms: int = Field(100, ge=0, description="how long the answer to a failed "
+                                                           "login (and the close after it) waits, as Kafka's "
+                                                           "connection.failed.authentication.delay.ms: slows down "
+                                                           "clients that retry at once")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="log one JSON object per line")
 

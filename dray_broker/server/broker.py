@@ -159,7 +159,8 @@ class Broker:
         credentials = ScramCredentialStore(metadata)
         self._authenticator = Authenticator(
             sasl_settings(s, credentials, self.cluster_id), ROUTES, self.metrics,
-            FailedLogins(s.sasl_failed_login_limit, s.sasl_failed_login_window_ms), s.max_request_bytes)
+            FailedLogins(s.sasl_failed_login_limit, s.sasl_failed_login_window_ms), s.max_request_bytes,
+            s.connection_failed_authentication_delay_ms)
         self._dispatcher = Dispatcher(ROUTES, [
             ROUTES,
             NoService(),
