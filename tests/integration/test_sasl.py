@@ -432,7 +432,7 @@ def test_a_user_created_through_one_broker_logs_in_on_another(backend, request, 
 # --------------------------------------------------------------------------------------------- OAUTHBEARER
 
 
-def test_oauthbearer_with_a_token_from_a_key_the_test_made(sasl_broker, issuer):
+def test_oauthbearer_with_a_token_from_a_key_the_test_made(sasl_broker, issuer, monkeypatch):
     from confluent_kafka import KafkaError
 
     topic = f"sasl-oauth-{uuid.uuid4().hex[:6]}"
@@ -452,6 +452,22 @@ def test_oauthbearer_with_a_token_from_a_key_the_test_made(sasl_broker, issuer):
     records = [b"from", b"kafka-python"]
     assert kafka_python_round_trip(sasl_broker.bootstrap, "OAUTHBEARER", None, None, f"{topic}-kp", records,
                                    sasl_oauth_token_provider=Tokens()) == records
+
+    # The Java client, with Kafka's own login handler reading the token from a file (KIP-768's file token
+    # endpoint; Kafka 4 wants the URL allowed by a system property).
+    from tests.integration.java_client import JavaClient, ensure_built
+
+    token_file = issuer.jwks.parent / f"token-{uuid.uuid4().hex[:6]}.jwt"
+    token_file.write_text(issuer.token("service-c")[0])
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS",
+                       f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={token_file.as_uri()}")
+    props = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "OAUTHBEARER",
+             "sasl.login.callback.handler.class":
+                 "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler",
+             "sasl.oauthbearer.token.endpoint.url": token_file.as_uri(),
+             "sasl.jaas.config": "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required ;"}
+    got = JavaClient(ensure_built()).consume(sasl_broker.bootstrap, topic, count=2, assign="all", props=props)
+    assert [r.value for r in got] == [b"token", b"login"]
 
     # A token signed by another key is refused, cleanly.
     stranger = ec.generate_private_key(ec.SECP256R1())
