@@ -71,15 +71,17 @@ async def _run_broker(settings, after_start=None, on_stop=None, on_force=None) -
     from dray_broker.server.broker import Broker
     from dray_broker.server.broker_dir import BrokerIdMismatch, DataDirInUse
     from dray_broker.server.in_use import InUse, check_free
+    from dray_broker.server.tls import TlsError
 
     broker = Broker(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, broker.reload_tls)
     try:
         await broker.start()
-    except (BrokerIdInUse, BrokerIdMismatch, ClusterMismatchError, DataDirInUse, OSError) as e:
+    except (BrokerIdInUse, BrokerIdMismatch, ClusterMismatchError, DataDirInUse, TlsError, OSError) as e:
         problem: Exception = e
         if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:  # taken since the check: say by whom
             try:

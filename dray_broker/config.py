@@ -119,7 +119,9 @@ class DraySettings(BaseSettings):
 
 def _problem(err: dict, given: Mapping[str, Any]) -> str:
     """One validation error: the setting, what is wrong, and where the value came from."""
-    name = str(err["loc"][0]) if err["loc"] else ""
+    if not err["loc"]:  # a problem of several settings together: its message names them
+        return err["msg"].removeprefix("Value error, ")
+    name = str(err["loc"][0])
     env = ENV_PREFIX + name.upper()
     if name in given:
         origin = "--" + name.replace("_", "-")
@@ -128,9 +130,7 @@ def _problem(err: dict, given: Mapping[str, Any]) -> str:
     else:
         origin = f"config file {given.get('config') or os.environ.get(ENV_PREFIX + 'CONFIG')}"
     message = err["msg"].removeprefix("Value error, ")
-    if not name:  # a rule across settings
-        return message
-    return f"{name or 'settings'}: {message} (from {origin})"
+    return f"{name}: {message} (from {origin})"
 
 
 class StorageSettings(DraySettings):
@@ -241,6 +241,17 @@ class Settings(StorageSettings):
                         "the environment)")
     advertise: str | None = Field(None, description="PROTOCOL://HOST:PORT clients of that protocol's listener are told "
                                   "to connect to, repeatable (default: the listener's host and port)")
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain) of the ssl and sasl_ssl listeners; "
+                                  "reloaded when the file changes or on SIGHUP")
+    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert (unencrypted)")
+    tls_ca: Path | None = Field(None, description="PEM CA certificate(s) that sign client certificates: ssl and "
+                                "sasl_ssl clients must present one (mTLS; the principal of an ssl client is its "
+                                "certificate's subject)")
+    tls_principal_mapping_rules: str = Field("DEFAULT", description="how a client certificate's subject names the "
+                                             "principal, as Kafka's ssl.principal.mapping.rules "
+                                             "(RULE:pattern/replacement/[LU],...,DEFAULT)")
+    tls_check_ms: int = Field(1000, ge=0, description="how often the TLS files are checked for changes (0: reloaded "
+                              "on SIGHUP only)")
     http_listen: str | None = Field(None, description="HOST:PORT for /metrics, /healthz and /readyz (off if unset)")
     broker_id: int | None = Field(None, ge=0, description="broker id (default: the one kept in "
                                  "<data-dir>/meta.properties, else a new one from the metadata store)")
@@ -293,6 +304,10 @@ class Settings(StorageSettings):
                                          "--sasl-failed-login-window-ms after which its logins fail at once (0: no "
                                          "limit)")
     sasl_failed_login_window_ms: int = Field(60_000, gt=0, description="the window of --sasl-failed-login-limit")
+    connection_failed_authentication_delay_ms: int = Field(100, ge=0, description="how long the answer to a failed "
+                                                           "login (and the close after it) waits, as Kafka's "
+                                                           "connection.failed.authentication.delay.ms: slows down "
+                                                           "clients that retry at once")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="log one JSON object per line")
     acls: bool = Field(False, description="authorize every request by the cluster's ACLs (Kafka's "
@@ -325,6 +340,28 @@ class Settings(StorageSettings):
         if v is not None and "listen" in info.data:  # (a bad listen is reported by itself)
             make_listeners(info.data["listen"], v)
         return v
+
+    @field_validator("tls_principal_mapping_rules")
+    @classmethod
+    def _check_mapping_rules(cls, v: str) -> str:
+        from dray_broker.auth.principal import SslPrincipalMapper
+
+        SslPrincipalMapper(v)
+        return v
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        """TLS listeners need a certificate and its key; the files themselves are read when the broker starts."""
+        try:
+            needing = [str(listener) for listener in self.listeners if listener.tls]
+        except ValueError:  # reported by the listen or advertise setting
+            return self
+        if needing and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError(f"{' and '.join(needing)} need{'s' if len(needing) == 1 else ''} --tls-cert and "
+                             "--tls-key (DRAY_TLS_CERT, DRAY_TLS_KEY): PEM files of the broker's certificate and key")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -463,11 +500,17 @@ def _metavar(name: str, annotation: Any) -> str:
         return "HOST:PORT"
     if name == "bootstrap":
         return "HOST:PORT[,...]"
-    if name in ("metadata", "object_store", "catalog", "warehouse"):
+    if name in ("metadata", "object_store", "catalog", "warehouse") or name.endswith("_url"):
         return "URL"
+    if name == "sasl_mechanisms":
+        return "MECHANISM[,...]"
+    if name == "sasl_oauthbearer_expected_audience":
+        return "AUDIENCE[,...]"
+    if name == "sasl_oauthbearer_expected_issuer":
+        return "ISSUER"
     if name == "data_dir":
         return "DIR"
-    if name == "config":
+    if name in ("config", "tls_cert", "tls_key", "tls_ca"):
         return "FILE"
     if name.endswith(("_port", "_host")):
         return name.rsplit("_", 1)[1].upper()

@@ -3,10 +3,11 @@ connection to a SASL listener to `Authenticator.gate` first; it serves SaslHands
 tokens of SaslHandshake v0 itself, refuses what may not come before (or during) a login as Kafka does, and lets the
 rest through (PROCEED) once the connection is authenticated, as `conn.principal`.
 
-Failed logins are answered (SASL_AUTHENTICATION_FAILED with Kafka's message, or the handshake's error), then the
-connection is closed; each is counted in dray_sasl_failed_logins{mechanism, reason}. An address with
-`limit` failures within `window_ms` gets its next logins failed at once, without checking them (reason
-rate_limited), until its failures age out of the window: password guessing costs the guesser, not the broker.
+Failed logins are answered (SASL_AUTHENTICATION_FAILED with Kafka's message, or the handshake's error) after
+connection.failed.authentication.delay.ms, then the connection is closed; each is counted in
+dray_sasl_failed_logins{mechanism, reason}. An address with `limit` failures within `window_ms` gets its next logins
+failed at once, without checking them (reason rate_limited), until its failures age out of the window: password
+guessing costs the guesser, not the broker.
 
 Before authentication a frame may not exceed sasl.server.max.receive.size (512 KiB), as in Kafka.
 """
@@ -121,8 +122,8 @@ async def _read_jwks(url: str) -> bytes:
     if parsed.scheme in ("http", "https"):
         def get() -> bytes:
             with urllib.request.urlopen(url, timeout=10) as response:
-                body: bytes = response.read()
-                return body
+                document: bytes = response.read()
+                return document
         return await asyncio.to_thread(get)
     path = urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else url
     return await asyncio.to_thread(Path(path).read_bytes)
@@ -132,8 +133,9 @@ class Authenticator:
     """The broker's SASL side: settings, the failed-login limiter and the metrics, shared by its connections."""
 
     def __init__(self, settings: SaslSettings, routes: RouteTable, metrics: BrokerMetrics, limiter: FailedLogins,
-                 max_request_bytes: int):
+                 max_request_bytes: int, failure_delay_ms: int = 0):
         self.settings = settings
+        self._failure_delay_s = failure_delay_ms / 1000
         self._routes = routes
         self._metrics = metrics
         self._limiter = limiter
@@ -182,6 +184,7 @@ class Authenticator:
                 reason = ("unsupported_mechanism" if handshake.error_code is ErrorCode.unsupported_sasl_mechanism
                           else "illegal_state")
                 self._failed(conn, sasl, reason)
+                await self._delay_failure()
                 return LastAnswer(chunks, f"SaslHandshake refused ({handshake.error_code.name})")
             return chunks
         if action is Action.AUTHENTICATE:
@@ -200,6 +203,7 @@ class Authenticator:
         M = response_module(apis.SASL_AUTHENTICATE, version)
         if self._limiter.blocked(conn.host):
             self._failed(conn, sasl, "rate_limited", count_towards_limit=False)
+            await self._delay_failure()
             body = make(M.SaslAuthenticateResponse, error_code=ErrorCode.sasl_authentication_failed,
                         error_message=RATE_LIMITED, auth_bytes=b"", session_lifetime=0)
             return LastAnswer(encode_response(apis.SASL_AUTHENTICATE, version, correlation_id, body), RATE_LIMITED)
@@ -212,6 +216,7 @@ class Authenticator:
             reason = "authentication_failed" if reply.error_code is ErrorCode.sasl_authentication_failed \
                 else "illegal_state"
             self._failed(conn, sasl, reason, detail=reply.reason)
+            await self._delay_failure()
             return LastAnswer(chunks, f"SASL authentication failed: {reply.error_message}")
         if sasl.authenticated:
             self._logged_in(conn, sasl, logged_in_before)
@@ -221,6 +226,7 @@ class Authenticator:
         """A SASL token framed alone (after SaslHandshake v0): answered the same way, without Kafka headers."""
         if self._limiter.blocked(conn.host):
             self._failed(conn, sasl, "rate_limited", count_towards_limit=False)
+            await self._delay_failure()
             conn.close(RATE_LIMITED)
             return NO_RESPONSE
         logged_in_before = sasl.principal is not None
@@ -228,6 +234,7 @@ class Authenticator:
         chunks = [reply.frame] if reply.frame is not None else []
         if reply.close:
             self._failed(conn, sasl, "authentication_failed", detail=reply.reason)
+            await self._delay_failure()
             if not chunks:
                 conn.close("SASL authentication failed")
                 return NO_RESPONSE
@@ -235,6 +242,12 @@ class Authenticator:
         if sasl.authenticated:
             self._logged_in(conn, sasl, logged_in_before)
         return chunks
+
+    async def _delay_failure(self) -> None:
+        """Kafka's connection.failed.authentication.delay.ms: the failed client waits before it learns, and so
+        before it retries (this connection's requests only: the others are served meanwhile)."""
+        if self._failure_delay_s > 0:
+            await asyncio.sleep(self._failure_delay_s)
 
     def _logged_in(self, conn: Connection, sasl: SaslConnection, reauthentication: bool) -> None:
         assert sasl.principal is not None and sasl.mechanism is not None

@@ -39,6 +39,7 @@ from dray_broker.server.connection import Connection
 from dray_broker.server.dispatch import Dispatcher
 from dray_broker.server.handling import NoService
 from dray_broker.server.listeners import Listener
+from dray_broker.server.tls import HANDSHAKE_TIMEOUT_S, ServerTls
 from dray_broker.server.request_budget import RequestBudget
 from dray_broker.server.routes import ROUTES
 from dray_broker.server.services import (
@@ -78,6 +79,7 @@ class Broker:
         self.cluster_id = ""
         self.broker_id = -1
         self.listeners: list[Listener] = []  # the Kafka listeners, once bound (ports known)
+        self.tls: ServerTls | None = None  # the ssl and sasl_ssl listeners' certificates, if there are such
         self.port = -1  # the first listener's bound port, once started
         self._dispatcher: Dispatcher | None = None  # once every service it routes to has started
         self._authenticator: Authenticator | None = None
@@ -94,6 +96,10 @@ class Broker:
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         s = self.settings
+        if s.tls_cert is not None and s.tls_key is not None:  # first: unusable files stop the broker at once
+            self.tls = ServerTls(s.tls_cert, s.tls_key, s.tls_ca, s.tls_principal_mapping_rules)
+            if s.tls_check_ms:
+                _run_until_stopped(stack, self.tls.watch(s.tls_check_ms / 1000), "tls-watch")
         data_dir = lock_data_dir(s.data_dir, s.listen)
         if data_dir is not None:
             stack.callback(data_dir.unlock)
@@ -129,9 +135,10 @@ class Broker:
         # Bound now (the registration says the ports), serving only once everything below has started.
         servers = []
         for listener in s.listeners:
+            tls = self.tls.context if listener.tls and self.tls is not None else None
             server = await asyncio.get_running_loop().create_server(
                 functools.partial(self._new_connection, listener), listener.host, listener.port, reuse_address=True,
-                start_serving=False)
+                ssl=tls, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None, start_serving=False)
             stack.callback(server.close)
             servers.append(server)
             self.listeners.append(listener.bound(server.sockets[0].getsockname()[1]))
@@ -167,7 +174,8 @@ class Broker:
         credentials = ScramCredentialStore(metadata)
         self._authenticator = Authenticator(
             sasl_settings(s, credentials, self.cluster_id), ROUTES, self.metrics,
-            FailedLogins(s.sasl_failed_login_limit, s.sasl_failed_login_window_ms), s.max_request_bytes)
+            FailedLogins(s.sasl_failed_login_limit, s.sasl_failed_login_window_ms), s.max_request_bytes,
+            s.connection_failed_authentication_delay_ms)
         self._dispatcher = Dispatcher(ROUTES, [
             ROUTES,
             NoService(),
@@ -234,13 +242,19 @@ class Broker:
     def _new_connection(self, listener: Listener) -> Connection:
         assert self._dispatcher is not None, "connections are accepted once the broker has started"
         conn = Connection(self._dispatcher.dispatch, self.settings.max_request_bytes, self._connection_closed,
-                          self.request_budget, listener=self._bound(listener))
-        if conn.listener.sasl:
+                          self.request_budget, listener=self._bound(listener),
+                          identify=self.tls.principal if listener.tls and self.tls is not None else None)
+        if conn.listener.sasl:  # the login comes first (server/authentication.py)
             assert self._authenticator is not None
             self._authenticator.attach(conn)
         self.connections.add(conn)
         self.metrics.connections.inc()
         return conn
+
+    def reload_tls(self) -> None:
+        """SIGHUP: load the TLS files again (new handshakes use them; open connections keep theirs)."""
+        if self.tls is not None:
+            self.tls.reload("SIGHUP")
 
     def _bound(self, listener: Listener) -> Listener:
         """The bound listener (port known) of a configured one."""

@@ -78,12 +78,15 @@ class Connection(asyncio.BufferedProtocol):
                  "_filled", "_frame_size", "_frames", "_responses", "_transport", "_tasks", "_paused",
                  "_waiting_for_budget", "_too_many_in_flight", "_draining", "_write_paused", "_closing", "_lost",
                  "_received", "_stalled", "_unanswered", "_frames_waiter", "_responses_waiter",
-                 "_writable_waiter", "_answered_waiter", "peer", "host", "client_id", "listener", "principal", "sasl",
-                 "_ending")
+                 "_writable_waiter", "_answered_waiter", "peer", "host", "client_id", "listener", "principal", "_identify",
+                 "sasl", "_ending")
 
     def __init__(self, handle_frame: FrameHandler, max_frame_bytes: int, on_close: Callable[["Connection"], None],
                  budget: RequestBudget, *, listener: Listener = PLAINTEXT_LISTENER,
+                 identify: Callable[[asyncio.BaseTransport], KafkaPrincipal] | None = None,
                  stalled_sweeps: int = STALLED_SWEEPS):
+        """identify: the principal of a client from its transport once connected (a TLS client certificate's
+        subject); ValueError refuses the client."""
         self._handle_frame = handle_frame
         self._max_frame = max_frame_bytes
         self._on_close = on_close
@@ -119,6 +122,7 @@ class Connection(asyncio.BufferedProtocol):
         self.client_id: str | None = None
         self.listener = listener  # the listener the client connected on
         self.principal: KafkaPrincipal = ANONYMOUS  # who the client authenticated as (TLS certificate or SASL)
+        self._identify = identify
         # The SASL state of a connection to a SASL listener (server/authentication.py attaches it), else None.
         self.sasl: SaslConnection | None = None
 
@@ -142,6 +146,13 @@ class Connection(asyncio.BufferedProtocol):
             asyncio.create_task(self._process(), name=f"conn-process-{self.peer}"),
             asyncio.create_task(self._write(), name=f"conn-write-{self.peer}"),
         ]
+        if self._identify is not None:
+            try:
+                self.principal = self._identify(transport)
+            except ValueError as e:
+                self.close(f"{self.listener.name} client refused: {e}")
+                return
+            log.debug("connection from %s on %s as %s", self.peer, self.listener.name, self.principal)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._filled == len(self._buffer):

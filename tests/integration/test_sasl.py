@@ -199,11 +199,12 @@ def confluent_consume(config: dict, topic: str, n: int) -> list[bytes]:
     return got
 
 
-def kafka_python_round_trip(bootstrap, mechanism, user, password, topic, records) -> list[bytes]:
+def kafka_python_round_trip(bootstrap, mechanism, user, password, topic, records, **auth) -> list[bytes]:
+    """Produce then read back with kafka-python (auth: other client settings, e.g. an OAUTHBEARER token provider)."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     auth = dict(bootstrap_servers=bootstrap, security_protocol="SASL_PLAINTEXT", sasl_mechanism=mechanism,
-                sasl_plain_username=user, sasl_plain_password=password)
+                sasl_plain_username=user, sasl_plain_password=password, **auth)
     producer = KafkaProducer(**auth, linger_ms=5, enable_idempotence=False, max_block_ms=int(TIMEOUT * 1000))
     try:
         futures = [producer.send(topic, v, partition=0) for v in records]
@@ -306,11 +307,8 @@ def test_confluent_kafka_logs_in_produces_and_consumes(sasl_broker, mechanism):
     assert sasl_broker.metric("dray_sasl_logins_total", mechanism=mechanism, reauthentication="false") >= 1
 
 
-@pytest.mark.parametrize("client,mechanism", [
-    ("kafka-python", "SCRAM-SHA-256"), ("kafka-python", "PLAIN"),
-    ("aiokafka", "SCRAM-SHA-512"), ("aiokafka", "PLAIN"),
-    ("kcat", "SCRAM-SHA-256"), ("kcat", "PLAIN"),
-])
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+@pytest.mark.parametrize("client", ["kafka-python", "aiokafka", "kcat"])
 def test_other_python_clients_and_kcat_log_in(sasl_broker, client, mechanism):
     user, password = f"u-{uuid.uuid4().hex[:8]}", f"secret-{uuid.uuid4().hex[:6]}"
     create_user(sasl_broker, user, password)
@@ -434,7 +432,7 @@ def test_a_user_created_through_one_broker_logs_in_on_another(backend, request, 
 # --------------------------------------------------------------------------------------------- OAUTHBEARER
 
 
-def test_oauthbearer_with_a_token_from_a_key_the_test_made(sasl_broker, issuer):
+def test_oauthbearer_with_a_token_from_a_key_the_test_made(sasl_broker, issuer, monkeypatch):
     from confluent_kafka import KafkaError
 
     topic = f"sasl-oauth-{uuid.uuid4().hex[:6]}"
@@ -443,6 +441,33 @@ def test_oauthbearer_with_a_token_from_a_key_the_test_made(sasl_broker, issuer):
     confluent_produce(config, topic, [b"token", b"login"])
     assert confluent_consume(config, topic, 2) == [b"token", b"login"]
     assert sasl_broker.metric("dray_sasl_logins_total", mechanism="OAUTHBEARER") >= 1
+
+    # kafka-python, with a token provider.
+    from kafka.net.sasl.oauth import AbstractTokenProvider
+
+    class Tokens(AbstractTokenProvider):
+        def token(self):
+            return issuer.token("service-b")[0]
+
+    records = [b"from", b"kafka-python"]
+    assert kafka_python_round_trip(sasl_broker.bootstrap, "OAUTHBEARER", None, None, f"{topic}-kp", records,
+                                   sasl_oauth_token_provider=Tokens()) == records
+
+    # The Java client, with Kafka's own login handler reading the token from a file (KIP-768's file token
+    # endpoint; Kafka 4 wants the URL allowed by a system property).
+    from tests.integration.java_client import JavaClient, ensure_built
+
+    token_file = issuer.jwks.parent / f"token-{uuid.uuid4().hex[:6]}.jwt"
+    token_file.write_text(issuer.token("service-c")[0])
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS",
+                       f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={token_file.as_uri()}")
+    props = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "OAUTHBEARER",
+             "sasl.login.callback.handler.class":
+                 "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler",
+             "sasl.oauthbearer.token.endpoint.url": token_file.as_uri(),
+             "sasl.jaas.config": "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required ;"}
+    got = JavaClient(ensure_built()).consume(sasl_broker.bootstrap, topic, count=2, assign="all", props=props)
+    assert [r.value for r in got] == [b"token", b"login"]
 
     # A token signed by another key is refused, cleanly.
     stranger = ec.generate_private_key(ec.SECP256R1())
@@ -475,6 +500,27 @@ def test_sessions_expire_and_clients_reauthenticate(tmp_path, issuer):
         assert broker.metric("dray_sasl_logins_total", reauthentication="true") >= 3
         assert not errors and delivered
         assert [m.offset() for m in delivered] == list(range(len(delivered)))
+        assert broker.metric("dray_sasl_failed_logins_total") == 0
+
+        del producer  # closed: only the Java consumer's connections log in from now on
+
+        # The Java client re-authenticates too: a consumer fetching across several session lifetimes.
+        from tests.integration.java_client import JavaClient, ensure_built
+
+        tool = JavaClient(ensure_built())
+        before = broker.metric("dray_sasl_logins_total", reauthentication="true")
+        with tool.start_consumer(broker.bootstrap, topic, assign="all",
+                                 props=java_props("SCRAM-SHA-512", "reauth", "pw")) as consumer:
+            consumer.wait_for(lambda e: len(consumer.records()) >= len(delivered))
+            deadline = time.monotonic() + 30
+            while (broker.metric("dray_sasl_logins_total", reauthentication="true") < before + 2
+                   and time.monotonic() < deadline):
+                time.sleep(0.2)  # polling the broker's counter
+            confluent_produce(confluent_config(broker.bootstrap, "SCRAM-SHA-512", "reauth", "pw"), topic, [b"late"])
+            consumer.wait_for(lambda e: len(consumer.records()) >= len(delivered) + 1)
+            assert consumer.close() == 0
+        assert broker.metric("dray_sasl_logins_total", reauthentication="true") >= before + 2
+        assert consumer.records()[-1].value == b"late"
         assert broker.metric("dray_sasl_failed_logins_total") == 0
     finally:
         broker.process.stop()
@@ -540,6 +586,59 @@ def test_a_plaintext_login_with_handshake_v0_raw_tokens(sasl_broker):
         assert metadata.brokers
     finally:
         wire.close()
+
+
+def test_a_listener_without_sasl_refuses_the_sasl_apis(sasl_broker):
+    """The broker's PLAINTEXT listener (next to its SASL one) answers SaslHandshake and SaslAuthenticate with
+    ILLEGAL_SASL_STATE, as Kafka does, and serves on."""
+    from kio.schema.metadata.v12.request import MetadataRequest
+    from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest
+    from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
+
+    wire = Wire(sasl_broker.process.bootstrap)
+    try:
+        assert wire.call(17, 1, SaslHandshakeRequest(mechanism="PLAIN")).error_code == ErrorCode.illegal_sasl_state
+        reply = wire.call(36, 2, SaslAuthenticateRequest(auth_bytes=f"\0{ADMIN}\0{ADMIN_PASSWORD}".encode()))
+        assert reply.error_code == ErrorCode.illegal_sasl_state
+        assert wire.call(3, 12, MetadataRequest(topics=None, allow_auto_topic_creation=False,
+                                                include_topic_authorized_operations=False)).brokers
+    finally:
+        wire.close()
+
+
+def test_an_expired_session_is_closed_at_its_next_request(tmp_path, issuer):
+    """A client that does not re-authenticate (this raw one) is told its session lifetime and is disconnected at
+    its first request after it, as Kafka does."""
+    from kio.schema.metadata.v12.request import MetadataRequest
+    from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest
+    from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
+
+    metadata, objects = f"sqlite://{tmp_path}/meta.db", f"file://{tmp_path}/objects"
+    bootstrap_user(ADMIN, ADMIN_PASSWORD, metadata)
+    broker = start_sasl_broker(tmp_path / "b", metadata, objects, issuer.jwks, "--connections-max-reauth-ms", "1000")
+    wire = _sasl_wire(broker)
+    try:
+        assert wire.call(17, 1, SaslHandshakeRequest(mechanism="PLAIN")).error_code == ErrorCode.none
+        reply = wire.call(36, 2, SaslAuthenticateRequest(auth_bytes=f"\0{ADMIN}\0{ADMIN_PASSWORD}".encode()))
+        assert reply.error_code == ErrorCode.none
+        assert reply.session_lifetime.total_seconds() * 1000 == 1000
+        request = MetadataRequest(topics=None, allow_auto_topic_creation=False,
+                                  include_topic_authorized_operations=False)
+        answered = 0
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                wire.call(3, 12, request)
+                answered += 1
+            except ConnectionError:
+                break
+            time.sleep(0.1)  # a client's pace between requests, not a wait for the broker
+        else:
+            pytest.fail("the session never ended")
+        assert answered >= 1 and _closed(wire.sock)
+    finally:
+        wire.close()
+        broker.process.stop()
 
 
 def test_failed_logins_are_rate_limited_per_address(tmp_path, issuer):
@@ -658,3 +757,46 @@ def fuzz_broker(tmp_path_factory, issuer):
     confluent_produce(confluent_config(broker.bootstrap, "SCRAM-SHA-256", ADMIN, ADMIN_PASSWORD), topic, [b"alive"])
     assert "Traceback" not in broker.process.log()
     broker.process.stop()
+
+
+# --------------------------------------------------------------------------------------------- SASL_SSL
+
+
+def test_sasl_over_tls(tmp_path, issuer):
+    """A sasl_ssl listener: TLS first (the client checks the broker's certificate), then the SASL login, with
+    librdkafka and the Java client; a wrong password fails the same clean way."""
+    from confluent_kafka import KafkaError
+
+    from tests.integration.certs import TestCA
+    from tests.integration.java_client import JavaClient, Record, ensure_built
+
+    ca = TestCA(tmp_path / "pki")
+    server = ca.server()
+    metadata, objects = f"sqlite://{tmp_path}/meta.db", f"file://{tmp_path}/objects"
+    bootstrap_user("tls-user", "tls-pw", metadata, mechanism="SCRAM-SHA-512")
+    port = free_port()
+    broker = BrokerProcess(tmp_path / "b", metadata=metadata, object_store=objects,
+                           extra_args=["--listen", f"SASL_SSL://127.0.0.1:{port}", "--tls-cert", str(server.cert),
+                                       "--tls-key", str(server.key)]).start()
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        tls = {"security.protocol": "SASL_SSL", "ssl.ca.location": str(ca.cert)}
+        config = {**confluent_config(bootstrap, "SCRAM-SHA-512", "tls-user", "tls-pw"), **tls}
+        topic = f"sasl-ssl-{uuid.uuid4().hex[:6]}"
+        records = values(100, "ssl")
+        confluent_produce(config, topic, records)
+        assert confluent_consume({**config, "sasl.mechanism": "PLAIN"}, topic, 100) == records
+
+        props = {**java_props("SCRAM-SHA-512", "tls-user", "tls-pw"), "security.protocol": "SASL_SSL",
+                 "ssl.truststore.type": "PEM", "ssl.truststore.location": str(ca.cert)}
+        got = JavaClient(ensure_built()).consume(bootstrap, topic, count=100, assign="all", props=props)
+        assert [r.value for r in got] == records
+        acks = JavaClient(ensure_built()).produce(bootstrap, topic, [Record(key=None, value=b"java", partition=0)],
+                                                 props=props)
+        assert [a.offset for a in acks] == [100]
+
+        error = login_error(bootstrap, {**tls, "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "tls-user",
+                                        "sasl.password": "wrong"})
+        assert error is not None and error.code() == KafkaError._AUTHENTICATION, error
+    finally:
+        broker.stop()

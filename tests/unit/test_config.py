@@ -94,6 +94,7 @@ def test_flags_that_were_not_given_do_not_override(monkeypatch):
     ({"listen": "tls://h:1"}, {}, "listen: 'tls://h:1': unknown protocol 'tls' (use plaintext, ssl, sasl_plaintext"),
     ({"listen": "h:1", "advertise": "ssl://x:2"}, {}, "advertise: advertised SSL://x:2 has no SSL listener"),
     ({}, {"DRAY_LISTEN": "ssl://h:1,SSL://h:2"}, "listen: two SSL listeners (SSL://h:1 and SSL://h:2)"),
+    ({"tls_principal_mapping_rules": "RULE:[/x/"}, {}, "tls_principal_mapping_rules: Invalid rule: 'RULE:[/x/'"),
     ({}, {"DRAY_FLUSH_MS": "-1"}, "flush_ms: Input should be greater than 0 (from DRAY_FLUSH_MS)"),
     ({"metadata": "redis://x"}, {}, "metadata: use sqlite:///path/meta.db or oxia://host:port (from --metadata)"),
     ({"object_store": "gs://b"}, {}, "object_store: use file:///path or s3://"),
@@ -165,12 +166,17 @@ def test_listeners_come_from_repeated_flags_the_environment_or_a_yaml_list(tmp_p
     parser = argparse.ArgumentParser()
     add_flags(parser)
     flags = parser.parse_args(["--listen", "0.0.0.0:9092", "--listen", "SASL_SSL://0.0.0.0:9094",
-                               "--advertise", "sasl_ssl://kafka.example:19094"])
+                               "--advertise", "sasl_ssl://kafka.example:19094", "--tls-cert", "b.pem",
+                               "--tls-key", "b.key"])
     s = Settings.load(flags)
     assert [(x.name, x.host, x.port, x.advertised_host, x.advertised_port) for x in s.listeners] == [
         ("PLAINTEXT", "0.0.0.0", 9092, "127.0.0.1", 0), ("SASL_SSL", "0.0.0.0", 9094, "kafka.example", 19094)]
     assert s.advertised == ("127.0.0.1", 9092)
     monkeypatch.setenv("DRAY_LISTEN", "ssl://127.0.0.1:9093,127.0.0.1:9092")
+    with pytest.raises(ConfigError, match="SSL://127.0.0.1:9093 needs --tls-cert and --tls-key"):
+        Settings.load({})
+    monkeypatch.setenv("DRAY_TLS_CERT", "b.pem")
+    monkeypatch.setenv("DRAY_TLS_KEY", "b.key")
     from_env = Settings.load({})
     assert [(x.name, x.port, x.tls, x.sasl) for x in from_env.listeners] == [("SSL", 9093, True, False),
                                                                              ("PLAINTEXT", 9092, False, False)]
@@ -179,6 +185,11 @@ def test_listeners_come_from_repeated_flags_the_environment_or_a_yaml_list(tmp_p
     assert Settings.load({}).listeners == from_env.listeners
     monkeypatch.delenv("DRAY_LISTEN")
     config = tmp_path / "dray.yaml"
+    monkeypatch.delenv("DRAY_TLS_CERT")
+    monkeypatch.delenv("DRAY_TLS_KEY")
+    config.write_text("listen: [sasl_plaintext://h:1, 'h:2']\ntls_key: x\n")
+    with pytest.raises(ConfigError, match="--tls-cert and --tls-key go together"):
+        Settings.load({"config": config})
     config.write_text("listen: [sasl_plaintext://h:1, 'h:2']\n")
     assert [x.name for x in Settings.load({"config": config}).listeners] == ["SASL_PLAINTEXT", "PLAINTEXT"]
 
