@@ -22,6 +22,7 @@ from pathlib import Path
 from dray_broker.config import LakeSettings
 from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.index.offsets import OffsetIndex
+from dray_broker.keyspace import IndexFamily
 from dray_broker.metadata import open_metadata_store
 from dray_broker.objectstore import open_object_store
 from dray_broker.produce.wal_writer import WalWriter
@@ -99,7 +100,7 @@ async def read_back(settings, topic: str, partitions: int) -> tuple[float, int]:
         total = 0
         started = time.perf_counter()
         for p in range(partitions):
-            for entry in await lake.index.entries(t.partition(p), "pq-"):
+            for entry in await lake.index.entries(t.partition(p), IndexFamily.PARQUET):
                 total += len((await reader.load(entry)).data)
         return time.perf_counter() - started, total
 

@@ -5,8 +5,8 @@ The pairing matters because the stores only make sense together: the offset inde
 objects (object store). A fresh metadata store pointed at a bucket that already holds another cluster's WAL would
 serve none of that data, and orphan GC would then delete all of it as "written, never indexed".
 
-The metadata store keeps the id at CLUSTER_KEY (made by the first broker); the object store keeps a copy in the
-object MARKER_KEY, written create-only by the first broker that starts on it. Brokers refuse to start on a
+The metadata store keeps the id at keyspace.CLUSTER_ID (made by the first broker); the object store keeps a copy
+in the object MARKER_KEY, written create-only by the first broker that starts on it. Brokers refuse to start on a
 mismatch; pipelines refuse to run (and so to collect garbage). A broker whose object store does not answer at
 start still starts (reporting not ready on /readyz), with a warning: the check that prevents data loss is the
 pipelines', which runs before every garbage collection.
@@ -18,12 +18,12 @@ import asyncio
 import logging
 import uuid
 
+from dray_broker.keyspace import CLUSTER_ID
 from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, VersionMismatchError
 from dray_broker.objectstore import ObjectExistsError, ObjectNotFoundError, ObjectStore, ObjectStoreError
 
 log = logging.getLogger(__name__)
 
-CLUSTER_KEY = "/dray/cluster"
 MARKER_KEY = "dray-cluster-id"
 # How long a starting broker waits for the object store to answer the check.
 CHECK_TIMEOUT_S = 5.0
@@ -38,10 +38,10 @@ async def ensure_cluster_identity(metadata: MetadataStore, objects: ObjectStore,
     """The cluster id (made on first use), after checking the object store's marker (written on first use).
     Raise ClusterMismatchError on a mismatch; only warn if the object store does not answer in timeout_s."""
     try:
-        await metadata.put(CLUSTER_KEY, str(uuid.uuid4()).encode(), expected_version=MUST_NOT_EXIST)
+        await metadata.put(CLUSTER_ID, str(uuid.uuid4()).encode(), expected_version=MUST_NOT_EXIST)
     except VersionMismatchError:
         pass
-    cluster_id = (await metadata.get(CLUSTER_KEY)).value.decode()
+    cluster_id = (await metadata.get(CLUSTER_ID)).value.decode()
     try:
         await asyncio.wait_for(_mark(objects, cluster_id), timeout_s)
     except (ObjectStoreError, asyncio.TimeoutError) as e:
@@ -66,7 +66,7 @@ async def check_cluster_identity(metadata: MetadataStore, objects: ObjectStore) 
     change nothing (an object store no broker has used yet has no marker, and nothing to collect)."""
     marker = await _marker(objects)
     if marker is not None:
-        entry = await metadata.get(CLUSTER_KEY)
+        entry = await metadata.get(CLUSTER_ID)
         _check(entry.value.decode() if entry is not None else None, marker)
 
 

@@ -285,8 +285,37 @@ class Settings(StorageSettings):
                                            "partition is forgotten this long after its last write")
     fetch_cache_bytes: int = Field(1024 * 1024 * 1024, ge=0, description="bytes of record batches cached for "
                                    "fetch (recent commits and chunks read back), least recently used out first")
+    sasl_mechanisms: str = Field("SCRAM-SHA-256,SCRAM-SHA-512,PLAIN", description="SASL mechanisms of the "
+                                 "sasl_plaintext and sasl_ssl listeners, comma-separated: SCRAM-SHA-256, "
+                                 "SCRAM-SHA-512, PLAIN (checked against the SCRAM credential), OAUTHBEARER (needs "
+                                 "--sasl-oauthbearer-jwks-url)")
+    connections_max_reauth_ms: int = Field(0, ge=0, description="longest a SASL login lasts before the client must "
+                                           "re-authenticate (KIP-368; 0: until the connection closes, or the "
+                                           "OAUTHBEARER token expires)")
+    sasl_oauthbearer_jwks_url: str | None = Field(None, description="the JSON Web Key Set that OAUTHBEARER tokens "
+                                                  "are checked with: a file path, file:// or https:// URL")
+    sasl_oauthbearer_jwks_refresh_ms: int = Field(3_600_000, gt=0, description="how often the JWKS is read again "
+                                                  "(also at once, at most every 10 s, for a token with an unknown kid)")
+    sasl_oauthbearer_expected_audience: str | None = Field(None, description="audiences a token's aud claim must "
+                                                           "name one of (comma-separated; unset: not checked)")
+    sasl_oauthbearer_expected_issuer: str | None = Field(None, description="the issuer a token's iss claim must be "
+                                                         "(unset: not checked)")
+    sasl_failed_login_limit: int = Field(20, ge=0, description="failed SASL logins from one client address within "
+                                         "--sasl-failed-login-window-ms after which its logins fail at once (0: no "
+                                         "limit)")
+    sasl_failed_login_window_ms: int = Field(60_000, gt=0, description="the window of --sasl-failed-login-limit")
+    connection_failed_authentication_delay_ms: int = Field(100, ge=0, description="how long the answer to a failed "
+                                                           "login (and the close after it) waits, as Kafka's "
+                                                           "connection.failed.authentication.delay.ms: slows down "
+                                                           "clients that retry at once")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="log one JSON object per line")
+    acls: bool = Field(False, description="authorize every request by the cluster's ACLs (Kafka's "
+                       "authorizer.class.name); off: everyone may do everything")
+    super_users: str | None = Field(None, description="principals allowed everything, comma-separated "
+                                    "(User:admin,User:ops), as Kafka's super.users")
+    allow_everyone_if_no_acl_found: bool = Field(False, description="allow a request on a resource that has no ACL "
+                                                 "at all, as Kafka's allow.everyone.if.no.acl.found")
 
     @field_validator("listen", "advertise", mode="before")
     @classmethod
@@ -340,6 +369,41 @@ class Settings(StorageSettings):
         if v.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("use DEBUG, INFO, WARNING or ERROR")
         return v.upper()
+
+    @field_validator("super_users")
+    @classmethod
+    def _check_super_users(cls, v: str | None) -> str | None:
+        if v is not None:
+            for name in v.split(","):
+                if ":" not in name.strip():
+                    raise ValueError(f"{name.strip()!r} is not a principal (Type:name, e.g. User:admin)")
+        return v
+
+    @property
+    def super_user_list(self) -> list[str]:
+        return [s.strip() for s in (self.super_users or "").split(",") if s.strip()]
+
+    @field_validator("sasl_mechanisms")
+    @classmethod
+    def _check_mechanisms(cls, v: str) -> str:
+        from dray_broker.auth.sasl import MECHANISMS
+
+        names = [m.strip().upper() for m in v.split(",") if m.strip()]
+        unknown = [m for m in names if m not in MECHANISMS]
+        if not names or unknown or len(set(names)) != len(names):
+            raise ValueError(f"list each of {', '.join(MECHANISMS)} at most once" +
+                             (f" ({', '.join(unknown)} is not one)" if unknown else ""))
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _check_oauthbearer(self) -> Self:
+        if "OAUTHBEARER" in self.enabled_sasl_mechanisms and not self.sasl_oauthbearer_jwks_url:
+            raise ValueError("sasl_mechanisms has OAUTHBEARER: set sasl_oauthbearer_jwks_url too")
+        return self
+
+    @property
+    def enabled_sasl_mechanisms(self) -> tuple[str, ...]:
+        return tuple(self.sasl_mechanisms.split(","))
 
     @property
     def listeners(self) -> list[Listener]:
@@ -438,8 +502,14 @@ def _metavar(name: str, annotation: Any) -> str:
         return "HOST:PORT"
     if name == "bootstrap":
         return "HOST:PORT[,...]"
-    if name in ("metadata", "object_store", "catalog", "warehouse"):
+    if name in ("metadata", "object_store", "catalog", "warehouse") or name.endswith("_url"):
         return "URL"
+    if name == "sasl_mechanisms":
+        return "MECHANISM[,...]"
+    if name == "sasl_oauthbearer_expected_audience":
+        return "AUDIENCE[,...]"
+    if name == "sasl_oauthbearer_expected_issuer":
+        return "ISSUER"
     if name == "data_dir":
         return "DIR"
     if name in ("config", "tls_cert", "tls_key", "tls_ca", "command_config"):

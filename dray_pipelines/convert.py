@@ -1,4 +1,5 @@
-"""Record batches (as in WAL chunks) -> Arrow tables in the topic table's schema, one row per record.
+"""Record batches (as in WAL chunks) -> Arrow tables in the topic table's schema (dray_broker/lake_schema.py), one row
+per record.
 
 Every batch becomes rows, control batches included (their offsets exist in the log; `attributes & 32` marks
 them), so that a Parquet range holds every offset it claims and can be rebuilt into the same batches.
@@ -15,10 +16,11 @@ import pyarrow as pa
 from dray_broker.records.batch import HEADER_SIZE, TIMESTAMP_TYPE_LOG_APPEND, read_header
 from dray_broker.records.decode import DEFAULT_MAX_INFLATED, RecordDecodeError, decompress
 from dray_broker.records.decode import read_varint as _varint
-from dray_pipelines.tables import ARROW_SCHEMA
+from dray_broker import lake_schema as S
 
-_HEADER_TYPE = ARROW_SCHEMA.field("headers").type
-_HEADER_STRUCT = _HEADER_TYPE.value_type
+_TYPES = {f.name: f.type for f in S.ARROW_SCHEMA}
+_HEADER_KEY = S.HEADER_STRUCT.field(S.HEADER_KEY)
+_HEADER_VALUE = S.HEADER_STRUCT.field(S.HEADER_VALUE)
 
 
 class RowGroupBuilder:
@@ -182,25 +184,25 @@ class RowGroupBuilder:
         headers = pa.LargeListArray.from_arrays(
             pa.array(self.header_offsets, pa.int64()),
             pa.StructArray.from_arrays(
-                [pa.array(self.header_keys, pa.large_string()), pa.array(self.header_values, pa.large_binary())],
-                fields=list(_HEADER_STRUCT),
+                [pa.array(self.header_keys, _HEADER_KEY.type), pa.array(self.header_values, _HEADER_VALUE.type)],
+                fields=[_HEADER_KEY, _HEADER_VALUE],
             ),
-            type=_HEADER_TYPE,
+            type=_TYPES[S.HEADERS],
         )
-        arrays = [
-            pa.array([self.partition] * n, pa.int32()),
-            pa.array(self.offsets, pa.int64()),
-            pa.array([t * 1000 for t in self.timestamps], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-            pa.array(self.keys, pa.large_binary()),
-            pa.array(self.values, pa.large_binary()),
-            headers,
-            pa.array(self.attributes, pa.int32()),
-            pa.array(self.batch_offsets, pa.int64()),
-            pa.array(self.producer_ids, pa.int64()),
-            pa.array(self.producer_epochs, pa.int32()),
-            pa.array(self.base_sequences, pa.int32()),
-        ]
-        table = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+        columns = {
+            S.PARTITION: [self.partition] * n,
+            S.OFFSET: self.offsets,
+            S.TIMESTAMP: [t * S.MICROS_PER_MS for t in self.timestamps],
+            S.KEY: self.keys,
+            S.VALUE: self.values,
+            S.ATTRIBUTES: self.attributes,
+            S.BATCH_OFFSET: self.batch_offsets,
+            S.PRODUCER_ID: self.producer_ids,
+            S.PRODUCER_EPOCH: self.producer_epochs,
+            S.BASE_SEQUENCE: self.base_sequences,
+        }
+        arrays = [headers if f.name == S.HEADERS else pa.array(columns[f.name], f.type) for f in S.ARROW_SCHEMA]
+        table = pa.Table.from_arrays(arrays, schema=S.ARROW_SCHEMA)
         info = {"start": self.start, "end": self.end, "wal_bytes": self.wal_bytes,
                 "min_ts": self.min_ts if self.min_ts is not None else -1,
                 "max_ts": self.max_ts if self.max_ts is not None else -1, "rows": n}

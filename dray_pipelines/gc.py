@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 
 from dray_broker import faults
 from dray_broker.index.offsets import IndexEntry, ParquetLocation
-from dray_broker.produce.producers import partition_dir as producer_states_dir
+from dray_broker.keyspace import IndexFamily
+from dray_broker.produce.producers import purge_producer_states
 from dray_broker.topics.catalog import Topic, TopicCatalog
-from dray_pipelines.lake import LAKE_PREFIX, Lake, now_ms, partition_key, wal_object_ms
+from dray_pipelines.lake import Lake, now_ms, partition_key, wal_object_ms
 from dray_pipelines.tables import purge_topic_table, table_location
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ def _digest(items) -> str:
 class WalGcPlan:
     entries: list[tuple[str, str]] = field(default_factory=list)  # (partition key, index key) of WAL entries
     parquet_entries: list[tuple[str, str]] = field(default_factory=list)  # (partition key, index key)
+    # Per partition key with entries to delete: WAL entries below the first offset go (but the newest), Parquet
+    # entries below the second. The run deletes through the offset index, which re-reads the entries.
+    below: dict[str, tuple[int, int]] = field(default_factory=dict)
     objects: list[str] = field(default_factory=list)
     unnoted: list[str] = field(default_factory=list)  # partitions whose boundaries moved but are not recorded
     bytes: int = 0
@@ -89,7 +93,8 @@ async def plan_wal_gc(lake: Lake, grace_ms: int, at_ms: int | None = None) -> Wa
             plan.unnoted.append(key)
         dead_expired = min(lake.expired(history["dead"], grace_ms, at_ms), dead)
         start_expired = min(lake.expired(history["start"], grace_ms, at_ms), log_start)
-        entries = await lake.index.entries(ref, "wal-")
+        planned = len(plan.entries) + len(plan.parquet_entries)
+        entries = await lake.index.entries(ref, IndexFamily.WAL)
         for i, e in enumerate(entries):
             gone = e.end <= dead_expired
             obj = e.location.object_key
@@ -97,9 +102,11 @@ async def plan_wal_gc(lake: Lake, grace_ms: int, at_ms: int | None = None) -> Wa
             if gone and i < len(entries) - 1:
                 plan.entries.append((key, e.key))
         if start_expired > 0:
-            for e in await lake.index.entries(ref, "pq-"):
+            for e in await lake.index.entries(ref, IndexFamily.PARQUET):
                 if e.end <= start_expired:
                     plan.parquet_entries.append((key, e.key))
+        if len(plan.entries) + len(plan.parquet_entries) > planned:
+            plan.below[key] = (dead_expired, start_expired)
     plan.objects = sorted(k for k, gone in all_dead.items() if gone and k in existing)
     plan.bytes = sum(existing[k] for k in plan.objects)
     return plan
@@ -108,22 +115,23 @@ async def plan_wal_gc(lake: Lake, grace_ms: int, at_ms: int | None = None) -> Wa
 async def run_wal_gc(lake: Lake, grace_ms: int) -> dict:
     """Record boundaries not yet recorded, then delete what a fresh plan says is collectable."""
     topics = {t.name: t for t in await lake.topics()}
+    by_partition = {partition_key(t.name, p): t.partition(p) for t in topics.values() for p in range(t.partitions)}
     first = await plan_wal_gc(lake, grace_ms)
     for key in first.unnoted:
-        topic_name, p = key.rsplit("-", 1)
-        ref = topics[topic_name].partition(int(p))
+        ref = by_partition[key]
         watermark, _ = await lake.index.compacted_watermark(ref)
         log_start = await lake.index.log_start_offset(ref)
         await lake.note_boundaries(ref, dead=max(watermark, log_start), start=log_start or None)
     plan = await plan_wal_gc(lake, grace_ms) if first.unnoted else first
-    by_partition = {f"{t.name}-{p}": t.partition(p) for t in topics.values() for p in range(t.partitions)}
-    for key, index_key in plan.entries + plan.parquet_entries:
+    wal_deleted = parquet_deleted = 0
+    for key, (wal_below, parquet_below) in plan.below.items():
         ref = by_partition[key]
-        await lake.store.delete(index_key, partition_key=ref.partition_key)
+        wal_deleted += await lake.index.delete_wal_entries_below(ref, wal_below)
+        parquet_deleted += await lake.index.delete_parquet_entries_below(ref, parquet_below)
     faults.point("wal_gc.before_objects")
     for obj in plan.objects:
         await lake.objects.delete(obj)
-    return {"wal_entries_deleted": len(plan.entries), "parquet_entries_deleted": len(plan.parquet_entries),
+    return {"wal_entries_deleted": wal_deleted, "parquet_entries_deleted": parquet_deleted,
             "objects_deleted": len(plan.objects), "bytes_deleted": plan.bytes,
             "boundaries_noted": len(first.unnoted)}
 
@@ -152,7 +160,7 @@ async def plan_orphans(lake: Lake, ttl_ms: int, at_ms: int | None = None) -> Orp
     listed = await lake.objects.list(WAL_PREFIX)
     referenced: set[str] = set()
     for topic, p in await lake.partitions():
-        for e in await lake.index.entries(topic.partition(p), "wal-"):
+        for e in await lake.index.entries(topic.partition(p), IndexFamily.WAL):
             referenced.add(e.location.object_key)
     plan = OrphanPlan()
     for o in listed:
@@ -190,11 +198,9 @@ async def purge_deleted_topics(lake: Lake, grace_ms: int) -> dict:
     for t in topics:
         for p in range(t.partitions):
             ref = t.partition(p)
-            await lake.store.delete_range(ref.dir, ref.dir + "~", partition_key=ref.partition_key)
-            producers = producer_states_dir(ref)
-            await lake.store.delete_range(producers, producers + "~", partition_key=ref.partition_key)
-            lake_dir = f"{LAKE_PREFIX}{t.id}/{p}/"
-            await lake.store.delete_range(lake_dir, lake_dir + "~", partition_key=ref.partition_key)
+            await lake.index.purge(ref)
+            await purge_producer_states(lake.store, ref)
+            await lake.forget_partition(ref)
         tables += await asyncio.to_thread(lambda: purge_topic_table(lake.catalog, lake.settings, t.name, t.id))
         prefix = lake.settings.object_key(table_location(lake.settings, t.name, t.id))
         if prefix is not None:
@@ -234,7 +240,7 @@ async def _units(lake: Lake, topic: Topic, p: int) -> tuple[int, list[Unit]]:
     ref = topic.partition(p)
     watermark, _ = await lake.index.compacted_watermark(ref)
     files: dict[str, list[IndexEntry]] = {}
-    for e in await lake.index.entries(ref, "pq-"):
+    for e in await lake.index.entries(ref, IndexFamily.PARQUET):
         if e.end <= watermark:
             files.setdefault(e.location.path, []).append(e)
     units = []
@@ -245,7 +251,7 @@ async def _units(lake: Lake, topic: Topic, p: int) -> tuple[int, list[Unit]]:
                           max(e.location.max_timestamp for e in entries)))
     units.sort(key=lambda u: u.start)
     compacted_end = units[-1].end if units else 0
-    for e in await lake.index.entries(ref, "wal-"):
+    for e in await lake.index.entries(ref, IndexFamily.WAL):
         if e.end > max(watermark, compacted_end):
             units.append(Unit(e.start, e.end, sum(e.location.batch_sizes), e.location.max_timestamp))
     return watermark, units

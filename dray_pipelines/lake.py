@@ -1,8 +1,8 @@
 """The log as the pipeline sees it: the broker's metadata store (topics, offset index) and object store (WAL
 objects, and by default the Iceberg warehouse), plus the Iceberg catalog. Open one with `async with open_lake(s)`.
 
-Pipeline state kept in the metadata store, next to the index (one key per partition):
-    /dray/lake/<topic_id>/<partition>/boundaries   JSON {"dead": [[offset, first_seen_ms], ...], "start": [...]}:
+Pipeline state kept in the metadata store, next to the index (one key per partition, keyspace.lake_boundaries_key):
+    boundaries   JSON {"dead": [[offset, first_seen_ms], ...], "start": [...]}:
         when the dead boundary (max of compacted watermark and log start: no reader needs the WAL below it) and
         the log start offset first reached each value. WAL entries and objects below the dead boundary, and
         Parquet index entries below the log start, are deleted only a grace period after that.
@@ -19,16 +19,15 @@ from typing import AsyncIterator
 
 from ulid import ULID
 
+from dray_broker import keyspace
 from dray_broker.cluster_identity import check_cluster_identity
 from dray_broker.config import LakeSettings
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef
-from dray_broker.metadata import MetadataStore, VersionMismatchError, open_metadata_store, parse_sequence_key
+from dray_broker.metadata import MetadataStore, VersionMismatchError, open_metadata_store
 from dray_broker.objectstore import ObjectStore, open_object_store
-from dray_broker.topics.catalog import PREFIX as TOPICS_PREFIX
-from dray_broker.topics.catalog import Topic
+from dray_broker.topics.catalog import Topic, TopicCatalog
 from dray_pipelines.tables import TopicTable, open_catalog
 
-LAKE_PREFIX = "/dray/lake/"
 _HISTORY = 64
 
 
@@ -118,6 +117,7 @@ class Lake:
         self.store = store
         self.objects = objects
         self.index = OffsetIndex(store)
+        self.topic_catalog = TopicCatalog(store)  # read afresh on every call here (no watch, no cache)
         self._catalog = None
         self._tables: dict[str, TopicTable] = {}
 
@@ -136,13 +136,10 @@ class Lake:
     # --- topics -----------------------------------------------------------------------------------------------
 
     async def topics(self) -> list[Topic]:
-        found = await self.store.range_scan(TOPICS_PREFIX, TOPICS_PREFIX + "~")
-        return sorted((Topic.decode(e.key[len(TOPICS_PREFIX):], e.value, e.version) for e in found),
-                      key=lambda t: t.name)
+        return await self.topic_catalog.read_all()
 
     async def topic(self, name: str) -> Topic | None:
-        e = await self.store.get(TOPICS_PREFIX + name)
-        return Topic.decode(name, e.value, e.version) if e else None
+        return await self.topic_catalog.refresh(name)
 
     async def partitions(self) -> list[tuple[Topic, int]]:
         return [(t, p) for t in await self.topics() for p in range(t.partitions)]
@@ -153,42 +150,15 @@ class Lake:
         ref = topic.partition(partition)
         watermark, version = await self.index.compacted_watermark(ref)
         log_start = await self.index.log_start_offset(ref)
-        # WAL entries from the one ending at the watermark (for its cumulative bytes) to the log end.
-        found = await self.store.range_scan(ref.dir + f"wal-{watermark:020d}", ref.dir + "wal-~",
-                                            partition_key=ref.partition_key)
-        from dray_broker.index.offsets import decode_entry
-
-        entries = [decode_entry(ref, e.key, e.value) for e in found]
-        cum_at_w = 0
-        if entries and entries[0].end == watermark:
-            cum_at_w = parse_sequence_key(ref.dir + "wal", entries[0].key)[1]
-            entries = entries[1:]
-        elif watermark > 0:
-            # The entry ending at the watermark was collected: its cumulative bytes are those of the first
-            # remaining entry minus that entry's own bytes.
-            if entries:
-                cum_at_w = parse_sequence_key(ref.dir + "wal", entries[0].key)[1] - sum(entries[0].location.batch_sizes)
-        if entries:
-            end, cum_end = parse_sequence_key(ref.dir + "wal", entries[-1].key)
-        else:
-            end, cum_end = await self._log_end_and_bytes(ref)
-            cum_at_w = cum_end if end <= watermark else cum_at_w
-        return PartitionState(topic, partition, log_start, max(end, watermark), watermark, version, entries,
-                              cum_at_w, cum_end)
-
-    async def _log_end_and_bytes(self, ref: PartitionRef) -> tuple[int, int]:
-        from dray_broker.metadata import Comparison
-
-        found = await self.store.get(ref.dir + "wal-~", Comparison.LOWER, partition_key=ref.partition_key)
-        if found is None or not found.key.startswith(ref.dir + "wal-"):
-            return 0, 0
-        end, cum = parse_sequence_key(ref.dir + "wal", found.key)
-        return end, cum
+        wal = await self.index.wal_after(ref, watermark)
+        return PartitionState(topic, partition, log_start, max(wal.log_end, watermark), watermark, version,
+                              wal.entries, wal.bytes_at, wal.bytes_at_end)
 
     # --- boundaries: when did WAL data, and the log start, move past an offset --------------------------------
 
-    def _boundary_key(self, ref: PartitionRef) -> str:
-        return f"{LAKE_PREFIX}{ref.topic_id}/{ref.partition}/boundaries"
+    @staticmethod
+    def _boundary_key(ref: PartitionRef) -> str:
+        return keyspace.lake_boundaries_key(ref.topic_id, ref.partition)
 
     async def boundaries(self, ref: PartitionRef) -> tuple[dict[str, list[list[int]]], int]:
         """({"dead": [[offset, first_seen_ms], ...], "start": [...]}, version). dead: the WAL below offset is
@@ -218,6 +188,11 @@ class Lake:
                 return doc
             except VersionMismatchError:
                 continue
+
+    async def forget_partition(self, ref: PartitionRef) -> None:
+        """Delete the pipeline's keys of a partition of a deleted topic."""
+        d = keyspace.lake_dir(ref.topic_id, ref.partition)
+        await self.store.delete_range(d.prefix, d.end, partition_key=d.partition_key)
 
     @staticmethod
     def expired(history: list[list[int]], grace_ms: int, at_ms: int | None = None) -> int:

@@ -1,8 +1,8 @@
 """The Iceberg side: one table per topic, written with pyiceberg.
 
 Table `<namespace>.<topic>` (location `<warehouse>/<topic>-<topic id>`, so a re-created topic gets a fresh
-directory), partitioned by `partition` (identity), sorted by offset. Columns: see dray_broker/fetch/compacted.py,
-which reads them back into record batches.
+directory), partitioned by `partition` (identity), sorted by offset. Columns: dray_broker/lake_schema.py, the
+contract with dray_broker/fetch/compacted.py, which reads them back into record batches.
 
 Compaction writes each data file itself, at a path named by its offset range, and commits it with a merge-append
 whose snapshot summary records the range (dray.partition, dray.start-offset, dray.end-offset) and, cumulatively,
@@ -36,50 +36,20 @@ from pyiceberg.io.pyarrow import (
 )
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.partitioning import PartitionField, PartitionSpec
-from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.typedef import Record
-from pyiceberg.types import (
-    BinaryType,
-    IntegerType,
-    ListType,
-    LongType,
-    NestedField,
-    StringType,
-    StructType,
-    TimestamptzType,
-)
 
+from dray_broker import lake_schema
 from dray_broker.config import LakeSettings
-from dray_broker.fetch import compacted as C
 from dray_pipelines.iceberg_shim import writer_options
 
 log = logging.getLogger(__name__)
 
-# Field ids as pyiceberg assigns them on create_table (top level first, then nested fields); data files are
-# written with the ids of the table's schema as the catalog holds it (DataFileWriter), whatever these are.
-SCHEMA = Schema(
-    NestedField(1, C.PARTITION, IntegerType(), required=True, doc="Kafka partition"),
-    NestedField(2, C.OFFSET, LongType(), required=True, doc="Kafka offset"),
-    NestedField(3, C.TIMESTAMP, TimestamptzType(), required=True, doc="record timestamp (ms precision)"),
-    NestedField(4, C.KEY, BinaryType(), required=False),
-    NestedField(5, C.VALUE, BinaryType(), required=False),
-    NestedField(6, C.HEADERS, ListType(12, StructType(
-        NestedField(13, "key", StringType(), required=True),
-        NestedField(14, "value", BinaryType(), required=False),
-    ), element_required=True), required=True, doc="record headers in order (duplicate keys allowed)"),
-    NestedField(7, C.ATTRIBUTES, IntegerType(), required=True,
-                doc="attributes of the record's batch: codec (bits 0-2), log-append time (bit 3), transactional (4)"),
-    NestedField(8, C.BATCH_OFFSET, LongType(), required=True, doc="offset of the first record of its batch"),
-    NestedField(9, C.PRODUCER_ID, LongType(), required=True),
-    NestedField(10, C.PRODUCER_EPOCH, IntegerType(), required=True),
-    NestedField(11, C.BASE_SEQUENCE, IntegerType(), required=True, doc="producer sequence of its batch's first record"),
-)
-PARTITION_SPEC = PartitionSpec(PartitionField(source_id=1, field_id=1000, transform=IdentityTransform(), name="partition"))
-SORT_ORDER = SortOrder(SortField(source_id=2, transform=IdentityTransform()))
-ARROW_SCHEMA = schema_to_pyarrow(SCHEMA, include_field_ids=True)
+PARTITION_SPEC = PartitionSpec(PartitionField(source_id=lake_schema.field_id(lake_schema.PARTITION), field_id=1000,
+                                              transform=IdentityTransform(), name=lake_schema.PARTITION))
+SORT_ORDER = SortOrder(SortField(source_id=lake_schema.field_id(lake_schema.OFFSET), transform=IdentityTransform()))
 
 TABLE_PROPERTIES = {
     "format-version": "2",
@@ -209,7 +179,7 @@ class TopicTable:
             location = table_location(self.settings, self.topic, self.topic_id)
             try:
                 table = self.catalog.create_table(
-                    self.identifier, SCHEMA, location=location, partition_spec=PARTITION_SPEC,
+                    self.identifier, lake_schema.iceberg_schema(), location=location, partition_spec=PARTITION_SPEC,
                     sort_order=SORT_ORDER, properties={**TABLE_PROPERTIES, P_TOPIC_ID: str(self.topic_id)},
                 )
             except TableAlreadyExistsError:
@@ -314,9 +284,9 @@ class TopicTable:
         table = self.table(refresh=refresh)
         if table.current_snapshot() is None:
             return []
-        expr = And(EqualTo(C.PARTITION, partition), GreaterThanOrEqual(C.OFFSET, from_offset))
+        expr = And(EqualTo(lake_schema.PARTITION, partition), GreaterThanOrEqual(lake_schema.OFFSET, from_offset))
         if to_offset is not None:
-            expr = And(expr, LessThan(C.OFFSET, to_offset))
+            expr = And(expr, LessThan(lake_schema.OFFSET, to_offset))
         out = []
         for task in table.scan(row_filter=expr).plan_files():
             out.append(self.describe_file(task.file.file_path, task.file.file_size_in_bytes,
@@ -354,7 +324,7 @@ class TopicTable:
         props = {S_OPERATION: "retention", S_TOPIC_ID: str(self.topic_id), S_PARTITION: str(partition),
                  S_START: str(new_start),
                  S_COMMITTED: json.dumps({str(k): v for k, v in sorted(committed.items())}, separators=(",", ":"))}
-        expr = And(EqualTo(C.PARTITION, partition), LessThan(C.OFFSET, new_start))
+        expr = And(EqualTo(lake_schema.PARTITION, partition), LessThan(lake_schema.OFFSET, new_start))
         doomed = [t.file for t in table.scan(row_filter=expr).plan_files() if t.file.file_path in wanted]
         if not doomed:
             return None
@@ -398,8 +368,8 @@ class TopicTable:
 def _row_groups_from_stats(metadata: pq.FileMetaData) -> Iterator[RowGroupInfo]:
     """Row group ranges from offset statistics (files written by other tools)."""
     names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
-    o = names.index(C.OFFSET)
-    t = names.index(C.TIMESTAMP)
+    o = names.index(lake_schema.OFFSET)
+    t = names.index(lake_schema.TIMESTAMP)
     for i in range(metadata.num_row_groups):
         rg = metadata.row_group(i)
         so, st = rg.column(o).statistics, rg.column(t).statistics

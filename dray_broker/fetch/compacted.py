@@ -2,11 +2,12 @@
 a ParquetLocation (DESIGN.md section 5: "Parquet ranges are rebuilt into batches").
 
 The lakehouse pipeline (dray_pipelines) writes one row group per Parquet index entry, each made of whole record
-batches as the producers sent them, with the batch fields in columns. The loader reads the file's footer (cached)
-and that row group only, through the broker's object store when the file is inside it (the default warehouse is
-`iceberg/` in the object store) or else through pyarrow's filesystems, and rebuilds v2 record batches with the
-original offsets, timestamps, keys, values, headers, batch attributes and producer fields. A consumer reading from
-offset 0 cannot tell WAL from Parquet. By default each batch is compressed again with the codec it arrived with.
+batches as the producers sent them, with the batch fields in columns (dray_broker/lake_schema.py). The loader reads
+the file's footer (cached) and that row group only, through the broker's object store when the file is inside it
+(the default warehouse is `iceberg/` in the object store) or else through pyarrow's filesystems, and rebuilds v2
+record batches with the original offsets, timestamps, keys, values, headers, batch attributes and producer fields.
+A consumer reading from offset 0 cannot tell WAL from Parquet. By default each batch is compressed again with the
+codec it arrived with.
 
 What a row group inflates to is in the footer: one larger than max_row_group_bytes (the pipeline writes about
 8 MiB of records per row group) is refused before any of it is read or decompressed.
@@ -30,26 +31,29 @@ import pyarrow.parquet as pq
 
 from dray_broker.fetch.reader import LoadedRange
 from dray_broker.index.offsets import IndexEntry, ParquetLocation
+from dray_broker.lake_schema import (
+    ATTRIBUTES,
+    BASE_SEQUENCE,
+    BATCH_COLUMNS,
+    BATCH_OFFSET,
+    HEADER_KEY,
+    HEADER_VALUE,
+    HEADERS,
+    KEY,
+    MICROS_PER_MS,
+    OFFSET,
+    PRODUCER_EPOCH,
+    PRODUCER_ID,
+    TIMESTAMP,
+    VALUE,
+)
 from dray_broker.objectstore import ObjectStore
 from dray_broker.records.batch import TIMESTAMP_TYPE_LOG_APPEND
 from dray_broker.records.encode import encode_batch
 
 log = logging.getLogger(__name__)
 
-# Column names of the topic tables: the contract between the pipeline (writer) and this reader.
-PARTITION = "partition"
-OFFSET = "offset"
-TIMESTAMP = "timestamp"
-KEY = "key"
-VALUE = "value"
-HEADERS = "headers"
-ATTRIBUTES = "attributes"
-BATCH_OFFSET = "batch_offset"
-PRODUCER_ID = "producer_id"
-PRODUCER_EPOCH = "producer_epoch"
-BASE_SEQUENCE = "base_sequence"
-READ_COLUMNS = [OFFSET, TIMESTAMP, KEY, VALUE, HEADERS, ATTRIBUTES, BATCH_OFFSET, PRODUCER_ID, PRODUCER_EPOCH,
-                BASE_SEQUENCE]
+READ_COLUMNS = list(BATCH_COLUMNS)
 
 ORIGINAL = "original"
 GZIP_LEVEL = 1
@@ -93,7 +97,7 @@ def batches_from_table(table: pa.Table, start: int, end: int, codec: int | None 
         b = batch_offsets[i]
         while j < n and batch_offsets[j] == b and offsets[j] < end:
             j += 1
-        ts = [t // 1000 for t in timestamps[i:j]]  # microseconds -> milliseconds
+        ts = [t // MICROS_PER_MS for t in timestamps[i:j]]
         attrs = attributes[i]
         max_ts = max(ts)
         if attrs & TIMESTAMP_TYPE_LOG_APPEND:
@@ -128,8 +132,8 @@ def _headers(column: pa.ChunkedArray) -> list:
     for chunk in column.chunks:
         offsets = chunk.offsets.to_pylist()
         flat = chunk.values
-        hkeys = flat.field("key").to_pylist()
-        hvalues = flat.field("value").to_pylist()
+        hkeys = flat.field(HEADER_KEY).to_pylist()
+        hvalues = flat.field(HEADER_VALUE).to_pylist()
         pairs = list(zip(hkeys, hvalues))
         out.extend(pairs[offsets[r]:offsets[r + 1]] if offsets[r + 1] > offsets[r] else () for r in range(len(chunk)))
     return out

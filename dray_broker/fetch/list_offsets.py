@@ -31,6 +31,7 @@ from kio.schema.errors import ErrorCode
 
 from dray_broker.fetch.reader import OffsetOutOfRange
 from dray_broker.index.offsets import IndexEntry, PartitionRef, WalLocation
+from dray_broker.keyspace import IndexFamily
 from dray_broker.protocol.codec import Request, make, response_module
 from dray_broker.records.batch import HEADER_SIZE, BatchHeader, iter_batch_positions
 from dray_broker.records.decode import DEFAULT_MAX_INFLATED, Record, decode_batch
@@ -120,11 +121,11 @@ async def _entries(service: FetchService, ref: PartitionRef) -> tuple[int, list[
     """(log start, the index entries covering [log start, log end) in offset order). WAL entries where they
     exist; below them, compacted (Parquet) entries."""
     start = await service.index.log_start_offset(ref)
-    wal = await service.index.entries(ref, "wal-")
+    wal = await service.index.entries(ref, IndexFamily.WAL)
     first_wal = wal[0].start if wal else None
     covered = []
     if first_wal is None or first_wal > start:
-        for e in await service.index.entries(ref, "pq-"):
+        for e in await service.index.entries(ref, IndexFamily.PARQUET):
             if e.end > start and (first_wal is None or e.end <= first_wal):
                 covered.append(e)
     covered.extend(e for e in wal if e.end > start)

@@ -15,7 +15,6 @@ from typing import Awaitable, Callable
 
 from dray_broker.fetch.cache import ChunkCache, EntryCache
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef, WalLocation
-from dray_broker.metadata import parse_sequence_key
 from dray_broker.objectstore import ObjectNotFoundError, ObjectStore
 from dray_broker.records.batch import patch_base_offsets
 from dray_broker.wal import format as wal
@@ -117,11 +116,9 @@ class PartitionReader:
         self.entries.add(p, entry)
         self._advance(p, entry.end)
 
-    def index_changed(self, p: PartitionRef, key: str) -> None:
-        """A notification from the metadata store: another broker may have appended."""
-        sums = parse_sequence_key(p.dir + "wal", key)
-        if sums is not None:
-            self._advance(p, sums[0])
+    def index_changed(self, p: PartitionRef, log_end: int) -> None:
+        """The index watch saw a WAL append reach log_end (another broker's, or this one's)."""
+        self._advance(p, log_end)
 
     def _advance(self, p: PartitionRef, end: int) -> None:
         if end > self._log_end.get(p, -1):

@@ -59,7 +59,7 @@ from dray_broker.groups.state import (
     JoinResult,
     SyncResult,
 )
-from dray_broker.groups.store import LEASE, CommittedOffset, GroupStore, Lease
+from dray_broker.groups.store import CommittedOffset, GroupStore, Lease
 from dray_broker.metadata import MetadataError, MetadataStore, SessionExpiredError, VersionMismatchError, Watch
 from dray_broker.routing.registry import BrokerInfo
 from dray_broker.routing.zones import brokers_for
@@ -168,7 +168,7 @@ class GroupCoordinator:
     # --- lifecycle --------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        watch = await self.metadata.watch(LEASE)
+        watch = await self.store.watch_leases()
         self._watch_task = asyncio.create_task(self._follow_leases(watch), name="group-lease-watch")
         self._sweep_task = asyncio.create_task(self._sweep_loop(), name="group-offset-expiry")
         self._session_task = asyncio.create_task(self._follow_session(), name="group-session")

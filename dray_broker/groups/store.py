@@ -1,13 +1,9 @@
-"""Where groups live in the metadata store. Every family sits at one depth, so a directory range is contiguous:
+"""Where groups live in the metadata store (keys: dray_broker/keyspace.py, all of one group under one partition key,
+so one group lives on one Oxia shard):
 
-    /dray/groups/state/<group>                     JSON: ClassicGroup.to_record or ConsumerGroup.to_record
-    /dray/groups/lease/<group>                     JSON {"broker", "instance", "session"}: the coordinator
-                                                   (ephemeral, in that metadata session generation)
-    /dray/groups/offsets/<group>/<topic>:<part>    JSON {"offset", "epoch", "metadata", "ts", "expire"}
-
-<group> is the group id percent-encoded (every byte but letters, digits and -._ ; "%" alone for the empty id), so
-that any group id is one key segment that sorts below "~". Topic names never hold ':' or '~'. All keys of a group
-share the partition key "group/<group>", so one group lives on one Oxia shard.
+    group state          JSON: ClassicGroup.to_record or ConsumerGroup.to_record
+    coordinator lease    JSON {"broker", "instance", "session"} (ephemeral, in that metadata session generation)
+    committed offsets    JSON {"offset", "epoch", "metadata", "ts", "expire"}, one key per topic-partition
 
 No multi-key transactions: the state key is written with compare-and-set on its version by the lease holder only;
 a coordinator that finds another version lost the group. Offsets are one key per partition, written unconditionally
@@ -19,28 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from urllib.parse import quote, unquote
 
-from dray_broker.metadata import MUST_NOT_EXIST, Entry, MetadataStore
-
-ROOT = "/dray/groups/"
-STATE = ROOT + "state/"
-LEASE = ROOT + "lease/"
-OFFSETS = ROOT + "offsets/"
-
-
-def encode_group(group_id: str) -> str:
-    if group_id == "":
-        return "%"
-    return quote(group_id, safe="-._").replace("~", "%7E")
-
-
-def decode_group(segment: str) -> str:
-    return "" if segment == "%" else unquote(segment)
-
-
-def _pk(group_id: str) -> str:
-    return "group/" + encode_group(group_id)
+from dray_broker import keyspace
+from dray_broker.metadata import MUST_NOT_EXIST, Entry, MetadataStore, Watch
 
 
 @dataclass(frozen=True)
@@ -83,69 +60,77 @@ class GroupStore:
     # --- state ----------------------------------------------------------------------------------------------
 
     async def get_state(self, group_id: str) -> tuple[dict, int] | None:
-        e = await self.store.get(STATE + encode_group(group_id), partition_key=_pk(group_id))
+        e = await self.store.get(keyspace.group_state_key(group_id), partition_key=_pk(group_id))
         return None if e is None else (json.loads(e.value), e.version)
 
     async def put_state(self, group_id: str, record: dict, expected_version: int | None) -> int:
         """CAS write (expected_version None: the key must not exist). Returns the new version."""
         e = await self.store.put(
-            STATE + encode_group(group_id), json.dumps(record, separators=(",", ":")).encode(),
+            keyspace.group_state_key(group_id), json.dumps(record, separators=(",", ":")).encode(),
             expected_version=MUST_NOT_EXIST if expected_version is None else expected_version,
             partition_key=_pk(group_id),
         )
         return e.version
 
     async def delete_state(self, group_id: str, expected_version: int | None) -> None:
-        await self.store.delete(STATE + encode_group(group_id), expected_version=expected_version,
+        await self.store.delete(keyspace.group_state_key(group_id), expected_version=expected_version,
                                 partition_key=_pk(group_id))
 
     async def all_states(self) -> dict[str, dict]:
-        entries = await self.store.range_scan(STATE, STATE + "~")
-        return {decode_group(e.key[len(STATE):]): json.loads(e.value) for e in entries}
+        states = keyspace.GROUP_STATES
+        out = {}
+        for e in await self.store.range_scan(states.prefix, states.end, partition_key=states.partition_key):
+            group_id = keyspace.parse_group_state_key(e.key)
+            if group_id is not None:
+                out[group_id] = json.loads(e.value)
+        return out
 
     # --- leases ---------------------------------------------------------------------------------------------
 
     async def get_lease(self, group_id: str) -> Lease | None:
-        e = await self.store.get(LEASE + encode_group(group_id), partition_key=_pk(group_id))
+        e = await self.store.get(keyspace.group_lease_key(group_id), partition_key=_pk(group_id))
         return None if e is None else Lease.decode(e)
 
     async def take_lease(self, group_id: str, broker_id: int, instance: str, session: int) -> Lease:
         """Create the ephemeral lease key in session generation `session`; VersionMismatchError if someone holds
         it, SessionExpiredError if that generation is over."""
         e = await self.store.put(
-            LEASE + encode_group(group_id),
+            keyspace.group_lease_key(group_id),
             json.dumps({"broker": broker_id, "instance": instance, "session": session}).encode(),
             expected_version=MUST_NOT_EXIST, ephemeral=True, session=session, partition_key=_pk(group_id),
         )
         return Lease(broker_id, instance, e.version, session)
 
     async def release_lease(self, group_id: str, version: int) -> None:
-        await self.store.delete(LEASE + encode_group(group_id), expected_version=version,
+        await self.store.delete(keyspace.group_lease_key(group_id), expected_version=version,
                                 partition_key=_pk(group_id))
 
     async def all_leases(self) -> dict[str, Lease]:
-        entries = await self.store.range_scan(LEASE, LEASE + "~")
-        return {decode_group(e.key[len(LEASE):]): Lease.decode(e) for e in entries}
+        leases = keyspace.GROUP_LEASES
+        out = {}
+        for e in await self.store.range_scan(leases.prefix, leases.end, partition_key=leases.partition_key):
+            group_id = keyspace.parse_group_lease_key(e.key)
+            if group_id is not None:
+                out[group_id] = Lease.decode(e)
+        return out
+
+    async def watch_leases(self) -> Watch:
+        """Notifications about every group's lease key (lease_group says whose)."""
+        return await self.store.watch(keyspace.GROUP_LEASES.prefix)
 
     @staticmethod
     def lease_group(key: str) -> str | None:
         """The group of a lease key (for watch notifications), None for other keys."""
-        if not key.startswith(LEASE) or "/" in key[len(LEASE):]:
-            return None
-        return decode_group(key[len(LEASE):])
+        return keyspace.parse_group_lease_key(key)
 
     # --- offsets --------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _offset_key(group_id: str, topic: str, partition: int) -> str:
-        return f"{OFFSETS}{encode_group(group_id)}/{topic}:{partition}"
-
     async def put_offset(self, group_id: str, topic: str, partition: int, offset: CommittedOffset) -> None:
-        await self.store.put(self._offset_key(group_id, topic, partition), offset.encode(),
+        await self.store.put(keyspace.group_offset_key(group_id, topic, partition), offset.encode(),
                              partition_key=_pk(group_id))
 
     async def get_offset(self, group_id: str, topic: str, partition: int) -> CommittedOffset | None:
-        e = await self.store.get(self._offset_key(group_id, topic, partition), partition_key=_pk(group_id))
+        e = await self.store.get(keyspace.group_offset_key(group_id, topic, partition), partition_key=_pk(group_id))
         return None if e is None else CommittedOffset.decode(e.value)
 
     async def get_offsets(self, group_id: str, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], CommittedOffset]:
@@ -153,16 +138,22 @@ class GroupStore:
         return {tp: o for tp, o in zip(wanted, found) if o is not None}
 
     async def all_offsets(self, group_id: str) -> dict[tuple[str, int], CommittedOffset]:
-        d = f"{OFFSETS}{encode_group(group_id)}/"
+        offsets = keyspace.group_offsets(group_id)
         out = {}
-        for e in await self.store.range_scan(d, d + "~", partition_key=_pk(group_id)):
-            topic, _, partition = e.key[len(d):].rpartition(":")
-            out[(topic, int(partition))] = CommittedOffset.decode(e.value)
+        for e in await self.store.range_scan(offsets.prefix, offsets.end, partition_key=offsets.partition_key):
+            tp = keyspace.parse_group_offset_key(group_id, e.key)
+            if tp is not None:
+                out[tp] = CommittedOffset.decode(e.value)
         return out
 
     async def delete_offset(self, group_id: str, topic: str, partition: int) -> bool:
-        return await self.store.delete(self._offset_key(group_id, topic, partition), partition_key=_pk(group_id))
+        return await self.store.delete(keyspace.group_offset_key(group_id, topic, partition),
+                                       partition_key=_pk(group_id))
 
     async def delete_all_offsets(self, group_id: str) -> None:
-        d = f"{OFFSETS}{encode_group(group_id)}/"
-        await self.store.delete_range(d, d + "~", partition_key=_pk(group_id))
+        offsets = keyspace.group_offsets(group_id)
+        await self.store.delete_range(offsets.prefix, offsets.end, partition_key=offsets.partition_key)
+
+
+def _pk(group_id: str) -> str:
+    return keyspace.group_partition_key(group_id)

@@ -1,11 +1,7 @@
-"""The per-partition offset index in the metadata store (DESIGN.md section 4).
-
-Keys of one partition (all at one depth, so they sort bytewise within the directory):
-
-    /dray/idx/<topic_id>/<partition>/wal-<offsetEnd>-<cumBytes>   WAL entries, made by put_sequential
-    /dray/idx/<topic_id>/<partition>/pq-<offsetEnd>                Parquet entries, written by compaction
-    /dray/idx/<topic_id>/<partition>/start                         log start offset (absent = 0)
-    /dray/idx/<topic_id>/<partition>/watermark                     compacted watermark (absent = 0)
+"""The per-partition offset index in the metadata store (DESIGN.md section 4). Its keys are built and parsed by
+dray_broker/keyspace.py: per partition, WAL entries (IndexFamily.WAL, made by put_sequential, the key carrying the
+end offset and the bytes appended so far), Parquet entries (IndexFamily.PARQUET, written by compaction), the log
+start offset and the compacted watermark (each absent = 0). OffsetIndex is the one place that reads or writes them.
 
 Offsets are half-open [start, end). The store assigns offsets: put_sequential adds the record count to the
 newest WAL key, so brokers never race. Below the watermark readers use Parquet entries, above it WAL entries;
@@ -20,7 +16,16 @@ import struct
 import uuid
 from dataclasses import dataclass, field
 
-from dray_broker.metadata import Comparison, MetadataStore, SequentialPut, VersionMismatchError, parse_sequence_key
+from dray_broker import keyspace
+from dray_broker.keyspace import IndexFamily
+from dray_broker.metadata import (
+    Comparison,
+    MetadataStore,
+    NotificationType,
+    SequentialPut,
+    VersionMismatchError,
+    Watch,
+)
 
 _WAL_TAG = b"W"
 _PQ_TAG = b"P"
@@ -96,6 +101,7 @@ class IndexEntry:
     start: int
     end: int
     location: WalLocation | ParquetLocation
+    cum_bytes: int | None = None  # WAL entries: bytes appended to the partition through this entry
 
     @property
     def is_wal(self) -> bool:
@@ -108,12 +114,8 @@ class PartitionRef:
     partition: int
 
     @property
-    def dir(self) -> str:
-        return f"/dray/idx/{self.topic_id}/{self.partition}/"
-
-    @property
     def partition_key(self) -> str:
-        return f"{self.topic_id}-{self.partition}"
+        return keyspace.partition_key(self.topic_id, self.partition)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +128,61 @@ class Append:
     byte_count: int
 
 
+@dataclass(frozen=True, slots=True)
+class WalTail:
+    """A partition's WAL past an offset (OffsetIndex.wal_after): what compaction has left to do."""
+
+    entries: list[IndexEntry]  # the WAL entries ending past the offset, in offset order
+    bytes_at: int  # bytes appended to the WAL through the offset
+    log_end: int
+    bytes_at_end: int  # bytes appended to the WAL through the log end
+
+
+@dataclass(frozen=True, slots=True)
+class IndexChange:
+    """A notification of the index watch: a key of this partition's index changed; log_end is the end offset of
+    the WAL entry written (None for any other change)."""
+
+    partition: PartitionRef
+    log_end: int | None
+
+
+class IndexWatch:
+    """The changes of every partition's index, as the store notifies them (OffsetIndex.watch)."""
+
+    def __init__(self, watch: Watch):
+        self._watch = watch
+
+    def __aiter__(self) -> "IndexWatch":
+        return self
+
+    async def __anext__(self) -> IndexChange:
+        while True:
+            n = await self._watch.__anext__()
+            found = keyspace.parse_index_change(n.key)
+            if found is None:
+                continue
+            written = n.type in (NotificationType.CREATED, NotificationType.MODIFIED)
+            return IndexChange(PartitionRef(found[0], found[1]), found[2] if written else None)
+
+    async def aclose(self) -> None:
+        await self._watch.aclose()
+
+
+def _wal_sequence(p: PartitionRef) -> str:
+    return keyspace.wal_sequence(p.topic_id, p.partition)
+
+
 def _appended(p: PartitionRef, key: str, record_count: int, location: WalLocation) -> IndexEntry:
-    end, _cum_bytes = parse_sequence_key(p.dir + "wal", key)
-    return IndexEntry(key, end - record_count, end, location)
+    end, cum_bytes = _parse_wal_key(p, key)
+    return IndexEntry(key, end - record_count, end, location, cum_bytes)
 
 
-def _offset(n: int) -> str:
-    return f"{n:020d}"
+def _parse_wal_key(p: PartitionRef, key: str) -> tuple[int, int]:
+    parsed = keyspace.parse_wal_key(p.topic_id, p.partition, key)
+    if parsed is None:
+        raise ValueError(f"{key!r} is not a WAL index key of {p}")
+    return parsed
 
 
 class OffsetIndex:
@@ -144,7 +194,7 @@ class OffsetIndex:
     async def append(self, p: PartitionRef, location: WalLocation, record_count: int, byte_count: int) -> IndexEntry:
         """Commit the next record_count offsets of p to location; the store picks the offsets."""
         entry = await self.store.put_sequential(
-            p.dir + "wal", location.encode(), [record_count, byte_count], partition_key=p.partition_key
+            _wal_sequence(p), location.encode(), [record_count, byte_count], partition_key=p.partition_key
         )
         return _appended(p, entry.key, record_count, location)
 
@@ -152,7 +202,7 @@ class OffsetIndex:
         """Several appends as one store write where the store can; a partition's appends get their offsets in
         the order given. Each commits or fails by itself: its IndexEntry or its exception, in order."""
         results = await self.store.put_sequential_batch([
-            SequentialPut(a.partition.dir + "wal", a.location.encode(), [a.record_count, a.byte_count],
+            SequentialPut(_wal_sequence(a.partition), a.location.encode(), [a.record_count, a.byte_count],
                           a.partition.partition_key)
             for a in appends
         ])
@@ -165,50 +215,81 @@ class OffsetIndex:
         """The entry holding offset, or None if offset is at or past the log end."""
         watermark, _ = await self.compacted_watermark(p)
         if offset < watermark:
-            entry = await self._ceiling(p, "pq-", _offset(offset + 1))
+            entry = await self._ceiling(p, IndexFamily.PARQUET, offset + 1)
             if entry is not None:
                 return entry
             # No Parquet entry (retention removed it): fall through to the WAL family.
-        return await self._ceiling(p, "wal-", _offset(offset + 1))
+        return await self._ceiling(p, IndexFamily.WAL, offset + 1)
 
-    async def _ceiling(self, p: PartitionRef, family: str, bound: str) -> IndexEntry | None:
-        found = await self.store.get(p.dir + family + bound, Comparison.CEILING, partition_key=p.partition_key)
-        if found is None or not found.key.startswith(p.dir + family):
-            return None
-        return decode_entry(p, found.key, found.value)
+    async def _ceiling(self, p: PartitionRef, family: IndexFamily, min_end: int) -> IndexEntry | None:
+        """The entry of family with the smallest end >= min_end."""
+        start, _ = keyspace.index_entries_range(p.topic_id, p.partition, family, min_end)
+        found = await self.store.get(start, Comparison.CEILING, partition_key=p.partition_key)
+        if found is None or keyspace.index_entry_end(p.topic_id, p.partition, family, found.key) is None:
+            return None  # past the family's last entry
+        return decode_entry(p, found.key, found.value, family)
+
+    async def watch(self) -> IndexWatch:
+        """Follow every partition's index: which partition changed, and the log end a WAL append reached."""
+        return IndexWatch(await self.store.watch(keyspace.INDEX_ROOT))
 
     async def log_end_offset(self, p: PartitionRef) -> int:
-        found = await self.store.get(p.dir + "wal-~", Comparison.LOWER, partition_key=p.partition_key)
-        if found is None or not found.key.startswith(p.dir + "wal-"):
-            return 0
-        return parse_sequence_key(p.dir + "wal", found.key)[0]
+        return (await self.log_end_and_bytes(p))[0]
+
+    async def log_end_and_bytes(self, p: PartitionRef) -> tuple[int, int]:
+        """The log end offset and the bytes appended to the WAL through it, from the newest WAL key ((0, 0) when
+        nothing was ever appended)."""
+        _, bound = keyspace.index_entries_range(p.topic_id, p.partition, IndexFamily.WAL)
+        found = await self.store.get(bound, Comparison.LOWER, partition_key=p.partition_key)
+        if found is None:
+            return 0, 0
+        return keyspace.parse_wal_key(p.topic_id, p.partition, found.key) or (0, 0)
+
+    async def wal_after(self, p: PartitionRef, offset: int) -> WalTail:
+        """The WAL entries past offset (an entry boundary: the compacted watermark), the bytes appended through
+        offset and through the log end."""
+        entries = await self.entries(p, IndexFamily.WAL, min_end=offset)
+        bytes_at = 0
+        if entries and entries[0].end == offset:
+            bytes_at = entries[0].cum_bytes or 0
+            entries = entries[1:]
+        elif offset > 0 and entries and isinstance(entries[0].location, WalLocation):
+            # The entry ending at offset was collected: the bytes through offset are those through the first
+            # remaining entry minus that entry's own.
+            bytes_at = (entries[0].cum_bytes or 0) - sum(entries[0].location.batch_sizes)
+        if entries:
+            return WalTail(entries, bytes_at, entries[-1].end, entries[-1].cum_bytes or 0)
+        log_end, bytes_at_end = await self.log_end_and_bytes(p)
+        return WalTail([], bytes_at_end if log_end <= offset else bytes_at, log_end, bytes_at_end)
 
     async def log_start_offset(self, p: PartitionRef) -> int:
-        found = await self.store.get(p.dir + "start", partition_key=p.partition_key)
+        found = await self.store.get(keyspace.log_start_key(p.topic_id, p.partition), partition_key=p.partition_key)
         return int(found.value) if found else 0
 
     async def advance_log_start_offset(self, p: PartitionRef, offset: int) -> int:
         """Move the log start offset forward to offset (never back); return the new value."""
+        key = keyspace.log_start_key(p.topic_id, p.partition)
         while True:
-            found = await self.store.get(p.dir + "start", partition_key=p.partition_key)
+            found = await self.store.get(key, partition_key=p.partition_key)
             current = int(found.value) if found else 0
             if offset <= current:
                 return current
             try:
                 await self.store.put(
-                    p.dir + "start", str(offset).encode(),
+                    key, str(offset).encode(),
                     expected_version=found.version if found else -1, partition_key=p.partition_key,
                 )
                 return offset
             except VersionMismatchError:
                 continue
 
-    async def entries(self, p: PartitionRef, family: str = "wal-") -> list[IndexEntry]:
-        """Every entry of one family ('wal-' or 'pq-'), in offset order. For compaction and tools, not fetch."""
-        found = await self.store.range_scan(
-            p.dir + family, p.dir + family + "~", partition_key=p.partition_key
-        )
-        return [decode_entry(p, e.key, e.value) for e in found]
+    async def entries(self, p: PartitionRef, family: IndexFamily = IndexFamily.WAL, *,
+                      min_end: int = 0) -> list[IndexEntry]:
+        """The entries of one family whose end is at least min_end, in offset order. For compaction, GC and tools,
+        not fetch."""
+        start, end = keyspace.index_entries_range(p.topic_id, p.partition, family, min_end)
+        found = await self.store.range_scan(start, end, partition_key=p.partition_key)
+        return [decode_entry(p, e.key, e.value, family) for e in found]
 
     async def entries_from(self, p: PartitionRef, offset: int) -> list[IndexEntry]:
         """The entries readers use for the offsets from offset to the log end, in offset order: Parquet entries
@@ -219,14 +300,9 @@ class OffsetIndex:
             watermark, _ = await self.compacted_watermark(p)
             out = []
             if offset < watermark:
-                compacted = await self.store.range_scan(
-                    p.dir + "pq-" + _offset(offset + 1), p.dir + "pq-~", partition_key=p.partition_key
-                )
-                out = [e for e in (decode_entry(p, c.key, c.value) for c in compacted) if e.end <= watermark]
-            found = await self.store.range_scan(
-                p.dir + "wal-" + _offset(max(offset, watermark) + 1), p.dir + "wal-~", partition_key=p.partition_key
-            )
-            out += [decode_entry(p, e.key, e.value) for e in found]
+                compacted = await self.entries(p, IndexFamily.PARQUET, min_end=offset + 1)
+                out = [e for e in compacted if e.end <= watermark]
+            out += await self.entries(p, IndexFamily.WAL, min_end=max(offset, watermark) + 1)
             if (await self.compacted_watermark(p))[0] == watermark:
                 return out
 
@@ -234,37 +310,56 @@ class OffsetIndex:
 
     async def compacted_watermark(self, p: PartitionRef) -> tuple[int, int]:
         """(watermark, version) where version is -1 while no watermark was ever set."""
-        found = await self.store.get(p.dir + "watermark", partition_key=p.partition_key)
+        found = await self.store.get(keyspace.watermark_key(p.topic_id, p.partition), partition_key=p.partition_key)
         return (int(found.value), found.version) if found else (0, -1)
 
     async def put_parquet_entry(self, p: PartitionRef, start: int, end: int, location: ParquetLocation) -> None:
         """Record that [start, end) is in a Parquet file. Idempotent: a rerun writes the same key and value."""
-        await self.store.put(p.dir + "pq-" + _offset(end), location.encode(start, end), partition_key=p.partition_key)
+        await self.store.put(keyspace.parquet_key(p.topic_id, p.partition, end), location.encode(start, end),
+                             partition_key=p.partition_key)
 
     async def swap(self, p: PartitionRef, new_watermark: int, expected_version: int) -> None:
         """The atomic switch: readers use Parquet entries below new_watermark. Raises VersionMismatchError."""
         await self.store.put(
-            p.dir + "watermark", str(new_watermark).encode(),
+            keyspace.watermark_key(p.topic_id, p.partition), str(new_watermark).encode(),
             expected_version=expected_version, partition_key=p.partition_key,
         )
 
+    # --- garbage collection -----------------------------------------------------------------------------------
+
     async def delete_wal_entries_below(self, p: PartitionRef, offset: int) -> int:
         """Delete WAL entries whose whole range is below offset, keeping the newest entry. Return the count."""
-        entries = await self.entries(p, "wal-")
+        entries = await self.entries(p, IndexFamily.WAL)
         doomed = [e for e in entries[:-1] if e.end <= offset]
         for e in doomed:
             await self.store.delete(e.key, partition_key=p.partition_key)
         return len(doomed)
 
+    async def delete_parquet_entries_below(self, p: PartitionRef, offset: int) -> int:
+        """Delete Parquet entries whose whole range is below offset (the log start moved past them). Return the
+        count."""
+        doomed = [e for e in await self.entries(p, IndexFamily.PARQUET) if e.end <= offset]
+        for e in doomed:
+            await self.store.delete(e.key, partition_key=p.partition_key)
+        return len(doomed)
 
-def decode_entry(p: PartitionRef, key: str, value: bytes) -> IndexEntry:
+    async def purge(self, p: PartitionRef) -> None:
+        """Delete every index key of p: the partition of a deleted topic, once no reader can need it."""
+        d = keyspace.index_dir(p.topic_id, p.partition)
+        await self.store.delete_range(d.prefix, d.end, partition_key=d.partition_key)
+
+
+def decode_entry(p: PartitionRef, key: str, value: bytes, family: IndexFamily | None = None) -> IndexEntry:
+    """The entry stored at key; family: the family key must be of (ValueError otherwise)."""
     tag = value[:1]
-    if tag == _WAL_TAG:
-        loc = WalLocation.decode(value)
-        end = parse_sequence_key(p.dir + "wal", key)[0]
-        return IndexEntry(key, end - sum(loc.batch_records), end, loc)
-    if tag == _PQ_TAG:
-        start, loc = ParquetLocation.decode(value)
-        end = int(key.rsplit("-", 1)[1])
-        return IndexEntry(key, start, end, loc)
-    raise ValueError(f"unknown index entry {key!r}")
+    if tag == _WAL_TAG and family is not IndexFamily.PARQUET:
+        parsed = keyspace.parse_wal_key(p.topic_id, p.partition, key)
+        if parsed is not None:
+            loc = WalLocation.decode(value)
+            return IndexEntry(key, parsed[0] - sum(loc.batch_records), parsed[0], loc, parsed[1])
+    if tag == _PQ_TAG and family is not IndexFamily.WAL:
+        end = keyspace.parse_parquet_key(p.topic_id, p.partition, key)
+        if end is not None:
+            start, loc = ParquetLocation.decode(value)
+            return IndexEntry(key, start, end, loc)
+    raise ValueError(f"{key!r} is not an index entry of {p}{f' of the {family.name} family' if family else ''}")

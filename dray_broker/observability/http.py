@@ -11,6 +11,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dray_broker.keyspace import CLUSTER_ID
 from dray_broker.metadata import MetadataStore
 from dray_broker.objectstore import ObjectStore
 from dray_broker.observability.metrics import BrokerMetrics
@@ -66,7 +67,7 @@ class HttpEndpoint:
             return _not_ready([f"broker registration: not registered in metadata session generation "
                                f"{session.generation} yet"])
         checks = {
-            "metadata store": self.metadata.get("/dray/cluster"),
+            "metadata store": self.metadata.get(CLUSTER_ID),
             "object store": self.objects.head("wal/.readyz"),
         }
         results = await asyncio.gather(*(asyncio.wait_for(c, READY_CHECK_TIMEOUT_S) for c in checks.values()),

@@ -59,6 +59,8 @@ async def handle_produce(service: ProduceService, ctx: RequestContext, req: Requ
         for pd in topic_data.partition_data:
             if body.transactional_id is not None:
                 parts.append((pd.index, ErrorCode.transactional_id_authorization_failed, TRANSACTIONS_UNSUPPORTED))
+            elif ctx.denied_topics and (name or (topic.name if topic else None)) in ctx.denied_topics:
+                parts.append((pd.index, ErrorCode.topic_authorization_failed, "not authorized to write the topic"))
             elif acks not in (-1, 0, 1):
                 parts.append((pd.index, ErrorCode.invalid_required_acks, f"acks must be -1, 0 or 1, not {acks}"))
             elif topic is None:

@@ -1,9 +1,10 @@
 """Idempotent producers: producer ids, and per-partition producer state that makes every batch land once and in
 order, whatever broker is killed when (DESIGN.md sections 9 and 10).
 
-    /dray/producer-ids-<n>                          sequence keys: each InitProducerId takes the next id
-    /dray/producer-owners/<owner>                   ephemeral, one per broker metadata session: an "owner"
-    /dray/producers/<topic_id>/<partition>/<pid>    JSON producer state (the partition's partition key)
+    producer ids       a sequence: each InitProducerId takes the next id
+    producer owners    ephemeral, one per broker metadata session: an "owner"
+    producer states    JSON state of one producer on one partition (the partition's partition key)
+(keys: dray_broker/keyspace.py)
 
 A producer state holds the producer's epoch, its last 5 committed batches (first and last sequence, base offset)
 and its pending batches: reserved by one owner, not yet known to be committed, each with the log end when it was
@@ -79,16 +80,15 @@ from typing import Awaitable, Callable
 
 from kio.schema.errors import ErrorCode
 
+from dray_broker import keyspace
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef
+from dray_broker.keyspace import PRODUCER_IDS
 from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, SessionLife, VersionMismatchError
 from dray_broker.records.batch import BatchSummary, iter_batch_positions
 
 log = logging.getLogger(__name__)
 
-ID_SEQUENCE = "/dray/producer-ids"
-OWNER_PREFIX = "/dray/producer-owners/"
-OWNERS_PARTITION_KEY = "producer-owners"
-STATE_ROOT = "/dray/producers/"
+OWNERS_PARTITION_KEY = keyspace.PRODUCER_OWNERS.partition_key
 MAX_REMEMBERED_BATCHES = 5
 # Others void a live owner's reservation this long after its deadline (clock differences, writes in flight).
 DEADLINE_MARGIN_S = 2.0
@@ -102,17 +102,20 @@ MAX_SEQUENCE = 0x7FFFFFFF
 
 
 async def allocate_producer_id(store: MetadataStore) -> int:
-    entry = await store.put_sequential(ID_SEQUENCE, b"", [1], partition_key="producer-ids")
-    return int(entry.key.rsplit("-", 1)[1])
-
-
-def partition_dir(p: PartitionRef) -> str:
-    """Where the states of a partition's producers are (delete this range with the partition)."""
-    return f"{STATE_ROOT}{p.topic_id}/{p.partition}/"
+    entry = await store.put_sequential(PRODUCER_IDS.prefix, b"", [1], partition_key=PRODUCER_IDS.partition_key)
+    producer_id = PRODUCER_IDS.parse(entry.key)
+    assert producer_id is not None, entry.key  # put_sequential made it under the prefix
+    return producer_id
 
 
 def state_key(p: PartitionRef, producer_id: int) -> str:
-    return f"{partition_dir(p)}{producer_id:020d}"
+    return keyspace.producer_state_key(p.topic_id, p.partition, producer_id)
+
+
+async def purge_producer_states(store: MetadataStore, p: PartitionRef) -> None:
+    """Delete the producer states of p: the partition of a deleted topic, once no broker can need them."""
+    d = keyspace.producer_states(p.topic_id, p.partition)
+    await store.delete_range(d.prefix, d.end, partition_key=d.partition_key)
 
 
 class ProduceRejected(Exception):
@@ -205,7 +208,7 @@ class _Owner:
 
     @property
     def key(self) -> str:
-        return OWNER_PREFIX + self.id
+        return keyspace.producer_owner_key(self.id)
 
     @property
     def alive(self) -> bool:
@@ -454,7 +457,7 @@ class ProducerStates:
         now_ms = int(time.time() * 1000)
         if need:
             if not mine:
-                owner_key = OWNER_PREFIX + state.owner
+                owner_key = keyspace.producer_owner_key(state.owner)
                 owner_gone = await self.store.get(owner_key, partition_key=OWNERS_PARTITION_KEY) is None
             found = await self._find_in_index(key, state.epoch, need)
         changed = False

@@ -1,10 +1,8 @@
-"""Live brokers: each registers an ephemeral key that dies with its session; every broker watches the set.
-
-    /dray/brokers/<id>    JSON {"id", "host", "port", "zone", "instance", "listeners"}   (ephemeral)
-                          listeners: [[name, host, port], ...], the advertised endpoint of each listener (name as
-                          Kafka's listener names); host and port: the first one's (what brokers before listeners
-                          wrote, and read: a registration without listeners has one, PLAINTEXT, at host:port)
-    /dray/broker-ids-...  sequence keys that allocate broker ids
+"""Live brokers: each registers an ephemeral key (keyspace.BROKERS) that dies with its session; every broker
+watches the set. The value: JSON {"id", "host", "port", "zone", "instance", "listeners"}; listeners:
+[[name, host, port], ...], the advertised endpoint of each listener (name as Kafka's listener names); host and port:
+the first one's (what brokers before listeners wrote, and read: a registration without listeners has one, PLAINTEXT,
+at host:port). Broker ids come from a sequence (keyspace.BROKER_IDS).
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 
+from dray_broker.keyspace import BROKER_IDS, BROKERS, broker_key, parse_broker_key
 from dray_broker.metadata import (
     MUST_NOT_EXIST,
     MetadataError,
@@ -28,9 +27,6 @@ from dray_broker.metadata import (
 from dray_broker.server.listeners import DEFAULT_LISTENER
 
 log = logging.getLogger(__name__)
-
-PREFIX = "/dray/brokers/"
-ID_SEQUENCE = "/dray/broker-ids"
 
 
 class BrokerIdInUse(Exception):
@@ -70,8 +66,10 @@ class BrokerInfo:
 
 async def allocate_broker_id(store: MetadataStore) -> int:
     """A broker id no other broker got from this store (starting at 1)."""
-    entry = await store.put_sequential(ID_SEQUENCE, b"", [1], partition_key="broker-ids")
-    return int(entry.key.rsplit("-", 1)[1])
+    entry = await store.put_sequential(BROKER_IDS.prefix, b"", [1], partition_key=BROKER_IDS.partition_key)
+    broker_id = BROKER_IDS.parse(entry.key)
+    assert broker_id is not None, entry.key  # put_sequential made it under the prefix
+    return broker_id
 
 
 class BrokerRegistry:
@@ -100,7 +98,7 @@ class BrokerRegistry:
     async def start(self, wait_for_id_s: float = 0) -> None:
         """Register; a live broker with the same id makes this fail (after waiting wait_for_id_s for the key of
         a dead one to expire with its session)."""
-        watch = await self.store.watch(PREFIX)
+        watch = await self.store.watch(BROKERS.prefix)
         deadline = time.monotonic() + wait_for_id_s
         while True:
             generation = await self.store.session.wait_alive()
@@ -125,14 +123,14 @@ class BrokerRegistry:
             if task:
                 task.cancel()
         try:
-            await self.store.delete(PREFIX + str(self.me.id))
+            await self.store.delete(broker_key(self.me.id))
         except Exception as e:  # the session's end removes it anyway
             log.debug("could not deregister: %r", e)
 
     async def _register(self, generation: int) -> bool:
         """Create our key in the session generation; False if another broker holds the id. A key of our own from
         an ended generation (not yet removed) is replaced. SessionExpiredError if the generation ends."""
-        key = PREFIX + str(self.me.id)
+        key = broker_key(self.me.id)
         value = json.dumps({**json.loads(self.me.encode()), "instance": self.instance}).encode()
         while True:
             try:
@@ -184,7 +182,7 @@ class BrokerRegistry:
         while True:
             seen = self._changes
             live = {self.me.id: self.me}
-            for e in await self.store.range_scan(PREFIX, PREFIX + "~"):
+            for e in await self.store.range_scan(BROKERS.prefix, BROKERS.end):
                 info = BrokerInfo.decode(e.value)
                 live.setdefault(info.id, info)
             if self._changes == seen:
@@ -195,7 +193,9 @@ class BrokerRegistry:
         try:
             async for n in watch:
                 self._changes += 1
-                broker_id = int(n.key[len(PREFIX):])
+                broker_id = parse_broker_key(n.key)
+                if broker_id is None:
+                    continue
                 if n.type in (NotificationType.DELETED, NotificationType.RANGE_DELETED):
                     if broker_id != self.me.id:
                         self._live.pop(broker_id, None)

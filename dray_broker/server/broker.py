@@ -10,17 +10,21 @@ import asyncio
 import contextlib
 import functools
 import logging
-import uuid
 from typing import Any, Coroutine
 
+from dray_broker.auth.acl_api import AclService
+from dray_broker.auth.acl_store import AclStore
+from dray_broker.auth.acls import Authorizer
+from dray_broker.auth.enforce import Enforcer
+from dray_broker.auth.credential_store import ScramCredentialStore
 from dray_broker.cluster_identity import ensure_cluster_identity
 from dray_broker.config import Settings
 from dray_broker.faults import FAULTS
 from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.fetch.reader import PartitionReader
 from dray_broker.groups.coordinator import GroupCoordinator, config_from_settings, consumer_config_from_settings
-from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef
-from dray_broker.metadata import MetadataStore, Watch, open_metadata_store
+from dray_broker.index.offsets import IndexEntry, IndexWatch, OffsetIndex, PartitionRef
+from dray_broker.metadata import MetadataStore, open_metadata_store
 from dray_broker.objectstore import open_object_store
 from dray_broker.observability.http import HttpEndpoint
 from dray_broker.observability.instrumented import timed_metadata_store, timed_object_store
@@ -30,6 +34,7 @@ from dray_broker.produce.wal_writer import WalWriter
 from dray_broker.routing.registry import BrokerInfo, BrokerRegistry, allocate_broker_id
 from dray_broker.server import allocator
 from dray_broker.server.broker_dir import broker_id_of, lock_data_dir
+from dray_broker.server.authentication import Authenticator, FailedLogins, sasl_settings
 from dray_broker.server.connection import Connection
 from dray_broker.server.dispatch import Dispatcher
 from dray_broker.server.handling import NoService
@@ -37,13 +42,19 @@ from dray_broker.server.listeners import Listener
 from dray_broker.server.tls import HANDSHAKE_TIMEOUT_S, ServerTls
 from dray_broker.server.request_budget import RequestBudget
 from dray_broker.server.routes import ROUTES
-from dray_broker.server.services import AdminService, ClusterView, FetchService, GroupService, ProduceService
+from dray_broker.server.services import (
+    AdminService,
+    ClusterView,
+    FetchService,
+    GroupService,
+    ProduceService,
+    UserService,
+)
 from dray_broker.topics.catalog import TopicCatalog
 from dray_broker.version import VERSION
 
 log = logging.getLogger(__name__)
 
-INDEX_PREFIX = "/dray/idx/"
 # How long a draining broker waits for answers to requests already read (long polls end sooner: see fetch).
 DRAIN_TIMEOUT_S = 10.0
 DRAIN_REPORT_S = 1.0  # while draining, say what it waits for this often
@@ -71,6 +82,7 @@ class Broker:
         self.tls: ServerTls | None = None  # the ssl and sasl_ssl listeners' certificates, if there are such
         self.port = -1  # the first listener's bound port, once started
         self._dispatcher: Dispatcher | None = None  # once every service it routes to has started
+        self._authenticator: Authenticator | None = None
         self._stack = contextlib.AsyncExitStack()  # what start() started, stopped in reverse order
 
     # --- lifecycle --------------------------------------------------------------------------------------------
@@ -116,7 +128,7 @@ class Broker:
         await producers.start()
         # Pushed before the drain: the producers' reservations stop only after every request read is answered.
         stack.push_async_callback(producers.stop)
-        index_watch = await metadata.watch(INDEX_PREFIX)
+        index_watch = await index.watch()
         _run_until_stopped(stack, _follow_index(index_watch, reader), "index-watch")
         _run_until_stopped(stack, self._sweep(), "connection-sweep")
 
@@ -146,8 +158,24 @@ class Broker:
         # Parked JoinGroup/SyncGroup requests get NOT_COORDINATOR and the leases go, so another broker takes over.
         stack.push_async_callback(coordinator.stop)
 
+        # The cluster's ACLs, followed from the metadata store; enforced only with --acls.
+        acl_store = None
+        enforcer = None
+        if s.acls:
+            authorizer = Authorizer(s.super_user_list, s.allow_everyone_if_no_acl_found)
+            acl_store = AclStore(metadata, authorizer)
+            await acl_store.start()
+            stack.push_async_callback(acl_store.stop)
+            enforcer = Enforcer(authorizer, topics, (r.key for r in ROUTES))
+            log.info("authorizer on: %d ACLs, super users %s", len(authorizer), ", ".join(s.super_user_list) or "none")
+
         cluster = ClusterView(self.cluster_id, self.broker_id, registry, topics, s.auto_create_topics,
                               s.default_partitions, s.enforce_owner)
+        credentials = ScramCredentialStore(metadata)
+        self._authenticator = Authenticator(
+            sasl_settings(s, credentials, self.cluster_id), ROUTES, self.metrics,
+            FailedLogins(s.sasl_failed_login_limit, s.sasl_failed_login_window_ms), s.max_request_bytes,
+            s.connection_failed_authentication_delay_ms)
         self._dispatcher = Dispatcher(ROUTES, [
             ROUTES,
             NoService(),
@@ -156,7 +184,9 @@ class Broker:
             FetchService(cluster, topics, reader, index),
             AdminService(cluster, topics, reader, s),
             GroupService(coordinator, topics),
-        ], self.metrics)
+            UserService(credentials),
+            AclService(acl_store),
+        ], self.metrics, self._authenticator, enforcer)
 
         if s.http_listen:
             http_host, http_port = s.http_listen.rsplit(":", 1)
@@ -211,10 +241,14 @@ class Broker:
 
     def _new_connection(self, listener: Listener) -> Connection:
         assert self._dispatcher is not None, "connections are accepted once the broker has started"
-        return Connection(self._dispatcher.dispatch, self.settings.max_request_bytes, self._connection_closed,
+        conn = Connection(self._dispatcher.dispatch, self.settings.max_request_bytes, self._connection_closed,
                           self.request_budget, listener=self._bound(listener),
                           identify=self.tls.principal if listener.tls and self.tls is not None else None,
                           on_open=self._connection_opened)
+        if conn.listener.sasl:  # the login comes first (server/authentication.py)
+            assert self._authenticator is not None
+            self._authenticator.attach(conn)
+        return conn
 
     def _connection_opened(self, conn: Connection) -> None:
         # (A TLS client is counted once its handshake is done: one that fails it never opens, nor closes.)
@@ -270,17 +304,12 @@ async def _batch_headers(reader: PartitionReader, p: PartitionRef,
     return batch_headers((await reader.load(entry)).data)
 
 
-async def _follow_index(watch: Watch, reader: PartitionReader) -> None:
+async def _follow_index(watch: IndexWatch, reader: PartitionReader) -> None:
     """Index changes from every broker: move log ends and wake long-polling fetches."""
     try:
-        async for n in watch:
-            parts = n.key[len(INDEX_PREFIX):].split("/")
-            if len(parts) == 3:
-                try:
-                    ref = PartitionRef(uuid.UUID(parts[0]), int(parts[1]))
-                except ValueError:
-                    continue
-                reader.index_changed(ref, n.key)
+        async for change in watch:
+            if change.log_end is not None:
+                reader.index_changed(change.partition, change.log_end)
     except asyncio.CancelledError:
         await watch.aclose()
         raise

@@ -43,6 +43,9 @@ class RequestContext:
     # The name of the listener the client connected on (server/listeners.py): the endpoints it is given are that
     # listener's.
     listener: str = DEFAULT_LISTENER
+    # Topics of this Produce or Fetch the principal may not write or read (auth/enforce.py): answered with
+    # TOPIC_AUTHORIZATION_FAILED by the handler, which encodes its answer by hand.
+    denied_topics: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)

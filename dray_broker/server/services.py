@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from dray_broker.auth.credential_store import ScramCredentialStore
 from dray_broker.config import Settings
 from dray_broker.faults import Faults
 from dray_broker.fetch.reader import PartitionReader
@@ -84,3 +85,11 @@ class GroupService:
 
     coordinator: GroupCoordinator
     topics: TopicCatalog
+
+
+@dataclass(frozen=True, slots=True)
+class UserService:
+    """SCRAM credential management (DescribeUserScramCredentials, AlterUserScramCredentials): the store every broker
+    reads logins from."""
+
+    credentials: ScramCredentialStore

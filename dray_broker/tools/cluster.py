@@ -65,11 +65,12 @@ def read_compaction_state(metadata_url: str, topics: list[str], timeout: float =
 async def _read_compaction_state(metadata_url: str, topics: list[str]) -> dict[str, dict[int, dict]]:
     from dray_broker.index.offsets import OffsetIndex, WalLocation
     from dray_broker.metadata import open_metadata_store
-    from dray_broker.topics.catalog import PREFIX, Topic
+    from dray_broker.topics.catalog import Topic, TopicCatalog
 
     store = await open_metadata_store(metadata_url)
     try:
         index = OffsetIndex(store)
+        catalog = TopicCatalog(store)
 
         async def partition_state(topic: Topic, partition: int) -> dict:
             ref = topic.partition(partition)
@@ -85,10 +86,9 @@ async def _read_compaction_state(metadata_url: str, topics: list[str]) -> dict[s
 
         state: dict[str, dict[int, dict]] = {}
         for name in topics:
-            found = await store.get(PREFIX + name)
-            if found is None:
+            topic = await catalog.get(name)
+            if topic is None:
                 continue
-            topic = Topic.decode(name, found.value, found.version)
             states = await asyncio.gather(*(partition_state(topic, p) for p in range(topic.partitions)))
             state[name] = dict(enumerate(states))
         return state

@@ -1,8 +1,9 @@
 """Topics in the metadata store, cached by every broker and kept fresh by a watch.
 
-    /dray/topics/<name>   JSON {"id": uuid, "partitions": n, "configs": {...}, "created_ms": t}
-    /dray/deleted-topics/<id>   the same JSON plus "name" and "deleted_ms": a deleted topic whose data (index
-                                entries, Iceberg table) the pipeline's GC has not removed yet
+    a topic (keyspace.topic_key)             JSON {"id": uuid, "partitions": n, "configs": {...}, "created_ms": t}
+    a deleted topic (keyspace.deleted_topic_key)
+                                             the same JSON plus "name" and "deleted_ms": a deleted topic whose data
+                                             (index entries, Iceberg table) the pipeline's GC has not removed yet
 
 A cache miss reads the store, so a topic created through one broker is usable at once through another."""
 
@@ -17,13 +18,12 @@ import uuid
 from dataclasses import dataclass, field
 
 from dray_broker.index.offsets import PartitionRef
+from dray_broker.keyspace import DELETED_TOPICS, TOPICS, deleted_topic_key, parse_topic_key, topic_key
 from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, NotificationType, VersionMismatchError
 from dray_broker.records.recompress import PRODUCER, TOPIC_CODECS
 
 log = logging.getLogger(__name__)
 
-PREFIX = "/dray/topics/"
-DELETED_PREFIX = "/dray/deleted-topics/"
 _LEGAL_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 
 
@@ -126,9 +126,9 @@ class TopicCatalog:
         self._watch_task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        watch = await self.store.watch(PREFIX)
-        for e in await self.store.range_scan(PREFIX, PREFIX + "~"):
-            self._remember(Topic.decode(e.key[len(PREFIX):], e.value, e.version))
+        watch = await self.store.watch(TOPICS.prefix)
+        for topic in await self.read_all():
+            self._remember(topic)
         self._watch_task = asyncio.create_task(self._follow(watch), name="topic-catalog-watch")
 
     async def stop(self) -> None:
@@ -138,7 +138,9 @@ class TopicCatalog:
     async def _follow(self, watch) -> None:
         try:
             async for n in watch:
-                name = n.key[len(PREFIX):]
+                name = parse_topic_key(n.key)
+                if name is None:
+                    continue
                 if n.type in (NotificationType.DELETED, NotificationType.RANGE_DELETED):
                     self._forget(name)
                 else:
@@ -164,13 +166,19 @@ class TopicCatalog:
             self._by_id.pop(old.id, None)
 
     async def refresh(self, name: str) -> Topic | None:
-        e = await self.store.get(PREFIX + name)
+        e = await self.store.get(topic_key(name))
         if e is None:
             self._forget(name)
             return None
         topic = Topic.decode(name, e.value, e.version)
         self._remember(topic)
         return topic
+
+    async def read_all(self) -> list[Topic]:
+        """Every topic as the store has it now, by name (the cache is left alone)."""
+        found = await self.store.range_scan(TOPICS.prefix, TOPICS.end)
+        topics = [Topic.decode(name, e.value, e.version) for e in found if (name := parse_topic_key(e.key))]
+        return sorted(topics, key=lambda t: t.name)
 
     # --- reads ------------------------------------------------------------------------------------------------
 
@@ -200,7 +208,7 @@ class TopicCatalog:
                 raise TopicError(f"topic {name!r} already exists", TOPIC_ALREADY_EXISTS)
             return topic
         try:
-            e = await self.store.put(PREFIX + name, topic.encode(), expected_version=MUST_NOT_EXIST)
+            e = await self.store.put(topic_key(name), topic.encode(), expected_version=MUST_NOT_EXIST)
         except VersionMismatchError:
             raise TopicError(f"topic {name!r} already exists", TOPIC_ALREADY_EXISTS) from None
         topic = Topic(topic.name, topic.id, topic.partitions, topic.configs, topic.created_ms, e.version)
@@ -215,8 +223,8 @@ class TopicCatalog:
             raise TopicError(f"topic {name!r} does not exist", UNKNOWN_TOPIC_OR_PARTITION)
         # The tombstone first: a crash in between leaves a live topic with a tombstone, which GC ignores.
         tombstone = {**json.loads(topic.encode()), "name": name, "deleted_ms": int(time.time() * 1000)}
-        await self.store.put(DELETED_PREFIX + str(topic.id), json.dumps(tombstone).encode())
-        await self.store.delete(PREFIX + name)
+        await self.store.put(deleted_topic_key(topic.id), json.dumps(tombstone).encode())
+        await self.store.delete(topic_key(name))
         self._forget(name)
         log.info("deleted topic %s (id %s)", name, topic.id)
         return topic
@@ -224,13 +232,13 @@ class TopicCatalog:
     async def deleted(self) -> list[tuple[Topic, int]]:
         """Deleted topics not yet cleaned up, with the time (ms) each was deleted."""
         out = []
-        for e in await self.store.range_scan(DELETED_PREFIX, DELETED_PREFIX + "~"):
+        for e in await self.store.range_scan(DELETED_TOPICS.prefix, DELETED_TOPICS.end):
             doc = json.loads(e.value)
             out.append((Topic.decode(doc["name"], e.value, -1), int(doc["deleted_ms"])))
         return out
 
     async def forget_deleted(self, topic_id: uuid.UUID) -> None:
-        await self.store.delete(DELETED_PREFIX + str(topic_id))
+        await self.store.delete(deleted_topic_key(topic_id))
 
     async def _update(self, name: str, change) -> Topic:
         while True:
@@ -239,7 +247,7 @@ class TopicCatalog:
                 raise TopicError(f"topic {name!r} does not exist", UNKNOWN_TOPIC_OR_PARTITION)
             new = change(topic)
             try:
-                e = await self.store.put(PREFIX + name, new.encode(), expected_version=topic.version)
+                e = await self.store.put(topic_key(name), new.encode(), expected_version=topic.version)
             except VersionMismatchError:
                 continue
             new = Topic(new.name, new.id, new.partitions, new.configs, new.created_ms, e.version)

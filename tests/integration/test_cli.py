@@ -284,12 +284,11 @@ def test_cluster_status_offsets_and_compaction_lag(embedded_broker, topic_name):
     async def advance_watermark():
         from dray_broker.index.offsets import OffsetIndex
         from dray_broker.metadata import open_metadata_store
-        from dray_broker.topics.catalog import PREFIX, Topic
+        from dray_broker.topics.catalog import TopicCatalog
 
         store = await open_metadata_store(metadata_url(b))
         try:
-            found = await store.get(PREFIX + topic_name)
-            ref = Topic.decode(topic_name, found.value, found.version).partition(0)
+            ref = (await TopicCatalog(store).get(topic_name)).partition(0)
             await OffsetIndex(store).swap(ref, 30, -1)
         finally:
             await store.close()

@@ -13,8 +13,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from kafka import KafkaProducer
 from kio.schema.errors import ErrorCode
 
+from dray_broker.keyspace import PRODUCER_OWNERS
 from dray_broker.metadata import open_metadata_store
-from dray_broker.produce.producers import OWNER_PREFIX
 from dray_broker.protocol import apis
 from tests.batches import make_batch
 from tests.integration.brokers import BrokerProcess
@@ -251,7 +251,7 @@ def _owner_keys(metadata_url: str) -> set[str]:
     async def scan():
         store = await open_metadata_store(metadata_url)
         try:
-            return set(await store.list(OWNER_PREFIX, OWNER_PREFIX + "~"))
+            return set(await store.list(PRODUCER_OWNERS.prefix, PRODUCER_OWNERS.end))
         finally:
             await store.close()
 

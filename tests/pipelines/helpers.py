@@ -13,6 +13,7 @@ from dray_broker.config import LakeSettings
 from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.fetch.reader import PartitionReader
 from dray_broker.index.offsets import OffsetIndex
+from dray_broker.keyspace import IndexFamily
 from dray_broker.metadata import open_metadata_store
 from dray_broker.objectstore import open_object_store
 from dray_broker.produce.wal_writer import WalWriter
@@ -133,7 +134,7 @@ async def log_state(settings: LakeSettings, topic: str, partition: int) -> LogSt
         start = await lake.index.log_start_offset(ref)
         end = await lake.index.log_end_offset(ref)
         committed = lake.table(t).committed_end(partition)
-        pq = [(e.start, e.end) for e in await lake.index.entries(ref, "pq-")]
+        pq = [(e.start, e.end) for e in await lake.index.entries(ref, IndexFamily.PARQUET)]
         return LogState(w, start, end, committed, pq)
 
 

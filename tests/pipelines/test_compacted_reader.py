@@ -11,6 +11,7 @@ import pytest
 from kafka.record.default_records import DefaultRecordBatch
 
 from dray_broker.fetch.compacted import CompactedReader, batches_from_table
+from dray_broker.keyspace import IndexFamily
 from dray_broker.records.decode import decode_batch
 from dray_broker.records.encode import encode_batch, varint
 from dray_pipelines import compaction, sql
@@ -115,7 +116,7 @@ def test_reader_codec_option(settings):
     async def read_first(codec):
         async with open_lake(settings) as lake:
             t = await lake.topic("reader")
-            entry = (await lake.index.entries(t.partition(0), "pq-"))[0]
+            entry = (await lake.index.entries(t.partition(0), IndexFamily.PARQUET))[0]
             return await CompactedReader(lake.objects, codec=codec).load(entry)
 
     original = asyncio.run(read_first("original"))

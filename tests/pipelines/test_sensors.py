@@ -9,6 +9,8 @@ import uuid
 from dagster import AssetKey, DagsterRunStatus
 from ulid import ULID
 
+from dray_broker import keyspace
+from dray_broker.keyspace import IndexFamily
 from dray_broker.topics.catalog import TopicCatalog
 from dray_pipelines import gc
 from dray_pipelines.lake import open_lake
@@ -165,7 +167,7 @@ def test_wal_gc_waits_for_the_grace_period(runner, settings, clock):
 async def _wal_entries(settings, topic, p):
     async with open_lake(settings) as lake:
         t = await lake.topic(topic)
-        return await lake.index.entries(t.partition(p), "wal-")
+        return await lake.index.entries(t.partition(p), IndexFamily.WAL)
 
 
 async def _plan(settings, grace, at_ms=None):
@@ -295,6 +297,10 @@ def test_deleted_topic_is_purged_after_the_grace_period(runner, settings):
 
     async def delete_doomed():
         async with open_lake(settings) as lake:
+            # An idempotent producer's state on a partition of the doomed topic goes with it.
+            topic = await TopicCatalog(lake.store).refresh("doomed")
+            state = keyspace.producer_state_key(topic.id, 1, 7)
+            await lake.store.put(state, b'{"epoch": 0}', partition_key=topic.partition(1).partition_key)
             topic = await TopicCatalog(lake.store).delete("doomed")
             return topic, settings.object_key(lake.table(topic).location)
 
@@ -304,9 +310,9 @@ def test_deleted_topic_is_purged_after_the_grace_period(runner, settings):
         async with open_lake(settings) as lake:
             keys = []
             for p in range(doomed.partitions):
-                ref = doomed.partition(p)
-                for d in (ref.dir, f"/dray/lake/{doomed.id}/{p}/"):
-                    keys += await lake.store.list(d, d + "~", partition_key=ref.partition_key)
+                for d in (keyspace.index_dir(doomed.id, p), keyspace.lake_dir(doomed.id, p),
+                          keyspace.producer_states(doomed.id, p)):
+                    keys += await lake.store.list(d.prefix, d.end, partition_key=d.partition_key)
             return {"keys": keys,
                     "table": "doomed" in {n for _, n in lake.catalog.list_tables(settings.namespace)},
                     "files": [o.key for o in await lake.objects.list(table_prefix + "/")],
@@ -314,6 +320,7 @@ def test_deleted_topic_is_purged_after_the_grace_period(runner, settings):
 
     before = asyncio.run(leftovers())
     assert before["keys"] and before["table"] and before["files"] and before["tombstones"] == ["doomed"]
+    assert keyspace.producer_state_key(doomed.id, 1, 7) in before["keys"]
     assert _runner(runner, wal_gc_grace_ms=3_600_000).run_sensor("deleted_topics_sensor").runs == []
     result = runner.run_sensor("deleted_topics_sensor")
     assert [r.job for r in result.runs] == ["deleted_topics_gc"] and not result.failed

@@ -12,7 +12,15 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from dray_broker.index.offsets import OffsetIndex, ParquetLocation, PartitionRef, WalLocation
+from dray_broker.index.offsets import (
+    IndexChange,
+    OffsetIndex,
+    ParquetLocation,
+    PartitionRef,
+    WalLocation,
+    WalTail,
+)
+from dray_broker.keyspace import IndexFamily
 from dray_broker.metadata import open_metadata_store
 
 BACKENDS = ["sqlite", pytest.param("oxia", marks=pytest.mark.oxia)]
@@ -39,7 +47,7 @@ async def _append_all(index: OffsetIndex, p: PartitionRef, writer: int, appends:
 
 async def _compact(index: OffsetIndex, p: PartitionRef) -> int:
     """What the compaction job does: Parquet entries for every WAL entry so far, then the watermark CAS."""
-    entries = await index.entries(p, "wal-")
+    entries = await index.entries(p, IndexFamily.WAL)
     if not entries:
         return 0
     watermark, version = await index.compacted_watermark(p)
@@ -139,3 +147,91 @@ async def test_a_stale_swap_is_refused(metadata_url):
         assert (await index.compacted_watermark(p))[0] == 3
     finally:
         await store.close()
+
+
+async def test_what_the_pipelines_and_gc_do_through_the_index(metadata_url):
+    """Entries from an offset, the log end with its bytes, deleting below a point, the purge of a partition."""
+    store = await open_metadata_store(metadata_url)
+    try:
+        index = OffsetIndex(store)
+        p, neighbour = PartitionRef(uuid.uuid4(), 0), PartitionRef(uuid.uuid4(), 0)
+        assert await index.log_end_and_bytes(p) == (0, 0)
+        for i in range(6):
+            await index.append(p, _location(f"p{i}", [2]), 2, 20)
+        await index.append(neighbour, _location("n", [5]), 5, 50)
+        assert await index.log_end_and_bytes(p) == (12, 120)
+        wal = await index.entries(p, IndexFamily.WAL)
+        assert [(e.start, e.end, e.cum_bytes) for e in wal] == [(2 * i, 2 * i + 2, 20 * i + 20) for i in range(6)]
+        assert [e.end for e in await index.entries(p, IndexFamily.WAL, min_end=6)] == [6, 8, 10, 12]
+        for start in (0, 4):
+            await index.put_parquet_entry(p, start, start + 4, ParquetLocation(f"pq/{start}", 0, 0))
+        _, version = await index.compacted_watermark(p)
+        await index.swap(p, 8, version)
+        assert [e.end for e in await index.entries(p, IndexFamily.PARQUET, min_end=5)] == [8]
+
+        await index.advance_log_start_offset(p, 4)
+        assert await index.delete_parquet_entries_below(p, 4) == 1
+        assert [e.end for e in await index.entries(p, IndexFamily.PARQUET)] == [8]
+        assert await index.delete_wal_entries_below(p, 100) == 5  # all but the newest, which anchors the sequence
+        assert [e.end for e in await index.entries(p, IndexFamily.WAL)] == [12]
+        assert (await index.lookup(p, 5)).location.path == "pq/4"
+        assert (await index.lookup(p, 10)).end == 12
+
+        await index.purge(p)
+        assert await index.entries(p, IndexFamily.WAL) == [] and await index.entries(p, IndexFamily.PARQUET) == []
+        assert (await index.log_end_offset(p), await index.log_start_offset(p)) == (0, 0)
+        assert await index.compacted_watermark(p) == (0, -1)
+        assert await index.log_end_and_bytes(neighbour) == (5, 50)
+    finally:
+        await store.close()
+
+
+async def test_the_wal_past_the_watermark_with_its_bytes(metadata_url):
+    """What compaction has left to do: the WAL entries past an entry boundary, the bytes appended through it and
+    through the log end, also once GC deleted the entries below it."""
+    store = await open_metadata_store(metadata_url)
+    try:
+        index = OffsetIndex(store)
+        p = PartitionRef(uuid.uuid4(), 2)
+        assert await index.wal_after(p, 0) == WalTail([], 0, 0, 0)
+        for i in range(4):
+            await index.append(p, _location(f"t{i}", [1, 2]), 3, 30)
+
+        def seen(tail: WalTail):
+            return [e.end for e in tail.entries], tail.bytes_at, tail.log_end, tail.bytes_at_end
+
+        assert seen(await index.wal_after(p, 0)) == ([3, 6, 9, 12], 0, 12, 120)
+        assert seen(await index.wal_after(p, 6)) == ([9, 12], 60, 12, 120)
+        assert seen(await index.wal_after(p, 12)) == ([], 120, 12, 120)
+        assert await index.delete_wal_entries_below(p, 6) == 2
+        assert seen(await index.wal_after(p, 6)) == ([9, 12], 60, 12, 120)
+        assert await index.delete_wal_entries_below(p, 12) == 1  # the newest stays
+        assert seen(await index.wal_after(p, 12)) == ([], 120, 12, 120)
+    finally:
+        await store.close()
+
+
+async def test_the_index_watch_says_which_partition_and_its_log_end(metadata_url):
+    writer, watcher = await open_metadata_store(metadata_url), await open_metadata_store(metadata_url)
+    try:
+        watch = await OffsetIndex(watcher).watch()
+        index = OffsetIndex(writer)
+        a, b = PartitionRef(uuid.uuid4(), 1), PartitionRef(uuid.uuid4(), 7)
+
+        async def next_change_of(p: PartitionRef):
+            async for change in watch:
+                if change.partition == p:
+                    return change
+
+        await index.append(a, _location("a", [3]), 3, 30)
+        assert await asyncio.wait_for(next_change_of(a), 10) == IndexChange(a, 3)
+        await index.append(b, _location("b", [4]), 4, 40)
+        await index.append(b, _location("b2", [1]), 1, 10)
+        assert await asyncio.wait_for(next_change_of(b), 10) == IndexChange(b, 4)
+        assert await asyncio.wait_for(next_change_of(b), 10) == IndexChange(b, 5)
+        await index.swap(b, 5, -1)  # not a WAL append: the partition, but no log end
+        assert await asyncio.wait_for(next_change_of(b), 10) == IndexChange(b, None)
+        await watch.aclose()
+    finally:
+        await writer.close()
+        await watcher.close()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 
+from dray_broker import keyspace
 from dray_broker.fetch.cache import EntryCache
 from dray_broker.index.offsets import IndexEntry, PartitionRef, WalLocation
 
 
 def _entry(p: PartitionRef, start: int, end: int) -> IndexEntry:
     loc = WalLocation(f"wal/{start}", 0, 100, 0, 0, 0, (end - start,), (100,))
-    return IndexEntry(f"{p.dir}wal-{end:020d}-{end * 100:020d}", start, end, loc)
+    return IndexEntry(keyspace.wal_key(p.topic_id, p.partition, end, end * 100), start, end, loc, end * 100)
 
 
 def test_entries_are_bounded_per_partition_and_in_all():
