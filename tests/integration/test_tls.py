@@ -53,9 +53,9 @@ class TlsBroker(BrokerProcess):
         return f"127.0.0.1:{self.ssl_port}"
 
 
-def _tls_broker(data_dir: Path, cert: Path, key: Path, *more: str) -> TlsBroker:
+def _tls_broker(data_dir: Path, cert: Path, key: Path, *more: str, protocol: str = "SSL") -> TlsBroker:
     ssl_port = free_port()
-    b = TlsBroker(data_dir, extra_args=["--listen", f"SSL://127.0.0.1:{ssl_port}", "--tls-cert", str(cert),
+    b = TlsBroker(data_dir, extra_args=["--listen", f"{protocol}://127.0.0.1:{ssl_port}", "--tls-cert", str(cert),
                                         "--tls-key", str(key), *more])
     b.ssl_port = ssl_port
     return b
@@ -384,6 +384,8 @@ def test_the_cli_connects_with_a_kafka_client_properties_file_or_librdkafka_prop
 
 
 def test_make_certs_gives_a_broker_clients_trust_and_renews_it_in_place(tmp_path):
+    """compose.yaml's recipe: certificates from the script, the first SCRAM user written before the broker starts
+    (users-init), a sasl_ssl listener that clients log in to, checking the broker's name."""
     script = Path(__file__).resolve().parents[2] / "deploy" / "make-certs.sh"
     certs = tmp_path / "certs"
 
@@ -394,14 +396,24 @@ def test_make_certs_gives_a_broker_clients_trust_and_renews_it_in_place(tmp_path
 
     assert "made the CA" in make("localhost", "broker-a1")
     assert "kept" in make("localhost", "broker-a1")  # valid, same hosts: nothing changes
-    b = _tls_broker(tmp_path / "data", certs / "broker.pem", certs / "broker.key", "--tls-check-ms", "100").start()
+    done = subprocess.run([sys.executable, "-m", "dray_broker.cli", "users", "bootstrap", "admin", "--password",
+                           "compose-secret", "--data-dir", str(tmp_path / "data")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    b = _tls_broker(tmp_path / "data", certs / "broker.pem", certs / "broker.key", "--tls-check-ms", "100",
+                    protocol="sasl_ssl").start()
     try:
         topic = f"make-certs-{uuid.uuid4().hex[:6]}"
         create_topic(b.bootstrap, topic, 1)
-        tls = ClientTls(certs / "ca.pem")
         by_name = f"localhost:{b.ssl_port}"  # librdkafka checks the name against the certificate
-        acked = produce("confluent", by_name, topic, make_records(30, 1, seed=5), tls=tls)
-        read_back("kcat", by_name, topic, acked, tls=tls)
+        login = {**ClientTls(certs / "ca.pem").librdkafka(), "security.protocol": "sasl_ssl",
+                 "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "admin", "sasl.password": "compose-secret"}
+        acked = produce("confluent", by_name, topic, make_records(30, 1, seed=5), confluent_config=login)
+        kcat = [KCAT, "-C", "-b", by_name, "-t", topic, "-e", "-q", "-m", "15",
+                *(arg for k, v in login.items() for arg in ("-X", f"{k}={v}"))]
+        read = subprocess.run(kcat, capture_output=True, timeout=30)
+        assert read.returncode == 0, read.stderr
+        assert len(read.stdout.splitlines()) == len(acked)
 
         def served_names() -> set[str]:
             wire = _tls_wire(b.ssl_bootstrap, certs / "ca.pem")
@@ -413,6 +425,7 @@ def test_make_certs_gives_a_broker_clients_trust_and_renews_it_in_place(tmp_path
         assert served_names() == {"127.0.0.1", "localhost", "broker-a1"}
         assert "issued" in make("localhost", "broker-a1", "kafka.example.com")  # another host: a new certificate
         _wait_for(lambda: "kafka.example.com" in served_names(), what="the renewed certificate")
-        read_back("confluent", by_name, topic, acked, tls=tls)
+        more = produce("confluent", by_name, topic, make_records(5, 1, seed=6), confluent_config=login)
+        assert [r.offset for r in more] == list(range(len(acked), len(acked) + 5))
     finally:
         b.stop()
