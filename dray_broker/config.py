@@ -451,6 +451,8 @@ class ClientSettings(DraySettings):
 
     bootstrap: str = Field("127.0.0.1:9092", description="broker(s) to talk to")
     client_debug: bool = Field(False, description="show the Kafka client's (librdkafka's) log lines")
+    command_config: Path | None = Field(None, description="Kafka client properties file (as kafka-topics.sh "
+                                        "--command-config takes): how to connect to a secured cluster")
 
     @field_validator("bootstrap")
     @classmethod
@@ -510,7 +512,7 @@ def _metavar(name: str, annotation: Any) -> str:
         return "ISSUER"
     if name == "data_dir":
         return "DIR"
-    if name in ("config", "tls_cert", "tls_key", "tls_ca"):
+    if name in ("config", "tls_cert", "tls_key", "tls_ca", "command_config"):
         return "FILE"
     if name.endswith(("_port", "_host")):
         return name.rsplit("_", 1)[1].upper()

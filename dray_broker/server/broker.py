@@ -243,13 +243,17 @@ class Broker:
         assert self._dispatcher is not None, "connections are accepted once the broker has started"
         conn = Connection(self._dispatcher.dispatch, self.settings.max_request_bytes, self._connection_closed,
                           self.request_budget, listener=self._bound(listener),
-                          identify=self.tls.principal if listener.tls and self.tls is not None else None)
+                          identify=self.tls.principal if listener.tls and self.tls is not None else None,
+                          on_open=self._connection_opened)
         if conn.listener.sasl:  # the login comes first (server/authentication.py)
             assert self._authenticator is not None
             self._authenticator.attach(conn)
+        return conn
+
+    def _connection_opened(self, conn: Connection) -> None:
+        # (A TLS client is counted once its handshake is done: one that fails it never opens, nor closes.)
         self.connections.add(conn)
         self.metrics.connections.inc()
-        return conn
 
     def reload_tls(self) -> None:
         """SIGHUP: load the TLS files again (new handshakes use them; open connections keep theirs)."""

@@ -74,21 +74,24 @@ STALLED_SWEEPS = 30
 
 class Connection(asyncio.BufferedProtocol):
     # Slots and waiter futures made only when a task waits: thousands of idle connections stay small.
-    __slots__ = ("_handle_frame", "_max_frame", "_on_close", "_budget", "_stalled_sweeps", "_buffer", "_view",
-                 "_filled", "_frame_size", "_frames", "_responses", "_transport", "_tasks", "_paused",
+    __slots__ = ("_handle_frame", "_max_frame", "_on_open", "_on_close", "_budget", "_stalled_sweeps", "_buffer",
+                 "_view", "_filled", "_frame_size", "_frames", "_responses", "_transport", "_tasks", "_paused",
                  "_waiting_for_budget", "_too_many_in_flight", "_draining", "_write_paused", "_closing", "_lost",
                  "_received", "_stalled", "_unanswered", "_frames_waiter", "_responses_waiter",
-                 "_writable_waiter", "_answered_waiter", "peer", "host", "client_id", "listener", "principal", "_identify",
-                 "sasl", "_ending")
+                 "_writable_waiter", "_answered_waiter", "peer", "host", "client_id", "listener", "principal",
+                 "_identify", "sasl", "_ending")
 
     def __init__(self, handle_frame: FrameHandler, max_frame_bytes: int, on_close: Callable[["Connection"], None],
                  budget: RequestBudget, *, listener: Listener = PLAINTEXT_LISTENER,
                  identify: Callable[[asyncio.BaseTransport], KafkaPrincipal] | None = None,
-                 stalled_sweeps: int = STALLED_SWEEPS):
-        """identify: the principal of a client from its transport once connected (a TLS client certificate's
-        subject); ValueError refuses the client."""
+                 on_open: Callable[["Connection"], None] | None = None, stalled_sweeps: int = STALLED_SWEEPS):
+        """on_open and on_close: called when the connection is made and when it is lost. A TLS connection is made
+        once its handshake is done; one whose handshake fails is never made (nor lost). identify: the principal
+        of a client from its transport once connected (a TLS client certificate's subject); ValueError refuses the
+        client."""
         self._handle_frame = handle_frame
         self._max_frame = max_frame_bytes
+        self._on_open = on_open
         self._on_close = on_close
         self._budget = budget
         self._stalled_sweeps = stalled_sweeps
@@ -139,6 +142,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # a stream server's
+        if self._on_open is not None:
+            self._on_open(self)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.host = f"/{peer[0]}" if peer else ""

@@ -14,6 +14,7 @@ listener it connected on, each broker registering every listener's advertised en
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
@@ -85,15 +86,16 @@ class Listener:
     advertised_host: str
     advertised_port: int  # 0: the bound port
 
-    @property
+    # Cached: read for every request (an enum's value is a slow descriptor).
+    @functools.cached_property
     def tls(self) -> bool:
         return self.protocol.tls
 
-    @property
+    @functools.cached_property
     def sasl(self) -> bool:
         return self.protocol.sasl
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         """The listener name, as Kafka's default one: the protocol's name."""
         return self.protocol.value

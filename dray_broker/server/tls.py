@@ -119,6 +119,8 @@ class ServerTls:
 
 
 def _reason(e: BaseException) -> str:
+    if isinstance(e, ssl.SSLError) and "PEM lib" in str(e):  # OpenSSL says no more than that
+        return "not a PEM certificate and its PEM private key (unencrypted)"
     if isinstance(e, ssl.SSLError) and e.reason:
         return f"{e.reason} ({e.library})" if e.library else e.reason
     return (e.strerror or str(e)) if isinstance(e, OSError) else str(e)

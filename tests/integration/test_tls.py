@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -52,9 +53,9 @@ class TlsBroker(BrokerProcess):
         return f"127.0.0.1:{self.ssl_port}"
 
 
-def _tls_broker(data_dir: Path, cert: Path, key: Path, *more: str) -> TlsBroker:
+def _tls_broker(data_dir: Path, cert: Path, key: Path, *more: str, protocol: str = "SSL") -> TlsBroker:
     ssl_port = free_port()
-    b = TlsBroker(data_dir, extra_args=["--listen", f"SSL://127.0.0.1:{ssl_port}", "--tls-cert", str(cert),
+    b = TlsBroker(data_dir, extra_args=["--listen", f"{protocol}://127.0.0.1:{ssl_port}", "--tls-cert", str(cert),
                                         "--tls-key", str(key), *more])
     b.ssl_port = ssl_port
     return b
@@ -68,7 +69,8 @@ def ca(tmp_path_factory) -> TestCA:
 @pytest.fixture(scope="module")
 def tls_broker(ca, tmp_path_factory):
     server = ca.server()
-    b = _tls_broker(tmp_path_factory.mktemp("tls-broker"), server.cert, server.key).start()
+    b = _tls_broker(tmp_path_factory.mktemp("tls-broker"), server.cert, server.key, "--http-listen",
+                    f"127.0.0.1:{free_port()}").start()
     yield b
     b.stop()
 
@@ -106,6 +108,13 @@ def _served_cn(bootstrap: str, ca: Path) -> str:
         return subject["commonName"]
     finally:
         wire.close()
+
+
+def _open_connections(b: BrokerProcess) -> float:
+    """The broker's dray_connections gauge (from --http-listen)."""
+    http = b.extra_args[b.extra_args.index("--http-listen") + 1]
+    metrics = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
+    return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith("dray_connections "))
 
 
 def _wait_for(condition, timeout: float = 15.0, what: str = "condition"):
@@ -147,6 +156,34 @@ def test_clients_produce_and_consume_over_ssl(tls_broker, ca, producer, reader):
     records = make_records(300, 2, seed=7, for_kcat=producer == "kcat")
     acked = produce(producer, tls_broker.ssl_bootstrap, topic, records, tls=tls)
     read_back(reader, tls_broker.ssl_bootstrap, topic, acked, tls=tls)
+
+
+def test_a_consumer_group_over_ssl_finds_its_coordinator_there(tls_broker, ca):
+    """The group's coordinator (FindCoordinator) is given at its ssl endpoint: the group joins, reads and commits."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = f"tls-group-{uuid.uuid4().hex[:6]}"
+    create_topic(tls_broker.bootstrap, topic, 2)
+    tls = ClientTls(ca.cert)
+    acked = produce("confluent", tls_broker.ssl_bootstrap, topic, make_records(100, 2, seed=9), tls=tls)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    consumer = Consumer({"bootstrap.servers": tls_broker.ssl_bootstrap, "group.id": group,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False, "session.timeout.ms": 6000,
+                         **tls.librdkafka()})
+    try:
+        consumer.subscribe([topic])
+        values = []
+        deadline = time.monotonic() + 30
+        while len(values) < len(acked) and time.monotonic() < deadline:
+            for m in consumer.consume(100, 0.2):
+                assert m.error() is None, m.error()
+                values.append(m.value())
+        assert sorted(map(repr, values)) == sorted(repr(r.value) for r in acked)
+        consumer.commit(asynchronous=False)
+        committed = consumer.committed([TopicPartition(topic, p) for p in (0, 1)], timeout=10)
+        assert sum(tp.offset for tp in committed) == len(acked)
+    finally:
+        consumer.close()
 
 
 def test_java_client_produces_and_consumes_over_ssl(tls_broker, ca):
@@ -255,13 +292,15 @@ def test_a_plaintext_client_on_the_ssl_port_fails_cleanly_and_others_are_served(
     from kafka.errors import KafkaTimeoutError
 
     before = tls_broker.log()
+    connections = _open_connections(tls_broker)
     # A raw Kafka request where a TLS ClientHello should come: the connection is closed, no Kafka answer.
-    with socket.create_connection(("127.0.0.1", tls_broker.ssl_port), timeout=15) as s:
-        s.sendall(b"\x00\x00\x00\x0e\x00\x12\x00\x00\x00\x00\x00\x01\x00\x04test")  # ApiVersions v0
-        received = b""
-        while chunk := s.recv(4096):
-            received += chunk
-        assert received == b"" or received[0] == 0x15  # nothing, or a TLS alert record
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", tls_broker.ssl_port), timeout=15) as s:
+            s.sendall(b"\x00\x00\x00\x0e\x00\x12\x00\x00\x00\x00\x00\x01\x00\x04test")  # ApiVersions v0
+            received = b""
+            while chunk := s.recv(4096):
+                received += chunk
+            assert received == b"" or received[0] == 0x15  # nothing, or a TLS alert record
     # Real plaintext clients: kafka-python gets no metadata (its version probe skipped: it would retry for 30 s),
     # nor does kcat.
     producer = KafkaProducer(bootstrap_servers=tls_broker.ssl_bootstrap, api_version=(3, 0), max_block_ms=3000)
@@ -279,6 +318,8 @@ def test_a_plaintext_client_on_the_ssl_port_fails_cleanly_and_others_are_served(
     read_back("confluent", tls_broker.bootstrap, topic, acked)
     after = tls_broker.log()[len(before):]
     assert "Traceback" not in after and " ERROR " not in after
+    # Failed handshakes hold nothing: the broker counts no connection for them.
+    _wait_for(lambda: _open_connections(tls_broker) <= connections, what="the connection count to come back")
 
 
 # --- refused configurations ------------------------------------------------------------------------------------
@@ -300,3 +341,91 @@ def test_an_ssl_listener_without_usable_certificates_does_not_start(ca, tmp_path
     other = ca.server("other-key", cn="y")
     done = broker("--tls-cert", str(server.cert), "--tls-key", str(other.key))
     assert done.returncode == 1 and "KEY_VALUES_MISMATCH" in done.stderr.upper().replace(" ", "_")
+
+
+# --- the operator CLI ------------------------------------------------------------------------------------------
+
+
+def _dray(bootstrap: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dray_broker.cli", *args, "--bootstrap", bootstrap], input=stdin,
+                          capture_output=True, text=True, timeout=90)
+
+
+def test_the_cli_connects_with_a_kafka_client_properties_file_or_librdkafka_properties(mtls_broker, tls_broker, ca,
+                                                                                       tmp_path):
+    ops = ca.client("ops", CN="ops", O="Example")
+    properties = tmp_path / "client.properties"
+    properties.write_text(f"# as for kafka-topics.sh --command-config\nsecurity.protocol=SSL\n"
+                          f"ssl.truststore.type=PEM\nssl.truststore.location={ca.cert}\n"
+                          f"ssl.keystore.type=PEM\nssl.keystore.location={ops.bundle}\n")
+    topic = f"cli-mtls-{uuid.uuid4().hex[:6]}"
+    config = ("--command-config", str(properties))
+    done = _dray(mtls_broker.ssl_bootstrap, "topics", "create", topic, "-p", "2", *config)
+    assert done.returncode == 0, done.stderr
+    done = _dray(mtls_broker.ssl_bootstrap, "produce", topic, *config, stdin="".join(f"v{i}\n" for i in range(30)))
+    assert done.returncode == 0, done.stderr
+    done = _dray(mtls_broker.ssl_bootstrap, "consume", topic, "--from-beginning", "--exit-at-end", *config)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split()) == sorted(f"v{i}" for i in range(30))
+    assert " on SSL as User:CN=ops,O=Example" in mtls_broker.log()
+
+    # librdkafka's own names with -X, on a broker without client certificates.
+    tls = ("-X", "security.protocol=ssl", "-X", f"ssl.ca.location={ca.cert}")
+    done = _dray(tls_broker.ssl_bootstrap, "topics", "create", topic, *tls)
+    assert done.returncode == 0, done.stderr
+    listed = _dray(tls_broker.ssl_bootstrap, "topics", "list", "--json", *tls)
+    assert listed.returncode == 0 and topic in listed.stdout, listed.stderr
+    # Without them the ssl port gives no answer: reported as an unreachable broker, in one line.
+    done = _dray(tls_broker.ssl_bootstrap, "topics", "list", "--timeout", "3")
+    assert done.returncode == 3 and done.stderr.startswith("dray: cannot reach a Kafka broker"), done.stderr
+
+
+# --- deploy/make-certs.sh (compose.yaml's certs-init) ----------------------------------------------------------
+
+
+def test_make_certs_gives_a_broker_clients_trust_and_renews_it_in_place(tmp_path):
+    """compose.yaml's recipe: certificates from the script, the first SCRAM user written before the broker starts
+    (users-init), a sasl_ssl listener that clients log in to, checking the broker's name."""
+    script = Path(__file__).resolve().parents[2] / "deploy" / "make-certs.sh"
+    certs = tmp_path / "certs"
+
+    def make(*hosts: str) -> str:
+        done = subprocess.run(["sh", str(script), str(certs), *hosts], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "made the CA" in make("localhost", "broker-a1")
+    assert "kept" in make("localhost", "broker-a1")  # valid, same hosts: nothing changes
+    done = subprocess.run([sys.executable, "-m", "dray_broker.cli", "users", "bootstrap", "admin", "--password",
+                           "compose-secret", "--data-dir", str(tmp_path / "data")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    b = _tls_broker(tmp_path / "data", certs / "broker.pem", certs / "broker.key", "--tls-check-ms", "100",
+                    protocol="sasl_ssl").start()
+    try:
+        topic = f"make-certs-{uuid.uuid4().hex[:6]}"
+        create_topic(b.bootstrap, topic, 1)
+        by_name = f"localhost:{b.ssl_port}"  # librdkafka checks the name against the certificate
+        login = {**ClientTls(certs / "ca.pem").librdkafka(), "security.protocol": "sasl_ssl",
+                 "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "admin", "sasl.password": "compose-secret"}
+        acked = produce("confluent", by_name, topic, make_records(30, 1, seed=5), confluent_config=login)
+        kcat = [KCAT, "-C", "-b", by_name, "-t", topic, "-e", "-q", "-m", "15",
+                *(arg for k, v in login.items() for arg in ("-X", f"{k}={v}"))]
+        read = subprocess.run(kcat, capture_output=True, timeout=30)
+        assert read.returncode == 0, read.stderr
+        assert len(read.stdout.splitlines()) == len(acked)
+
+        def served_names() -> set[str]:
+            wire = _tls_wire(b.ssl_bootstrap, certs / "ca.pem")
+            try:
+                return {value for kind, value in wire.sock.getpeercert()["subjectAltName"]}
+            finally:
+                wire.close()
+
+        assert served_names() == {"127.0.0.1", "localhost", "broker-a1"}
+        assert "issued" in make("localhost", "broker-a1", "kafka.example.com")  # another host: a new certificate
+        _wait_for(lambda: "kafka.example.com" in served_names(), what="the renewed certificate")
+        more = produce("confluent", by_name, topic, make_records(5, 1, seed=6), confluent_config=login)
+        assert [r.offset for r in more] == list(range(len(acked), len(acked) + 5))
+    finally:
+        b.stop()
