@@ -104,6 +104,11 @@ def test_dray_up_passes_its_pipeline_flags_and_stops_saying_what_it_waits_for(tm
     reader.start()
     try:
         _wait(lambda: any(line.startswith("Dray ") and " is up " in line for line in output), 240, output)
+        # It says where the Dagster processes' logs are (and they are there).
+        logs = data.resolve() / "dagster" / "process-logs"
+        _wait(lambda: any(line.split()[:2] == ["Dagster", "logs"] and f"{logs}/dagster-webserver.log" in line
+                          for line in output), 10, output)
+        assert (logs / "dagster-webserver.log").exists()
         children = psutil.Process(up.pid).children(recursive=True)
         # A second `dray up` here (a second `./dev up`): refused at once, saying what runs and how to go on.
         again = subprocess.run([sys.executable, "-m", "dray_broker.cli", "up", "--data-dir", str(data), "--listen",
