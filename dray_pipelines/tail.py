@@ -78,7 +78,7 @@ async def read_topic(lake: Lake, topic: Topic) -> TopicSnapshot:
         reader = PartitionReader(lake.objects, lake.index, READ_BYTES,
                                  load_compacted=CompactedReader(lake.objects, codec="none").load)
         try:
-            parts = await asyncio.gather(*(_partition_tail(reader, topic, p, committed.get(p, 0))
+            parts = await asyncio.gather(*(partition_tail(reader, topic, p, committed.get(p, 0))
                                            for p in range(topic.partitions)))
         except ObjectNotFoundError:
             if attempt == ATTEMPTS - 1:
@@ -91,7 +91,7 @@ async def read_topic(lake: Lake, topic: Topic) -> TopicSnapshot:
     raise AssertionError("unreachable")
 
 
-async def _partition_tail(reader: PartitionReader, topic: Topic, partition: int, committed: int
+async def partition_tail(reader: PartitionReader, topic: Topic, partition: int, committed: int
                           ) -> tuple[int, pa.Table]:
     """(log start, the records from max(committed, log start) to the log end as rows)."""
     ref = topic.partition(partition)

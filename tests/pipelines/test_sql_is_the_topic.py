@@ -139,3 +139,41 @@ def _has_view(settings, topic: str) -> bool:
         return bool(con.execute("SELECT 1 FROM duckdb_views() WHERE view_name = ?", [topic]).fetchall())
     finally:
         con.close()
+
+
+def test_a_pinned_snapshot_and_the_log_above_it_stay_whole_across_a_swap(settings, dagster_instance):
+    """The race `dray sql` must survive, made to happen: a snapshot is pinned, then compaction commits and swaps the
+    rest and WAL GC (grace 0) deletes every WAL object; the log above the pinned snapshot, read afterwards, comes from
+    Parquet, and snapshot + log hold every offset exactly once."""
+    from dray_broker.fetch.compacted import CompactedReader
+    from dray_broker.fetch.reader import PartitionReader
+    from dray_pipelines import tail
+    from dray_pipelines.lake import open_lake
+    from tests.pipelines.helpers import read_log, write_log
+
+    written = asyncio.run(write_log(settings, "pinned", 1, batches=6, records_per_batch=50, flushes_per_partition=6))
+    expected = [r[0] for r in asyncio.run(read_log(settings, "pinned", 0))]
+    assert len(expected) == written[0] == 300
+    runner = Runner(settings.model_copy(update={"compact_max_bytes": 1}), instance=dagster_instance)
+    assert not runner.run_sensor("compaction_sensor", force=True).failed  # one WAL entry compacted
+
+    async def pin_then_race():
+        async with open_lake(settings) as lake:
+            topic = await lake.topic("pinned")
+            table = tail.topic_table(lake, topic)
+            committed = tail.snapshot_committed(table)[0]
+            assert 0 < committed < 300
+            pinned = [r["offset"] for r in table.scan().to_arrow().to_pylist()]
+            # Meanwhile: the rest is compacted and swapped, and the WAL collected.
+            await asyncio.to_thread(lambda: runner.run_sensor("compaction_sensor", force=True, repeat=True))
+            await asyncio.to_thread(lambda: runner.run_sensor("wal_gc_sensor", repeat=True))
+            state = await lake.state(topic, 0)
+            assert state.watermark == 300 and not state.uncompacted
+            reader = PartitionReader(lake.objects, lake.index, 1 << 20,
+                                     load_compacted=CompactedReader(lake.objects, codec="none").load)
+            _, rows = await tail.partition_tail(reader, topic, 0, committed)
+            return pinned, rows.column("offset").to_pylist()
+
+    pinned, above = asyncio.run(pin_then_race())
+    assert sorted(pinned + above) == expected == list(range(300))
+    assert not list((settings.data_dir / "objects" / "wal").iterdir())  # it really read Parquet
