@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from dray_broker.cluster_identity import ensure_cluster_identity
 from dray_broker.config import LakeSettings
 from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.index.offsets import OffsetIndex
@@ -42,6 +43,7 @@ async def write_wal(settings, topic: str, partitions: int, records: int, codec: 
     store = await open_metadata_store(settings.metadata_url)
     objects = open_object_store(settings.object_store_url)
     try:
+        await ensure_cluster_identity(store, objects)  # as a broker would (the pipelines need a cluster's stores)
         catalog = TopicCatalog(store)
         await catalog.start()
         t = await catalog.create(topic, partitions, {"retention.ms": "-1"})

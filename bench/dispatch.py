@@ -3,7 +3,9 @@ is decoded, routed to a handler that defers a pre-encoded answer, and the answer
 for every request. CPU time of this process (time.process_time), so that other load on the machine counts less than
 in the end-to-end figures of bench/produce_consume.py.
 
-    .venv/bin/python bench/dispatch.py [--requests 20000] [--rounds 7]
+    .venv/bin/python bench/dispatch.py [--requests 20000] [--rounds 7] [--acls]
+
+--acls: with the authorizer on (auth/enforce.py), the request's topic allowed by one of a few hundred ACLs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kio.index import load_request_schema  # noqa: E402
 from kio.serial import entity_writer  # noqa: E402
 
+from dray_broker.auth.acls import (  # noqa: E402
+    AclBinding,
+    Authorizer,
+    Operation,
+    PatternType,
+    Permission,
+    ResourceType,
+)
+from dray_broker.auth.enforce import Enforcer  # noqa: E402
 from dray_broker.observability.metrics import BrokerMetrics  # noqa: E402
 from dray_broker.protocol.codec import ChunkWriter, EncodedBody, Request, make  # noqa: E402
 from dray_broker.server.connection import Connection  # noqa: E402
@@ -33,6 +44,7 @@ from dray_broker.server.handling import (  # noqa: E402
     deferred_route,
 )
 from dray_broker.server.request_budget import RequestBudget  # noqa: E402
+from dray_broker.topics.catalog import TopicCatalog  # noqa: E402
 
 ANSWER = EncodedBody(b"\x00" * 40, flexible_header=True)
 
@@ -61,10 +73,20 @@ async def handle(_: Nothing, ctx: RequestContext, req: Request) -> HandlerResult
     return Deferred(answer())
 
 
-async def main(requests: int, rounds: int) -> None:
+def enforcer() -> Enforcer:
+    authorizer = Authorizer()
+    authorizer.add(AclBinding(ResourceType.TOPIC, "t", PatternType.LITERAL, "User:ANONYMOUS", "*", Operation.WRITE,
+                              Permission.ALLOW))
+    for i in range(300):
+        authorizer.add(AclBinding(ResourceType.TOPIC, f"team{i}.", PatternType.PREFIXED, f"User:u{i}", "*",
+                                  Operation.READ, Permission.ALLOW))
+    return Enforcer(authorizer, TopicCatalog(None), [0])  # type: ignore[arg-type]  # (ids are never resolved)
+
+
+async def main(requests: int, rounds: int, acls: bool) -> None:
     frame = produce_frame()
-    dispatcher = Dispatcher(RouteTable([deferred_route(0, "Produce", (0, 13), Nothing, handle)]), [Nothing()],
-                            BrokerMetrics())
+    routes = RouteTable([deferred_route(0, "Produce", (0, 13), Nothing, handle)])
+    dispatcher = Dispatcher(routes, [Nothing()], BrokerMetrics(), enforcer=enforcer() if acls else None)
     conn = Connection(dispatcher.dispatch, 1 << 20, lambda c: None, RequestBudget(1 << 20))
 
     async def one() -> None:
@@ -80,7 +102,8 @@ async def main(requests: int, rounds: int) -> None:
         for _ in range(requests):
             await one()
         runs.append((time.process_time() - started) / requests * 1e6)
-    print(f"dispatch: {statistics.median(runs):.2f} us of CPU per produce request (median of {rounds} x {requests}; "
+    label = "dispatch (authorizer on)" if acls else "dispatch"
+    print(f"{label}: {statistics.median(runs):.2f} us of CPU per produce request (median of {rounds} x {requests}; "
           f"min {min(runs):.2f}, max {max(runs):.2f})")
 
 
@@ -88,5 +111,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=20_000)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--acls", action="store_true", help="with the authorizer on")
     args = p.parse_args()
-    asyncio.run(main(args.requests, args.rounds))
+    asyncio.run(main(args.requests, args.rounds, args.acls))

@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 
 from dray_broker.config import ConfigError, Settings, add_flags
 from dray_broker.logs import setup_logging
+from dray_broker.server.listeners import SecurityProtocol
 from dray_broker.version import VERSION
 
 log = logging.getLogger("dray")
@@ -38,7 +39,11 @@ def _settings_or_exit(args) -> Settings:
 
 def _listeners(settings) -> list[tuple[str, str, str]]:
     """(HOST:PORT, what listens there, the flag that moves it) of each port a broker listens on."""
-    listeners = [(settings.listen, "the Kafka listener", "--listen {host}:{port}")]
+    kafka = settings.listeners
+    listeners = [(listener.address, "the Kafka listener" if len(kafka) == 1 else f"the {listener.name} Kafka listener",
+                  "--listen " + ("" if listener.protocol is SecurityProtocol.PLAINTEXT else
+                                 listener.name.lower() + "://") + "{host}:{port}")
+                 for listener in kafka]
     if settings.http_listen:
         listeners.append((settings.http_listen, "metrics and health", "--http-listen {host}:{port}"))
     return listeners
@@ -66,15 +71,17 @@ async def _run_broker(settings, after_start=None, on_stop=None, on_force=None) -
     from dray_broker.server.broker import Broker
     from dray_broker.server.broker_dir import BrokerIdMismatch, DataDirInUse
     from dray_broker.server.in_use import InUse, check_free
+    from dray_broker.server.tls import TlsError
 
     broker = Broker(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, broker.reload_tls)
     try:
         await broker.start()
-    except (BrokerIdInUse, BrokerIdMismatch, ClusterMismatchError, DataDirInUse, OSError) as e:
+    except (BrokerIdInUse, BrokerIdMismatch, ClusterMismatchError, DataDirInUse, TlsError, OSError) as e:
         problem: Exception = e
         if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:  # taken since the check: say by whom
             try:
@@ -137,12 +144,13 @@ def cmd_up(args) -> int:
     # the Dagster UI's), are checked with the broker's.
     _check_free_or_exit(settings, _or_exit(lambda: [listener for listeners in getattr(args, "service_listeners", [])
                                                     for listener in listeners(args)]))
-    host, port = settings.advertised
     services = []
 
     async def start_services() -> None:
-        urls = [("Kafka bootstrap", f"{host}:{port}"),
-                ("metrics, health", f"http://{settings.http_listen}/metrics /healthz /readyz")]
+        kafka = settings.listeners
+        urls = [("Kafka bootstrap" if len(kafka) == 1 else f"Kafka {listener.name.lower()}",
+                 f"{listener.advertised_host}:{listener.advertised_port or listener.port}") for listener in kafka]
+        urls.append(("metrics, health", f"http://{settings.http_listen}/metrics /healthz /readyz"))
         for entry_point in entry_points(group="dray.services"):
             services.append(await asyncio.to_thread(entry_point.load(), settings, vars(args)))
         for service in services:

@@ -70,6 +70,19 @@ async def check_cluster_identity(metadata: MetadataStore, objects: ObjectStore) 
         _check(entry.value.decode() if entry is not None else None, marker)
 
 
+async def check_object_store_alone(objects: ObjectStore) -> None:
+    """For a metadata store of no cluster: raise ClusterMismatchError if the object store belongs to one."""
+    marker = await _marker(objects)
+    if marker is not None:
+        _check(None, marker)
+
+
+async def cluster_id(metadata: MetadataStore) -> str | None:
+    """The cluster id, or None when no broker ever started on this metadata store (there is no Dray data)."""
+    entry = await metadata.get(CLUSTER_ID)
+    return entry.value.decode() if entry is not None else None
+
+
 async def _marker(objects: ObjectStore) -> str | None:
     try:
         return (await objects.get(MARKER_KEY)).decode()

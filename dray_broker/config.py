@@ -27,8 +27,10 @@ from typing import Any, ClassVar, Mapping, Self
 from urllib.parse import parse_qs, urlparse, urlunparse
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dray_broker.server.listeners import Listener, make_listeners
 
 ENV_PREFIX = "DRAY_"
 WAREHOUSE_KEY_PREFIX = "iceberg"
@@ -117,7 +119,9 @@ class DraySettings(BaseSettings):
 
 def _problem(err: dict, given: Mapping[str, Any]) -> str:
     """One validation error: the setting, what is wrong, and where the value came from."""
-    name = str(err["loc"][0]) if err["loc"] else ""
+    if not err["loc"]:  # a problem of several settings together: its message names them
+        return err["msg"].removeprefix("Value error, ")
+    name = str(err["loc"][0])
     env = ENV_PREFIX + name.upper()
     if name in given:
         origin = "--" + name.replace("_", "-")
@@ -126,7 +130,7 @@ def _problem(err: dict, given: Mapping[str, Any]) -> str:
     else:
         origin = f"config file {given.get('config') or os.environ.get(ENV_PREFIX + 'CONFIG')}"
     message = err["msg"].removeprefix("Value error, ")
-    return f"{name or 'settings'}: {message} (from {origin})"
+    return f"{name}: {message} (from {origin})"
 
 
 class StorageSettings(DraySettings):
@@ -232,8 +236,22 @@ class StorageSettings(DraySettings):
 class Settings(StorageSettings):
     """`dray broker` (and the broker of `dray up`)."""
 
-    listen: str = Field("127.0.0.1:9092", description="HOST:PORT the Kafka listener binds")
-    advertise: str | None = Field(None, description="HOST:PORT clients are told to connect to")
+    listen: str = Field("127.0.0.1:9092", description="Kafka listener: PROTOCOL://HOST:PORT it binds (plaintext, ssl, "
+                        "sasl_plaintext or sasl_ssl; a bare HOST:PORT is plaintext), repeatable (comma-separated in "
+                        "the environment)")
+    advertise: str | None = Field(None, description="PROTOCOL://HOST:PORT clients of that protocol's listener are told "
+                                  "to connect to, repeatable (default: the listener's host and port)")
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain) of the ssl and sasl_ssl listeners; "
+                                  "reloaded when the file changes or on SIGHUP")
+    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert (unencrypted)")
+    tls_ca: Path | None = Field(None, description="PEM CA certificate(s) that sign client certificates: ssl and "
+                                "sasl_ssl clients must present one (mTLS; the principal of an ssl client is its "
+                                "certificate's subject)")
+    tls_principal_mapping_rules: str = Field("DEFAULT", description="how a client certificate's subject names the "
+                                             "principal, as Kafka's ssl.principal.mapping.rules "
+                                             "(RULE:pattern/replacement/[LU],...,DEFAULT)")
+    tls_check_ms: int = Field(1000, ge=0, description="how often the TLS files are checked for changes (0: reloaded "
+                              "on SIGHUP only)")
     http_listen: str | None = Field(None, description="HOST:PORT for /metrics, /healthz and /readyz (off if unset)")
     broker_id: int | None = Field(None, ge=0, description="broker id (default: the one kept in "
                                  "<data-dir>/meta.properties, else a new one from the metadata store)")
@@ -267,13 +285,83 @@ class Settings(StorageSettings):
                                            "partition is forgotten this long after its last write")
     fetch_cache_bytes: int = Field(1024 * 1024 * 1024, ge=0, description="bytes of record batches cached for "
                                    "fetch (recent commits and chunks read back), least recently used out first")
+    sasl_mechanisms: str = Field("SCRAM-SHA-256,SCRAM-SHA-512,PLAIN", description="SASL mechanisms of the "
+                                 "sasl_plaintext and sasl_ssl listeners, comma-separated: SCRAM-SHA-256, "
+                                 "SCRAM-SHA-512, PLAIN (checked against the SCRAM credential), OAUTHBEARER (needs "
+                                 "--sasl-oauthbearer-jwks-url)")
+    connections_max_reauth_ms: int = Field(0, ge=0, description="longest a SASL login lasts before the client must "
+                                           "re-authenticate (KIP-368; 0: until the connection closes, or the "
+                                           "OAUTHBEARER token expires)")
+    sasl_oauthbearer_jwks_url: str | None = Field(None, description="the JSON Web Key Set that OAUTHBEARER tokens "
+                                                  "are checked with: a file path, file:// or https:// URL")
+    sasl_oauthbearer_jwks_refresh_ms: int = Field(3_600_000, gt=0, description="how often the JWKS is read again "
+                                                  "(also at once, at most every 10 s, for a token with an unknown kid)")
+    sasl_oauthbearer_expected_audience: str | None = Field(None, description="audiences a token's aud claim must "
+                                                           "name one of (comma-separated; unset: not checked)")
+    sasl_oauthbearer_expected_issuer: str | None = Field(None, description="the issuer a token's iss claim must be "
+                                                         "(unset: not checked)")
+    sasl_failed_login_limit: int = Field(20, ge=0, description="failed SASL logins from one client address within "
+                                         "--sasl-failed-login-window-ms after which its logins fail at once (0: no "
+                                         "limit)")
+    sasl_failed_login_window_ms: int = Field(60_000, gt=0, description="the window of --sasl-failed-login-limit")
+    connection_failed_authentication_delay_ms: int = Field(100, ge=0, description="how long the answer to a failed "
+                                                           "login (and the close after it) waits, as Kafka's "
+                                                           "connection.failed.authentication.delay.ms: slows down "
+                                                           "clients that retry at once")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="log one JSON object per line")
+    acls: bool = Field(False, description="authorize every request by the cluster's ACLs (Kafka's "
+                       "authorizer.class.name); off: everyone may do everything")
+    super_users: str | None = Field(None, description="principals allowed everything, comma-separated "
+                                    "(User:admin,User:ops), as Kafka's super.users")
+    allow_everyone_if_no_acl_found: bool = Field(False, description="allow a request on a resource that has no ACL "
+                                                 "at all, as Kafka's allow.everyone.if.no.acl.found")
 
-    @field_validator("listen", "advertise", "http_listen")
+    @field_validator("listen", "advertise", mode="before")
+    @classmethod
+    def _join_endpoints(cls, v: Any) -> Any:
+        """A repeated flag (or a YAML list) is the endpoints one after another."""
+        return ",".join(str(e).strip() for e in v) if isinstance(v, (list, tuple)) else v
+
+    @field_validator("http_listen")
     @classmethod
     def _check_host_port(cls, v: str | None) -> str | None:
         return None if v is None else _host_port(v)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        make_listeners(v)
+        return v
+
+    @field_validator("advertise")
+    @classmethod
+    def _check_advertise(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and "listen" in info.data:  # (a bad listen is reported by itself)
+            make_listeners(info.data["listen"], v)
+        return v
+
+    @field_validator("tls_principal_mapping_rules")
+    @classmethod
+    def _check_mapping_rules(cls, v: str) -> str:
+        from dray_broker.auth.principal import SslPrincipalMapper
+
+        SslPrincipalMapper(v)
+        return v
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        """TLS listeners need a certificate and its key; the files themselves are read when the broker starts."""
+        try:
+            needing = [str(listener) for listener in self.listeners if listener.tls]
+        except ValueError:  # reported by the listen or advertise setting
+            return self
+        if needing and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError(f"{' and '.join(needing)} need{'s' if len(needing) == 1 else ''} --tls-cert and "
+                             "--tls-key (DRAY_TLS_CERT, DRAY_TLS_KEY): PEM files of the broker's certificate and key")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -282,12 +370,51 @@ class Settings(StorageSettings):
             raise ValueError("use DEBUG, INFO, WARNING or ERROR")
         return v.upper()
 
+    @field_validator("super_users")
+    @classmethod
+    def _check_super_users(cls, v: str | None) -> str | None:
+        if v is not None:
+            for name in v.split(","):
+                if ":" not in name.strip():
+                    raise ValueError(f"{name.strip()!r} is not a principal (Type:name, e.g. User:admin)")
+        return v
+
+    @property
+    def super_user_list(self) -> list[str]:
+        return [s.strip() for s in (self.super_users or "").split(",") if s.strip()]
+
+    @field_validator("sasl_mechanisms")
+    @classmethod
+    def _check_mechanisms(cls, v: str) -> str:
+        from dray_broker.auth.sasl import MECHANISMS
+
+        names = [m.strip().upper() for m in v.split(",") if m.strip()]
+        unknown = [m for m in names if m not in MECHANISMS]
+        if not names or unknown or len(set(names)) != len(names):
+            raise ValueError(f"list each of {', '.join(MECHANISMS)} at most once" +
+                             (f" ({', '.join(unknown)} is not one)" if unknown else ""))
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _check_oauthbearer(self) -> Self:
+        if "OAUTHBEARER" in self.enabled_sasl_mechanisms and not self.sasl_oauthbearer_jwks_url:
+            raise ValueError("sasl_mechanisms has OAUTHBEARER: set sasl_oauthbearer_jwks_url too")
+        return self
+
+    @property
+    def enabled_sasl_mechanisms(self) -> tuple[str, ...]:
+        return tuple(self.sasl_mechanisms.split(","))
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """The Kafka listeners (port 0 ones not bound yet), in the order given."""
+        return make_listeners(self.listen, self.advertise)
+
     @property
     def advertised(self) -> tuple[str, int]:
-        host, _, port = (self.advertise or self.listen).rpartition(":")
-        if host in ("", "0.0.0.0", "::"):
-            host = "127.0.0.1"
-        return host, int(port)
+        """Where clients of the first listener are told to connect (port 0: the bound port, once bound)."""
+        first = self.listeners[0]
+        return first.advertised_host, first.advertised_port or first.port
 
 
 class LakeSettings(StorageSettings):
@@ -324,6 +451,8 @@ class ClientSettings(DraySettings):
 
     bootstrap: str = Field("127.0.0.1:9092", description="broker(s) to talk to")
     client_debug: bool = Field(False, description="show the Kafka client's (librdkafka's) log lines")
+    command_config: Path | None = Field(None, description="Kafka client properties file (as kafka-topics.sh "
+                                        "--command-config takes): how to connect to a secured cluster")
 
     @field_validator("bootstrap")
     @classmethod
@@ -342,6 +471,10 @@ def setting_names() -> set[str]:
 
 
 # --- flags ----------------------------------------------------------------------------------------------------------
+
+
+# Settings whose flag may be given more than once (each a value of the comma-separated list).
+REPEATABLE = frozenset({"listen", "advertise"})
 
 
 def flag_help(description: str, env: str, default: Any) -> str:
@@ -363,15 +496,23 @@ def _metavar(name: str, annotation: Any) -> str:
         return "BYTES"
     if name.endswith("_s"):
         return "SECONDS"
-    if name in ("listen", "advertise", "http_listen"):
+    if name in ("listen", "advertise"):
+        return "[PROTOCOL://]HOST:PORT"
+    if name == "http_listen":
         return "HOST:PORT"
     if name == "bootstrap":
         return "HOST:PORT[,...]"
-    if name in ("metadata", "object_store", "catalog", "warehouse"):
+    if name in ("metadata", "object_store", "catalog", "warehouse") or name.endswith("_url"):
         return "URL"
+    if name == "sasl_mechanisms":
+        return "MECHANISM[,...]"
+    if name == "sasl_oauthbearer_expected_audience":
+        return "AUDIENCE[,...]"
+    if name == "sasl_oauthbearer_expected_issuer":
+        return "ISSUER"
     if name == "data_dir":
         return "DIR"
-    if name == "config":
+    if name in ("config", "tls_cert", "tls_key", "tls_ca", "command_config"):
         return "FILE"
     if name.endswith(("_port", "_host")):
         return name.rsplit("_", 1)[1].upper()
@@ -394,5 +535,7 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, section
         text = flag_help(info.description or "", ENV_PREFIX + name.upper(), info.default)
         if info.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif name in REPEATABLE:
+            parser.add_argument(flag, action="append", default=None, help=text, metavar=_metavar(name, info.annotation))
         else:
             parser.add_argument(flag, default=None, help=text, metavar=_metavar(name, info.annotation))

@@ -40,6 +40,7 @@ The rules the code relies on (tests/unit/test_keyspace.py checks each):
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import uuid
 from dataclasses import dataclass
@@ -194,13 +195,22 @@ def _which_partition(root: str, key: str) -> tuple[uuid.UUID, int, str] | None:
     """(topic id, partition, rest) of a key <root><topic id>/<partition>/<rest>."""
     if not key.startswith(root):
         return None
-    parts = key[len(root):].split("/")
-    if len(parts) != 3 or not parts[2]:
+    head, sep, rest = key[len(root):].rpartition("/")
+    if not sep or not rest:
         return None
-    topic_id, partition = _parse_uuid(parts[0]), _parse_partition(parts[1])
-    if topic_id is None or partition is None:
+    found = _partition_of(head)
+    return None if found is None else (found[0], found[1], rest)
+
+
+@functools.lru_cache(maxsize=4096)
+def _partition_of(head: str) -> tuple[uuid.UUID, int] | None:
+    """(topic id, partition) of "<topic id>/<partition>". Cached: the index watch parses the same few partitions
+    over and over, and parsing a UUID costs more than the rest of a key."""
+    topic_text, sep, partition_text = head.partition("/")
+    if not sep:
         return None
-    return topic_id, partition, parts[2]
+    topic_id, partition = _parse_uuid(topic_text), _parse_partition(partition_text)
+    return None if topic_id is None or partition is None else (topic_id, partition)
 
 
 PRODUCER_IDS = Sequence(ROOT + "producer-ids", "producer-ids")
@@ -244,6 +254,7 @@ class IndexFamily(enum.Enum):
     PARQUET = "pq"  # pq-<end>: written by compaction
 
 
+_WAL = IndexFamily.WAL.value
 _LOG_START = "start"
 _WATERMARK = "watermark"
 
@@ -265,7 +276,7 @@ def wal_key(topic_id: uuid.UUID, partition: int, end: int, cum_bytes: int) -> st
 
 def parse_wal_key(topic_id: uuid.UUID, partition: int, key: str) -> tuple[int, int] | None:
     """(end offset, cumulative bytes) of a WAL entry key of this partition."""
-    sums = parse_sequence_key(wal_sequence(topic_id, partition), key)
+    sums = parse_sequence_key(f"{INDEX_ROOT}{topic_id}/{partition}/{_WAL}", key)  # wal_sequence, on the fetch path
     return (sums[0], sums[1]) if sums is not None and len(sums) == 2 else None
 
 
@@ -302,9 +313,19 @@ def watermark_key(topic_id: uuid.UUID, partition: int) -> str:
 
 
 def parse_index_key(key: str) -> tuple[uuid.UUID, int] | None:
-    """Which partition a key under INDEX_ROOT belongs to (for the index watch), None for any other key."""
-    found = _which_partition(INDEX_ROOT, key)
+    """Which partition a key under INDEX_ROOT belongs to, None for any other key."""
+    found = parse_index_change(key)
     return None if found is None else (found[0], found[1])
+
+
+def parse_index_change(key: str) -> tuple[uuid.UUID, int, int | None] | None:
+    """(topic id, partition, the end offset if it is a WAL entry key, else None) of a key under INDEX_ROOT, None for
+    any other key: what the index watch needs from a notification, in one pass."""
+    found = _which_partition(INDEX_ROOT, key)
+    if found is None:
+        return None
+    sums = parse_sequence_key(IndexFamily.WAL.value, found[2])
+    return found[0], found[1], sums[0] if sums is not None and len(sums) == 2 else None
 
 
 LAKE_ROOT = ROOT + "lake/"

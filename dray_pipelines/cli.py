@@ -64,23 +64,35 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "sql", help="query the topic tables with DuckDB",
-        description="Run SQL with DuckDB over the topics' Iceberg tables; each topic is a view by its name, e.g. "
-                    "dray sql 'SELECT partition, count(*) FROM orders GROUP BY ALL'. Quote \"offset\".")
+        description="Run SQL with DuckDB over the topics: each topic is a view by its name holding every record "
+                    "consumers can read (its Iceberg table plus the log not compacted yet), e.g. "
+                    "dray sql 'SELECT partition, count(*) FROM orders GROUP BY ALL'. key and value are BLOBs: "
+                    "decode(value) reads text. Quote \"offset\".")
     add_flags(p, LakeSettings, STORAGE_FIELDS)
-    p.add_argument("query", help="the SQL to run")
+    p.add_argument("query", nargs="?", help="the SQL to run (several statements: each result is printed)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    p.add_argument("--script", action="store_true",
+                   help="print a DuckDB script with a view per topic table, for DuckDB outside Dray (e.g. "
+                        "dray sql --script > dray.sql; duckdb -init dray.sql)")
     p.set_defaults(func=cmd_sql)
 
 
-def _up_instance(settings: LakeSettings):
-    """The Dagster instance `dray up` keeps in <data-dir>/dagster, when there is one and DAGSTER_HOME is not set:
-    the runs then show in its UI, and its daemon and `dray compact` skip each other's finished run keys. None: the
-    Runner's default (DAGSTER_HOME's instance, else an ephemeral one)."""
-    home = settings.data_dir / "dagster"
-    if os.environ.get("DAGSTER_HOME") or not (home / "dagster.yaml").exists():
-        return None
+def _instance(settings: LakeSettings):
+    """The Dagster instance the daemon of these stores uses, so that `dray compact`'s runs are its runs (in the UI,
+    with the same run keys, tags and asset materializations): $DAGSTER_HOME's when set, else the one `dray up` keeps
+    in <data-dir>/dagster, made now if `dray up` has not run yet, when the data dir holds the embedded metadata store
+    (it exists: it was checked). None otherwise (stores elsewhere and no DAGSTER_HOME: an ephemeral instance)."""
     from dagster import DagsterInstance
 
+    from dray_pipelines.services import prepare_home
+
+    if os.environ.get("DAGSTER_HOME"):
+        return DagsterInstance.get()
+    home = settings.data_dir / "dagster"
+    if not (home / "dagster.yaml").exists():
+        if settings.metadata is not None:
+            return None
+        prepare_home(home)
     return DagsterInstance.from_config(str(home.resolve()))
 
 
@@ -91,15 +103,21 @@ def cmd_compact(args) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
+    from dray_pipelines.lake import NoDrayData, check_dray_data
     from dray_pipelines.runner import Runner
 
+    try:
+        check_dray_data(settings)
+    except (NoDrayData, ClusterMismatchError) as e:
+        print(f"dray compact: {e}", file=sys.stderr)
+        return 1
     with Progress("compacting", unit="runs", enabled=None if not args.quiet else False) as bar:
         def report(line: str) -> None:
             bar.advance(1)
             if not args.quiet:
                 print(line, flush=True)
 
-        runner = Runner(settings, instance=_up_instance(settings), report=report, log_level="ERROR",
+        runner = Runner(settings, instance=_instance(settings), report=report, log_level="ERROR",
                         progress=bar.describe)
         try:
             result = runner.run_all(force=args.all, maintenance=args.maintenance)
@@ -129,32 +147,57 @@ def _cell(value):
 def cmd_sql(args) -> int:
     import duckdb
 
+    from dray_pipelines.lake import NoDrayData
     from dray_pipelines.sql import connect, notes
 
     settings = _settings(args)
-    con = connect(settings)
+    if args.script:
+        from dray_pipelines.sql import duckdb_script
+
+        try:
+            print(duckdb_script(settings), end="")
+        except (NoDrayData, ClusterMismatchError) as e:
+            print(f"dray sql: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if not args.query:
+        print("dray sql: give the SQL to run (or --script)", file=sys.stderr)
+        return 2
+    try:
+        con = connect(settings)
+    except (NoDrayData, ClusterMismatchError) as e:
+        print(f"dray sql: {e}", file=sys.stderr)
+        return 1
     try:
         for note in notes(con, args.query):
             print(f"dray sql: note: {note}", file=sys.stderr)
-        if args.format == "table":
-            rel = con.sql(args.query)
-            if rel is not None:
-                rel.show(max_width=200, max_rows=10_000)
-            return 0
-        cur = con.execute(args.query)
-        columns = [d[0] for d in cur.description] if cur.description else []
-        rows = cur.fetchall()
-        if args.format == "csv":
-            w = csv.writer(sys.stdout)
-            w.writerow(columns)
-            for row in rows:
-                w.writerow([_cell(v) for v in row])
-        else:
-            for row in rows:
-                print(json.dumps({c: _cell(v) for c, v in zip(columns, row)}))
+        for statement in con.extract_statements(args.query):
+            if args.format == "table":
+                rel = con.sql(statement.query)
+                if rel is not None:  # a statement with a result (not CREATE, SET...)
+                    rel.show(max_width=200, max_rows=10_000)
+            else:
+                _print_rows(con.execute(statement.query), args.format)
+            sys.stdout.flush()
         return 0
     except duckdb.Error as e:
         print(f"dray sql: {e}", file=sys.stderr)
         return 1
     finally:
         con.close()
+
+
+def _print_rows(cur, fmt: str) -> None:
+    """One statement's result as CSV (with its header) or JSON lines; nothing for a statement without one."""
+    if not cur.description:
+        return
+    columns = [d[0] for d in cur.description]
+    rows = cur.fetchall()
+    if fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(columns)
+        for row in rows:
+            w.writerow([_cell(v) for v in row])
+    else:
+        for row in rows:
+            print(json.dumps({c: _cell(v) for c, v in zip(columns, row)}))

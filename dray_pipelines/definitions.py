@@ -1,7 +1,7 @@
 """The Dagster code location (`dagster_workspace.yaml` loads `defs` from here).
 
 Assets, per topic-partition (dynamic partitions `topic_partitions`, keys `<topic>-<partition>`):
-    wal_segments       WAL data of the partition, written by brokers; observed by the compaction sensor
+    wal_segments       WAL data of the partition, written by brokers; reported by the compaction sensor
     parquet_files      Parquet data files staged from the WAL         (step: stage)
     iceberg_snapshots  snapshots of the topic's Iceberg table, and     (steps: commit_snapshot, swap_index)
                        the offset index swapped over to them
@@ -11,10 +11,10 @@ Assets, per topic-partition (dynamic partitions `topic_partitions`, keys `<topic
 Jobs: `compaction` (the two assets above, one partition, target end offset in the run tag dray/end_offset),
 `cleaning` (cleaned_log, one partition, clean point and time in the run tags dray/clean_end, dray/clean_at_ms),
 `wal_gc`, `orphan_gc`, `deleted_topics_gc`, `retention`, `table_maintenance`.
-Sensors: `compaction_sensor` (size/age thresholds; adds partitions; observes wal_segments), `cleaning_sensor`
-(min.cleanable.dirty.ratio, max.compaction.lag.ms, tombstones due), `wal_gc_sensor`,
-`orphan_gc_sensor`, `deleted_topics_sensor`, `retention_sensor`, `table_maintenance_sensor`. Run keys name the work (the offset range, the
-set of objects, the new log start), so the daemon runs each unit of work once.
+Sensors: `compaction_sensor` (size/age thresholds; adds partitions, removes deleted topics'; reports wal_segments),
+`cleaning_sensor` (min.cleanable.dirty.ratio, max.compaction.lag.ms, tombstones due), `wal_gc_sensor`,
+`orphan_gc_sensor`, `deleted_topics_sensor`, `retention_sensor`, `table_maintenance_sensor`. Run keys name the work
+(the offset range, the set of objects, the new log start), so the daemon runs each unit of work once.
 
 The settings (dray_broker.config.LakeSettings, through the resource DrayLake) are read when the definitions are built
 (the sensors' interval, the steps' retries: `defs` builds them when Dagster loads the code location) and at each run
@@ -26,7 +26,7 @@ import json
 from dagster import (
     AssetExecutionContext,
     AssetIn,
-    AssetObservation,
+    AssetMaterialization,
     AssetSpec,
     Backoff,
     Config,
@@ -34,6 +34,7 @@ from dagster import (
     DefaultSensorStatus,
     Definitions,
     DynamicPartitionsDefinition,
+    Failure,
     In,
     MaterializeResult,
     MetadataValue,
@@ -57,11 +58,13 @@ from dagster import (
 )
 
 from dray_pipelines import cleaning, compaction, gc
-from dray_pipelines.lake import Lake, now_ms, split_partition_key
+from dray_broker.cluster_identity import ClusterMismatchError
+from dray_pipelines.lake import Lake, NoDrayData, now_ms, split_partition_key
 from dray_pipelines.resources import DrayLake
 
 GROUP = "dray"
 TAG_END = "dray/end_offset"
+TAG_START = "dray/start_offset"
 TAG_TOPIC = "dray/topic"
 TAG_PARTITION = "dray/partition"
 TAG_TABLE = "dray/table"
@@ -84,18 +87,49 @@ wal_segments = AssetSpec(
 
 
 def _target(context) -> tuple[str, int, int]:
+    """(topic, partition, end offset) of this compaction run. A run the sensor or `dray compact` requested carries
+    its end in the dray/end_offset tag; a run started from the UI (Materialize) has none: its first step takes the
+    partition's log end and tags the run with it, so that every step of the run works on the same range."""
     topic, p = split_partition_key(context.partition_key)
-    end = context.run.tags.get(TAG_END)
+    run = context.instance.get_run_by_id(context.run.run_id) or context.run  # tags added by an earlier step
+    end = run.tags.get(TAG_END)
     if end is None:
-        raise ValueError(f"run has no {TAG_END} tag: start compaction runs from compaction_sensor or `dray compact`")
+        dray: DrayLake = context.resources.dray
+        end = str(_steady(lambda: dray.run(lambda lake: _log_end(lake, topic, p))))
+        context.instance.add_run_tags(context.run.run_id, {TAG_END: end})
+        context.log.info(f"{topic}-{p}: no {TAG_END} tag (started from the UI?): compacting up to the log end, {end}")
     return topic, p, int(end)
 
 
-def _metadata(r: compaction.StepResult) -> dict:
+async def _log_end(lake: Lake, topic_name: str, partition: int) -> int:
+    topic = await lake.topic(topic_name)
+    if topic is None or partition >= topic.partitions:
+        raise compaction.CompactionError(f"topic-partition {topic_name}-{partition} does not exist (deleted?)")
+    return await lake.index.log_end_offset(topic.partition(partition))
+
+
+# Errors a retry cannot fix: the run fails at once, with the reason as the failure's description.
+PERMANENT = (compaction.CompactionError, NoDrayData, ClusterMismatchError)
+
+
+def _steady(work):
+    """work(), with an error that cannot succeed on retry turned into a Failure that is not retried."""
+    try:
+        return work()
+    except PERMANENT as e:
+        raise Failure(description=f"{type(e).__name__}: {e} (not retried: a retry cannot fix this)",
+                      allow_retries=False) from e
+
+
+def _metadata(r: compaction.StepResult, planned_start: str | None = None) -> dict:
+    start = r.start
+    if r.action.startswith("already"):
+        # Nothing done: say which range was asked for (the watermark may be far past it).
+        start = int(planned_start) if planned_start is not None else min(r.start, r.end)
     md = {
         "action": r.action,
-        "offset_range": f"[{r.start}, {r.end})",
-        "start_offset": r.start,
+        "offset_range": f"[{min(start, r.end)}, {r.end})",
+        "start_offset": min(start, r.end),
         "end_offset": r.end,
         "records": r.records,
         "wal_bytes": r.wal_bytes,
@@ -115,31 +149,38 @@ def _metadata(r: compaction.StepResult) -> dict:
     return md
 
 
+def _said(r: compaction.StepResult) -> str:
+    """A step's log line: the range it worked on, or why there was nothing to do."""
+    if r.action.startswith("already"):
+        return f"{r.topic}-{r.partition} up to {r.end}: {r.action} (watermark {r.watermark}), nothing to do"
+    return f"{r.topic}-{r.partition} [{r.start}, {r.end}): {r.action}, {r.records} records"
+
+
 @asset(partitions_def=topic_partitions, deps=[wal_segments], group_name=GROUP, kinds={"parquet"},
        description="Parquet data files of the partition's compacted offset ranges (zstd, "
        "one row group per fetch unit, offset/timestamp statistics), staged before the Iceberg commit.")
 def parquet_files(context: AssetExecutionContext, dray: DrayLake) -> MaterializeResult:
     topic, p, end = _target(context)
-    r = dray.run(lambda lake: compaction.stage(lake, topic, p, end))
-    context.log.info(f"{topic}-{p} [{r.start}, {r.end}): {r.action}, {r.records} records")
-    return MaterializeResult(metadata=_metadata(r))
+    r = _steady(lambda: dray.run(lambda lake: compaction.stage(lake, topic, p, end)))
+    context.log.info(_said(r))
+    return MaterializeResult(metadata=_metadata(r, context.run.tags.get(TAG_START)))
 
 
 @op(ins={"staged": In(Nothing)}, out=Out(Nothing), tags={"kind": "iceberg"},
     description="Append the staged file to the topic's Iceberg table; the snapshot summary records the range.")
 def commit_snapshot(context: OpExecutionContext, dray: DrayLake) -> None:
     topic, p, end = _target(context)
-    r = dray.run(lambda lake: compaction.commit(lake, topic, p, end))
-    context.log.info(f"{topic}-{p} [{r.start}, {r.end}): {r.action}, snapshot {r.snapshot_id}")
+    r = _steady(lambda: dray.run(lambda lake: compaction.commit(lake, topic, p, end)))
+    context.log.info(_said(r) + (f", snapshot {r.snapshot_id}" if r.snapshot_id is not None else ""))
 
 
 @op(ins={"committed": In(Nothing)}, out=Out(Nothing),
     description="Index entries for the committed row groups, then the compacted watermark CAS (the atomic swap).")
 def swap_index(context: OpExecutionContext, dray: DrayLake) -> None:
     topic, p, end = _target(context)
-    r = dray.run(lambda lake: compaction.publish(lake, topic, p, end))
-    context.log.info(f"{topic}-{p}: {r.action}, watermark {r.watermark}, lag {r.lag}")
-    context.add_output_metadata(_metadata(r))
+    r = _steady(lambda: dray.run(lambda lake: compaction.publish(lake, topic, p, end)))
+    context.log.info(_said(r) + f", watermark {r.watermark}, lag {r.lag}")
+    context.add_output_metadata(_metadata(r, context.run.tags.get(TAG_START)))
 
 
 @graph_asset(partitions_def=topic_partitions, group_name=GROUP, kinds={"iceberg"},
@@ -310,6 +351,7 @@ def compaction_requests(context: SensorEvaluationContext, dray: DrayLake, *, for
     known = set(context.instance.get_dynamic_partitions(topic_partitions.name)) if context.instance else set()
     keys = [st.key for st in all_states if "..." not in st.key]
     new_keys = [k for k in keys if k not in known]
+    gone_keys = sorted(known - set(keys))  # partitions of deleted topics leave the partition set
     active = _active_partitions(context)
     cursor = json.loads(context.cursor) if context.cursor else {}
     observations = []
@@ -319,10 +361,13 @@ def compaction_requests(context: SensorEvaluationContext, dray: DrayLake, *, for
             continue
         oldest = st.oldest_uncompacted_ms()
         seen = [st.log_end, st.watermark, st.log_start]
-        if cursor.get(st.key) != seen:
+        if cursor.get(st.key) != seen or st.key in new_keys:
             cursor[st.key] = seen
-            observations.append(AssetObservation(
+            # A materialization (not an observation): the brokers wrote this partition's WAL data, and the UI
+            # shows the partition filled, with its state as the latest metadata.
+            observations.append(AssetMaterialization(
                 asset_key=wal_segments.key, partition=st.key,
+                description=f"log end {st.log_end}, {st.uncompacted_records} records not compacted yet",
                 metadata={
                     "log_end_offset": st.log_end, "log_start_offset": st.log_start,
                     "compacted_watermark": st.watermark, "lag_records": st.uncompacted_records,
@@ -338,11 +383,14 @@ def compaction_requests(context: SensorEvaluationContext, dray: DrayLake, *, for
         requests.append(RunRequest(
             run_key=plan.run_key, partition_key=st.key, job_name="compaction",
             tags={TAG_END: str(plan.end), TAG_TOPIC: st.topic.name, TAG_PARTITION: st.key, TAG_TABLE: st.topic.name,
-                  "dray/start_offset": str(plan.start), "dray/wal_bytes": str(plan.bytes)},
+                  TAG_START: str(plan.start), "dray/wal_bytes": str(plan.bytes)},
         ))
     return SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[topic_partitions.build_add_request(new_keys)] if new_keys else [],
+        dynamic_partitions_requests=[
+            *([topic_partitions.build_add_request(new_keys)] if new_keys else []),
+            *([topic_partitions.build_delete_request(gone_keys)] if gone_keys else []),
+        ],
         asset_events=observations,
         cursor=json.dumps(cursor, sort_keys=True),
         skip_reason=None if requests else "no partition passed a compaction threshold",
@@ -351,7 +399,7 @@ def compaction_requests(context: SensorEvaluationContext, dray: DrayLake, *, for
 
 def compaction_sensor(context: SensorEvaluationContext, dray: DrayLake) -> SensorResult:
     """Requests a compaction run when a partition's uncompacted WAL passes compact_bytes or compact_age_ms; adds
-    topic-partitions; observes wal_segments."""
+    topic-partitions and removes deleted topics' partitions; reports wal_segments' state."""
     return compaction_requests(context, dray)
 
 

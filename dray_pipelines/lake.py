@@ -15,17 +15,20 @@ Pipeline state kept in the metadata store, next to the index (keys per partition
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import AsyncIterator
+from urllib.parse import urlparse
 
 from ulid import ULID
 
 from dray_broker import keyspace
-from dray_broker.cluster_identity import check_cluster_identity
+from dray_broker.cluster_identity import check_cluster_identity, check_object_store_alone, cluster_id
 from dray_broker.config import LakeSettings
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef
 from dray_broker.metadata import MetadataStore, VersionMismatchError, open_metadata_store
@@ -237,18 +240,68 @@ class Lake:
         return max((value for value, seen in history if seen + grace_ms <= at_ms), default=0)
 
 
+class NoDrayData(Exception):
+    """The settings point at stores no Dray broker ever used (one line, saying where it looked)."""
+
+
+def where_looked(settings: LakeSettings) -> str:
+    """Where the settings say the stores are, and which setting said so."""
+    if settings.metadata is not None:
+        return f"metadata store {settings.metadata} (--metadata / DRAY_METADATA)"
+    return (f"{settings.metadata_url.removeprefix('sqlite://')} (data dir {settings.data_dir}: --data-dir, "
+            f"DRAY_DATA_DIR, --config or --metadata)")
+
+
+async def _open_metadata_store(settings: LakeSettings) -> MetadataStore:
+    url = urlparse(settings.metadata_url)
+    if url.scheme == "sqlite" and not Path(url.path).exists():  # opening it would create it (and its directory)
+        raise NoDrayData(f"no Dray data at {where_looked(settings)}")
+    return await open_metadata_store(settings.metadata_url)
+
+
 @contextlib.asynccontextmanager
 async def open_lake(settings: LakeSettings) -> AsyncIterator[Lake]:
-    if settings.metadata is None or settings.object_store is None or settings.catalog is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = await open_metadata_store(settings.metadata_url)
-    objects = open_object_store(settings.object_store_url)
+    """The stores as the broker finds them (the same settings). Raise NoDrayData, creating nothing, when no broker
+    ever used them (ClusterMismatchError when the object store is another cluster's)."""
     try:
+        store = await _open_metadata_store(settings)
+    except NoDrayData:
+        await _object_store_alone(settings)
+        raise
+    objects = None
+    try:
+        if await cluster_id(store) is None:
+            await _object_store_alone(settings)
+            raise NoDrayData(f"no Dray data at {where_looked(settings)}: no broker has started on it")
+        objects = open_object_store(settings.object_store_url)
         await check_cluster_identity(store, objects)  # before any GC could take another cluster's WAL for orphans
         yield Lake(settings, store, objects)
     finally:
-        await objects.close()
+        if objects is not None:
+            await objects.close()
         await store.close()
+
+
+async def _object_store_alone(settings: LakeSettings) -> None:
+    """With no cluster in the metadata store: an object store that belongs to one is a mismatch, not "no data"."""
+    url = urlparse(settings.object_store_url)
+    if url.scheme == "file" and not Path(url.path).exists():  # opening it would create it
+        return
+    objects = open_object_store(settings.object_store_url)
+    try:
+        await check_object_store_alone(objects)
+    finally:
+        await objects.close()
+
+
+def check_dray_data(settings: LakeSettings) -> None:
+    """Raise NoDrayData (or ClusterMismatchError) unless the settings point at a Dray cluster's stores."""
+
+    async def check() -> None:
+        async with open_lake(settings):
+            pass
+
+    asyncio.run(check())
 
 
 def topic_from_id(topics: list[Topic], topic_id: uuid.UUID) -> Topic | None:

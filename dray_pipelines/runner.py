@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from dagster import DagsterInstance, RunRequest, RunsFilter, SensorResult, SkipReason, build_sensor_context
+from dagster import DagsterInstance, DeleteDynamicPartitionsRequest, RunRequest, RunsFilter, SensorResult, SkipReason, build_sensor_context
 
 from dray_broker.config import LakeSettings
 from dray_pipelines import definitions as d
@@ -81,7 +81,11 @@ class Runner:
             return [r for r in result if isinstance(r, RunRequest)]
         assert isinstance(result, SensorResult), result
         for request in result.dynamic_partitions_requests or []:
-            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            if isinstance(request, DeleteDynamicPartitionsRequest):
+                for key in request.partition_keys:
+                    self.instance.delete_dynamic_partition(request.partitions_def_name, key)
+            else:
+                self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
         for event in result.asset_events or []:
             self.instance.report_runless_asset_event(event)
         if result.cursor is not None:
@@ -112,10 +116,11 @@ class Runner:
         error = None
         if not result.success:
             failures = [e for e in result.all_events if e.is_failure]
-            error = failures[-1].message if failures else "run failed"
+            error = _reason(failures[-1]) if failures else "run failed"
         outcome = RunOutcome(job_name, request.run_key, request.partition_key, result.success, result.run_id, error)
+        note = error or _nothing_done(result)
         self.report(f"{'ok' if outcome.success else 'FAILED'}  {job_name:<17} {request.run_key or ''}"
-                    + (f"  ({error})" if error else ""))
+                    + (f"  ({note})" if note else ""))
         return outcome
 
     def run_sensor(self, sensor_name: str, *, force: bool = False, repeat: bool = False) -> PassResult:
@@ -147,3 +152,21 @@ class Runner:
         if maintenance:
             out.runs += self.run_sensor("table_maintenance_sensor").runs
         return out
+
+
+def _reason(event) -> str:
+    """Why a step failed: the error it raised (a Failure's description), not just "step X failed"."""
+    error = getattr(event.event_specific_data, "error", None)
+    if error is not None and error.message:
+        return error.message.strip().splitlines()[0].removeprefix("dagster._core.definitions.events.Failure: ")
+    return event.message or "run failed"
+
+
+def _nothing_done(result) -> str | None:
+    """For a compaction run that found its range already done (another run did it): say so."""
+    actions = [e.event_specific_data.materialization.metadata.get("action")
+               for e in result.all_events if e.is_step_materialization]
+    actions = [a.value for a in actions if a is not None]
+    if actions and all(str(a).startswith("already") for a in actions):
+        return f"nothing to do: {actions[-1]}"
+    return None

@@ -198,4 +198,6 @@ def start(settings: StorageSettings, flags: Mapping[str, Any] | None = None, *, 
         "dagster-daemon": [_tool("dagster-daemon"), "run", "-w", str(workspace)],
     }
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return DagsterServices(launch, [("Dagster UI", f"http://{shown_host}:{port}")], home, log_dir, env)
+    urls = [("Dagster UI", f"http://{shown_host}:{port}"),
+            ("Dagster logs", f"{log_dir}/dagster-webserver.log, dagster-daemon.log (run logs: in the UI)")]
+    return DagsterServices(launch, urls, home, log_dir, env)

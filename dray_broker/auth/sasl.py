@@ -134,12 +134,14 @@ class AuthenticateReply:
     auth_bytes: bytes
     session_lifetime_ms: int = 0  # SaslAuthenticate v1+
     close: bool = False  # close after sending
+    reason: str | None = None  # why the login failed, for the broker's log (never sent)
 
 
 @dataclass(frozen=True, slots=True)
 class RawTokenReply:
     frame: bytes | None  # the length-prefixed token to send, if any
     close: bool = False  # close (after sending the frame, if any)
+    reason: str | None = None  # why the login failed, for the broker's log (never sent)
 
 
 def _wall_clock_ms() -> int:
@@ -247,7 +249,8 @@ class SaslConnection:
         try:
             reply, done = await self._step(auth_bytes)
         except AuthenticationFailed as e:
-            return AuthenticateReply(ErrorCode.sasl_authentication_failed, self._client_message(e), b"", close=True)
+            return AuthenticateReply(ErrorCode.sasl_authentication_failed, self._client_message(e), b"", close=True,
+                                     reason=e.reason)
         lifetime = self._complete() if done else 0
         return AuthenticateReply(ErrorCode.none, None, reply, session_lifetime_ms=lifetime)
 
@@ -258,8 +261,8 @@ class SaslConnection:
             return RawTokenReply(None, close=True)
         try:
             reply, done = await self._step(token)
-        except AuthenticationFailed:
-            return RawTokenReply(None, close=True)
+        except AuthenticationFailed as e:
+            return RawTokenReply(None, close=True, reason=e.reason)
         if done:
             self._complete()
         return RawTokenReply(len(reply).to_bytes(4, "big") + reply)

@@ -236,8 +236,11 @@ class ScramServer:
         m = _CLIENT_FINAL.fullmatch(text)
         if m is None:
             self._fail("malformed client-final message", ServerError.OTHER_ERROR)
-        if m["nonce"] != self._client_nonce + self._server_nonce:
-            self._fail("client-final nonce does not match", ServerError.OTHER_ERROR)
+        # Kafka's check (ScramSaslServer): the nonce must end with the server-first nonce. librdkafka 2.0.x sends its
+        # client nonce twice ("r=<client nonce><client nonce><server nonce>"; kcat 1.7.1 on Debian does), and Kafka
+        # accepts it; the proof covers the message as sent either way.
+        if not m["nonce"].endswith(self._client_nonce + self._server_nonce):
+            self._fail("client-final nonce does not end with the server-first nonce", ServerError.OTHER_ERROR)
         cbind, proof = base64.b64decode(m["cbind"]), base64.b64decode(m["proof"])
         if base64.b64encode(cbind).decode() != m["cbind"] or base64.b64encode(proof).decode() != m["proof"]:
             self._fail("non-canonical base64 in client-final", ServerError.OTHER_ERROR)  # unused bits set

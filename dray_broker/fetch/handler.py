@@ -36,7 +36,8 @@ async def handle_fetch(service: FetchService, ctx: RequestContext, req: Request)
 
     while True:
         events = [service.reader.signals.event(ref) for _, _, parts in wanted for _, ref in parts if ref is not None]
-        topics, total, any_error = await _read_all(service, wanted, max_bytes, ctx.client_id)
+        topics, total, any_error = await _read_all(service, wanted, max_bytes, ctx.client_id, ctx.listener,
+                                                   ctx.denied_topics)
         remaining = deadline - time.monotonic()
         if total >= min_bytes or any_error or remaining <= 0 or not events:
             break
@@ -51,8 +52,8 @@ async def handle_fetch(service: FetchService, ctx: RequestContext, req: Request)
     return Response(encode_fetch_response(req.version, topics))
 
 
-async def _read_all(service: FetchService, wanted: Wanted, max_bytes: int,
-                    client_id: str | None) -> tuple[list[TopicResult], int, bool]:
+async def _read_all(service: FetchService, wanted: Wanted, max_bytes: int, client_id: str | None, listener: str,
+                    denied: frozenset[str]) -> tuple[list[TopicResult], int, bool]:
     topics: list[TopicResult] = []
     total = 0
     any_error = False
@@ -62,11 +63,13 @@ async def _read_all(service: FetchService, wanted: Wanted, max_bytes: int,
             error = ErrorCode.none
             records: list[memoryview] | tuple[()] = ()
             hw = lso = -1
-            if topic is None:
+            if denied and (getattr(t, "topic", None) or (topic.name if topic else None)) in denied:
+                error = ErrorCode.topic_authorization_failed
+            elif topic is None:
                 error = ErrorCode.unknown_topic_id if getattr(t, "topic", None) is None else ErrorCode.unknown_topic_or_partition
             elif ref is None:
                 error = ErrorCode.unknown_topic_or_partition
-            elif service.cluster.other_owner(topic.id, p.partition, client_id) is not None:
+            elif service.cluster.other_owner(topic.id, p.partition, client_id, listener) is not None:
                 error = ErrorCode.not_leader_or_follower
             else:
                 # As Kafka: the response's and the partition's byte limits hold for every partition except the

@@ -63,6 +63,7 @@ from dray_broker.groups.store import CommittedOffset, GroupStore, Lease
 from dray_broker.metadata import MetadataError, MetadataStore, SessionExpiredError, VersionMismatchError, Watch
 from dray_broker.routing.registry import BrokerInfo
 from dray_broker.routing.zones import brokers_for
+from dray_broker.server.listeners import DEFAULT_LISTENER
 from dray_broker.topics.catalog import TopicCatalog
 
 log = logging.getLogger(__name__)
@@ -209,19 +210,23 @@ class GroupCoordinator:
         """The broker that should take an unleased group: rendezvous hash over live brokers."""
         return rendezvous(group_id, self._live_ids())
 
-    async def find_coordinator(self, group_id: str, client_id: str | None = None) -> BrokerInfo:
-        """The BrokerInfo clients should send this group's requests to: the lease holder, whatever its zone (one
-        broker runs a group); for a group nobody holds, a broker of the client's zone, which takes the lease
-        when the group's first request reaches it."""
+    async def find_coordinator(self, group_id: str, client_id: str | None = None,
+                               listener: str = DEFAULT_LISTENER) -> BrokerInfo | None:
+        """The BrokerInfo clients (connected on that listener) should send this group's requests to, at that
+        listener's endpoint: the lease holder, whatever its zone (one broker runs a group); for a group nobody
+        holds, a broker of the client's zone, which takes the lease when the group's first request reaches it.
+        None when the lease holder has no such listener."""
         live = {b.id: b for b in self.registry.live()}
         rt = self._groups.get(group_id)
         if rt is not None:
-            return live.get(self.broker_id) or self.registry.me
+            return (live.get(self.broker_id) or self.registry.me).on(listener)
         lease = await self.store.get_lease(group_id)
         if lease is not None and lease.broker_id in live:
-            return live[lease.broker_id]
-        candidates = brokers_for(list(live.values()), client_id)
-        return live[rendezvous(group_id, [b.id for b in candidates])]
+            return live[lease.broker_id].on(listener)
+        candidates = brokers_for(list(live.values()), client_id, listener)
+        if not candidates:
+            return None
+        return live[rendezvous(group_id, [b.id for b in candidates])].on(listener)
 
     def _ours(self, lease: Lease) -> bool:
         """Taken by this process (in any session generation)."""

@@ -52,7 +52,10 @@ async def handle_find_coordinator(groups: GroupService, ctx: RequestContext, req
             error, message = ErrorCode.invalid_request, f"coordinator key type {key_type} is not supported"
         else:
             try:
-                node = await coordinator.find_coordinator(key, ctx.client_id)
+                node = await coordinator.find_coordinator(key, ctx.client_id, ctx.listener)
+                if node is None:
+                    error, message = ErrorCode.coordinator_not_available, \
+                        f"the coordinator has no {ctx.listener} listener"
             except Exception as e:
                 log.warning("FindCoordinator(%r) failed: %r", key, e)
                 error, message = ErrorCode.coordinator_not_available, "the metadata store is unavailable"

@@ -170,13 +170,12 @@ class IndexWatch:
     async def __anext__(self) -> IndexChange:
         while True:
             n = await self._watch.__anext__()
-            found = keyspace.parse_index_key(n.key)
+            found = keyspace.parse_index_change(n.key)
             if found is None:
                 continue
-            p = PartitionRef(*found)
             written = n.type in (NotificationType.CREATED, NotificationType.MODIFIED)
-            wal = keyspace.parse_wal_key(p.topic_id, p.partition, n.key) if written else None
-            return IndexChange(p, wal[0] if wal is not None else None,
+            p = PartitionRef(found[0], found[1])
+            return IndexChange(p, found[2] if written else None,
                                log_start=n.key == keyspace.log_start_key(p.topic_id, p.partition),
                                watermark=n.key == keyspace.watermark_key(p.topic_id, p.partition))
 
@@ -367,11 +366,12 @@ class OffsetIndex:
 def decode_entry(p: PartitionRef, key: str, value: bytes, family: IndexFamily | None = None) -> IndexEntry:
     """The entry stored at key; family: the family key must be of (ValueError otherwise)."""
     tag = value[:1]
-    if tag == _WAL_TAG and family in (None, IndexFamily.WAL):
-        loc = WalLocation.decode(value)
-        end, cum_bytes = _parse_wal_key(p, key)
-        return IndexEntry(key, end - sum(loc.batch_records), end, loc, cum_bytes)
-    if tag == _PQ_TAG and family in (None, IndexFamily.PARQUET):
+    if tag == _WAL_TAG and family is not IndexFamily.PARQUET:
+        parsed = keyspace.parse_wal_key(p.topic_id, p.partition, key)
+        if parsed is not None:
+            loc = WalLocation.decode(value)
+            return IndexEntry(key, parsed[0] - sum(loc.batch_records), parsed[0], loc, parsed[1])
+    if tag == _PQ_TAG and family is not IndexFamily.WAL:
         end = keyspace.parse_parquet_key(p.topic_id, p.partition, key)
         if end is not None:
             start, loc = ParquetLocation.decode(value)

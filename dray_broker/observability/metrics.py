@@ -55,6 +55,11 @@ class BrokerMetrics:
                                    registry=r)
         self.connections_waiting = Gauge("dray_connections_waiting_for_request_bytes", "connections that stopped "
                                          "reading until requests in flight give bytes back", registry=r)
+        self.sasl_logins = Counter("dray_sasl_logins", "successful SASL logins (reauthentication: KIP-368 "
+                                   "re-authentications of a connection)", ["mechanism", "reauthentication"],
+                                   registry=r)
+        self.sasl_failed_logins = Counter("dray_sasl_failed_logins", "SASL logins that failed (the connection was "
+                                          "closed)", ["mechanism", "reason"], registry=r)
         self.compaction_lag = Gauge("dray_compaction_lag_offsets",
                                     "offsets above the compacted watermark, per partition this broker served",
                                     ["topic", "partition"], registry=r)

@@ -60,6 +60,8 @@ async def handle_produce(service: ProduceService, ctx: RequestContext, req: Requ
         for pd in topic_data.partition_data:
             if body.transactional_id is not None:
                 parts.append((pd.index, ErrorCode.transactional_id_authorization_failed, TRANSACTIONS_UNSUPPORTED))
+            elif ctx.denied_topics and (name or (topic.name if topic else None)) in ctx.denied_topics:
+                parts.append((pd.index, ErrorCode.topic_authorization_failed, "not authorized to write the topic"))
             elif acks not in (-1, 0, 1):
                 parts.append((pd.index, ErrorCode.invalid_required_acks, f"acks must be -1, 0 or 1, not {acks}"))
             elif topic is None:
@@ -67,7 +69,7 @@ async def handle_produce(service: ProduceService, ctx: RequestContext, req: Requ
                               "unknown topic"))
             elif not 0 <= pd.index < topic.partitions:
                 parts.append((pd.index, ErrorCode.unknown_topic_or_partition, f"topic {topic.name} has no partition {pd.index}"))
-            elif (leader := service.cluster.other_owner(topic.id, pd.index, ctx.client_id)) is not None:
+            elif (leader := service.cluster.other_owner(topic.id, pd.index, ctx.client_id, ctx.listener)) is not None:
                 parts.append((pd.index, ErrorCode.not_leader_or_follower, f"partition {pd.index} is served by "
                               f"broker {leader.id}"))
             elif pd.records is None:

@@ -68,6 +68,8 @@ _LIST_SOURCES: dict[str, tuple[str, ...]] = {
     "results_by_partition": ("partitions",),
     "partitions": ("partitions", "partition_indexes"),
     "transaction_states": ("transactional_ids",),
+    "results": ("creations",),  # CreateAcls
+    "filter_results": ("filters",),  # DeleteAcls
 }
 _INT_TYPES = frozenset({"int8", "int16", "int32", "int64"})
 
@@ -75,18 +77,28 @@ _INT_TYPES = frozenset({"int8", "int16", "int32", "int64"})
 async def handle_transaction_api(_: NoService, ctx: RequestContext, req: Request) -> Response:
     """An error response of the requested version for any transaction API (see the module docstring)."""
     code = ERRORS[req.api_key]
-    M = response_module(req.api_key, req.version)
-    response_cls: type = next(v for v in vars(M).values() if isinstance(v, type) and dataclasses.is_dataclass(v)
-                              and getattr(v, "__type__", None) is EntityType.response)
-    response = error_response(response_cls, req.body, code, MESSAGE if code != ErrorCode.none else None)
+    response = error_response(response_class(req.api_key, req.version), req.body, code, MESSAGE if code != ErrorCode.none else None)
     if req.api_key == apis.LIST_TRANSACTIONS and hasattr(response, "unknown_state_filters"):
         unknown = tuple(s for s in (getattr(req.body, "state_filters", None) or ()) if s not in TRANSACTION_STATES)
         response = dataclasses.replace(response, unknown_state_filters=unknown)
     return Response(response)
 
 
+def response_class(api_key: int, version: int) -> type:
+    """The top-level response dataclass of an API version."""
+    M = response_module(api_key, version)
+    return next(v for v in vars(M).values() if isinstance(v, type) and dataclasses.is_dataclass(v)
+                and getattr(v, "__type__", None) is EntityType.response)
+
+
 def error_response(cls: type, request: Any, code: ErrorCode, message: str | None) -> Any:
     return _build(cls, request, code, message, top=True)
+
+
+def error_entry(cls: type, request_item: Any, code: ErrorCode, message: str | None = None) -> Any:
+    """One entry of a response array (a topic, a group, a resource) answering `request_item` with `code`: its
+    identifying fields echoed, its nested arrays (partitions) echoed with the code too."""
+    return _build(cls, request_item, code, message)
 
 
 def _build(cls: type, source: Any, code: ErrorCode, message: str | None, *, top: bool = False) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from kio.schema.errors import ErrorCode
 
 from dray_broker.protocol.codec import Request, make, response_module
+from dray_broker.routing.zones import brokers_for
 from dray_broker.server.handling import RequestContext, Response
 from dray_broker.server.services import ClusterView
 
@@ -32,7 +33,8 @@ async def handle_describe_cluster(cluster: ClusterView, ctx: RequestContext, req
             error_message=f"endpoint type {endpoint_type} is not supported: Dray has brokers only",
             endpoint_type=endpoint_type, cluster_id=cluster.cluster_id, controller_id=-1, brokers=(),
             cluster_authorized_operations=UNKNOWN_AUTHORIZED_OPERATIONS))
-    brokers = cluster.registry.live()
+    # As a Kafka broker: the brokers with the listener this client connected on, at that listener's endpoints.
+    brokers = brokers_for(cluster.registry.live(), None, ctx.listener)
     operations = CLUSTER_OPERATIONS if body.include_cluster_authorized_operations else UNKNOWN_AUTHORIZED_OPERATIONS
     return Response(make(
         M.DescribeClusterResponse, throttle_time=0, error_code=ErrorCode.none, error_message=None,

@@ -21,7 +21,7 @@ UNKNOWN_AUTHORIZED_OPERATIONS = -2147483648
 async def handle_metadata(cluster: ClusterView, ctx: RequestContext, req: Request) -> Response:
     body = req.body
     M = response_module(req.api_key, req.version)
-    brokers = brokers_for(cluster.registry.live(), ctx.client_id)
+    brokers = brokers_for(cluster.registry.live(), ctx.client_id, ctx.listener)
     auto_create = cluster.auto_create_topics and getattr(body, "allow_auto_topic_creation", True)
 
     requested: list[tuple[str | None, uuid.UUID | None]]

@@ -1,6 +1,8 @@
 """Live brokers: each registers an ephemeral key (keyspace.BROKERS) that dies with its session; every broker
-watches the set. The value: JSON {"id", "host", "port", "zone", "instance"}. Broker ids come from a sequence
-(keyspace.BROKER_IDS).
+watches the set. The value: JSON {"id", "host", "port", "zone", "instance", "listeners"}; listeners:
+[[name, host, port], ...], the advertised endpoint of each listener (name as Kafka's listener names); host and port:
+the first one's (what brokers before listeners wrote, and read: a registration without listeners has one, PLAINTEXT,
+at host:port). Broker ids come from a sequence (keyspace.BROKER_IDS).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dray_broker.keyspace import BROKER_IDS, BROKERS, broker_key, parse_broker_key
 from dray_broker.metadata import (
@@ -22,6 +24,7 @@ from dray_broker.metadata import (
     SessionExpiredError,
     VersionMismatchError,
 )
+from dray_broker.server.listeners import DEFAULT_LISTENER
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +36,32 @@ class BrokerIdInUse(Exception):
 @dataclass(frozen=True)
 class BrokerInfo:
     id: int
-    host: str
+    host: str  # the endpoint clients use: the first listener's, or that of the listener asked for (on())
     port: int
     zone: str | None
+    listeners: tuple[tuple[str, str, int], ...] = ()  # (listener name, advertised host, port) of each listener
+
+    def __post_init__(self) -> None:
+        if not self.listeners:
+            object.__setattr__(self, "listeners", ((DEFAULT_LISTENER, self.host, self.port),))
+
+    def on(self, listener: str) -> "BrokerInfo | None":
+        """This broker as the clients of a listener see it (host and port that listener's advertised endpoint), or
+        None when it has no such listener (Kafka leaves such a broker out of what that listener's clients see)."""
+        for name, host, port in self.listeners:
+            if name == listener:
+                return self if (host, port) == (self.host, self.port) else replace(self, host=host, port=port)
+        return None
 
     def encode(self) -> bytes:
-        return json.dumps({"id": self.id, "host": self.host, "port": self.port, "zone": self.zone}).encode()
+        return json.dumps({"id": self.id, "host": self.host, "port": self.port, "zone": self.zone,
+                           "listeners": [list(e) for e in self.listeners]}).encode()
 
     @classmethod
     def decode(cls, value: bytes) -> "BrokerInfo":
         d = json.loads(value)
-        return cls(d["id"], d["host"], d["port"], d.get("zone"))
+        listeners = tuple((str(n), str(h), int(p)) for n, h, p in d.get("listeners") or ())
+        return cls(d["id"], d["host"], d["port"], d.get("zone"), listeners)
 
 
 async def allocate_broker_id(store: MetadataStore) -> int:

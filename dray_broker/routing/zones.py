@@ -20,8 +20,11 @@ def client_zone(client_id: str | None) -> str | None:
     return None
 
 
-def brokers_for(live: list[BrokerInfo], client_id: str | None) -> list[BrokerInfo]:
-    """The brokers a client should see: those of its zone if it names one that has live brokers, else all."""
+def brokers_for(live: list[BrokerInfo], client_id: str | None, listener: str | None = None) -> list[BrokerInfo]:
+    """The brokers a client should see: those of its zone if it names one that has live brokers, else all. With a
+    listener name: those that have that listener, with its endpoint (as the client connected on it needs)."""
+    if listener is not None:
+        live = [b for b in (broker.on(listener) for broker in live) if b is not None]
     zone = client_zone(client_id)
     if zone is not None:
         same_zone = [b for b in live if b.zone == zone]
@@ -30,6 +33,6 @@ def brokers_for(live: list[BrokerInfo], client_id: str | None) -> list[BrokerInf
     return live
 
 
-def owner(registry, topic_id, partition: int, client_id: str | None) -> BrokerInfo:
+def owner(registry, topic_id, partition: int, client_id: str | None, listener: str | None = None) -> BrokerInfo:
     """The broker a client should use for a partition: the rendezvous-hash pseudo-leader among its brokers."""
-    return registry.leader(topic_id, partition, brokers_for(registry.live(), client_id))
+    return registry.leader(topic_id, partition, brokers_for(registry.live(), client_id, listener))

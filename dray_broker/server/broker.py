@@ -12,6 +12,11 @@ import functools
 import logging
 from typing import Any, Coroutine
 
+from dray_broker.auth.acl_api import AclService
+from dray_broker.auth.acl_store import AclStore
+from dray_broker.auth.acls import Authorizer
+from dray_broker.auth.enforce import Enforcer
+from dray_broker.auth.credential_store import ScramCredentialStore
 from dray_broker.cluster_identity import ensure_cluster_identity
 from dray_broker.config import Settings
 from dray_broker.faults import FAULTS
@@ -29,12 +34,22 @@ from dray_broker.produce.wal_writer import WalWriter
 from dray_broker.routing.registry import BrokerInfo, BrokerRegistry, allocate_broker_id
 from dray_broker.server import allocator
 from dray_broker.server.broker_dir import broker_id_of, lock_data_dir
+from dray_broker.server.authentication import Authenticator, FailedLogins, sasl_settings
 from dray_broker.server.connection import Connection
 from dray_broker.server.dispatch import Dispatcher
 from dray_broker.server.handling import NoService
+from dray_broker.server.listeners import Listener
+from dray_broker.server.tls import HANDSHAKE_TIMEOUT_S, ServerTls
 from dray_broker.server.request_budget import RequestBudget
 from dray_broker.server.routes import ROUTES
-from dray_broker.server.services import AdminService, ClusterView, FetchService, GroupService, ProduceService
+from dray_broker.server.services import (
+    AdminService,
+    ClusterView,
+    FetchService,
+    GroupService,
+    ProduceService,
+    UserService,
+)
 from dray_broker.topics.catalog import TopicCatalog
 from dray_broker.version import VERSION
 
@@ -63,8 +78,11 @@ class Broker:
         self.connections: set[Connection] = set()
         self.cluster_id = ""
         self.broker_id = -1
-        self.port = -1  # the bound Kafka port, once started
+        self.listeners: list[Listener] = []  # the Kafka listeners, once bound (ports known)
+        self.tls: ServerTls | None = None  # the ssl and sasl_ssl listeners' certificates, if there are such
+        self.port = -1  # the first listener's bound port, once started
         self._dispatcher: Dispatcher | None = None  # once every service it routes to has started
+        self._authenticator: Authenticator | None = None
         self._stack = contextlib.AsyncExitStack()  # what start() started, stopped in reverse order
 
     # --- lifecycle --------------------------------------------------------------------------------------------
@@ -78,6 +96,10 @@ class Broker:
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         s = self.settings
+        if s.tls_cert is not None and s.tls_key is not None:  # first: unusable files stop the broker at once
+            self.tls = ServerTls(s.tls_cert, s.tls_key, s.tls_ca, s.tls_principal_mapping_rules)
+            if s.tls_check_ms:
+                _run_until_stopped(stack, self.tls.watch(s.tls_check_ms / 1000), "tls-watch")
         data_dir = lock_data_dir(s.data_dir, s.listen)
         if data_dir is not None:
             stack.callback(data_dir.unlock)
@@ -110,14 +132,20 @@ class Broker:
         _run_until_stopped(stack, _follow_index(index_watch, reader), "index-watch")
         _run_until_stopped(stack, self._sweep(), "connection-sweep")
 
-        # Bound now (the registration says the port), serving only once everything below has started.
-        host, port = s.listen.rsplit(":", 1)
-        server = await asyncio.get_running_loop().create_server(
-            self._new_connection, host, int(port), reuse_address=True, start_serving=False)
-        stack.callback(server.close)
-        self.port = server.sockets[0].getsockname()[1]
-        adv_host, adv_port = s.advertised
-        registry = BrokerRegistry(metadata, BrokerInfo(self.broker_id, adv_host, adv_port or self.port, s.zone))
+        # Bound now (the registration says the ports), serving only once everything below has started.
+        servers = []
+        for listener in s.listeners:
+            tls = self.tls.context if listener.tls and self.tls is not None else None
+            server = await asyncio.get_running_loop().create_server(
+                functools.partial(self._new_connection, listener), listener.host, listener.port, reuse_address=True,
+                ssl=tls, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None, start_serving=False)
+            stack.callback(server.close)
+            servers.append(server)
+            self.listeners.append(listener.bound(server.sockets[0].getsockname()[1]))
+        self.port = self.listeners[0].port
+        endpoints = tuple((bound.name, bound.advertised_host, bound.advertised_port) for bound in self.listeners)
+        registry = BrokerRegistry(metadata, BrokerInfo(self.broker_id, endpoints[0][1], endpoints[0][2], s.zone,
+                                                       endpoints))
         # A restarted broker with a known id waits for its dead predecessor's registration to expire.
         await registry.start(wait_for_id_s=s.session_timeout_ms / 1000 + 2 if known_id else 0)
         stack.push_async_callback(registry.stop)
@@ -130,8 +158,24 @@ class Broker:
         # Parked JoinGroup/SyncGroup requests get NOT_COORDINATOR and the leases go, so another broker takes over.
         stack.push_async_callback(coordinator.stop)
 
+        # The cluster's ACLs, followed from the metadata store; enforced only with --acls.
+        acl_store = None
+        enforcer = None
+        if s.acls:
+            authorizer = Authorizer(s.super_user_list, s.allow_everyone_if_no_acl_found)
+            acl_store = AclStore(metadata, authorizer)
+            await acl_store.start()
+            stack.push_async_callback(acl_store.stop)
+            enforcer = Enforcer(authorizer, topics, (r.key for r in ROUTES))
+            log.info("authorizer on: %d ACLs, super users %s", len(authorizer), ", ".join(s.super_user_list) or "none")
+
         cluster = ClusterView(self.cluster_id, self.broker_id, registry, topics, s.auto_create_topics,
                               s.default_partitions, s.enforce_owner)
+        credentials = ScramCredentialStore(metadata)
+        self._authenticator = Authenticator(
+            sasl_settings(s, credentials, self.cluster_id), ROUTES, self.metrics,
+            FailedLogins(s.sasl_failed_login_limit, s.sasl_failed_login_window_ms), s.max_request_bytes,
+            s.connection_failed_authentication_delay_ms)
         self._dispatcher = Dispatcher(ROUTES, [
             ROUTES,
             NoService(),
@@ -140,7 +184,9 @@ class Broker:
             FetchService(cluster, topics, reader, index),
             AdminService(cluster, topics, reader, index, s),
             GroupService(coordinator, topics),
-        ], self.metrics)
+            UserService(credentials),
+            AclService(acl_store),
+        ], self.metrics, self._authenticator, enforcer)
 
         if s.http_listen:
             http_host, http_port = s.http_listen.rsplit(":", 1)
@@ -148,10 +194,12 @@ class Broker:
                                 functools.partial(_refresh_gauges, self.metrics, metadata, topics, index, reader))
             log.info("metrics and health on http://%s:%d (/metrics /healthz /readyz)", http_host, await http.start())
             stack.push_async_callback(http.stop)
-        await server.start_serving()
-        stack.callback(server.close)  # the first thing stop() does: accept no more connections
-        log.info("dray %s broker %d ready on %s:%d (advertised %s:%d, zone %s, cluster %s, metadata %s, objects %s)",
-                 VERSION, self.broker_id, host, self.port, adv_host, adv_port or self.port, s.zone, self.cluster_id,
+        for server in servers:
+            await server.start_serving()
+            stack.callback(server.close)  # the first thing stop() does: accept no more connections
+        log.info("dray %s broker %d ready on %s (advertised %s, zone %s, cluster %s, metadata %s, objects %s)",
+                 VERSION, self.broker_id, ", ".join(map(str, self.listeners)),
+                 ", ".join(str(bound.advertised()) for bound in self.listeners), s.zone, self.cluster_id,
                  s.metadata_url, s.object_store_url)
 
     async def stop(self) -> None:
@@ -191,13 +239,30 @@ class Broker:
 
     # --- connections ------------------------------------------------------------------------------------------
 
-    def _new_connection(self) -> Connection:
+    def _new_connection(self, listener: Listener) -> Connection:
         assert self._dispatcher is not None, "connections are accepted once the broker has started"
         conn = Connection(self._dispatcher.dispatch, self.settings.max_request_bytes, self._connection_closed,
-                          self.request_budget)
+                          self.request_budget, listener=self._bound(listener),
+                          identify=self.tls.principal if listener.tls and self.tls is not None else None,
+                          on_open=self._connection_opened)
+        if conn.listener.sasl:  # the login comes first (server/authentication.py)
+            assert self._authenticator is not None
+            self._authenticator.attach(conn)
+        return conn
+
+    def _connection_opened(self, conn: Connection) -> None:
+        # (A TLS client is counted once its handshake is done: one that fails it never opens, nor closes.)
         self.connections.add(conn)
         self.metrics.connections.inc()
-        return conn
+
+    def reload_tls(self) -> None:
+        """SIGHUP: load the TLS files again (new handshakes use them; open connections keep theirs)."""
+        if self.tls is not None:
+            self.tls.reload("SIGHUP")
+
+    def _bound(self, listener: Listener) -> Listener:
+        """The bound listener (port known) of a configured one."""
+        return next(bound for bound in self.listeners if bound.protocol == listener.protocol)
 
     def _connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)

@@ -25,16 +25,32 @@ import struct
 from collections import deque
 from typing import Awaitable, Callable, TypeAlias, cast
 
+from dray_broker.auth.principal import ANONYMOUS, KafkaPrincipal
+from dray_broker.auth.sasl import SaslConnection
 from dray_broker.protocol.codec import MalformedRequestError
 from dray_broker.server.handling import Deferred, NoResponse
+from dray_broker.server.listeners import PLAINTEXT_LISTENER, Listener
 from dray_broker.server.request_budget import RequestBudget
 
 log = logging.getLogger(__name__)
 
 _SIZE = struct.Struct(">i")
 
-# What is written for a request: its response frame (chunks), nothing (NO_RESPONSE), or None: close the connection.
-Written: TypeAlias = list[bytes] | NoResponse | None
+
+
+class LastAnswer:
+    """A response after which the connection closes (a failed SASL login): the requests read after it are dropped."""
+
+    __slots__ = ("chunks", "reason")
+
+    def __init__(self, chunks: list[bytes], reason: str):
+        self.chunks = chunks
+        self.reason = reason
+
+
+# What is written for a request: its response frame (chunks), its last response (LastAnswer), nothing (NO_RESPONSE),
+# or None: close the connection.
+Written: TypeAlias = list[bytes] | LastAnswer | NoResponse | None
 # What the frame handler gives for a frame: that now, or later (Deferred: the writer awaits it, in request order,
 # while the next frames are handled).
 FrameAnswer: TypeAlias = Written | Deferred[Written]
@@ -58,16 +74,24 @@ STALLED_SWEEPS = 30
 
 class Connection(asyncio.BufferedProtocol):
     # Slots and waiter futures made only when a task waits: thousands of idle connections stay small.
-    __slots__ = ("_handle_frame", "_max_frame", "_on_close", "_budget", "_stalled_sweeps", "_buffer", "_view",
-                 "_filled", "_frame_size", "_frames", "_responses", "_transport", "_tasks", "_paused",
+    __slots__ = ("_handle_frame", "_max_frame", "_on_open", "_on_close", "_budget", "_stalled_sweeps", "_buffer",
+                 "_view", "_filled", "_frame_size", "_frames", "_responses", "_transport", "_tasks", "_paused",
                  "_waiting_for_budget", "_too_many_in_flight", "_draining", "_write_paused", "_closing", "_lost",
                  "_received", "_stalled", "_unanswered", "_frames_waiter", "_responses_waiter",
-                 "_writable_waiter", "_answered_waiter", "peer", "host", "client_id")
+                 "_writable_waiter", "_answered_waiter", "peer", "host", "client_id", "listener", "principal",
+                 "_identify", "sasl", "_ending")
 
     def __init__(self, handle_frame: FrameHandler, max_frame_bytes: int, on_close: Callable[["Connection"], None],
-                 budget: RequestBudget, *, stalled_sweeps: int = STALLED_SWEEPS):
+                 budget: RequestBudget, *, listener: Listener = PLAINTEXT_LISTENER,
+                 identify: Callable[[asyncio.BaseTransport], KafkaPrincipal] | None = None,
+                 on_open: Callable[["Connection"], None] | None = None, stalled_sweeps: int = STALLED_SWEEPS):
+        """on_open and on_close: called when the connection is made and when it is lost. A TLS connection is made
+        once its handshake is done; one whose handshake fails is never made (nor lost). identify: the principal
+        of a client from its transport once connected (a TLS client certificate's subject); ValueError refuses the
+        client."""
         self._handle_frame = handle_frame
         self._max_frame = max_frame_bytes
+        self._on_open = on_open
         self._on_close = on_close
         self._budget = budget
         self._stalled_sweeps = stalled_sweeps
@@ -87,6 +111,7 @@ class Connection(asyncio.BufferedProtocol):
         self._draining = False
         self._write_paused = False  # the transport's write buffer is full
         self._closing = False  # no request is read or answered any more
+        self._ending = False  # a LastAnswer is queued: no request is handled any more
         self._lost = False  # the transport is gone
         self._received = False  # bytes arrived since the last sweep
         self._stalled = 0  # sweeps in a row the reserved frame got no byte
@@ -98,11 +123,27 @@ class Connection(asyncio.BufferedProtocol):
         self.peer = "?"
         self.host = ""
         self.client_id: str | None = None
+        self.listener = listener  # the listener the client connected on
+        self.principal: KafkaPrincipal = ANONYMOUS  # who the client authenticated as (TLS certificate or SASL)
+        self._identify = identify
+        # The SASL state of a connection to a SASL listener (server/authentication.py attaches it), else None.
+        self.sasl: SaslConnection | None = None
+
+    @property
+    def max_frame_bytes(self) -> int:
+        return self._max_frame
+
+    @max_frame_bytes.setter
+    def max_frame_bytes(self, size: int) -> None:
+        """Before a SASL login only small frames are accepted (Kafka's sasl.server.max.receive.size)."""
+        self._max_frame = size
 
     # --- asyncio.BufferedProtocol -----------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # a stream server's
+        if self._on_open is not None:
+            self._on_open(self)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.host = f"/{peer[0]}" if peer else ""
@@ -110,6 +151,13 @@ class Connection(asyncio.BufferedProtocol):
             asyncio.create_task(self._process(), name=f"conn-process-{self.peer}"),
             asyncio.create_task(self._write(), name=f"conn-write-{self.peer}"),
         ]
+        if self._identify is not None:
+            try:
+                self.principal = self._identify(transport)
+            except ValueError as e:
+                self.close(f"{self.listener.name} client refused: {e}")
+                return
+            log.debug("connection from %s on %s as %s", self.peer, self.listener.name, self.principal)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._filled == len(self._buffer):
@@ -240,6 +288,8 @@ class Connection(asyncio.BufferedProtocol):
         """Handle frames in order; every frame taken goes to the writer with its result (and its reservation)."""
         try:
             while not self._closing:
+                if self._ending:
+                    break  # the connection closes once its last answer is written: handle nothing more
                 if self._frames:
                     # One call per frame: nothing of a request stays referenced here once it is handed on.
                     await self._handle(self._frames.popleft())
@@ -263,6 +313,8 @@ class Connection(asyncio.BufferedProtocol):
         self._update_reading()
 
     def _answer(self, result: FrameAnswer | _End, reserved: int) -> None:
+        if isinstance(result, LastAnswer):
+            self._ending = True
         self._responses.append((result, reserved))
         _wake(self._responses_waiter)
 
@@ -293,8 +345,11 @@ class Connection(asyncio.BufferedProtocol):
         elif not isinstance(written, NoResponse) and not self._closing:
             while self._write_paused and not self._closing:
                 await self._wait("_writable_waiter")
+            chunks = written.chunks if isinstance(written, LastAnswer) else written
             if not self._closing and self._transport is not None:
-                self._transport.writelines(written)
+                self._transport.writelines(chunks)
+            if isinstance(written, LastAnswer):
+                self.close(written.reason)  # the transport sends what it buffered, then closes
         self._finish(reserved)
         self._update_reading()
         return True

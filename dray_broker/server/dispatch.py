@@ -2,8 +2,10 @@
 route's handler with its service and the request context, and encode what it returns. The connection
 (server/connection.py) writes the answers, in request order.
 
-Authorization (DESIGN.md invariant 10) belongs here, between decoding and the handler: each route names the checks
-its API needs (Route.checks, from auth/api_checks.py); the authorizer that applies them is not switched on yet.
+Authorization (DESIGN.md invariant 10) happens here, between decoding and the handler: with --acls the Enforcer
+(auth/enforce.py) applies the checks each route's API needs (auth/api_checks.py), answering a denied request itself
+or handing the handler the request without the resources it may not touch, and completing the handler's answer.
+Without --acls there is no Enforcer and no per-request work.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
+from dray_broker.auth.enforce import Enforcer, Finish
 from dray_broker.logs import request_context
 from dray_broker.observability.metrics import ApiMetrics, BrokerMetrics
 from dray_broker.protocol import apis
 from dray_broker.protocol.codec import Request, UnsupportedVersionError, encode_response, peek_header
 from dray_broker.server.api_versions import unsupported_api_versions_frame
+from dray_broker.server.authentication import PROCEED, Authenticator
 from dray_broker.server.connection import Connection, FrameAnswer, Written
 from dray_broker.server.handling import (
     NO_RESPONSE,
@@ -46,11 +50,15 @@ class _Bound:
 
 
 class Dispatcher:
-    def __init__(self, routes: RouteTable, services: Iterable[object], metrics: BrokerMetrics):
+    def __init__(self, routes: RouteTable, services: Iterable[object], metrics: BrokerMetrics,
+                 authenticator: Authenticator | None = None, enforcer: Enforcer | None = None):
         """services: one instance of each service type the routes name (a missing one fails here, not when a
-        request comes)."""
+        request comes). authenticator: for the connections of SASL listeners. enforcer: the authorizer's checks
+        (--acls), or None."""
+        self.authenticator = authenticator
         by_type = {type(s): s for s in services}
         self.routes = routes
+        self._enforcer = enforcer
         self._bound: dict[int, _Bound] = {}
         for r in routes:
             if r.service not in by_type:
@@ -58,6 +66,11 @@ class Dispatcher:
             self._bound[r.key] = _Bound(r, functools.partial(r.handler, by_type[r.service]), metrics.api(r.name))
 
     async def dispatch(self, frame: bytes, conn: Connection) -> FrameAnswer:
+        if conn.sasl is not None:  # a SASL listener's connection: the login first (server/authentication.py)
+            assert self.authenticator is not None
+            answer = await self.authenticator.gate(frame, conn)
+            if answer is not PROCEED:
+                return answer  # type: ignore[return-value]
         api_key, version, correlation_id = peek_header(frame)
         bound = self._bound.get(api_key)
         if bound is None or not bound.route.accepts(version):
@@ -73,16 +86,25 @@ class Dispatcher:
             return NO_RESPONSE
         conn.client_id = req.client_id
         request_context.set((req.client_id, correlation_id))
-        ctx = RequestContext(req.client_id, conn.host)
+        ctx = RequestContext(req.client_id, conn.host, conn.principal, conn.listener.name)
         metrics = bound.metrics
         metrics.requests.inc()
         started = time.perf_counter()
+        finish = None
+        if self._enforcer is not None:
+            verdict = self._enforcer.check(ctx, req)
+            if isinstance(verdict, Response):
+                metrics.seconds.observe(time.perf_counter() - started)
+                return encode_response(api_key, version, correlation_id, verdict.body)
+            req, finish = verdict
         try:
             result = await bound.call(ctx, req)
         except Exception:
             metrics.errors.inc()
             raise
         if isinstance(result, Response):
+            if finish is not None:
+                result = Response(finish(result.body))
             metrics.seconds.observe(time.perf_counter() - started)
             return encode_response(api_key, version, correlation_id, result.body)
         if isinstance(result, Deferred):
@@ -90,11 +112,11 @@ class Dispatcher:
                 if asyncio.iscoroutine(result.answer):
                     result.answer.close()  # never to be awaited
                 raise TypeError(f"the {route.name} handler deferred its answer, but its route is not deferred")
-            return Deferred(self._answer_later(req, metrics, started, result.answer))
+            return Deferred(self._answer_later(req, metrics, started, result.answer, finish))
         return NO_RESPONSE
 
     async def _answer_later(self, req: Request, metrics: ApiMetrics, started: float,
-                            answer: Awaitable[Answer]) -> Written:
+                            answer: Awaitable[Answer], finish: Finish | None = None) -> Written:
         try:
             response = await answer
         except ConnectionResetError as e:
@@ -107,4 +129,5 @@ class Dispatcher:
         if isinstance(response, NoResponse):  # acks=0: nothing to answer once its batches are committed
             return NO_RESPONSE
         metrics.seconds.observe(time.perf_counter() - started)
-        return encode_response(req.api_key, req.version, req.correlation_id, response.body)
+        body = response.body if finish is None else finish(response.body)
+        return encode_response(req.api_key, req.version, req.correlation_id, body)

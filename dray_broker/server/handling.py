@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable, Generic, Iterable, Iterator, TypeAl
 from dray_broker.auth.principal import ANONYMOUS, KafkaPrincipal
 from dray_broker.auth.api_checks import API_CHECKS, ApiChecks
 from dray_broker.protocol.codec import Request, decode_request
+from dray_broker.server.listeners import DEFAULT_LISTENER
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -39,6 +40,12 @@ class RequestContext:
     client_host: str  # "/<ip>" of the peer, as Kafka reports it (JoinGroup, ConsumerGroupHeartbeat keep it)
     # Who the connection authenticated as (SASL or a TLS client certificate); User:ANONYMOUS otherwise, as in Kafka.
     principal: KafkaPrincipal = ANONYMOUS
+    # The name of the listener the client connected on (server/listeners.py): the endpoints it is given are that
+    # listener's.
+    listener: str = DEFAULT_LISTENER
+    # Topics of this Produce or Fetch the principal may not write or read (auth/enforce.py): answered with
+    # TOPIC_AUTHORIZATION_FAILED by the handler, which encodes its answer by hand.
+    denied_topics: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)

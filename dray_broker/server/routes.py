@@ -9,6 +9,8 @@ advertised: a client that sends one anyway gets an error response (protocol/reje
 
 from __future__ import annotations
 
+from dray_broker.auth.acl_api import AclService, handle_create_acls, handle_delete_acls, handle_describe_acls
+from dray_broker.auth.scram_api import handle_alter_user_scram_credentials, handle_describe_user_scram_credentials
 from dray_broker.fetch.handler import handle_fetch
 from dray_broker.fetch.list_offsets import handle_list_offsets
 from dray_broker.groups import handlers as groups
@@ -18,8 +20,16 @@ from dray_broker.protocol.rejections import handle_transaction_api
 from dray_broker.routing.cluster_api import handle_describe_cluster
 from dray_broker.routing.metadata_api import handle_metadata
 from dray_broker.server.api_versions import handle_api_versions
+from dray_broker.server.authentication import handle_sasl_authenticate, handle_sasl_handshake
 from dray_broker.server.handling import NoService, RouteTable, deferred_route, route
-from dray_broker.server.services import AdminService, ClusterView, FetchService, GroupService, ProduceService
+from dray_broker.server.services import (
+    AdminService,
+    ClusterView,
+    FetchService,
+    GroupService,
+    ProduceService,
+    UserService,
+)
 from dray_broker.topics import handlers as topics
 from dray_broker.topics.delete_records import handle_delete_records
 
@@ -58,6 +68,18 @@ ROUTES = RouteTable([
           groups.handle_consumer_group_heartbeat),
     route(apis.CONSUMER_GROUP_DESCRIBE, "ConsumerGroupDescribe", (0, 1), GroupService,
           groups.handle_consumer_group_describe),
+    # ACLs (answered SECURITY_DISABLED without --acls).
+    route(apis.DESCRIBE_ACLS, "DescribeAcls", (1, 3), AclService, handle_describe_acls),
+    route(apis.CREATE_ACLS, "CreateAcls", (1, 3), AclService, handle_create_acls),
+    route(apis.DELETE_ACLS, "DeleteAcls", (1, 3), AclService, handle_delete_acls),
+    # Authentication: on a SASL listener server/authentication.py serves the login before any route; these routes
+    # answer the SASL APIs elsewhere (ILLEGAL_SASL_STATE). SCRAM credentials are managed over the Kafka API.
+    route(apis.SASL_HANDSHAKE, "SaslHandshake", (0, 1), NoService, handle_sasl_handshake),
+    route(apis.SASL_AUTHENTICATE, "SaslAuthenticate", (0, 2), NoService, handle_sasl_authenticate),
+    route(apis.DESCRIBE_USER_SCRAM_CREDENTIALS, "DescribeUserScramCredentials", (0, 0), UserService,
+          handle_describe_user_scram_credentials),
+    route(apis.ALTER_USER_SCRAM_CREDENTIALS, "AlterUserScramCredentials", (0, 0), UserService,
+          handle_alter_user_scram_credentials),
     # Transactions are not supported: answered with errors, not advertised (the versions kio decodes).
     route(apis.ADD_PARTITIONS_TO_TXN, "AddPartitionsToTxn", (0, 5), NoService, handle_transaction_api,
           advertised=False),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from dray_broker.auth.credential_store import ScramCredentialStore
 from dray_broker.config import Settings
 from dray_broker.faults import Faults
 from dray_broker.fetch.reader import PartitionReader
@@ -34,11 +35,13 @@ class ClusterView:
     default_partitions: int
     enforce_owner: bool  # answer NOT_LEADER_OR_FOLLOWER for partitions another broker owns
 
-    def other_owner(self, topic_id: uuid.UUID, partition: int, client_id: str | None) -> BrokerInfo | None:
-        """The broker this client must use for the partition instead of this one (owners enforced), else None."""
+    def other_owner(self, topic_id: uuid.UUID, partition: int, client_id: str | None,
+                    listener: str) -> BrokerInfo | None:
+        """The broker this client (connected on that listener) must use for the partition instead of this one
+        (owners enforced), else None."""
         if not self.enforce_owner:
             return None
-        leader = owner(self.registry, topic_id, partition, client_id)
+        leader = owner(self.registry, topic_id, partition, client_id, listener)
         return leader if leader.id != self.broker_id else None
 
 
@@ -83,3 +86,11 @@ class GroupService:
 
     coordinator: GroupCoordinator
     topics: TopicCatalog
+
+
+@dataclass(frozen=True, slots=True)
+class UserService:
+    """SCRAM credential management (DescribeUserScramCredentials, AlterUserScramCredentials): the store every broker
+    reads logins from."""
+
+    credentials: ScramCredentialStore

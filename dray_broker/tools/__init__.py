@@ -1,4 +1,4 @@
-"""The operator commands of `dray`: topics, produce, consume, groups, cluster.
+"""The operator commands of `dray`: topics, produce, consume, groups, cluster, users, acls.
 
 They reach the `dray` command through the `dray.commands` entry point (see pyproject.toml): `register` adds
 them to its subcommands. Each command talks to a broker over the Kafka protocol (confluent-kafka), prints an
@@ -8,9 +8,11 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from dray_broker.tools import cluster, groups, records, topics
+    from dray_broker.tools import acls, cluster, groups, records, topics, users
 
     topics.register(subparsers)
     records.register(subparsers)
     groups.register(subparsers)
     cluster.register(subparsers)
+    users.register(subparsers)
+    acls.register(subparsers)

@@ -16,12 +16,14 @@ import socket
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from dray_broker.config import ClientSettings, ConfigError, flag_help
+from dray_broker.tools.client_properties import PropertiesError, librdkafka_properties, read_properties
 from dray_broker.tools.output import note
 
 CLIENT_ID = "dray-cli"
@@ -71,7 +73,12 @@ def connection_flags(*, json_flag: bool = True) -> argparse.ArgumentParser:
                    help="how long to wait for each answer from the broker (default %(default)s); "
                         f"an unreachable broker is reported within {CONNECT_TIMEOUT_S:g} s")
     g.add_argument("-X", "--property", action="append", default=[], metavar="KEY=VALUE", dest="properties",
-                   help="a librdkafka client property, e.g. -X security.protocol=SSL (repeatable)")
+                   help="a librdkafka client property, e.g. -X security.protocol=ssl (repeatable; over "
+                        "--command-config)")
+    command_config = ClientSettings.model_fields["command_config"]
+    g.add_argument("--command-config", metavar="FILE", type=Path,
+                   help=flag_help(command_config.description, "DRAY_COMMAND_CONFIG", None) +
+                   " (Java client names such as ssl.truststore.location or sasl.jaas.config are translated)")
     if json_flag:
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
@@ -103,6 +110,8 @@ def parse_timestamp(text: str) -> int:
 
 
 def client_config(args, **extra) -> dict:
+    """librdkafka's configuration: this tool's defaults, then --command-config, then the command's own (extra),
+    then -X."""
     conf = {
         "bootstrap.servers": args.bootstrap,
         "client.id": CLIENT_ID,
@@ -110,6 +119,11 @@ def client_config(args, **extra) -> dict:
         "socket.connection.setup.timeout.ms": int(min(args.timeout, CONNECT_TIMEOUT_S) * 1000),
         "socket.timeout.ms": int(max(args.timeout, 1) * 1000),
     }
+    if getattr(args, "command_config", None) is not None:
+        try:
+            conf.update(librdkafka_properties(read_properties(args.command_config)))
+        except PropertiesError as e:
+            raise ToolError(f"--command-config {args.command_config}: {e}", EXIT_USAGE) from None
     conf.update(extra)
     for prop in args.properties:
         key, value = key_value(prop, "-X KEY=VALUE")
@@ -193,11 +207,14 @@ def command(func: Callable[[argparse.Namespace], int | None]) -> Callable[[argpa
     @functools.wraps(func)
     def run(args) -> int:
         try:
-            connection = ClientSettings.load({"bootstrap": args.bootstrap})  # (topics take a --config of their own)
+            # (topics take a --config of their own)
+            connection = ClientSettings.load({"bootstrap": args.bootstrap,
+                                              "command_config": getattr(args, "command_config", None)})
         except ConfigError as e:
             note(f"dray: {e}")
             return EXIT_USAGE
         args.bootstrap, args.client_debug = connection.bootstrap, connection.client_debug
+        args.command_config = connection.command_config
         try:
             return func(args) or 0
         except ToolError as e:

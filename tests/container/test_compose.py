@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from dray_broker import cli
+from dray_broker.tools import users
 from dray_broker.config import ENV_PREFIX, LakeSettings, Settings, setting_names
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (a test dependency) validates compose.yaml")
@@ -215,6 +216,7 @@ def parse_dray(argv: list[str], monkeypatch) -> tuple[str, object]:
 
     for name in ("cmd_broker", "cmd_up"):
         monkeypatch.setattr(cli, name, capture(name[4:]))
+    monkeypatch.setattr(users, "cmd_bootstrap", capture("users bootstrap"))  # (bound when the parser is built)
     try:
         assert cli.main(argv) == 0
     except SystemExit as e:  # argparse refused the arguments
@@ -324,6 +326,7 @@ def test_topology(services):
     pg_env = env_of(services["postgres"])
 
     brokers = {n: s for n, s in dray_services(services).items() if argv_of(s.get("command"))[:2] == ["dray", "broker"]}
+    one_shots = {n: s for n, s in dray_services(services).items() if argv_of(s.get("command"))[:2] == ["dray", "users"]}
     zones = Counter(env_of(s)["DRAY_ZONE"] for s in brokers.values())
     assert zones == {"a": 2, "b": 1}, zones
     ids = [env_of(s)["DRAY_BROKER_ID"] for s in brokers.values()]
@@ -344,9 +347,18 @@ def test_topology(services):
         if name in brokers:
             settings = load_in(env, Settings)
             published = {p.split(":")[-1]: p.split(":")[-2] for p in s.get("ports", [])}
-            listen_port = settings.listen.rpartition(":")[2]
-            assert settings.advertised[1] == int(published[listen_port]), f"{name}: advertised port not published"
+            for listener in settings.listeners:
+                assert listener.advertised_port == int(published[str(listener.port)]), (
+                    f"{name}: the advertised port of {listener} is not the one published for it")
+                if listener.tls:
+                    assert {"/certs/broker.pem", "/certs/broker.key"} == {str(settings.tls_cert),
+                                                                          str(settings.tls_key)}
+                    assert "certs-init" in deps and "certs:/certs:ro" in s["volumes"], f"{name}: no certificates"
+                if listener.sasl:
+                    assert one_shots and set(one_shots) <= set(deps), f"{name}: SASL logins need a user made before"
             assert settings.http_listen, f"{name}: the HEALTHCHECK needs DRAY_HTTP_LISTEN"
+        elif name in one_shots:  # `dray users bootstrap`: the first SCRAM user, in the brokers' metadata store
+            assert argv_of(s["command"])[:3] == ["dray", "users", "bootstrap"] and s.get("restart") == "no", name
         else:
             lake = load_in(env, LakeSettings)
             catalog = urlparse(lake.catalog_url)

@@ -19,6 +19,9 @@ is exactly there (nothing more was stored). It returns the records in the order 
 Record data stays in what kcat's -f output and -H/-K input can carry (printable ASCII without tab, newline,
 ',' or '='), so that every client can read every other client's records. kcat cannot tell a null key or value from
 an empty one (librdkafka hands both over as NULL): read_back() compares them as equal for kcat only.
+
+Every produce, consume and read_back takes tls=ClientTls(ca, cert, key) to connect to an ssl listener (with a client
+certificate: mTLS), each client configured as its users do.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import subprocess
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Iterable
+from pathlib import Path
+from typing import Any, Iterable
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 CLIENTS = ("confluent", "aiokafka", "kafka-python", "kcat")
@@ -38,6 +42,55 @@ KCAT = "/usr/bin/kcat"
 
 # Timestamps the producers set explicitly (kcat cannot): a fixed base, so a read back proves they were kept.
 BASE_TIMESTAMP = 1_700_000_000_000
+
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """How a client connects to an ssl listener: the CA that signed the broker's certificate and, for mTLS, the
+    client's certificate and key (bundle: both in one PEM file, as the Java client's PEM keystore)."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    bundle: Path | None = None
+
+    def librdkafka(self) -> dict[str, str]:
+        """confluent-kafka's and kcat's properties."""
+        props = {"security.protocol": "ssl", "ssl.ca.location": str(self.ca)}
+        if self.cert is not None and self.key is not None:
+            props |= {"ssl.certificate.location": str(self.cert), "ssl.key.location": str(self.key)}
+        return props
+
+    def kafka_python(self) -> dict[str, Any]:
+        return {"security_protocol": "SSL", "ssl_cafile": str(self.ca), "ssl_check_hostname": True,
+                "ssl_certfile": str(self.cert) if self.cert else None,
+                "ssl_keyfile": str(self.key) if self.key else None}
+
+    def aiokafka(self) -> dict[str, Any]:
+        from aiokafka.helpers import create_ssl_context
+
+        context = create_ssl_context(cafile=str(self.ca), certfile=str(self.cert) if self.cert else None,
+                                     keyfile=str(self.key) if self.key else None)
+        return {"security_protocol": "SSL", "ssl_context": context}
+
+    def java(self) -> dict[str, str]:
+        """The Java client's properties (PEM trust and key stores, KIP-651)."""
+        props = {"security.protocol": "SSL", "ssl.truststore.type": "PEM", "ssl.truststore.location": str(self.ca)}
+        if self.bundle is not None:
+            props |= {"ssl.keystore.type": "PEM", "ssl.keystore.location": str(self.bundle)}
+        return props
+
+    def kcat(self) -> list[str]:
+        return [arg for k, v in self.librdkafka().items() for arg in ("-X", f"{k}={v}")]
+
+
+def _tls_config(tls: ClientTls | None, client: str) -> Any:
+    if tls is None:
+        return [] if client == "kcat" else {}
+    return {"confluent": tls.librdkafka, "kafka-python": tls.kafka_python, "aiokafka": tls.aiokafka,
+            "kcat": tls.kcat}[client]()
+
 
 _TEXT = (string.ascii_letters + string.digits + " .:;_-+/()[]{}!?#$%&*").encode()
 
@@ -162,16 +215,18 @@ def create_topic(bootstrap: str, name: str, partitions: int, timeout: float = 10
 
 
 def produce(client: str, bootstrap: str, topic: str, records: list[Rec], *, codec: str = "none",
-            acks: int | str = "all", timeout: float = 15.0, confluent_config: dict | None = None) -> list[Rec]:
+            acks: int | str = "all", timeout: float = 15.0, confluent_config: dict | None = None,
+            tls: ClientTls | None = None) -> list[Rec]:
     """Send records with client and codec; return them with their offsets. With acks=0 no offset comes back:
     confluent and kcat give -1, kafka-python makes some up (do not use them). confluent_config: more librdkafka
     properties for the confluent producer."""
     assert codec in CODECS, codec
     if client == "confluent":
-        return _produce_confluent(bootstrap, topic, records, codec, acks, timeout, confluent_config or {})
+        return _produce_confluent(bootstrap, topic, records, codec, acks, timeout,
+                                  {**_tls_config(tls, client), **(confluent_config or {})})
     assert confluent_config is None, "confluent_config is for the confluent producer"
     fn = {"aiokafka": _produce_aiokafka, "kafka-python": _produce_kafka_python, "kcat": _produce_kcat}[client]
-    return fn(bootstrap, topic, records, codec, acks, timeout)
+    return fn(bootstrap, topic, records, codec, acks, timeout, _tls_config(tls, client))
 
 
 def _produce_confluent(bootstrap, topic, records, codec, acks, timeout, config):
@@ -210,13 +265,13 @@ def _produce_confluent(bootstrap, topic, records, codec, acks, timeout, config):
     return [replace(r, offset=o) for r, o in zip(records, offsets)]
 
 
-def _produce_aiokafka(bootstrap, topic, records, codec, acks, timeout):
+def _produce_aiokafka(bootstrap, topic, records, codec, acks, timeout, tls):
     from aiokafka import AIOKafkaProducer
 
     async def run():
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, compression_type=None if codec == "none" else codec, acks=acks,
-            linger_ms=5, request_timeout_ms=int(timeout * 1000), enable_idempotence=False,
+            linger_ms=5, request_timeout_ms=int(timeout * 1000), enable_idempotence=False, **tls,
         )
         await producer.start()
         try:
@@ -231,12 +286,12 @@ def _produce_aiokafka(bootstrap, topic, records, codec, acks, timeout):
     return [replace(r, offset=m.offset) for r, m in zip(records, metadata)]
 
 
-def _produce_kafka_python(bootstrap, topic, records, codec, acks, timeout):
+def _produce_kafka_python(bootstrap, topic, records, codec, acks, timeout, tls):
     from kafka import KafkaProducer
 
     producer = KafkaProducer(
         bootstrap_servers=bootstrap, compression_type=None if codec == "none" else codec, acks=acks, linger_ms=5,
-        enable_idempotence=False, request_timeout_ms=int(timeout * 1000), max_block_ms=int(timeout * 1000),
+        enable_idempotence=False, request_timeout_ms=int(timeout * 1000), max_block_ms=int(timeout * 1000), **tls,
     )
     try:
         futures = [producer.send(topic, value=r.value, key=r.key, partition=r.partition, timestamp_ms=r.timestamp,
@@ -248,7 +303,7 @@ def _produce_kafka_python(bootstrap, topic, records, codec, acks, timeout):
     return [replace(r, offset=m.offset) for r, m in zip(records, metadata)]
 
 
-def _produce_kcat(bootstrap, topic, records, codec, acks, timeout):
+def _produce_kcat(bootstrap, topic, records, codec, acks, timeout, tls):
     assert acks in ("all", -1, 1, "1", 0, "0")
     out = list(records)
     next_offset: dict[int, int] = defaultdict(int)
@@ -259,7 +314,7 @@ def _produce_kcat(bootstrap, topic, records, codec, acks, timeout):
             assert b"\t" not in r.key and b"\n" not in r.key + r.value, r
         args = [KCAT, "-P", "-b", bootstrap, "-t", topic, "-p", str(p), "-K", "\\t", "-D", "\\n",
                 "-X", f"compression.codec={codec}", "-X", f"acks={acks}", "-X", "linger.ms=5",
-                "-X", f"message.timeout.ms={int(timeout * 1000)}", "-m", str(int(timeout))]
+                "-X", f"message.timeout.ms={int(timeout * 1000)}", "-m", str(int(timeout)), *tls]
         for k, v in headers:
             args += ["-H", f"{k}={v.decode()}"]
         data = b"".join(r.key + b"\t" + r.value + b"\n" for r in recs)
@@ -276,14 +331,14 @@ def _produce_kcat(bootstrap, topic, records, codec, acks, timeout):
 
 
 def consume(client: str, bootstrap: str, topic: str, counts: dict[int, int], *, start: dict[int, int] | None = None,
-            timeout: float = 15.0, dense: bool = True) -> list[Rec]:
+            timeout: float = 15.0, tls: ClientTls | None = None, dense: bool = True) -> list[Rec]:
     """Read counts[p] records of each partition p from start[p] (default 0), then check that the high watermark is
     start + count: exactly these records are stored (not with dense=False: a compacted topic's offsets have gaps).
     Records come back in the order read."""
     start = {p: (start or {}).get(p, 0) for p in counts}
     fn = {"confluent": _consume_confluent, "aiokafka": _consume_aiokafka, "kafka-python": _consume_kafka_python,
           "kcat": _consume_kcat}[client]
-    records, high_watermarks = fn(bootstrap, topic, counts, start, timeout)
+    records, high_watermarks = fn(bootstrap, topic, counts, start, timeout, _tls_config(tls, client))
     got = expected_counts(records, None)
     for p, n in counts.items():
         assert got.get(p, 0) == n, f"{client}: partition {p}: read {got.get(p, 0)} records, expected {n}"
@@ -293,10 +348,10 @@ def consume(client: str, bootstrap: str, topic: str, counts: dict[int, int], *, 
 
 
 def read_back(reader: str, bootstrap: str, topic: str, acked: list[Rec], *, counts: dict[int, int] | None = None,
-              start: dict[int, int] | None = None, timeout: float = 15.0) -> list[Rec]:
+              start: dict[int, int] | None = None, timeout: float = 15.0, tls: ClientTls | None = None) -> list[Rec]:
     """consume() with reader what acked says is there, and assert_same_records() on it."""
     counts = expected_counts(acked) if counts is None else counts
-    read = consume(reader, bootstrap, topic, counts, start=start, timeout=timeout)
+    read = consume(reader, bootstrap, topic, counts, start=start, timeout=timeout, tls=tls)
     assert_same_records(acked, read, nulls_as_empty=reader == "kcat")
     return read
 
@@ -305,12 +360,12 @@ def _headers(h) -> tuple[tuple[str, bytes], ...]:
     return tuple((k, v) for k, v in (h or ()))
 
 
-def _consume_confluent(bootstrap, topic, counts, start, timeout):
+def _consume_confluent(bootstrap, topic, counts, start, timeout, tls):
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({
         "bootstrap.servers": bootstrap, "group.id": "dray-tests-unused", "enable.auto.commit": False,
-        "enable.partition.eof": False, "socket.timeout.ms": int(timeout * 1000), "fetch.wait.max.ms": 100,
+        "enable.partition.eof": False, "socket.timeout.ms": int(timeout * 1000), "fetch.wait.max.ms": 100, **tls,
     })
     try:
         consumer.assign([TopicPartition(topic, p, start[p]) for p in counts])
@@ -337,12 +392,12 @@ def _consume_confluent(bootstrap, topic, counts, start, timeout):
         consumer.close()
 
 
-def _consume_aiokafka(bootstrap, topic, counts, start, timeout):
+def _consume_aiokafka(bootstrap, topic, counts, start, timeout, tls):
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     async def run():
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                    request_timeout_ms=int(timeout * 1000), fetch_max_wait_ms=100)
+                                    request_timeout_ms=int(timeout * 1000), fetch_max_wait_ms=100, **tls)
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in counts]
@@ -365,11 +420,11 @@ def _consume_aiokafka(bootstrap, topic, counts, start, timeout):
     return asyncio.run(run())
 
 
-def _consume_kafka_python(bootstrap, topic, counts, start, timeout):
+def _consume_kafka_python(bootstrap, topic, counts, start, timeout, tls):
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             request_timeout_ms=int(timeout * 1000), fetch_max_wait_ms=100)
+                             request_timeout_ms=int(timeout * 1000), fetch_max_wait_ms=100, **tls)
     try:
         tps = [TopicPartition(topic, p) for p in counts]
         consumer.assign(tps)
@@ -388,13 +443,13 @@ def _consume_kafka_python(bootstrap, topic, counts, start, timeout):
         consumer.close()
 
 
-def _consume_kcat(bootstrap, topic, counts, start, timeout):
+def _consume_kcat(bootstrap, topic, counts, start, timeout, tls):
     """kcat -C -e reads every partition to its end and exits; %h prints headers as k=v,k=v."""
     records = []
     high = {}
     for p in counts:
         args = [KCAT, "-C", "-b", bootstrap, "-t", topic, "-p", str(p), "-o", str(start[p]), "-e", "-Z", "-q",
-                "-m", str(int(timeout)), "-f", "%p\\t%o\\t%T\\t%k\\t%s\\t%h\\n"]
+                "-m", str(int(timeout)), "-f", "%p\\t%o\\t%T\\t%k\\t%s\\t%h\\n", *tls]
         done = subprocess.run(args, capture_output=True, timeout=timeout + 5)
         assert done.returncode == 0, f"kcat -C exited {done.returncode}: {done.stderr.decode(errors='replace')}"
         lines = done.stdout.split(b"\n")

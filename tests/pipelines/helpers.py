@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from dray_broker.cluster_identity import ensure_cluster_identity
 from dray_broker.config import LakeSettings
 from dray_broker.fetch.compacted import CompactedReader
 from dray_broker.fetch.reader import PartitionReader
@@ -47,6 +48,7 @@ async def write_log(settings: LakeSettings, topic: str, partitions: int, *, batc
     store = await open_metadata_store(settings.metadata_url)
     objects = open_object_store(settings.object_store_url)
     try:
+        await ensure_cluster_identity(store, objects)  # as the broker that would have written it
         catalog = TopicCatalog(store)
         await catalog.start()
         t = await catalog.get(topic) or await catalog.create(topic, partitions, configs or {})

@@ -54,6 +54,25 @@ def test_compact_and_sql(tmp_path):
     done = dray("sql", "--data-dir", str(data), "SELECT * FROM no_such_topic")
     assert done.returncode == 1 and "no_such_topic" in done.stderr
 
+    # DuckDB outside Dray: the printed script makes the views (its INSTALLs need the network: the extensions load
+    # here from the offline packages instead), and its example query runs.
+    done = dray("sql", "--data-dir", str(data), "--script")
+    assert done.returncode == 0, done.stderr
+    import duckdb
+
+    from dray_pipelines.sql import _extension_path
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": False})
+    for ext in ("avro", "iceberg"):
+        con.execute(f"LOAD '{_extension_path(ext)}'")
+    con.execute("\n".join(line.replace("INSTALL avro;", "").replace("INSTALL iceberg;", "")
+                           for line in done.stdout.splitlines()))
+    assert con.execute('SELECT count(*) FROM "cli.events"').fetchone() == (200,)
+    example = "\n".join(line.removeprefix("-- ") for line in done.stdout.splitlines()[-3:])
+    rows = con.execute(example).fetchall()
+    assert [(r[0], r[1]) for r in rows] == [(0, n) for n in range(10)]
+    assert [r[3] for r in rows] == [e[2].decode() if e[2] is not None else None for e in expected[:10]]  # text keys
+
 
 def test_compact_shows_progress_on_a_terminal_only(tmp_path):
     data = tmp_path / "data"
@@ -91,14 +110,12 @@ def test_compact_shows_progress_on_a_terminal_only(tmp_path):
 
 
 def test_compact_records_its_runs_in_the_instance_of_dray_up(tmp_path):
-    """With the Dagster instance `dray up` keeps in <data-dir>/dagster, `dray compact`'s runs show in its UI."""
-    from dagster import DagsterInstance
-
-    from dray_pipelines.services import prepare_home
+    """`dray compact`'s runs go to the Dagster instance `dray up` keeps in <data-dir>/dagster (made if `dray up` has
+    not run yet): they show in its UI, with their materializations."""
+    from dagster import AssetKey, DagsterInstance
 
     data = tmp_path / "data"
     asyncio.run(write_log(lake_settings(data), "cli.seen", 1, batches=2, records_per_batch=10))
-    prepare_home(data / "dagster")
     done = dray("compact", "--all", "--data-dir", str(data))
     assert done.returncode == 0 and "compact:cli.seen-0:0-20" in done.stdout, done.stdout + done.stderr
     instance = DagsterInstance.from_config(str(data / "dagster"))
@@ -106,5 +123,39 @@ def test_compact_records_its_runs_in_the_instance_of_dray_up(tmp_path):
         runs = instance.get_runs()
         assert [(r.job_name, r.status.value, r.tags.get("dagster/run_key")) for r in runs
                 if r.job_name == "compaction"] == [("compaction", "SUCCESS", "compact:cli.seen-0:0-20")]
+        for asset in ("wal_segments", "parquet_files", "iceberg_snapshots"):  # the partition is not Missing
+            assert instance.get_materialized_partitions(AssetKey(asset)) == {"cli.seen-0"}, asset
+        assert "QueuedRunCoordinator" in (data / "dagster" / "dagster.yaml").read_text()  # as `dray up` writes it
     finally:
         instance.dispose()
+
+
+def test_commands_find_the_stores_as_the_broker_does_and_create_nothing(tmp_path):
+    """Run from a folder with no Dray data, `dray sql` and `dray compact` refuse in one line that says where they
+    looked, and leave no data directory behind; pointed at the data (flag or DRAY_DATA_DIR) they find it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DRAY_", "DAGSTER_HOME"))}
+
+    def dray_in(folder, *args, env=None):
+        return subprocess.run([sys.executable, "-m", "dray_broker.cli", *args], cwd=folder, capture_output=True,
+                              text=True, timeout=300, env={**clean, "PYTHONPATH": str(ROOT), **(env or {})})
+
+    def made(folder):
+        # .hypothesis: kio imports hypothesis when it is installed (a test dependency), which makes its folder
+        return sorted(p.name for p in folder.iterdir() if p.name != ".hypothesis")
+
+    for args in (["sql", "SELECT 1"], ["compact", "--all"]):
+        done = dray_in(elsewhere, *args)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr.count("\n") == 1 and "no Dray data at" in done.stderr
+        assert str(elsewhere / "dray-data" / "meta.db") in done.stderr
+        assert made(elsewhere) == []  # no ./dray-data made as a side effect
+
+    data = tmp_path / "data"
+    asyncio.run(write_log(lake_settings(data), "found", 1, batches=2, records_per_batch=5))
+    done = dray_in(elsewhere, "sql", "--format", "csv", 'SELECT count(*) AS n FROM found; SELECT 7 AS "seven"',
+                   env={"DRAY_DATA_DIR": str(data)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["n", "10", "seven", "7"]  # each statement's result, in order
+    assert made(elsewhere) == []

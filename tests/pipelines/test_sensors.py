@@ -1,4 +1,4 @@
-"""Sensors: thresholds, run keys, dynamic partitions, observations, GC grace and TTL, retention."""
+"""Sensors: thresholds, run keys, dynamic partitions, wal_segments reports, GC grace and TTL, retention."""
 
 from __future__ import annotations
 
@@ -86,30 +86,41 @@ def test_run_keys_dedupe(runner, settings):
     assert runner.run_sensor("compaction_sensor", force=True).runs == []
 
 
-def test_partitions_and_observations(runner, settings):
+def test_partitions_and_wal_segments_reports(runner, settings):
     topic = f"observed-{uuid.uuid4().hex[:6]}"
     _log(settings, topic, partitions=3, batches=2)
     runner.evaluate("compaction_sensor")
     keys = set(runner.instance.get_dynamic_partitions("topic_partitions"))
     assert {f"{topic}-{p}" for p in range(3)} <= keys
-    observations = _observations(runner, f"{topic}-1")
-    assert observations and observations[-1]["log_end_offset"] == 40
-    assert observations[-1]["compacted_watermark"] == 0 and observations[-1]["lag_records"] == 40
-    runner.evaluate("compaction_sensor")  # unchanged: no new observation
-    assert len(_observations(runner, f"{topic}-1")) == len(observations)
+    reports = _wal_segments(runner, f"{topic}-1")
+    assert reports and reports[-1]["log_end_offset"] == 40
+    assert reports[-1]["compacted_watermark"] == 0 and reports[-1]["lag_records"] == 40
+    # The UI shows the partition materialized (filled), not Missing.
+    assert f"{topic}-1" in runner.instance.get_materialized_partitions(AssetKey("wal_segments"))
+    runner.evaluate("compaction_sensor")  # unchanged: no new report
+    assert len(_wal_segments(runner, f"{topic}-1")) == len(reports)
     runner.run_sensor("compaction_sensor", force=True)
     runner.evaluate("compaction_sensor")
-    assert _observations(runner, f"{topic}-1")[-1]["compacted_watermark"] == 40
+    assert _wal_segments(runner, f"{topic}-1")[-1]["compacted_watermark"] == 40
+
+    # A deleted topic's partitions leave the partition set.
+    async def delete() -> None:
+        async with open_lake(settings) as lake:
+            await TopicCatalog(lake.store).delete(topic)
+
+    asyncio.run(delete())
+    runner.evaluate("compaction_sensor")
+    assert not {f"{topic}-{p}" for p in range(3)} & set(runner.instance.get_dynamic_partitions("topic_partitions"))
 
 
-def _observations(runner, partition):
+def _wal_segments(runner, partition):
     from dagster import AssetRecordsFilter
 
-    records = runner.instance.fetch_observations(
+    records = runner.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey("wal_segments"), asset_partitions=[partition]), limit=100).records
     out = []
     for record in sorted(records, key=lambda r: r.storage_id):
-        md = record.asset_observation.metadata
+        md = record.asset_materialization.metadata
         out.append({k: v.value for k, v in md.items()})
     return out
 

@@ -41,7 +41,9 @@ def test_webserver_and_daemon_compact_on_their_own(tmp_path, monkeypatch):
     port = free_port()
     handle = services.start(Settings(data_dir=data), port=port)
     try:
-        assert handle.urls == [("Dagster UI", f"http://127.0.0.1:{port}")]
+        logs = data / "dagster" / "process-logs"
+        assert handle.urls == [("Dagster UI", f"http://127.0.0.1:{port}"),
+                               ("Dagster logs", f"{logs}/dagster-webserver.log, dagster-daemon.log (run logs: in the UI)")]
         assert handle.wait_ready(120), (handle.log_dir / "dagster-webserver.log").read_text()[-3000:]
         config = (handle.home / "dagster.yaml").read_text()
         assert "QueuedRunCoordinator" in config and "dray/table" in config
@@ -52,6 +54,8 @@ def test_webserver_and_daemon_compact_on_their_own(tmp_path, monkeypatch):
                 break
             time.sleep(1)
         assert state.watermark == 40, (handle.log_dir / "dagster-daemon.log").read_text()[-5000:]
+        # The logs are where `dray up` says, still there once Dagster has run (it moves its own logs/ folder away).
+        assert (logs / "dagster-webserver.log").stat().st_size > 0 and (logs / "dagster-daemon.log").stat().st_size > 0
         # Two more sensor ticks over the same state: they must ask for nothing more.
         ticks = _sensor_ticks(handle.urls[0][1], "compaction_sensor")
         deadline = time.monotonic() + 60
@@ -100,6 +104,11 @@ def test_dray_up_passes_its_pipeline_flags_and_stops_saying_what_it_waits_for(tm
     reader.start()
     try:
         _wait(lambda: any(line.startswith("Dray ") and " is up " in line for line in output), 240, output)
+        # It says where the Dagster processes' logs are (and they are there).
+        logs = data.resolve() / "dagster" / "process-logs"
+        _wait(lambda: any(line.split()[:2] == ["Dagster", "logs"] and f"{logs}/dagster-webserver.log" in line
+                          for line in output), 10, output)
+        assert (logs / "dagster-webserver.log").exists()
         children = psutil.Process(up.pid).children(recursive=True)
         # A second `dray up` here (a second `./dev up`): refused at once, saying what runs and how to go on.
         again = subprocess.run([sys.executable, "-m", "dray_broker.cli", "up", "--data-dir", str(data), "--listen",

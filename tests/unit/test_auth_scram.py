@@ -241,12 +241,12 @@ def test_mechanism_codes_are_kafkas():
 
 @pytest.mark.parametrize("mechanism", MECHANISMS, ids=lambda m: m.mechanism_name)
 def test_credential_storage_round_trip(mechanism):
-    credential = new_credential(mechanism, "pw", iterations=5000)
+    credential = new_credential(mechanism, "my pass!", iterations=5000)  # characters base64 never has
     encoded = credential.encode()
     assert ScramCredential.decode(encoded) == credential
     assert ScramCredential.decode(encoded.decode()) == credential
     assert encoded == credential.encode()  # stable
-    assert b"stored_key" in encoded and b"pw" not in encoded
+    assert b"stored_key" in encoded and b"my pass!" not in encoded
     assert "stored_key" not in repr(credential) and repr(credential).endswith("iterations=5000)")
 
 
@@ -265,3 +265,22 @@ def test_credential_storage_round_trip(mechanism):
 def test_bad_stored_credentials_are_refused(data):
     with pytest.raises(CredentialFormatError):
         ScramCredential.decode(data)
+
+
+def test_librdkafka_2_0_doubled_client_nonce_is_accepted_as_kafka_does():
+    """librdkafka 2.0.x (kcat 1.7.1 on Debian) answers r=<client nonce><client nonce><server nonce>; Kafka only checks
+    that the nonce ends with the server-first one, and the proof covers the message as sent."""
+    mechanism = ScramMechanism.SCRAM_SHA_256
+    server = ScramServer(mechanism, SECRET)
+    server.receive_client_first(b"n,,n=alice,r=cnonce")
+    credential = new_credential(mechanism, "pw")
+    server_first = server.server_first(credential)
+    nonce = "cnonce" + server_first.decode().split(",")[0][2:]
+    salted = salted_password(mechanism, "pw", credential.salt, credential.iterations)
+    client_key = hmac.digest(salted, b"Client Key", mechanism.hash_name)
+    without_proof = f"c=biws,r={nonce}"
+    auth_message = f"n=alice,r=cnonce,{server_first.decode()},{without_proof}".encode()
+    signature = hmac.digest(hashlib.new(mechanism.hash_name, client_key).digest(), auth_message, mechanism.hash_name)
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
+    assert server.receive_client_final(f"{without_proof},p={proof}".encode()).startswith(b"v=")
+    assert server.complete

@@ -90,7 +90,11 @@ def test_flags_that_were_not_given_do_not_override(monkeypatch):
 
 
 @pytest.mark.parametrize("flags, env, message", [
-    ({"listen": "nope"}, {}, "invalid settings: listen: 'nope' is not HOST:PORT (from --listen)"),
+    ({"listen": "nope"}, {}, "invalid settings: listen: 'nope' is not [PROTOCOL://]HOST:PORT (from --listen)"),
+    ({"listen": "tls://h:1"}, {}, "listen: 'tls://h:1': unknown protocol 'tls' (use plaintext, ssl, sasl_plaintext"),
+    ({"listen": "h:1", "advertise": "ssl://x:2"}, {}, "advertise: advertised SSL://x:2 has no SSL listener"),
+    ({}, {"DRAY_LISTEN": "ssl://h:1,SSL://h:2"}, "listen: two SSL listeners (SSL://h:1 and SSL://h:2)"),
+    ({"tls_principal_mapping_rules": "RULE:[/x/"}, {}, "tls_principal_mapping_rules: Invalid rule: 'RULE:[/x/'"),
     ({}, {"DRAY_FLUSH_MS": "-1"}, "flush_ms: Input should be greater than 0 (from DRAY_FLUSH_MS)"),
     ({"metadata": "redis://x"}, {}, "metadata: use sqlite:///path/meta.db or oxia://host:port (from --metadata)"),
     ({"object_store": "gs://b"}, {}, "object_store: use file:///path or s3://"),
@@ -158,6 +162,38 @@ def test_defaults_put_everything_under_the_data_dir(tmp_path):
     assert Settings.load({"listen": "0.0.0.0:19092"}).advertised == ("127.0.0.1", 19092)
 
 
+def test_listeners_come_from_repeated_flags_the_environment_or_a_yaml_list(tmp_path, monkeypatch):
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    flags = parser.parse_args(["--listen", "0.0.0.0:9092", "--listen", "SASL_SSL://0.0.0.0:9094",
+                               "--advertise", "sasl_ssl://kafka.example:19094", "--tls-cert", "b.pem",
+                               "--tls-key", "b.key"])
+    s = Settings.load(flags)
+    assert [(x.name, x.host, x.port, x.advertised_host, x.advertised_port) for x in s.listeners] == [
+        ("PLAINTEXT", "0.0.0.0", 9092, "127.0.0.1", 0), ("SASL_SSL", "0.0.0.0", 9094, "kafka.example", 19094)]
+    assert s.advertised == ("127.0.0.1", 9092)
+    monkeypatch.setenv("DRAY_LISTEN", "ssl://127.0.0.1:9093,127.0.0.1:9092")
+    with pytest.raises(ConfigError, match="SSL://127.0.0.1:9093 needs --tls-cert and --tls-key"):
+        Settings.load({})
+    monkeypatch.setenv("DRAY_TLS_CERT", "b.pem")
+    monkeypatch.setenv("DRAY_TLS_KEY", "b.key")
+    from_env = Settings.load({})
+    assert [(x.name, x.port, x.tls, x.sasl) for x in from_env.listeners] == [("SSL", 9093, True, False),
+                                                                             ("PLAINTEXT", 9092, False, False)]
+    for name, value in from_env.env().items():  # as `dray up` hands them on
+        monkeypatch.setenv(name, value)
+    assert Settings.load({}).listeners == from_env.listeners
+    monkeypatch.delenv("DRAY_LISTEN")
+    config = tmp_path / "dray.yaml"
+    monkeypatch.delenv("DRAY_TLS_CERT")
+    monkeypatch.delenv("DRAY_TLS_KEY")
+    config.write_text("listen: [sasl_plaintext://h:1, 'h:2']\ntls_key: x\n")
+    with pytest.raises(ConfigError, match="--tls-cert and --tls-key go together"):
+        Settings.load({"config": config})
+    config.write_text("listen: [sasl_plaintext://h:1, 'h:2']\n")
+    assert [x.name for x in Settings.load({"config": config}).listeners] == ["SASL_PLAINTEXT", "PLAINTEXT"]
+
+
 def test_an_s3_object_store_gives_the_warehouse_and_its_credentials():
     lake = LakeSettings.load({"object_store": "s3://bucket/pre?endpoint=http://minio:9000&access_key_id=k"
                                               "&secret_access_key=s&region=eu-west-3"})
@@ -200,7 +236,8 @@ def test_every_setting_has_a_flag_that_says_its_variable_and_default():
     assert "--flush-bytes BYTES buffered bytes that trigger a WAL flush [env DRAY_FLUSH_BYTES, default 4194304]" \
         in shown
     assert "--data-dir DIR where embedded defaults keep their files [env DRAY_DATA_DIR, default ./dray-data]" in shown
-    assert "--advertise HOST:PORT HOST:PORT clients are told to connect to [env DRAY_ADVERTISE]" in shown
+    assert ("--advertise [PROTOCOL://]HOST:PORT PROTOCOL://HOST:PORT clients of that protocol's listener are told to "
+            "connect to, repeatable") in shown
     assert "--auto-create-topics, --no-auto-create-topics" in shown and "--config FILE" in shown
     assert setting_names() >= {"listen", "compact_bytes", "dagster_port", "bootstrap", "step_retries"}
 

@@ -266,3 +266,26 @@ def test_budget_reserves_while_it_fits_or_is_empty(limit, sizes):
         budget.wait(lambda: woken.append(1) or budget.try_reserve(4))
         budget.release(4)
         assert woken == [1] and budget.used == 8 and budget.waiting == 0
+
+
+async def test_a_last_answer_is_written_then_the_connection_closes():
+    """A LastAnswer (a failed SASL login's) goes out whole, then the connection closes: the requests pipelined after
+    it are not handled."""
+    from dray_broker.server.connection import LastAnswer
+
+    class LastAtTwo(Served):
+        async def _handle(self, frame: bytes, conn: Connection) -> FrameAnswer:
+            answer = await super()._handle(frame, conn)
+            (ident,) = struct.unpack_from(">i", frame)
+            return LastAnswer(answer, "login failed") if ident == 2 else answer  # type: ignore[arg-type]
+
+    async with LastAtTwo(64 * MiB) as served:
+        reader, writer = await served.connect()
+        writer.write(b"".join(frame(i, 16) for i in range(1, 6)))
+        await writer.drain()
+        async with asyncio.timeout(TIMEOUT):
+            received = await reader.read()  # to EOF: the broker closed
+        assert received == struct.pack(">ii", 4, 1) + struct.pack(">ii", 4, 2)
+        assert served.handled == [1, 2]
+        await wait_for(lambda: served.budget.used == 0, "the dropped frames' bytes given back")
+        writer.close()

@@ -130,8 +130,10 @@ def test_index_keys_round_trip(end, cum, partition):
     pq = K.parquet_key(t, partition, end)
     assert K.parse_parquet_key(t, partition, pq) == end
     assert K.index_entry_end(t, partition, IndexFamily.PARQUET, pq) == end
+    assert K.parse_index_change(wal) == (t, partition, end)
     for key in (wal, pq, K.log_start_key(t, partition), K.watermark_key(t, partition)):
         assert K.parse_index_key(key) == (t, partition)
+        assert K.parse_index_change(key) == (t, partition, end if key == wal else None)
         assert in_directory(key, K.index_dir(t, partition))
         assert K.parse_wal_key(t, partition + 1, key) is None and K.parse_wal_key(OTHER_ID, partition, key) is None
         assert K.parse_parquet_key(t, partition + 1, key) is None
@@ -227,6 +229,7 @@ PARSERS = {
     "wal": lambda k: K.parse_wal_key(TOPIC_ID, 0, k),
     "parquet": lambda k: K.parse_parquet_key(TOPIC_ID, 0, k),
     "index": K.parse_index_key,
+    "index change": K.parse_index_change,
     "group state": K.parse_group_state_key,
     "group lease": K.parse_group_lease_key,
     "group offset": lambda k: K.parse_group_offset_key("g", k),
@@ -239,7 +242,7 @@ INDEX_FAMILIES = {"wal", "parquet", "log start", "watermark"}
 def test_each_parser_takes_its_own_family_and_refuses_every_other():
     keys = _one_key_of_each_family()
     for name, parse in PARSERS.items():
-        own = INDEX_FAMILIES if name == "index" else {name}
+        own = INDEX_FAMILIES if name in ("index", "index change") else {name}
         for family, key in keys.items():
             assert (parse(key) is not None) == (family in own), (name, family, key)
 
@@ -257,7 +260,7 @@ def test_malformed_keys_are_refused(key):
     in_an_index = key.startswith(K.index_dir(TOPIC_ID, 0).prefix) and key.count("/") == 5
     for name, parse in PARSERS.items():
         # Any key one level under a partition's index directory is that partition's, for the index watch.
-        assert (parse(key) is not None) == (name == "index" and in_an_index), name
+        assert (parse(key) is not None) == (name in ("index", "index change") and in_an_index), name
 
 
 # --- no key outside the keyspace ---------------------------------------------------------------------------------
