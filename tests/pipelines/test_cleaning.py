@@ -12,7 +12,9 @@ import uuid
 import pytest
 
 from dray_broker import faults
+from dray_broker.cluster_identity import ensure_cluster_identity
 from dray_broker.metadata import open_metadata_store
+from dray_broker.objectstore import open_object_store
 from dray_broker.topics.catalog import TopicCatalog
 from dray_pipelines.lake import open_lake
 from dray_pipelines.runner import Runner
@@ -44,9 +46,12 @@ def _disarm():
 
 async def _create(settings, topic: str, configs: dict) -> None:
     store = await open_metadata_store(settings.metadata_url)
+    objects = open_object_store(settings.object_store_url)
     try:
+        await ensure_cluster_identity(store, objects)  # as the broker that would have created it
         await TopicCatalog(store).create(topic, 1, configs)
     finally:
+        await objects.close()
         await store.close()
 
 
