@@ -47,7 +47,7 @@ async def _partition(admin: AdminService, ctx: RequestContext, topic: Topic | No
     """(error, low watermark) for one partition."""
     if topic is None or not 0 <= p.partition_index < topic.partitions:
         return ErrorCode.unknown_topic_or_partition, -1
-    if admin.cluster.other_owner(topic.id, p.partition_index, ctx.client_id) is not None:
+    if admin.cluster.other_owner(topic.id, p.partition_index, ctx.client_id, ctx.listener) is not None:
         return ErrorCode.not_leader_or_follower, -1
     if "delete" not in topic.cleanup_policies:
         return ErrorCode.policy_violation, -1
