@@ -11,8 +11,8 @@ Code asks at a point:
 
 The points: drop-produce-response (the broker closes the connection instead of answering a committed produce:
 dray_broker/produce/handler.py); stall-before-index (a WAL flush hangs after writing its objects, before its index
-write: dray_broker/produce/wal_writer.py; a test kills the broker then); the compaction saga's stage.*, commit.*, publish.* (dray_pipelines/compaction.py);
-wal_gc.before_objects and retention.after_log_start (dray_pipelines/gc.py).
+write: dray_broker/produce/wal_writer.py; a test kills the broker then); the compaction saga's stage.*, commit.*, publish.* (dray_pipelines/compaction.py); the cleaner's clean.stage.*, clean.commit.*, clean.publish.* (dray_pipelines/cleaning.py);
+wal_gc.before_objects, retention.after_log_start and retention.after_trim (dray_pipelines/gc.py).
 """
 
 from __future__ import annotations

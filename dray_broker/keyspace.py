@@ -14,6 +14,7 @@ Family                                                  value                   
 /dray/idx/<topic id>/<partition>/start                  log start offset (absent: 0)       <topic id>-<partition>
 /dray/idx/<topic id>/<partition>/watermark              compacted watermark (absent: 0)    <topic id>-<partition>
 /dray/lake/<topic id>/<partition>/boundaries            pipeline GC boundaries JSON        <topic id>-<partition>
+/dray/lake/<topic id>/<partition>/cleaner               compacted topic cleaner JSON       <topic id>-<partition>
 /dray/groups/state/<group>                              group state JSON                   group/<group>
 /dray/groups/lease/<group>                              coordinator lease JSON, ephemeral  group/<group>
 /dray/groups/offsets/<group>/<topic>:<partition>        committed offset JSON              group/<group>
@@ -337,6 +338,11 @@ def lake_dir(topic_id: uuid.UUID, partition: int) -> Directory:
 
 def lake_boundaries_key(topic_id: uuid.UUID, partition: int) -> str:
     return lake_dir(topic_id, partition).prefix + "boundaries"
+
+
+def lake_cleaner_key(topic_id: uuid.UUID, partition: int) -> str:
+    """The cleaner's passes of a compacted topic's partition (dray_pipelines/cleaning.py)."""
+    return lake_dir(topic_id, partition).prefix + "cleaner"
 
 
 # --- consumer groups -------------------------------------------------------------------------------------------------

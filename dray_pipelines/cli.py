@@ -148,7 +148,7 @@ def cmd_sql(args) -> int:
     import duckdb
 
     from dray_pipelines.lake import NoDrayData
-    from dray_pipelines.sql import connect
+    from dray_pipelines.sql import connect, notes
 
     settings = _settings(args)
     if args.script:
@@ -169,6 +169,8 @@ def cmd_sql(args) -> int:
         print(f"dray sql: {e}", file=sys.stderr)
         return 1
     try:
+        for note in notes(con, args.query):
+            print(f"dray sql: note: {note}", file=sys.stderr)
         for statement in con.extract_statements(args.query):
             if args.format == "table":
                 rel = con.sql(statement.query)

@@ -5,11 +5,16 @@ Assets, per topic-partition (dynamic partitions `topic_partitions`, keys `<topic
     parquet_files      Parquet data files staged from the WAL         (step: stage)
     iceberg_snapshots  snapshots of the topic's Iceberg table, and     (steps: commit_snapshot, swap_index)
                        the offset index swapped over to them
+    cleaned_log        compacted topics only: the table's and the    (steps: clean_stage, clean_commit,
+                       index's ranges below a clean point, latest      clean_publish)
+                       record per key (dray_pipelines/cleaning.py)
 Jobs: `compaction` (the two assets above, one partition, target end offset in the run tag dray/end_offset),
+`cleaning` (cleaned_log, one partition, clean point and time in the run tags dray/clean_end, dray/clean_at_ms),
 `wal_gc`, `orphan_gc`, `deleted_topics_gc`, `retention`, `table_maintenance`.
 Sensors: `compaction_sensor` (size/age thresholds; adds partitions, removes deleted topics'; reports wal_segments),
-`wal_gc_sensor`, `orphan_gc_sensor`, `deleted_topics_sensor`, `retention_sensor`, `table_maintenance_sensor`. Run keys
-name the work (the offset range, the set of objects, the new log start), so the daemon runs each unit of work once.
+`cleaning_sensor` (min.cleanable.dirty.ratio, max.compaction.lag.ms, tombstones due), `wal_gc_sensor`,
+`orphan_gc_sensor`, `deleted_topics_sensor`, `retention_sensor`, `table_maintenance_sensor`. Run keys name the work
+(the offset range, the set of objects, the new log start), so the daemon runs each unit of work once.
 
 The settings (dray_broker.config.LakeSettings, through the resource DrayLake) are read when the definitions are built
 (the sensors' interval, the steps' retries: `defs` builds them when Dagster loads the code location) and at each run
@@ -52,7 +57,7 @@ from dagster import (
     sensor,
 )
 
-from dray_pipelines import compaction, gc
+from dray_pipelines import cleaning, compaction, gc
 from dray_broker.cluster_identity import ClusterMismatchError
 from dray_pipelines.lake import Lake, NoDrayData, now_ms, split_partition_key
 from dray_pipelines.resources import DrayLake
@@ -63,6 +68,8 @@ TAG_START = "dray/start_offset"
 TAG_TOPIC = "dray/topic"
 TAG_PARTITION = "dray/partition"
 TAG_TABLE = "dray/table"
+TAG_CLEAN_END = "dray/clean_end"
+TAG_CLEAN_AT = "dray/clean_at_ms"
 
 topic_partitions = DynamicPartitionsDefinition(name="topic_partitions")
 
@@ -184,6 +191,63 @@ def iceberg_snapshots(parquet_files):
     return swap_index(commit_snapshot(parquet_files))
 
 
+# --- cleaning compacted topics -------------------------------------------------------------------------------------
+
+
+def _clean_target(context) -> tuple[str, int, int, int]:
+    topic, p = split_partition_key(context.partition_key)
+    tags = context.run.tags
+    if TAG_CLEAN_END not in tags or TAG_CLEAN_AT not in tags:
+        raise ValueError(f"run has no {TAG_CLEAN_END}/{TAG_CLEAN_AT} tags: start cleaning runs from cleaning_sensor "
+                         "or `dray compact`")
+    return topic, p, int(tags[TAG_CLEAN_END]), int(tags[TAG_CLEAN_AT])
+
+
+def _clean_metadata(r: cleaning.CleanResult) -> dict:
+    md = {"action": r.action, "clean_end": r.end, "files_replaced": r.files_replaced,
+          "records_before": r.records_before, "records_after": r.records_after,
+          "tombstones_removed": r.tombstones_removed, "index_entries": r.entries, "files": MetadataValue.json(r.files),
+          "seconds": round(r.seconds, 3)}
+    if r.snapshot_id is not None:
+        md["snapshot_id"] = str(r.snapshot_id)
+    return md
+
+
+@op(ins={"snapshots": In(Nothing)}, out=Out(Nothing), tags={"kind": "parquet"},
+    description="Find the latest record per key below the clean point; write a cleaned file for each data file "
+                "that loses records, and the pass's manifest.")
+def clean_stage(context: OpExecutionContext, dray: DrayLake) -> None:
+    topic, p, end, at = _clean_target(context)
+    r = dray.run(lambda lake: cleaning.stage(lake, topic, p, end, at))
+    context.log.info(f"{topic}-{p} below {end}: {r.action}, {r.records_before} -> {r.records_after} records")
+    context.add_output_metadata(_clean_metadata(r))
+
+
+@op(ins={"staged": In(Nothing)}, out=Out(Nothing), tags={"kind": "iceberg"},
+    description="One snapshot replacing the data files with their cleaned versions.")
+def clean_commit(context: OpExecutionContext, dray: DrayLake) -> None:
+    topic, p, end, at = _clean_target(context)
+    r = dray.run(lambda lake: cleaning.commit(lake, topic, p, end, at))
+    context.log.info(f"{topic}-{p} below {end}: {r.action}, snapshot {r.snapshot_id}")
+
+
+@op(ins={"committed": In(Nothing)}, out=Out(Nothing),
+    description="Point the Parquet index entries at the cleaned files; record the pass.")
+def clean_publish(context: OpExecutionContext, dray: DrayLake) -> None:
+    topic, p, end, at = _clean_target(context)
+    r = dray.run(lambda lake: cleaning.publish(lake, topic, p, end, at))
+    context.log.info(f"{topic}-{p} below {end}: {r.action}, {r.entries} index entries")
+    context.add_output_metadata(_clean_metadata(r))
+
+
+@graph_asset(partitions_def=topic_partitions, group_name=GROUP, kinds={"iceberg"},
+             ins={"iceberg_snapshots": AssetIn(dagster_type=Nothing)},
+             description="Compacted topics (cleanup.policy compact): the partition's log below the clean point with "
+                         "only the latest record per key, in the table and in the offset index.")
+def cleaned_log(iceberg_snapshots):
+    return clean_publish(clean_commit(clean_stage(iceberg_snapshots)))
+
+
 # --- GC, retention and maintenance jobs -----------------------------------------------------------------------------
 
 
@@ -266,11 +330,11 @@ _ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStat
            DagsterRunStatus.STARTED]
 
 
-def _active_partitions(context: SensorEvaluationContext) -> set[str]:
-    """Partitions with a compaction run queued or in progress: the sensor waits for them."""
+def _active_partitions(context: SensorEvaluationContext, job_name: str = "compaction") -> set[str]:
+    """Partitions with a run of the job queued or in progress: the sensor waits for them."""
     if context.instance is None:
         return set()
-    runs = context.instance.get_runs(RunsFilter(job_name="compaction", statuses=_ACTIVE), limit=1000)
+    runs = context.instance.get_runs(RunsFilter(job_name=job_name, statuses=_ACTIVE), limit=1000)
     return {r.tags.get(TAG_PARTITION) or r.tags.get("dagster/partition") for r in runs}
 
 
@@ -339,6 +403,32 @@ def compaction_sensor(context: SensorEvaluationContext, dray: DrayLake) -> Senso
     return compaction_requests(context, dray)
 
 
+def cleaning_requests(context: SensorEvaluationContext, dray: DrayLake, *, force: bool = False):
+    """What cleaning_sensor returns: a run per compacted topic partition whose cleaning is due (force: anything
+    dirty, or a tombstone left)."""
+    active = _active_partitions(context, "cleaning")
+    plans = dray.run(lambda lake: cleaning.plan_all_cleaning(lake, force=force))
+    requests = []
+    for plan in plans:
+        key = f"{plan.topic}-{plan.partition}"
+        if key in active:
+            continue
+        requests.append(RunRequest(
+            run_key=plan.run_key, partition_key=key, job_name="cleaning",
+            tags={TAG_CLEAN_END: str(plan.end), TAG_CLEAN_AT: str(plan.at_ms), TAG_TOPIC: plan.topic,
+                  TAG_PARTITION: key, TAG_TABLE: plan.topic, "dray/clean_reason": plan.reason,
+                  "dray/dirty_ratio": str(plan.dirty_ratio)}))
+    if not requests:
+        return SkipReason("no compacted partition is due for cleaning")
+    return requests
+
+
+def cleaning_sensor(context: SensorEvaluationContext, dray: DrayLake):
+    """Requests a cleaning pass for a compacted topic's partition when its dirty ratio reaches
+    min.cleanable.dirty.ratio, a record waited max.compaction.lag.ms, or a tombstone's delete horizon passed."""
+    return cleaning_requests(context, dray)
+
+
 def wal_gc_sensor(context: SensorEvaluationContext, dray: DrayLake):
     """Requests WAL GC when compacted WAL entries or objects passed the grace period."""
     grace = dray.settings().wal_gc_grace_ms
@@ -385,7 +475,7 @@ def table_maintenance_sensor(context: SensorEvaluationContext):
     return RunRequest(run_key=f"maintenance:{now_ms() // 3_600_000}")
 
 
-ASSETS = [wal_segments, parquet_files, iceberg_snapshots]
+ASSETS = [wal_segments, parquet_files, iceberg_snapshots, cleaned_log]
 # job name -> (graph, the run tag that keeps two runs of it apart); the compaction job is its assets'.
 GRAPH_JOBS = {
     "wal_gc": (wal_gc, {"dray/gc": "wal"}),
@@ -408,6 +498,10 @@ def make_definitions(dray: DrayLake | None = None) -> Definitions:
         executor_def=in_process_executor, op_retry_policy=retry,
         description="Compact one topic-partition up to the offset in the run tag dray/end_offset.",
     )
+    cleaning_job = define_asset_job(
+        "cleaning", selection=[cleaned_log], executor_def=in_process_executor, op_retry_policy=retry,
+        description="Clean one partition of a compacted topic below the clean point in the run tag dray/clean_end.",
+    )
     jobs = {name: job_graph.to_job(name, executor_def=in_process_executor, tags=tags, op_retry_policy=retry)
             for name, (job_graph, tags) in GRAPH_JOBS.items()}
 
@@ -417,13 +511,14 @@ def make_definitions(dray: DrayLake | None = None) -> Definitions:
 
     sensors = [
         every(s.sensor_interval_s, compaction_job, compaction_sensor),
+        every(s.sensor_interval_s, cleaning_job, cleaning_sensor),
         every(s.sensor_interval_s, jobs["wal_gc"], wal_gc_sensor),
         every(max(s.sensor_interval_s, 60), jobs["orphan_gc"], orphan_gc_sensor),
         every(s.sensor_interval_s, jobs["deleted_topics_gc"], deleted_topics_sensor),
         every(s.sensor_interval_s, jobs["retention"], retention_sensor),
         every(3600, jobs["table_maintenance"], table_maintenance_sensor),
     ]
-    return Definitions(assets=ASSETS, jobs=[compaction_job, *jobs.values()], sensors=sensors,
+    return Definitions(assets=ASSETS, jobs=[compaction_job, cleaning_job, *jobs.values()], sensors=sensors,
                        resources={"dray": dray})
 
 

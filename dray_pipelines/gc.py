@@ -10,11 +10,14 @@ Parquet index entries below the log start go a grace period after the log start 
 Orphan GC: an object under wal/ that no index entry points to (written by a broker whose index append failed or
 that died in between, or whose entries were collected before the object was) is deleted after a TTL.
 
-Retention (retention.ms / retention.bytes, per topic): like Kafka's segment deletion, whole units are dropped from
+Retention (retention.ms / retention.bytes, per topic with cleanup.policy delete): like Kafka's segment deletion, whole units are dropped from
 the front of the log: Parquet data files in the compacted part, WAL entries above it. A unit goes while its newest
 record is older than retention.ms, or while the log without it is still at least retention.bytes. The log start
 offset moves to the end of the last dropped unit (ListOffsets earliest follows it); dropped data files are removed
-from the Iceberg table in one snapshot; everything else follows through WAL GC and table maintenance.
+from the Iceberg table in one snapshot; everything else follows through WAL GC and table maintenance. A log start
+moved by DeleteRecords goes the same way: a retention run to the log start as it stands drops the table's whole
+data files below it (records of a file that straddles the log start stay in the table until the file is wholly
+below it; consumers never see them).
 
 Deleted topics: DeleteTopics leaves a tombstone (dray_broker/topics/catalog.py). A grace period later, the
 topic's index, producer state and boundary keys go, and its Iceberg table is purged (with any file left under its
@@ -92,7 +95,8 @@ async def plan_wal_gc(lake: Lake, grace_ms: int, at_ms: int | None = None) -> Wa
                 (log_start > 0 and (not history["start"] or history["start"][-1][0] < log_start)):
             plan.unnoted.append(key)
         dead_expired = min(lake.expired(history["dead"], grace_ms, at_ms), dead)
-        start_expired = min(lake.expired(history["start"], grace_ms, at_ms), log_start)
+        trimmed = history["trimmed"][-1][0] if history["trimmed"] else 0
+        start_expired = min(lake.expired(history["start"], grace_ms, at_ms), log_start, trimmed)
         planned = len(plan.entries) + len(plan.parquet_entries)
         entries = await lake.index.entries(ref, IndexFamily.WAL)
         for i, e in enumerate(entries):
@@ -260,16 +264,22 @@ async def _units(lake: Lake, topic: Topic, p: int) -> tuple[int, list[Unit]]:
 async def plan_retention(lake: Lake, topic: Topic, p: int, at_ms: int | None = None) -> RetentionPlan | None:
     retention_ms = topic.int_config("retention.ms")
     retention_bytes = topic.int_config("retention.bytes")
-    if retention_ms < 0 and retention_bytes < 0:
-        return None
+    if "delete" not in topic.cleanup_policies:
+        retention_ms = retention_bytes = -1  # compact only: records go by key, never by age or size
     at_ms = now_ms() if at_ms is None else at_ms
     ref = topic.partition(p)
     log_start = await lake.index.log_start_offset(ref)
-    _, units = await _units(lake, topic, p)
+    watermark, units = await _units(lake, topic, p)
+    if log_start > 0 and any(u.end <= min(log_start, watermark) for u in units):
+        # The log start moved past whole data files the table still holds (DeleteRecords, or a retention run
+        # that stopped before its trim): trim the table there.
+        history, _ = await lake.boundaries(ref)
+        if not history["trimmed"] or history["trimmed"][-1][0] < log_start:
+            return RetentionPlan(topic.name, p, log_start, log_start)
     units = [u for u in units if u.end > log_start]
     total = sum(u.bytes for u in units)
     new_start = log_start
-    for u in units:
+    for u in units if retention_ms >= 0 or retention_bytes >= 0 else ():
         too_old = retention_ms >= 0 and u.max_timestamp < at_ms - retention_ms
         too_big = retention_bytes >= 0 and total - u.bytes >= retention_bytes
         if not (too_old or too_big):
@@ -307,6 +317,8 @@ async def apply_retention(lake: Lake, topic_name: str, p: int, new_start: int) -
         files = await asyncio.to_thread(table.live_files, p, 0, start)
         dropped = [f for f in files if f.end <= start]
         snapshot_id = await asyncio.to_thread(table.delete_files, p, dropped, start)
+    faults.point("retention.after_trim")
+    await lake.note_boundaries(ref, trimmed=start)
     return {"log_start": start, "files_dropped": len(dropped), "records_dropped_from_table":
             sum(f.record_count for f in dropped), "snapshot_id": snapshot_id}
 

@@ -1,11 +1,16 @@
 """The log as the pipeline sees it: the broker's metadata store (topics, offset index) and object store (WAL
 objects, and by default the Iceberg warehouse), plus the Iceberg catalog. Open one with `async with open_lake(s)`.
 
-Pipeline state kept in the metadata store, next to the index (one key per partition, keyspace.lake_boundaries_key):
-    boundaries   JSON {"dead": [[offset, first_seen_ms], ...], "start": [...]}:
-        when the dead boundary (max of compacted watermark and log start: no reader needs the WAL below it) and
-        the log start offset first reached each value. WAL entries and objects below the dead boundary, and
-        Parquet index entries below the log start, are deleted only a grace period after that.
+Pipeline state kept in the metadata store, next to the index (keys per partition, from dray_broker/keyspace.py):
+    boundaries   JSON {"dead": [[offset, first_seen_ms], ...], "start": [...], "trimmed": [...]}: when the dead
+        boundary (max of compacted watermark and log start: no reader needs the WAL below it), the log start offset,
+        and the offset below which the Iceberg table dropped its whole data files (retention's trim, also after a
+        DeleteRecords moved the log start) first reached each value. WAL entries and objects below the dead boundary
+        are deleted only a grace period after that; Parquet index entries below the log start too, and only once the
+        table is trimmed there (until then they say which files to drop).
+    cleaner      JSON {"passes": [[clean_end, at_ms], ...], "tombstones_due_ms": t}: the cleaner of a compacted topic
+        (dray_pipelines/cleaning.py): the passes that finished (each cleaned the log below clean_end as of at_ms),
+        and when the oldest tombstone left may be removed (null: none left).
 """
 
 from __future__ import annotations
@@ -164,20 +169,22 @@ class Lake:
         return keyspace.lake_boundaries_key(ref.topic_id, ref.partition)
 
     async def boundaries(self, ref: PartitionRef) -> tuple[dict[str, list[list[int]]], int]:
-        """({"dead": [[offset, first_seen_ms], ...], "start": [...]}, version). dead: the WAL below offset is
-        needed by no reader (max of compacted watermark and log start); start: the log start offset."""
+        """({"dead": [[offset, first_seen_ms], ...], "start": [...], "trimmed": [...]}, version). dead: the WAL
+        below offset is needed by no reader (max of compacted watermark and log start); start: the log start
+        offset; trimmed: the table's whole data files below offset are dropped."""
         e = await self.store.get(self._boundary_key(ref), partition_key=ref.partition_key)
         doc = json.loads(e.value) if e else {}
-        return {"dead": doc.get("dead", []), "start": doc.get("start", [])}, (e.version if e else -1)
+        return ({"dead": doc.get("dead", []), "start": doc.get("start", []), "trimmed": doc.get("trimmed", [])},
+                (e.version if e else -1))
 
     async def note_boundaries(self, ref: PartitionRef, *, dead: int | None = None, start: int | None = None,
-                              at_ms: int | None = None) -> dict[str, list[list[int]]]:
+                              trimmed: int | None = None, at_ms: int | None = None) -> dict[str, list[list[int]]]:
         """Record when each boundary first reached its value (no-op for values seen before)."""
         at_ms = now_ms() if at_ms is None else at_ms
         while True:
             doc, version = await self.boundaries(ref)
             changed = False
-            for name, value in (("dead", dead), ("start", start)):
+            for name, value in (("dead", dead), ("start", start), ("trimmed", trimmed)):
                 history = doc[name]
                 if value is None or (history and history[-1][0] >= value):
                     continue
@@ -189,6 +196,35 @@ class Lake:
                 await self.store.put(self._boundary_key(ref), json.dumps(doc).encode(), expected_version=version,
                                      partition_key=ref.partition_key)
                 return doc
+            except VersionMismatchError:
+                continue
+
+    # --- the cleaner of compacted topics -----------------------------------------------------------------------
+
+    @staticmethod
+    def _cleaner_key(ref: PartitionRef) -> str:
+        return keyspace.lake_cleaner_key(ref.topic_id, ref.partition)
+
+    async def cleaner(self, ref: PartitionRef) -> dict:
+        """{"passes": [[clean_end, at_ms], ...], "tombstones_due_ms": int | None}."""
+        e = await self.store.get(self._cleaner_key(ref), partition_key=ref.partition_key)
+        doc = json.loads(e.value) if e else {}
+        return {"passes": doc.get("passes", []), "tombstones_due_ms": doc.get("tombstones_due_ms")}
+
+    async def note_cleaned(self, ref: PartitionRef, end: int, at_ms: int, tombstones_due_ms: int | None) -> None:
+        """Record a finished pass (no-op if it is recorded already)."""
+        key = self._cleaner_key(ref)
+        while True:
+            e = await self.store.get(key, partition_key=ref.partition_key)
+            doc = json.loads(e.value) if e else {"passes": []}
+            if [end, at_ms] in doc["passes"]:
+                return
+            doc["passes"] = (doc["passes"] + [[end, at_ms]])[-_HISTORY:]
+            doc["tombstones_due_ms"] = tombstones_due_ms
+            try:
+                await self.store.put(key, json.dumps(doc).encode(), expected_version=e.version if e else -1,
+                                     partition_key=ref.partition_key)
+                return
             except VersionMismatchError:
                 continue
 

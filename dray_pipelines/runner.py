@@ -66,6 +66,8 @@ class Runner:
                                        resources={"dray": self.dray}, definitions=self.defs, sensor_name=sensor_name)
         if sensor_name == "compaction_sensor" and force:
             result = d.compaction_requests(context, self.dray, force=True)
+        elif sensor_name == "cleaning_sensor" and force:
+            result = d.cleaning_requests(context, self.dray, force=True)
         else:
             result = self.defs.resolve_sensor_def(sensor_name)(context)
         return self._apply(sensor_name, result)
@@ -138,10 +140,11 @@ class Runner:
                 return out
 
     def run_all(self, *, force: bool = False, maintenance: bool = False) -> PassResult:
-        """Compaction (until nothing is due), retention, WAL GC, deleted topics, orphan GC (and table maintenance
+        """Compaction (until nothing is due), cleaning of compacted topics, retention, WAL GC, deleted topics, orphan GC (and table maintenance
         if asked)."""
         out = PassResult()
         out.runs += self.run_sensor("compaction_sensor", force=force, repeat=True).runs
+        out.runs += self.run_sensor("cleaning_sensor", force=force).runs
         out.runs += self.run_sensor("retention_sensor").runs
         out.runs += self.run_sensor("wal_gc_sensor", repeat=True).runs
         out.runs += self.run_sensor("deleted_topics_sensor").runs

@@ -3,7 +3,8 @@ topic's Iceberg table at a pinned snapshot plus the log above it: dray_pipelines
 
 Extensions load offline from the duckdb-extension-* packages (no download at run time): avro and iceberg, and
 httpfs when the warehouse is on S3. `key` and `value` are BLOBs (decode(value) reads UTF-8 text); `offset` is a
-keyword: quote it ("offset").
+keyword: quote it ("offset"). A compacted topic's view holds the cleaned log (latest record per key below the clean
+point): its comment says so, and `dray sql` prints it on stderr for the topics a query names.
 
 duckdb_script() is the same for DuckDB outside Dray: a script with one view per topic table, reading the snapshot
 current when it is made (plain DuckDB cannot read the uncompacted log).
@@ -21,6 +22,10 @@ import duckdb
 from dray_broker.config import LakeSettings
 from dray_pipelines.lake import open_lake
 from dray_pipelines.tail import TopicSnapshot, read_topics, topic_table
+
+CONTENTS_PROPERTY = "dray.contents"  # table property: what the table holds, when not the whole log
+COMPACTED_NOTE = ("a compacted topic (cleanup.policy compact): below each partition's last clean point only the "
+                  "latest record per key (tombstones until delete.retention.ms), every record above it")
 
 
 def _extension_path(name: str) -> str:
@@ -61,7 +66,15 @@ def connect(settings: LakeSettings, topics: list[str] | None = None) -> duckdb.D
         body = " UNION ALL BY NAME ".join(parts)
         # Control records (transaction markers) are offsets of the log but no records a consumer gets.
         con.execute(f"CREATE VIEW {quote(snap.topic.name)} AS SELECT * FROM ({body}) WHERE attributes & 32 = 0")
+        if snap.topic.compacted:
+            con.execute(f"COMMENT ON VIEW {quote(snap.topic.name)} IS {_literal(COMPACTED_NOTE)}")
     return con
+
+
+def notes(con: duckdb.DuckDBPyConnection, query: str) -> list[str]:
+    """What the topics a query names hold, where that is not every record ever written (compacted topics)."""
+    rows = con.execute("SELECT view_name, comment FROM duckdb_views() WHERE comment IS NOT NULL AND NOT internal")
+    return [f"{name}: {comment}" for name, comment in rows.fetchall() if name in query]
 
 
 async def _read(settings: LakeSettings, topics: list[str] | None) -> list[TopicSnapshot]:

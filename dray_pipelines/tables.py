@@ -69,6 +69,9 @@ S_TOPIC_ID = "dray.topic-id"
 P_TOPIC_ID = "dray.topic-id"
 # Parquet footer key: the row groups of a file as [[start, end, wal_bytes, min_ts, max_ts], ...].
 F_ROW_GROUPS = b"dray.row_groups"
+# Parquet footer key of a file the cleaner of a compacted topic wrote: per range of F_ROW_GROUPS, the Parquet row
+# group holding its records, or -1 when the cleaner removed them all (the range has no row group).
+F_CLEANED = b"dray.parquet_row_groups"
 
 
 _catalogs: dict[tuple, Catalog] = {}
@@ -304,7 +307,10 @@ class TopicTable:
             f.seek(0)
             metadata = pq.read_metadata(f)
         kv = metadata.metadata or {}
-        if F_ROW_GROUPS in kv:
+        if F_CLEANED in kv:
+            groups = tuple(RowGroupInfo(rg, *g) for rg, g in zip(json.loads(kv[F_CLEANED]),
+                                                                 json.loads(kv[F_ROW_GROUPS])))
+        elif F_ROW_GROUPS in kv:
             groups = tuple(RowGroupInfo(i, *g) for i, g in enumerate(json.loads(kv[F_ROW_GROUPS])))
         else:
             groups = tuple(_row_groups_from_stats(metadata))
@@ -334,6 +340,39 @@ class TopicTable:
                     overwrite.delete_data_file(data_file)
         self._table = None
         return self.table().current_snapshot().snapshot_id
+
+    def replace_files(self, partition: int, replaced: dict[str, str | None], properties: dict[str, str]) -> int | None:
+        """One snapshot that removes the data files replaced names (old path -> new path) and adds their
+        replacements (None: the replacement holds no record and is not added); old files no longer live are left
+        out. Return the snapshot id, or None when no old file was live."""
+        table = self.table(refresh=True)
+        if table.current_snapshot() is None:
+            return None
+        committed = self.committed(refresh=False)
+        live = {t.file.file_path: t.file for t in table.scan(row_filter=EqualTo(lake_schema.PARTITION, partition)).plan_files()}
+        doomed = [live[old] for old in replaced if old in live]
+        if not doomed:
+            return None
+        added = [self.data_file(new, partition) for old, new in replaced.items() if old in live and new is not None]
+        props = {S_TOPIC_ID: str(self.topic_id), S_PARTITION: str(partition),
+                 S_COMMITTED: json.dumps({str(k): v for k, v in sorted(committed.items())}, separators=(",", ":")),
+                 **properties}
+        with table.transaction() as tx:
+            with tx.update_snapshot(snapshot_properties=props).overwrite() as overwrite:
+                for data_file in doomed:
+                    overwrite.delete_data_file(data_file)
+                for data_file in added:
+                    overwrite.append_data_file(data_file)
+        self._table = None
+        return self.table().current_snapshot().snapshot_id
+
+    def set_properties(self, **properties: str) -> None:
+        table = self.table(refresh=True)
+        if all(table.properties.get(k) == v for k, v in properties.items()):
+            return
+        with table.transaction() as tx:
+            tx.set_properties(**properties)
+        self._table = None
 
     def expire_snapshots(self, older_than_ms: int) -> int:
         """Expire snapshots older than the given age (never the current one); return how many."""
@@ -423,6 +462,34 @@ class DataFileWriter:
             _quietly(self._stream.close)
             _quietly(lambda: self._table.io.delete(self.path))
         self._writer = self._stream = None
+
+
+class CleanedFileWriter(DataFileWriter):
+    """Writes a data file of a compacted topic's cleaned range: one row group per range of the file it replaces
+    (so that each index entry keeps its offsets), none for a range the cleaner emptied. A file with no record left
+    is still written (no row group; its footer says the ranges)."""
+
+    def __init__(self, table: Table, path: str):
+        super().__init__(table, path)
+        self.parquet_row_groups: list[int] = []
+        self._written = 0
+
+    def write_range(self, data: pa.Table, start: int, end: int, wal_bytes: int, min_ts: int, max_ts: int) -> None:
+        if data.num_rows:
+            super().write_row_group(data, start, end, wal_bytes, min_ts, max_ts)
+            self.parquet_row_groups.append(self._written)
+            self._written += 1
+        else:
+            self.row_groups.append([start, end, 0, min_ts, max_ts])
+            self.parquet_row_groups.append(-1)
+
+    def close(self) -> None:
+        if self._writer is None:
+            self._stream = self._table.io.new_output(self.path).create(overwrite=True)
+            self._writer = pq.ParquetWriter(self._stream, schema=self.schema, store_decimal_as_integer=True,
+                                            write_statistics=True, **self._kwargs)
+        self._writer.add_key_value_metadata({F_CLEANED.decode(): json.dumps(self.parquet_row_groups)})
+        super().close()
 
 
 def _quietly(step) -> None:

@@ -441,6 +441,7 @@ _POLICIES: dict[int, Policy] = {
     apis.ALTER_CONFIGS: _configs(Op.ALTER_CONFIGS, "responses"),
     apis.INCREMENTAL_ALTER_CONFIGS: _configs(Op.ALTER_CONFIGS, "responses"),
     apis.CREATE_PARTITIONS: _topics_each("topics", Op.ALTER, "results"),
+    apis.DELETE_RECORDS: _topics_each("topics", Op.DELETE, "topics"),
     apis.DELETE_GROUPS: _groups_each("groups_names", Op.DELETE, "results"),
     apis.OFFSET_DELETE: _group_then_topics(Op.DELETE, Op.READ),
     apis.DESCRIBE_CLUSTER: _describe_cluster,

@@ -67,12 +67,20 @@ class CompactedDataError(Exception):
 
 
 def batches_from_table(table: pa.Table, start: int, end: int, codec: int | None = None,
-                       gzip_level: int | None = GZIP_LEVEL) -> LoadedRange:
+                       gzip_level: int | None = GZIP_LEVEL, *, cleaned: bool = False) -> LoadedRange:
     """Record batches for the rows of table with start <= offset < end (rows in offset order), one batch per
     original batch (rows sharing batch_offset). codec None = each batch's original codec. gzip is written at a
-    low level (any level decodes the same; level 6 would make gzip fetches from Parquet several times slower)."""
+    low level (any level decodes the same; level 6 would make gzip fetches from Parquet several times slower).
+
+    cleaned: the rows are what the cleaner of a compacted topic kept, with holes. The batches still tile [start,
+    end): each keeps its original base offset (the first one starts at start) and reaches to the next one's
+    (lastOffsetDelta past its last record, as Kafka's cleaner writes them), so that consumers step over the
+    holes; a range with no row left is one empty batch."""
     offsets = table.column(OFFSET).to_pylist()
-    if not offsets or offsets[0] > start or offsets[-1] < end - 1:
+    if cleaned:
+        if not offsets or offsets[0] >= end or offsets[-1] < start:
+            return _empty_range(start, end)
+    elif not offsets or offsets[0] > start or offsets[-1] < end - 1:
         have = f"[{offsets[0]}, {offsets[-1] + 1})" if offsets else "nothing"
         raise CompactedDataError(f"row group holds {have}, the index entry [{start}, {end})")
     timestamps = pc.cast(table.column(TIMESTAMP), pa.int64()).to_pylist()
@@ -97,6 +105,14 @@ def batches_from_table(table: pa.Table, start: int, end: int, codec: int | None 
         b = batch_offsets[i]
         while j < n and batch_offsets[j] == b and offsets[j] < end:
             j += 1
+        # Where this batch starts and the next one (or the range's end): whole spans, holes included.
+        if cleaned:
+            first = start if not batch_records else max(b, start)
+            following = max(batch_offsets[j], start) if j < n and offsets[j] < end else end
+        else:
+            # A batch cut by the range (only when an entry starts or ends inside a batch) starts at its first row.
+            first = offsets[i]
+            following = offsets[j - 1] + 1
         ts = [t // MICROS_PER_MS for t in timestamps[i:j]]
         attrs = attributes[i]
         max_ts = max(ts)
@@ -106,8 +122,6 @@ def batches_from_table(table: pa.Table, start: int, end: int, codec: int | None 
         else:
             base_ts = ts[0]
             deltas = [t - base_ts for t in ts]
-        # A batch cut by the range (only when an entry starts or ends inside a batch) starts at its first row.
-        first = offsets[i]
         records = [(offsets[k] - first, deltas[k - i], keys[k], values[k], headers[k]) for k in range(i, j)]
         seq = base_sequences[i]
         if seq >= 0 and first != b:
@@ -116,14 +130,22 @@ def batches_from_table(table: pa.Table, start: int, end: int, codec: int | None 
             records, base_offset=first, base_timestamp=base_ts, max_timestamp=max_ts,
             attributes=attrs, producer_id=producer_ids[i], producer_epoch=producer_epochs[i], base_sequence=seq,
             compression=codec, compression_level=gzip_level if (attrs & 7 if codec is None else codec) == 1 else None,
+            last_offset_delta=following - first - 1,
         )
         out += batch
-        batch_records.append(offsets[j - 1] - first + 1)
+        batch_records.append(following - first)
         batch_sizes.append(len(batch))
         i = j
     if sum(batch_records) != end - start:
         raise CompactedDataError(f"rows cover {sum(batch_records)} offsets of [{start}, {end})")
     return LoadedRange(out, tuple(batch_records), tuple(batch_sizes))
+
+
+def _empty_range(start: int, end: int) -> LoadedRange:
+    """[start, end) of a compacted topic whose records the cleaner all removed: one batch without records, which
+    consumers step over (its lastOffsetDelta reaches the end)."""
+    batch = encode_batch([], base_offset=start, base_timestamp=-1, max_timestamp=-1, last_offset_delta=end - start - 1)
+    return LoadedRange(bytearray(batch), (end - start,), (len(batch),))
 
 
 def _headers(column: pa.ChunkedArray) -> list:
@@ -210,12 +232,15 @@ class CompactedReader:
         if not isinstance(loc, ParquetLocation):
             raise TypeError(f"{entry.key} is not a Parquet entry")
         extra = loc.extra or {}
+        if extra.get("empty"):
+            return _empty_range(entry.start, entry.end)  # the cleaner removed every record of the range
         key = extra.get("key")
         if key is None:
             table = await asyncio.to_thread(_read_row_group_fs, loc.path, extra.get("rg", 0), self.max_row_group_bytes)
         else:
             table = await self._read_row_group(loc.path, key, extra)
-        return await asyncio.to_thread(batches_from_table, table, entry.start, entry.end, self.codec)
+        return await asyncio.to_thread(batches_from_table, table, entry.start, entry.end, self.codec,
+                                       cleaned=bool(extra.get("cleaned")))
 
     async def _read_row_group(self, path: str, key: str, extra: dict) -> pa.Table:
         size = extra.get("size")

@@ -120,6 +120,20 @@ class PartitionReader:
         """The index watch saw a WAL append reach log_end (another broker's, or this one's)."""
         self._advance(p, log_end)
 
+    def log_start_changed(self, p: PartitionRef) -> None:
+        """The index watch saw the log start move (DeleteRecords, retention): read it again at the next fetch."""
+        self._log_start.pop(p, None)
+
+    def watermark_changed(self, p: PartitionRef) -> None:
+        """The index watch saw the compacted watermark move: read the range from Parquet from now on, not from
+        cached WAL entries (for a compacted topic the cleaner then rewrites those ranges; the WAL keeps every
+        record)."""
+        self.entries.forget(p)
+
+    def log_start_moved(self, p: PartitionRef, start: int) -> None:
+        """This broker moved the log start (DeleteRecords): fetches below it are out of range from now on."""
+        self._log_start[p] = (time.monotonic(), start)
+
     def _advance(self, p: PartitionRef, end: int) -> None:
         if end > self._log_end.get(p, -1):
             self._log_end[p] = end
@@ -205,15 +219,16 @@ class PartitionReader:
         return await self._chunk_bytes(entry)
 
     async def _chunk_bytes(self, entry: IndexEntry) -> LoadedRange:
-        data = self.chunks.get(entry.key)
+        key = entry.cache_key
+        data = self.chunks.get(key)
         if data is not None:
             return data
         # Coalesce concurrent misses on the same chunk into one read.
-        loading = self._loading.get(entry.key)
+        loading = self._loading.get(key)
         if loading is None:
             loading = asyncio.ensure_future(self._load(entry))
-            self._loading[entry.key] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(entry.key, None))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
         return await asyncio.shield(loading)
 
     async def _load(self, entry: IndexEntry) -> LoadedRange:
@@ -232,5 +247,5 @@ class PartitionReader:
             wal.verify_chunk(chunk, data)
             patch_base_offsets(data, entry.start, loc.batch_records)
             loaded = LoadedRange(data, loc.batch_records, loc.batch_sizes)
-        self.chunks.put(entry.key, loaded)
+        self.chunks.put(entry.cache_key, loaded)
         return loaded

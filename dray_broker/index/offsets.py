@@ -107,6 +107,15 @@ class IndexEntry:
     def is_wal(self) -> bool:
         return isinstance(self.location, WalLocation)
 
+    @property
+    def cache_key(self) -> str:
+        """What a reader caches this entry's batches under. A Parquet entry's key stays when the cleaner of a
+        compacted topic points it at a cleaned file: the file and row group tell the versions apart."""
+        loc = self.location
+        if isinstance(loc, WalLocation):
+            return self.key
+        return f"{self.key}@{loc.path}#{(loc.extra or {}).get('rg', 0)}"
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionRef:
@@ -141,10 +150,12 @@ class WalTail:
 @dataclass(frozen=True, slots=True)
 class IndexChange:
     """A notification of the index watch: a key of this partition's index changed; log_end is the end offset of
-    the WAL entry written (None for any other change)."""
+    the WAL entry written (None for any other change); log_start / watermark: that key changed."""
 
     partition: PartitionRef
     log_end: int | None
+    log_start: bool = False
+    watermark: bool = False
 
 
 class IndexWatch:
@@ -163,7 +174,10 @@ class IndexWatch:
             if found is None:
                 continue
             written = n.type in (NotificationType.CREATED, NotificationType.MODIFIED)
-            return IndexChange(PartitionRef(found[0], found[1]), found[2] if written else None)
+            p = PartitionRef(found[0], found[1])
+            return IndexChange(p, found[2] if written else None,
+                               log_start=n.key == keyspace.log_start_key(p.topic_id, p.partition),
+                               watermark=n.key == keyspace.watermark_key(p.topic_id, p.partition))
 
     async def aclose(self) -> None:
         await self._watch.aclose()

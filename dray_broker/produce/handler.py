@@ -17,6 +17,7 @@ from dray_broker.produce.wal_writer import FlushError
 from dray_broker.protocol.codec import Request, decode_request, make, peek_header, response_module
 from dray_broker.records.batch import InvalidBatchError, validate_batches
 from dray_broker.records.decode import RecordDecodeError
+from dray_broker.records.keys import keyless_record
 from dray_broker.records.legacy import up_convert
 from dray_broker.records.recompress import TOPIC_CODECS, needs_recompression, recompress
 from dray_broker.server.handling import (
@@ -96,10 +97,13 @@ def _append(service: ProduceService, topic: Topic, index: int, records: bytes | 
             records = recompress(records, codec)
             service.metrics.produce_recompressions.inc()
             summary = validate_batches(records, max_bytes)  # as Kafka, the size limit holds for what is stored
+        if topic.compacted and (delta := keyless_record(records, max_bytes)) is not None:
+            return ErrorCode.invalid_record, (f"compacted topic {topic.name} cannot accept a record without a key "
+                                              f"(record {delta} of the batch)")
     except InvalidBatchError as e:
         return ErrorCode(e.kafka_error), str(e)
-    except RecordDecodeError as e:
-        return ErrorCode.corrupt_message, str(e)
+    except (RecordDecodeError, IndexError) as e:
+        return ErrorCode.corrupt_message, str(e) or "records are truncated"
     if summary.is_transactional:
         return ErrorCode.transactional_id_authorization_failed, TRANSACTIONS_UNSUPPORTED
     ref = topic.partition(index)

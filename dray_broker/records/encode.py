@@ -123,19 +123,24 @@ def compress(codec: int, data: bytes | bytearray, level: int | None = None) -> b
 def encode_batch(records: Sequence[RecordFields], *, base_offset: int, base_timestamp: int, max_timestamp: int,
                  attributes: int = 0, producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1,
                  partition_leader_epoch: int = 0, compression: int | None = None,
-                 compression_level: int | None = None) -> bytes:
+                 compression_level: int | None = None, last_offset_delta: int | None = None) -> bytes:
     """One v2 batch of records (offset and timestamp deltas relative to base_offset and base_timestamp).
 
     attributes are the batch attributes (timestamp type, transactional, control bits); its codec bits are replaced
-    by compression when given (None = keep the codec named in attributes); compression_level for gzip and zstd."""
-    if not records:
+    by compression when given (None = keep the codec named in attributes); compression_level for gzip and zstd.
+    last_offset_delta (default: the last record's) may reach past the last record, as in a batch of a compacted
+    topic whose last records the cleaner removed (Kafka's cleaner keeps the original last offset): consumers go on
+    from base_offset + last_offset_delta + 1. With it, records may be empty (a batch the cleaner emptied)."""
+    if not records and last_offset_delta is None:
         raise ValueError("a record batch needs at least one record")
     codec = attributes & COMPRESSION_MASK if compression is None else compression
     attributes = (attributes & ~COMPRESSION_MASK) | codec
     raw = encode_records(records)
     payload = compress(codec, raw, compression_level) if codec else raw
     return frame_batch(payload, base_offset=base_offset, partition_leader_epoch=partition_leader_epoch,
-                       attributes=attributes, last_offset_delta=records[-1][0], base_timestamp=base_timestamp,
+                       attributes=attributes,
+                       last_offset_delta=records[-1][0] if last_offset_delta is None else last_offset_delta,
+                       base_timestamp=base_timestamp,
                        max_timestamp=max_timestamp, producer_id=producer_id, producer_epoch=producer_epoch,
                        base_sequence=base_sequence, record_count=len(records))
 

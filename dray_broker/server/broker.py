@@ -182,7 +182,7 @@ class Broker:
             cluster,
             ProduceService(cluster, topics, wal_writer, producers, metadata, self.metrics, self.faults),
             FetchService(cluster, topics, reader, index),
-            AdminService(cluster, topics, reader, s),
+            AdminService(cluster, topics, reader, index, s),
             GroupService(coordinator, topics),
             UserService(credentials),
             AclService(acl_store),
@@ -310,6 +310,10 @@ async def _follow_index(watch: IndexWatch, reader: PartitionReader) -> None:
         async for change in watch:
             if change.log_end is not None:
                 reader.index_changed(change.partition, change.log_end)
+            elif change.log_start:
+                reader.log_start_changed(change.partition)
+            elif change.watermark:
+                reader.watermark_changed(change.partition)
     except asyncio.CancelledError:
         await watch.aclose()
         raise

@@ -31,6 +31,7 @@ from dray_broker.server.services import (
     UserService,
 )
 from dray_broker.topics import handlers as topics
+from dray_broker.topics.delete_records import handle_delete_records
 
 ROUTES = RouteTable([
     route(apis.API_VERSIONS, "ApiVersions", (0, 4), RouteTable, handle_api_versions),
@@ -44,6 +45,7 @@ ROUTES = RouteTable([
     # Topics and configs.
     route(apis.CREATE_TOPICS, "CreateTopics", (2, 7), AdminService, topics.handle_create_topics),
     route(apis.DELETE_TOPICS, "DeleteTopics", (1, 6), AdminService, topics.handle_delete_topics),
+    route(apis.DELETE_RECORDS, "DeleteRecords", (0, 2), AdminService, handle_delete_records),
     route(apis.CREATE_PARTITIONS, "CreatePartitions", (0, 3), AdminService, topics.handle_create_partitions),
     route(apis.DESCRIBE_CONFIGS, "DescribeConfigs", (1, 4), AdminService, topics.handle_describe_configs),
     route(apis.ALTER_CONFIGS, "AlterConfigs", (0, 2), AdminService, topics.handle_alter_configs),

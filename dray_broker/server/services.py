@@ -71,11 +71,12 @@ class FetchService:
 @dataclass(frozen=True, slots=True)
 class AdminService:
     """Topic and config admin: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs, AlterConfigs,
-    IncrementalAlterConfigs."""
+    IncrementalAlterConfigs; and DeleteRecords, which moves log start offsets in the offset index."""
 
     cluster: ClusterView
     topics: TopicCatalog
     reader: PartitionReader  # a deleted topic's cached ranges and log ends are dropped
+    index: OffsetIndex
     settings: Settings  # described as the broker's configs
 
 

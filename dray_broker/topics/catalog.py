@@ -10,6 +10,7 @@ A cache miss reads the store, so a topic created through one broker is usable at
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -30,9 +31,14 @@ _LEGAL_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 @dataclass(frozen=True)
 class ConfigSpec:
     default: str
-    kind: type  # int or str
+    kind: type  # int, float, str, or list (comma-separated, each item one of choices)
     choices: tuple[str, ...] = ()
-    minimum: int | None = None
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+
+
+CLEANUP_POLICIES = ("delete", "compact")
+LONG_MAX = str(2**63 - 1)
 
 
 # Topic configs that mean something here. Others are refused (INVALID_CONFIG) rather than silently ignored.
@@ -40,8 +46,17 @@ TOPIC_CONFIGS: dict[str, ConfigSpec] = {
     "retention.ms": ConfigSpec("604800000", int, minimum=-1),
     "retention.bytes": ConfigSpec("-1", int, minimum=-1),
     "max.message.bytes": ConfigSpec("1048588", int, minimum=0),
-    "cleanup.policy": ConfigSpec("delete", str, choices=("delete",)),
+    "cleanup.policy": ConfigSpec("delete", list, choices=CLEANUP_POLICIES),
     "compression.type": ConfigSpec(PRODUCER, str, choices=tuple(TOPIC_CODECS)),
+    # Log compaction (cleanup.policy compact): Kafka's names, defaults and bounds.
+    "delete.retention.ms": ConfigSpec("86400000", int, minimum=0),
+    "min.compaction.lag.ms": ConfigSpec("0", int, minimum=0),
+    "max.compaction.lag.ms": ConfigSpec(LONG_MAX, int, minimum=1),
+    "min.cleanable.dirty.ratio": ConfigSpec("0.5", float, minimum=0.0, maximum=1.0),
+    # Kafka's log segments: stored and described (Kafka Streams sets segment.bytes on its repartition topics), no
+    # effect here: the log is WAL objects and Parquet files, whose sizes the broker and the pipeline settings decide.
+    "segment.bytes": ConfigSpec("1073741824", int, minimum=14),
+    "segment.ms": ConfigSpec("604800000", int, minimum=1),
 }
 
 
@@ -77,6 +92,18 @@ class Topic:
     def int_config(self, name: str) -> int:
         return int(self.config(name))
 
+    def float_config(self, name: str) -> float:
+        return float(self.config(name))
+
+    @functools.cached_property
+    def cleanup_policies(self) -> frozenset[str]:
+        return frozenset(_list_items(self.config("cleanup.policy")))
+
+    @functools.cached_property
+    def compacted(self) -> bool:
+        """Whether the topic keeps the latest record per key (cleanup.policy compact or compact,delete)."""
+        return "compact" in self.cleanup_policies
+
     def partition(self, index: int) -> PartitionRef:
         return PartitionRef(self.id, index)
 
@@ -100,17 +127,31 @@ def validate_configs(configs: dict[str, str | None]) -> dict[str, str]:
             raise TopicError(f"topic config {name!r} is not supported (supported: {', '.join(TOPIC_CONFIGS)})", INVALID_CONFIG)
         if value is None:
             continue
-        if spec.kind is int:
+        if spec.kind in (int, float):
             try:
-                number = int(value)
+                number = spec.kind(value)
             except ValueError:
-                raise TopicError(f"{name} must be an integer, not {value!r}", INVALID_CONFIG) from None
+                kind = "an integer" if spec.kind is int else "a number"
+                raise TopicError(f"{name} must be {kind}, not {value!r}", INVALID_CONFIG) from None
             if spec.minimum is not None and number < spec.minimum:
                 raise TopicError(f"{name} must be at least {spec.minimum}", INVALID_CONFIG)
-        if spec.choices and value not in spec.choices:
+            if spec.maximum is not None and number > spec.maximum:
+                raise TopicError(f"{name} must be at most {spec.maximum}", INVALID_CONFIG)
+            if spec.kind is int and number > 2**63 - 1:
+                raise TopicError(f"{name} must fit in a 64-bit integer", INVALID_CONFIG)
+        if spec.kind is list:
+            items = _list_items(value)
+            if not items or any(i not in spec.choices for i in items):
+                raise TopicError(f"{name} must be a comma-separated list of {', '.join(spec.choices)} (got {value!r})",
+                                 INVALID_CONFIG)
+        elif spec.choices and value not in spec.choices:
             raise TopicError(f"{name} must be one of {', '.join(spec.choices)}", INVALID_CONFIG)
         out[name] = str(value)
     return out
+
+
+def _list_items(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def validate_name(name: str) -> None:

@@ -31,7 +31,7 @@ RESOURCE_BROKER = 4
 SOURCE_TOPIC_CONFIG = 1
 SOURCE_STATIC_BROKER_CONFIG = 4
 SOURCE_DEFAULT_CONFIG = 5
-TYPE_BOOLEAN, TYPE_STRING, TYPE_INT, TYPE_LONG, TYPE_LIST = 1, 2, 3, 5, 7
+TYPE_BOOLEAN, TYPE_STRING, TYPE_INT, TYPE_LONG, TYPE_DOUBLE, TYPE_LIST = 1, 2, 3, 5, 6, 7
 # IncrementalAlterConfigs operations.
 OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = 0, 1, 2, 3
 
@@ -48,10 +48,28 @@ CONFIG_INFO: dict[str, tuple[int, str, str]] = {
                         "limit."),
     "max.message.bytes": (TYPE_INT, "message.max.bytes", "The largest record batch a producer may send, in bytes."),
     "cleanup.policy": (TYPE_LIST, "log.cleanup.policy",
-                       "delete: old records are removed by retention. Key compaction is not supported."),
+                       "delete: old records are removed by retention; compact: only the latest record of each key "
+                       "is kept (records need a key); compact,delete: both."),
     "compression.type": (TYPE_STRING, "compression.type",
                          "The codec batches are stored with: uncompressed, gzip, snappy, lz4 or zstd (a batch that "
                          "comes with another codec is recompressed), or producer (stored as the producer sent it)."),
+    "delete.retention.ms": (TYPE_LONG, "log.cleaner.delete.retention.ms",
+                            "How long a tombstone (a null value) of a compacted topic stays readable after the "
+                            "cleaner passed it, so that consumers see the delete."),
+    "min.compaction.lag.ms": (TYPE_LONG, "log.cleaner.min.compaction.lag.ms",
+                              "How long a record stays uncompacted at least (a compacted topic)."),
+    "max.compaction.lag.ms": (TYPE_LONG, "log.cleaner.max.compaction.lag.ms",
+                              "How long a record may stay uncompacted at most (a compacted topic): past it, the "
+                              "partition is cleaned whatever its dirty ratio."),
+    "segment.bytes": (TYPE_INT, "log.segment.bytes",
+                      "Accepted for compatibility, no effect: Dray has no log segments (the log is WAL objects, then "
+                      "Parquet files)."),
+    "segment.ms": (TYPE_LONG, "log.roll.ms",
+                   "Accepted for compatibility, no effect: Dray has no log segments (the log is WAL objects, then "
+                   "Parquet files)."),
+    "min.cleanable.dirty.ratio": (TYPE_DOUBLE, "log.cleaner.min.cleanable.ratio",
+                                  "The share of a compacted partition's log not cleaned yet above which the "
+                                  "cleaner cleans it."),
 }
 # Kafka topic configs whose behaviour is fixed in Dray: described read-only; setting them to their one value is
 # accepted (and not stored), any other value is INVALID_CONFIG.
@@ -412,7 +430,8 @@ async def _alter_one(admin: AdminService, r: Any, incremental: bool, validate_on
                          ErrorCode.invalid_request.value)
     validate_name(r.resource_name)
     # As Kafka: the topic must exist, then the configs must be valid.
-    if await admin.topics.get(r.resource_name) is None:
+    topic = await admin.topics.get(r.resource_name)
+    if topic is None:
         raise TopicError(f"topic {r.resource_name!r} does not exist", ErrorCode.unknown_topic_or_partition.value)
     changes: dict[str, str | None] = {}
     if incremental:
@@ -428,6 +447,15 @@ async def _alter_one(admin: AdminService, r: Any, incremental: bool, validate_on
                 changes[c.name] = c.value
             elif c.config_operation == OP_DELETE:
                 changes[c.name] = None
+            elif c.config_operation in (OP_APPEND, OP_SUBTRACT) and c.name in TOPIC_CONFIGS \
+                    and TOPIC_CONFIGS[c.name].kind is list:
+                items = [i.strip() for i in topic.config(c.name).split(",") if i.strip()]
+                given = [i.strip() for i in (c.value or "").split(",") if i.strip()]
+                if c.config_operation == OP_APPEND:
+                    items += [i for i in given if i not in items]
+                else:
+                    items = [i for i in items if i not in given]
+                changes[c.name] = ",".join(items)
             elif c.config_operation in (OP_APPEND, OP_SUBTRACT):
                 raise TopicError(f"APPEND and SUBTRACT apply to list configs only; {c.name} holds a single value "
                                  f"here (use SET)", ErrorCode.invalid_config.value)

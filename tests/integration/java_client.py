@@ -66,12 +66,12 @@ def _java() -> str:
     return java
 
 
-def build_key() -> str:
+def build_key(project: Path = JAVA_PROJECT) -> str:
     """Hash of pom.xml, src/ and the JDK (the class data sharing archive is per JDK): the build's cache key."""
     h = hashlib.sha256()
-    files = [JAVA_PROJECT / "pom.xml", *sorted(p for p in (JAVA_PROJECT / "src").rglob("*") if p.is_file())]
+    files = [project / "pom.xml", *sorted(p for p in (project / "src").rglob("*") if p.is_file())]
     for p in files:
-        h.update(str(p.relative_to(JAVA_PROJECT)).encode() + b"\0" + p.read_bytes() + b"\0")
+        h.update(str(p.relative_to(project)).encode() + b"\0" + p.read_bytes() + b"\0")
     java = Path(_java()).resolve()
     h.update(f"{java}\0{java.stat().st_mtime_ns}".encode())
     return h.hexdigest()[:16]
@@ -119,10 +119,12 @@ def _archive(build_dir: Path) -> str:
     return "class data sharing archive app.jsa"
 
 
-def ensure_built() -> Path:
-    """The build directory (tool.jar, lib/*.jar, app.jsa) for the current sources; builds it if missing."""
+def ensure_built(project: Path = JAVA_PROJECT) -> Path:
+    """The build directory (tool.jar, lib/*.jar, app.jsa) for the current sources of a Maven project (by default
+    the client tool; tests/apps for the Kafka Streams and Connect applications); builds it if missing. Only the
+    client tool gets a class data sharing archive."""
     root = cache_root()
-    final = root / build_key()
+    final = root / build_key(project)
     if (final / "ok").exists():
         os.utime(final / "ok")  # last used: builds unused for a week are pruned
         return final
@@ -133,14 +135,14 @@ def ensure_built() -> Path:
             return final
         work = Path(tempfile.mkdtemp(prefix="build-", dir=root))
         try:
-            shutil.copy2(JAVA_PROJECT / "pom.xml", work / "pom.xml")
-            shutil.copytree(JAVA_PROJECT / "src", work / "src")
+            shutil.copy2(project / "pom.xml", work / "pom.xml")
+            shutil.copytree(project / "src", work / "src")
             started = time.monotonic()
             result = _mvn(work, offline=True)
             if result.returncode != 0:  # cold ~/.m2: fetch from Maven Central
                 result = _mvn(work, offline=False)
             if result.returncode != 0:
-                raise JavaBuildError(f"Maven could not build {JAVA_PROJECT} (exit {result.returncode}):\n"
+                raise JavaBuildError(f"Maven could not build {project} (exit {result.returncode}):\n"
                                      f"{result.stdout[-20000:]}")
             _jar(work / "target" / "classes", work / "tool.jar")
             shutil.rmtree(work / "target")
@@ -149,7 +151,8 @@ def ensure_built() -> Path:
             if final.exists():
                 shutil.rmtree(final)
             work.rename(final)  # before the archive: it records the jars' paths
-            (final / "ok").write_text(f"{built}; {_archive(final)}\n")
+            archived = _archive(final) if project == JAVA_PROJECT else "no class data sharing archive"
+            (final / "ok").write_text(f"{built}; {archived}\n")
         finally:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
@@ -263,6 +266,13 @@ class JavaClient:
                                                     props=props),
                           timeout=timeout_ms / 1000 + 60)
         return [Record.from_json(e) for e in events if "offset" in e]
+
+    def delete_records(self, bootstrap: str, topic: str, offsets: dict[int, int],
+                       props: dict | None = None) -> dict[int, int | str]:
+        """Admin.deleteRecords: partition -> its new low watermark, or the name of the exception it failed with."""
+        events = self.run("delete-records", "--bootstrap", bootstrap, "--topic", topic, "--offsets",
+                          ",".join(f"{p}:{o}" for p, o in offsets.items()), *_props(props), check=False)
+        return {e["partition"]: e.get("lowWatermark", e.get("error")) for e in events if "partition" in e}
 
     def start_consumer(self, bootstrap: str, topic: str | list[str], *, group: str | None = None,
                        group_protocol: str | None = None, assign: str | None = None, props: dict | None = None,

@@ -137,14 +137,14 @@ def test_create_topics_with_configs_validate_only_and_errors(broker, topic_name)
     dup, bad_name, bad_config, bad_value, bad_parts, good = (
         topic_name, "bad name!", topic_name + "-c", topic_name + "-d", topic_name + "-p", topic_name + "-g")
     futures = _create(admin, NewTopic(dup, 1, 1), NewTopic(bad_name, 1, 1),
-                      NewTopic(bad_config, 1, 1, config={"segment.bytes": "1048576"}),
-                      NewTopic(bad_value, 1, 1, config={"cleanup.policy": "compact"}),
+                      NewTopic(bad_config, 1, 1, config={"local.retention.ms": "1000"}),
+                      NewTopic(bad_value, 1, 1, config={"cleanup.policy": "compact,shred"}),
                       NewTopic(bad_parts, 0, 1), NewTopic(good, 2, 3))
     err = _error_of(futures[dup])
     assert err.code() == KafkaError.TOPIC_ALREADY_EXISTS and "already exists" in err.str()
     assert _error_of(futures[bad_name]).code() == KafkaError.TOPIC_EXCEPTION
     err = _error_of(futures[bad_config])
-    assert err.code() == KafkaError.INVALID_CONFIG and "segment.bytes" in err.str()
+    assert err.code() == KafkaError.INVALID_CONFIG and "local.retention.ms" in err.str()
     err = _error_of(futures[bad_value])
     assert err.code() == KafkaError.INVALID_CONFIG and "cleanup.policy" in err.str()
     assert _error_of(futures[bad_parts]).code() == KafkaError.INVALID_PARTITIONS
@@ -306,12 +306,20 @@ def test_alter_and_incremental_alter_configs(broker, topic_name):
                         validate_only=True))
     assert _configs(admin, topic_name)["retention.bytes"].value == "123456"
 
-    # APPEND/SUBTRACT, unsupported names, bad values: INVALID_CONFIG; unknown topics: UNKNOWN_TOPIC_OR_PARTITION.
+    # APPEND/SUBTRACT on the list config cleanup.policy; on a single-valued one, unsupported names, bad values:
+    # INVALID_CONFIG; unknown topics: UNKNOWN_TOPIC_OR_PARTITION.
+    _result(incremental(ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.APPEND)))
+    assert _configs(admin, topic_name)["cleanup.policy"].value == "delete,compact"
+    _result(incremental(ConfigEntry("cleanup.policy", "delete", incremental_operation=AlterConfigOpType.SUBTRACT)))
+    assert _configs(admin, topic_name)["cleanup.policy"].value == "compact"
     err = _error_of(incremental(ConfigEntry("cleanup.policy", "compact",
-                                            incremental_operation=AlterConfigOpType.APPEND)))
+                                            incremental_operation=AlterConfigOpType.SUBTRACT)))
+    assert err.code() == KafkaError.INVALID_CONFIG and "cleanup.policy" in err.str()
+    _result(incremental(ConfigEntry("cleanup.policy", None, incremental_operation=AlterConfigOpType.DELETE)))
+    err = _error_of(incremental(ConfigEntry("retention.ms", "5", incremental_operation=AlterConfigOpType.APPEND)))
     assert err.code() == KafkaError.INVALID_CONFIG
-    err = _error_of(incremental(ConfigEntry("segment.ms", "1000", incremental_operation=AlterConfigOpType.SET)))
-    assert err.code() == KafkaError.INVALID_CONFIG and "segment.ms" in err.str()
+    err = _error_of(incremental(ConfigEntry("local.retention.ms", "1", incremental_operation=AlterConfigOpType.SET)))
+    assert err.code() == KafkaError.INVALID_CONFIG and "local.retention.ms" in err.str()
     err = _error_of(incremental(ConfigEntry("retention.ms", "soon", incremental_operation=AlterConfigOpType.SET)))
     assert err.code() == KafkaError.INVALID_CONFIG
     err = _error_of(incremental(ConfigEntry("retention.ms", "1", incremental_operation=AlterConfigOpType.SET),

@@ -25,7 +25,7 @@ from tests.pipelines.conftest import lake_settings
 from tests.pipelines.helpers import log_state, write_log
 
 ROOT = Path(__file__).resolve().parents[2]
-ASSETS = ("wal_segments", "parquet_files", "iceberg_snapshots")
+ASSETS = ("wal_segments", "parquet_files", "iceberg_snapshots", "cleaned_log")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-dev-shm-usage", "--virtual-time-budget=15000"]
 
@@ -117,7 +117,8 @@ def test_asset_graph_in_the_ui(dagster_dev, tmp_path):
     # The code location loaded with its assets and their dependencies.
     data = _graphql(dagster_dev, "{ assetNodes { assetKey { path } dependencyKeys { path } } }")["data"]
     deps = {n["assetKey"]["path"][0]: sorted(d["path"][0] for d in n["dependencyKeys"]) for n in data["assetNodes"]}
-    assert deps == {"wal_segments": [], "parquet_files": ["wal_segments"], "iceberg_snapshots": ["parquet_files"]}
+    assert deps == {"wal_segments": [], "parquet_files": ["wal_segments"], "iceberg_snapshots": ["parquet_files"],
+                    "cleaned_log": ["iceberg_snapshots"]}
     _graphql(dagster_dev, "mutation { setNuxSeen }")  # no first-run popup over the graph
 
     html = ""
@@ -137,7 +138,8 @@ def test_asset_graph_in_the_ui(dagster_dev, tmp_path):
         dst = [n for n, (x, w) in nodes.items() if 0 <= x - end < 12]
         if src and dst:
             found.add((src[0], dst[0]))
-    assert found == {("wal_segments", "parquet_files"), ("parquet_files", "iceberg_snapshots")}, (nodes, edges)
+    assert found == {("wal_segments", "parquet_files"), ("parquet_files", "iceberg_snapshots"),
+                     ("iceberg_snapshots", "cleaned_log")}, (nodes, edges)
 
 
 # --- Materialize, clicked in the UI -----------------------------------------------------------------------------------

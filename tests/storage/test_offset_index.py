@@ -211,7 +211,7 @@ async def test_the_wal_past_the_watermark_with_its_bytes(metadata_url):
         await store.close()
 
 
-async def test_the_index_watch_says_which_partition_and_its_log_end(metadata_url):
+async def test_the_index_watch_says_which_partition_and_what_changed(metadata_url):
     writer, watcher = await open_metadata_store(metadata_url), await open_metadata_store(metadata_url)
     try:
         watch = await OffsetIndex(watcher).watch()
@@ -229,8 +229,10 @@ async def test_the_index_watch_says_which_partition_and_its_log_end(metadata_url
         await index.append(b, _location("b2", [1]), 1, 10)
         assert await asyncio.wait_for(next_change_of(b), 10) == IndexChange(b, 4)
         assert await asyncio.wait_for(next_change_of(b), 10) == IndexChange(b, 5)
-        await index.swap(b, 5, -1)  # not a WAL append: the partition, but no log end
-        assert await asyncio.wait_for(next_change_of(b), 10) == IndexChange(b, None)
+        await index.swap(b, 5, -1)  # not a WAL append: the partition, no log end, the watermark moved
+        assert await asyncio.wait_for(next_change_of(b), 10) == IndexChange(b, None, watermark=True)
+        await index.advance_log_start_offset(a, 2)  # DeleteRecords or retention
+        assert await asyncio.wait_for(next_change_of(a), 10) == IndexChange(a, None, log_start=True)
         await watch.aclose()
     finally:
         await writer.close()

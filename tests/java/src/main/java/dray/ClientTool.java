@@ -55,6 +55,9 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
  *     after X ms (default 30000; 0 = none), or with --until-eof when stdin closes; then closes the consumer (leaves
  *     the group) and prints {"event":"done","records","timedOut","ms"}. Exit 2 if it timed out before N records.
  * </pre>
+ * delete-records --bootstrap B --topic T --offsets P:O,P:O... [--props k=v,...]
+ *     Admin.deleteRecords: records of partition P before offset O (-1: the high watermark) are deleted. Prints
+ *     {"partition","lowWatermark"} or {"partition","error"} per partition. Exit 1 if any failed.
  * warmup
  *     Loads the classes of both commands without a broker (a training run for a class data sharing archive).
  *
@@ -81,6 +84,7 @@ public final class ClientTool {
             switch (argv[0]) {
                 case "produce": rc = produce(args); break;
                 case "consume": rc = consume(args); break;
+                case "delete-records": rc = deleteRecords(args); break;
                 case "warmup": rc = warmup(); break;
                 default: throw new IllegalArgumentException("unknown subcommand " + argv[0]);
             }
@@ -91,6 +95,40 @@ public final class ClientTool {
         }
         OUT.flush();
         System.exit(rc);
+    }
+
+    // ------------------------------------------------------------------------------------------------ delete-records
+
+    static int deleteRecords(Map<String, String> args) throws Exception {
+        Properties props = new Properties();
+        props.put("bootstrap.servers", required(args, "bootstrap"));
+        props.put("request.timeout.ms", "15000");
+        props.put("default.api.timeout.ms", "30000");
+        props.putAll(extraProps(args));
+        String topic = required(args, "topic");
+        Map<org.apache.kafka.common.TopicPartition, org.apache.kafka.clients.admin.RecordsToDelete> wanted =
+            new HashMap<>();
+        for (String item : required(args, "offsets").split(",")) {
+            String[] po = item.split(":");
+            long offset = Long.parseLong(po[1]);
+            wanted.put(new TopicPartition(topic, Integer.parseInt(po[0])),
+                org.apache.kafka.clients.admin.RecordsToDelete.beforeOffset(offset));
+        }
+        int rc = 0;
+        try (org.apache.kafka.clients.admin.Admin admin = org.apache.kafka.clients.admin.Admin.create(props)) {
+            var result = admin.deleteRecords(wanted).lowWatermarks();
+            for (var e : result.entrySet()) {
+                try {
+                    long low = e.getValue().get().lowWatermark();
+                    emit("{\"partition\":" + e.getKey().partition() + ",\"lowWatermark\":" + low + "}");
+                } catch (java.util.concurrent.ExecutionException error) {
+                    rc = 1;
+                    emit("{\"partition\":" + e.getKey().partition() + ",\"error\":"
+                        + str(error.getCause().getClass().getSimpleName()) + "}");
+                }
+            }
+        }
+        return rc;
     }
 
     // ------------------------------------------------------------------------------------------------ produce
