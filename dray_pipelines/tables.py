@@ -119,6 +119,20 @@ def purge_topic_table(catalog: Catalog, settings: LakeSettings, topic: str, topi
     return True
 
 
+def snapshot_committed(table: Table) -> dict[int, int]:
+    """partition -> committed end offset, as recorded by the table's current snapshot (or its nearest ancestor
+    that records it)."""
+    snapshot = table.current_snapshot()
+    while snapshot is not None:
+        props = snapshot.summary.additional_properties if snapshot.summary else {}
+        if S_COMMITTED in props:
+            return {int(k): v for k, v in json.loads(props[S_COMMITTED]).items()}
+        if snapshot.parent_snapshot_id is None:
+            break
+        snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id)
+    return {}
+
+
 @dataclass(frozen=True)
 class RowGroupInfo:
     index: int
@@ -200,16 +214,7 @@ class TopicTable:
 
     def committed(self, refresh: bool = True) -> dict[int, int]:
         """partition -> committed end offset, from the newest snapshot that records it."""
-        table = self.table(refresh=refresh)
-        snapshot = table.current_snapshot()
-        while snapshot is not None:
-            props = snapshot.summary.additional_properties if snapshot.summary else {}
-            if S_COMMITTED in props:
-                return {int(k): v for k, v in json.loads(props[S_COMMITTED]).items()}
-            if snapshot.parent_snapshot_id is None:
-                break
-            snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id)
-        return {}
+        return snapshot_committed(self.table(refresh=refresh))
 
     def committed_end(self, partition: int, refresh: bool = True) -> int:
         return self.committed(refresh).get(partition, 0)

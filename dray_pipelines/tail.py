@@ -15,7 +15,6 @@ not this topic's and is ignored.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -31,7 +30,7 @@ from dray_broker.topics.catalog import Topic
 from dray_pipelines.convert import RowGroupBuilder
 from dray_pipelines.lake import Lake
 from dray_broker.lake_schema import ARROW_SCHEMA, OFFSET
-from dray_pipelines.tables import P_TOPIC_ID, S_COMMITTED
+from dray_pipelines.tables import P_TOPIC_ID, snapshot_committed
 
 READ_BYTES = 8 * 1024 * 1024  # bytes of batches per read of the log
 ATTEMPTS = 5  # a read raced garbage collection (a WAL object gone after its swap): read again
@@ -44,20 +43,6 @@ class TopicSnapshot:
     committed: dict[int, int]  # partition -> offset where the pinned snapshot ends
     log_start: dict[int, int]  # partition -> log start offset
     tail: pa.Table = field(default_factory=ARROW_SCHEMA.empty_table)  # the log from the committed ends on
-
-
-def snapshot_committed(table: Table) -> dict[int, int]:
-    """partition -> committed end offset, as recorded by the table's current snapshot (or its nearest ancestor
-    that records it)."""
-    snapshot = table.current_snapshot()
-    while snapshot is not None:
-        props = snapshot.summary.additional_properties if snapshot.summary else {}
-        if S_COMMITTED in props:
-            return {int(k): v for k, v in json.loads(props[S_COMMITTED]).items()}
-        if snapshot.parent_snapshot_id is None:
-            break
-        snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id)
-    return {}
 
 
 def topic_table(lake: Lake, topic: Topic) -> Table | None:
