@@ -632,3 +632,90 @@ def test_regex_subscription_gets_only_the_topics_the_member_may_describe(scram_s
     values, assigned = regex_consumer("admin", f"gb-{name}", set(topics))
     assert assigned == set(topics), assigned
     assert values == {f"{t}/{partition}" for t in topics for partition in (0, 1)}
+
+
+def test_acls_of_every_resource_type(secured, name):
+    """CreateAcls, DescribeAcls and DeleteAcls take every resource type Kafka 4 has (topic, group, cluster,
+    transactional id, delegation token, user), through either broker: created through one, described and deleted
+    through the other (kafka-python's requests: confluent-kafka has no delegation-token or user type)."""
+    from kafka.protocol.admin.acl import (
+        CreateAclsRequest,
+        CreateAclsResponse,
+        DeleteAclsRequest,
+        DeleteAclsResponse,
+        DescribeAclsRequest,
+        DescribeAclsResponse,
+    )
+
+    a, b = secured
+    principal = f"User:{name}"  # these ACLs' own principal: the cluster ACL here grants other tests nothing
+    # Kafka's codes: (resource type, name, operation); LITERAL = 3, ALLOW = 3, ANY = 1.
+    wanted = {(2, name, 3),  # TOPIC, READ
+              (3, f"g-{name}", 3),  # GROUP, READ
+              (4, "kafka-cluster", 8),  # CLUSTER, DESCRIBE
+              (5, f"tx-{name}", 4),  # TRANSACTIONAL_ID, WRITE
+              (6, f"token-{name}", 8),  # DELEGATION_TOKEN, DESCRIBE
+              (7, f"User:u-{name}", 13)}  # USER, CREATE_TOKENS
+    with RawClient(a.bootstrap) as c:
+        response = c.call(CreateAclsRequest(creations=[CreateAclsRequest.AclCreation(
+            resource_type=rt, resource_name=rn, resource_pattern_type=3, principal=principal, host="*", operation=op,
+            permission_type=3) for rt, rn, op in sorted(wanted)]), CreateAclsResponse, 3)
+    assert [(r.error_code, r.error_message) for r in response.results] == [(0, None)] * len(wanted)
+
+    def described(broker: BrokerProcess, resource_type: int = 1) -> set[tuple[int, str, int]]:
+        with RawClient(broker.bootstrap) as c:
+            response = c.call(DescribeAclsRequest(
+                resource_type_filter=resource_type, resource_name_filter=None, pattern_type_filter=1,
+                principal_filter=principal, host_filter=None, operation=1, permission_type=1),
+                DescribeAclsResponse, 3)
+        assert response.error_code == 0, response.error_message
+        return {(r.resource_type, r.resource_name, acl.operation) for r in response.resources for acl in r.acls
+                if r.pattern_type == 3 and acl.permission_type == 3 and acl.host == "*"}
+
+    assert _await(lambda: described(b) == wanted, timeout=10), described(b)
+    for rt, rn, op in wanted:
+        assert described(b, rt) == {(rt, rn, op)}
+    with RawClient(b.bootstrap) as c:
+        response = c.call(DeleteAclsRequest(filters=[DeleteAclsRequest.DeleteAclsFilter(
+            resource_type_filter=rt, resource_name_filter=None, pattern_type_filter=1, principal_filter=principal,
+            host_filter=None, operation=1, permission_type=1) for rt, _, _ in sorted(wanted)]), DeleteAclsResponse, 3)
+    assert [r.error_code for r in response.filter_results] == [0] * len(wanted)
+    assert [{(m.resource_type, m.resource_name, m.operation) for m in r.matching_acls}
+            for r in response.filter_results] == [{w} for w in sorted(wanted)]
+    assert _await(lambda: described(a) == set(), timeout=10), described(a)
+
+
+def test_delete_records_needs_delete_on_the_topic(secured, name):
+    """DeleteRecords is decided per topic: the partitions of a topic without DELETE answer
+    TOPIC_AUTHORIZATION_FAILED and keep their records; those of a topic with DELETE are truncated (one request)."""
+    from confluent_kafka.admin import OffsetSpec
+
+    a, b = secured
+    ad = admin(a.bootstrap)
+    kept, truncated = f"{name}-kept", f"{name}-cut"  # kept: no DELETE; cut: ALL
+    create_acls(secured, allow(kept, AclOperation.CREATE), allow(kept, AclOperation.WRITE),
+                allow(truncated, AclOperation.ALL))
+    for f in ad.create_topics([NewTopic(t, 2) for t in (kept, truncated)], request_timeout=TIMEOUT).values():
+        f.result(TIMEOUT)
+    p = Producer({"bootstrap.servers": b.bootstrap, "log_level": 3, "message.timeout.ms": 10_000})
+    for t in (kept, truncated):
+        for partition in (0, 1):
+            for i in range(3):
+                p.produce(t, f"v{i}".encode(), partition=partition)
+    assert p.flush(TIMEOUT) == 0
+
+    def outcome(future):
+        try:
+            return future.result(TIMEOUT).low_watermark
+        except KafkaException as e:
+            return e.args[0].code()
+
+    asked = [TopicPartition(t, partition, 2) for t in (kept, truncated) for partition in (0, 1)]
+    deleted = ad.delete_records(asked, request_timeout=TIMEOUT, operation_timeout=TIMEOUT)
+    assert sorted((tp.topic, tp.partition, outcome(f)) for tp, f in deleted.items()) == sorted(
+        [(kept, 0, KafkaError.TOPIC_AUTHORIZATION_FAILED), (kept, 1, KafkaError.TOPIC_AUTHORIZATION_FAILED),
+         (truncated, 0, 2), (truncated, 1, 2)])
+    earliest = ad.list_offsets({TopicPartition(t, partition): OffsetSpec.earliest()
+                                for t in (kept, truncated) for partition in (0, 1)}, request_timeout=TIMEOUT)
+    assert sorted((tp.topic, tp.partition, f.result(TIMEOUT).offset) for tp, f in earliest.items()) == sorted(
+        [(kept, 0, 0), (kept, 1, 0), (truncated, 0, 2), (truncated, 1, 2)])
