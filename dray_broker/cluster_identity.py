@@ -41,7 +41,10 @@ async def ensure_cluster_identity(metadata: MetadataStore, objects: ObjectStore,
         await metadata.put(CLUSTER_ID, str(uuid.uuid4()).encode(), expected_version=MUST_NOT_EXIST)
     except VersionMismatchError:
         pass
-    cluster_id = (await metadata.get(CLUSTER_ID)).value.decode()
+    entry = await metadata.get(CLUSTER_ID)
+    if entry is None:  # made above or before, and never deleted
+        raise RuntimeError(f"{CLUSTER_ID} vanished from the metadata store")
+    cluster_id = entry.value.decode()
     try:
         await asyncio.wait_for(_mark(objects, cluster_id), timeout_s)
     except (ObjectStoreError, asyncio.TimeoutError) as e:

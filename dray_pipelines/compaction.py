@@ -236,9 +236,7 @@ async def write_range(lake: Lake, table: TopicTable, state: PartitionState, begi
 async def _read_chunk(lake: Lake, entry: IndexEntry) -> memoryview:
     loc = entry.location
     raw = await lake.objects.get(loc.object_key, loc.data_offset, loc.data_offset + loc.data_length)
-    chunk = wal.Chunk(None, 0, loc.data_offset, loc.data_length, len(loc.batch_records), sum(loc.batch_records),
-                      loc.min_timestamp, loc.max_timestamp, loc.data_crc)
-    return wal.verify_chunk(chunk, raw)
+    return wal.verify_chunk_bytes(raw, loc.data_length, loc.data_crc)
 
 
 # --- 2. commit --------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Self
 
 from dray_broker.auth.principal import KafkaPrincipal
 
@@ -41,11 +42,11 @@ class _KafkaEnum(enum.IntEnum):
     """Kafka's wire codes; an unknown code reads as UNKNOWN, as Kafka's fromCode does."""
 
     @classmethod
-    def _missing_(cls, value: object):
+    def _missing_(cls, value: object) -> Self:
         return cls(0)
 
     @classmethod
-    def from_name(cls, name: str):
+    def from_name(cls, name: str) -> Self:
         try:
             return cls[name.upper()]
         except KeyError:

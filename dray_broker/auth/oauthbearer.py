@@ -143,7 +143,7 @@ class RefreshingKeySet:
         self.refresh_ms = refresh_ms
         self.min_refetch_ms = min_refetch_ms
         self.keys: JsonWebKeySet | None = None
-        self._fetched_at_ms: int | None = None
+        self._fetched_at_ms = 0  # when the keys were last fetched (read only once there are keys)
 
     async def key_for(self, kid: str | None) -> VerificationKey | None:
         now = self._clock_ms()

@@ -33,6 +33,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from typing import NoReturn
 
 from dray_broker.auth.credentials import ScramCredential, ScramMechanism
 from dray_broker.auth.errors import AuthenticationFailed
@@ -270,7 +271,7 @@ class ScramServer:
         except UnicodeDecodeError:
             self._fail("SCRAM message is not UTF-8", ServerError.INVALID_ENCODING)
 
-    def _fail(self, reason: str, server_error: ServerError, client_message: str | None = None):
+    def _fail(self, reason: str, server_error: ServerError, client_message: str | None = None) -> NoReturn:
         self._stage = _Stage.FAILED
         self._credential = None
         raise ScramError(reason, server_error, client_message)

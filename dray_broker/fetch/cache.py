@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
+from typing import Generic, Sized, TypeVar
 
 from dray_broker.index.offsets import IndexEntry, PartitionRef
 
+Loaded = TypeVar("Loaded", bound=Sized)  # its len() is its size in bytes
 
-class ChunkCache:
+
+class ChunkCache(Generic[Loaded]):
     """Loaded ranges (patched batch bytes) by index entry key, least recently used out first, bounded in bytes."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._items: OrderedDict = OrderedDict()
+        self._items: OrderedDict[str, Loaded] = OrderedDict()
         self._bytes = 0
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: str):
+    def get(self, key: str) -> Loaded | None:
         data = self._items.get(key)
         if data is None:
             self.misses += 1
@@ -28,7 +31,7 @@ class ChunkCache:
         self._items.move_to_end(key)
         return data
 
-    def put(self, key: str, data) -> None:
+    def put(self, key: str, data: Loaded) -> None:
         if len(data) > self.max_bytes:
             return
         old = self._items.pop(key, None)

@@ -242,6 +242,12 @@ class CompactedReader:
         return await asyncio.to_thread(batches_from_table, table, entry.start, entry.end, self.codec,
                                        cleaned=bool(extra.get("cleaned")))
 
+    async def _size(self, key: str) -> int:
+        info = await self.objects.head(key)
+        if info is None:
+            raise CompactedDataError(f"compacted file {key} is missing")
+        return info.size
+
     async def _read_row_group(self, path: str, key: str, extra: dict) -> pa.Table:
         size = extra.get("size")
         index = extra.get("rg", 0)
@@ -250,10 +256,7 @@ class CompactedReader:
             self._footers.move_to_end(path)
         else:
             if size is None:
-                info = await self.objects.head(key)
-                if info is None:
-                    raise CompactedDataError(f"compacted file {key} is missing")
-                size = info.size
+                size = await self._size(key)
             # pyarrow reads the last 64 KiB first, then the rest of a larger footer: fetch both at once.
             lo = max(0, min((extra.get("footer") or (size, size))[0], size - _FOOTER_READ))
             sparse = _SparseFile(size)
@@ -262,7 +265,7 @@ class CompactedReader:
             self._footers[path] = metadata
             while len(self._footers) > self._footer_cache:
                 self._footers.popitem(last=False)
-        size = size or (await self.objects.head(key)).size
+        size = size or await self._size(key)
         _check_row_group_size(path, metadata, index, self.max_row_group_bytes)
         lo, hi = row_group_byte_range(metadata, index)
         sparse = _SparseFile(size)

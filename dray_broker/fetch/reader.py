@@ -77,7 +77,7 @@ class ReadResult:
 class PartitionSignals:
     """Wakes long-polling fetches when a partition's log end moves (local commits or other brokers')."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._events: dict[PartitionRef, asyncio.Event] = {}
 
     def notify(self, p: PartitionRef) -> None:
@@ -98,12 +98,12 @@ class PartitionReader:
         self.objects = objects
         self.load_compacted = load_compacted
         self.index = index
-        self.chunks = ChunkCache(cache_bytes)
+        self.chunks: ChunkCache[LoadedRange] = ChunkCache(cache_bytes)
         self.entries = EntryCache()
         self.signals = PartitionSignals()
         self._log_end: dict[PartitionRef, int] = {}
         self._log_start: dict[PartitionRef, tuple[float, int]] = {}
-        self._loading: dict[str, asyncio.Future] = {}
+        self._loading: dict[str, asyncio.Future[LoadedRange]] = {}
 
     # --- what the produce path and the index watch tell us ----------------------------------------------------
 
@@ -111,6 +111,8 @@ class PartitionReader:
         """A local commit: cache its bytes with offsets patched, move the log end, wake fetchers."""
         data = bytearray().join(buffers)
         loc = entry.location
+        if not isinstance(loc, WalLocation):  # the WAL writer commits WAL entries only
+            raise TypeError(f"{entry.key} is not a WAL entry")
         patch_base_offsets(data, entry.start, loc.batch_records)
         self.chunks.put(entry.key, LoadedRange(data, loc.batch_records, loc.batch_sizes))
         self.entries.add(p, entry)
@@ -240,11 +242,9 @@ class PartitionReader:
         else:
             data = await self.objects.get_writable(loc.object_key, loc.data_offset,
                                                    loc.data_offset + loc.data_length)
-            chunk = wal.Chunk(None, 0, loc.data_offset, loc.data_length, len(loc.batch_records),
-                              sum(loc.batch_records), loc.min_timestamp, loc.max_timestamp, loc.data_crc)
             # The chunk's CRC is checked here, once, as it enters the cache (fetches serve it as it is from then
             # on); its offsets are patched in (outside the batch CRCs) so that no fetch has to.
-            wal.verify_chunk(chunk, data)
+            wal.verify_chunk_bytes(data, loc.data_length, loc.data_crc)
             patch_base_offsets(data, entry.start, loc.batch_records)
             loaded = LoadedRange(data, loc.batch_records, loc.batch_sizes)
         self.chunks.put(entry.cache_key, loaded)

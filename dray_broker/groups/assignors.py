@@ -14,7 +14,7 @@ assignment (member -> topic id -> set of partitions). Pure functions, determinis
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 Assignment = dict[str, dict[str, set[int]]]  # member id -> topic id -> partitions
 
@@ -103,7 +103,7 @@ def range_assign(subscriptions: Mapping[str, frozenset[str]], partitions: Mappin
     return out
 
 
-def _by_topic(tps) -> dict[str, set[int]]:
+def _by_topic(tps: Iterable[tuple[str, int]]) -> dict[str, set[int]]:
     out: dict[str, set[int]] = {}
     for t, p in tps:
         out.setdefault(t, set()).add(p)

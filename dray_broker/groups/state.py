@@ -323,7 +323,7 @@ class ClassicGroup:
             member_id = self.make_member_id(req.group_instance_id)
             existing = self.static_members.get(req.group_instance_id)
             if existing is not None:
-                self._replace_static_member(now, token, req, existing, member_id)
+                self._replace_static_member(now, token, req, req.group_instance_id, existing, member_id)
             else:
                 self._add_member_and_rebalance(now, token, req, member_id)
             return
@@ -375,7 +375,7 @@ class ClassicGroup:
 
     def _join_result(self, member_id: str, *, with_members: bool, skip_assignment: bool = False,
                      leader: str | None = None) -> JoinResult:
-        members = ()
+        members: tuple[JoinMember, ...] = ()
         if with_members:
             members = tuple(JoinMember(m.member_id, m.group_instance_id, m.metadata(self.protocol_name))
                             for m in self.members.values())
@@ -418,7 +418,8 @@ class ClassicGroup:
         member.heartbeat_deadline = now + self.config.new_member_join_timeout_ms
         self._maybe_prepare_rebalance_or_complete_join(now)
 
-    def _replace_static_member(self, now: int, token: Any, req: JoinRequest, old_id: str, new_id: str) -> None:
+    def _replace_static_member(self, now: int, token: Any, req: JoinRequest, instance_id: str, old_id: str,
+                               new_id: str) -> None:
         """A static member rejoins with an unknown member id: it takes its old place under a new id; the old id is
         fenced. A stable group whose protocol does not change keeps its assignment (no rebalance)."""
         current_leader = self.leader_id
@@ -437,7 +438,7 @@ class ClassicGroup:
         if old_id in self.pending_sync:
             self.pending_sync.discard(old_id)
             self.pending_sync.add(new_id)
-        self.static_members[req.group_instance_id] = new_id
+        self.static_members[instance_id] = new_id
         member.heartbeat_deadline = now + member.session_timeout_ms
         member.protocols = req.protocols
         member.rebalance_timeout_ms = req.rebalance_timeout_ms
@@ -738,9 +739,9 @@ class ClassicGroup:
     def tick(self, now: int) -> None:
         """Run every timer that is due."""
         if self._join_timer is not None and self._join_timer[0] <= now:
-            self._join_timer_fired(now)
+            self._join_timer_fired(now, self._join_timer)
         if self._sync_timer is not None and self._sync_timer[0] <= now:
-            self._sync_timer_fired(now)
+            self._sync_timer_fired(now, self._sync_timer)
         for member_id, deadline in list(self.pending_members.items()):
             if deadline <= now and member_id in self.pending_members:
                 del self.pending_members[member_id]
@@ -751,8 +752,8 @@ class ClassicGroup:
                     and self.members.get(member.member_id) is member:
                 self._session_expired(now, member)
 
-    def _join_timer_fired(self, now: int) -> None:
-        _, kind, delay, remaining = self._join_timer
+    def _join_timer_fired(self, now: int, timer: tuple[int, str, int, int]) -> None:
+        _, kind, delay, remaining = timer
         self._join_timer = None
         if self.state != PREPARING_REBALANCE:
             return
@@ -764,8 +765,8 @@ class ClassicGroup:
             return
         self._complete_join(now)
 
-    def _sync_timer_fired(self, now: int) -> None:
-        _, generation = self._sync_timer
+    def _sync_timer_fired(self, now: int, timer: tuple[int, int]) -> None:
+        _, generation = timer
         self._sync_timer = None
         if generation != self.generation or self.state not in (COMPLETING_REBALANCE, STABLE):
             return
@@ -848,9 +849,10 @@ class ClassicGroup:
         }
 
     @classmethod
-    def from_record(cls, group_id: str, config: GroupConfig, record: dict, now: int, **kwargs) -> "ClassicGroup":
+    def from_record(cls, group_id: str, config: GroupConfig, record: dict, now: int, *,
+                    make_member_id: Callable[[str], str] = new_member_id) -> "ClassicGroup":
         """Load a persisted group. Every member gets a fresh session timeout from now."""
-        group = cls(group_id, config, now, **kwargs)
+        group = cls(group_id, config, now, make_member_id=make_member_id)
         group.generation = int(record["generation"])
         group.protocol_type = record.get("protocol_type")
         group.protocol_name = record.get("protocol_name")

@@ -374,6 +374,6 @@ def decode_entry(p: PartitionRef, key: str, value: bytes, family: IndexFamily | 
     if tag == _PQ_TAG and family is not IndexFamily.WAL:
         end = keyspace.parse_parquet_key(p.topic_id, p.partition, key)
         if end is not None:
-            start, loc = ParquetLocation.decode(value)
-            return IndexEntry(key, start, end, loc)
+            start, pq = ParquetLocation.decode(value)
+            return IndexEntry(key, start, end, pq)
     raise ValueError(f"{key!r} is not an index entry of {p}{f' of the {family.name} family' if family else ''}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import builtins
 import enum
 import logging
 from dataclasses import dataclass
@@ -260,7 +261,7 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def range_scan(
         self, start: str, end: str, *, partition_key: str | None = None
-    ) -> list[Entry]:
+    ) -> builtins.list[Entry]:  # `list`: the method above
         """Entries in [start, end), in hierarchical order."""
 
     @abc.abstractmethod

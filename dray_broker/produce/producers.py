@@ -76,7 +76,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, TypedDict
 
 from kio.schema.errors import ErrorCode
 
@@ -133,9 +133,20 @@ class Duplicate:
 
 @dataclass(frozen=True)
 class _Reserve:
-    """Append the batch; previous_first is the sequence of the pending batch it is chained after (or None)."""
+    """Append the batch for owner; previous_first is the sequence of the pending batch it is chained after (or
+    None)."""
 
     previous_first: int | None
+    owner: _Owner
+
+
+class _Pending(TypedDict):
+    """A reserved batch not yet known to be committed or void, as stored in the producer state."""
+
+    first: int
+    last: int
+    leo: int  # a lower bound of the log end when it was reserved: the batch cannot be indexed below it
+    deadline_ms: int
 
 
 @dataclass
@@ -143,7 +154,7 @@ class _State:
     epoch: int = -1
     batches: list[list[int]] = field(default_factory=list)  # [first_seq, last_seq, base_offset], oldest first
     owner: str | None = None  # owner of every pending batch
-    pending: list[dict] = field(default_factory=list)  # {"first", "last", "leo", "deadline_ms"}, in chain order
+    pending: list[_Pending] = field(default_factory=list)  # in chain order
     updated_ms: int = 0
     voided_from: int | None = None  # the chain's next sequence was reserved once and voided: the client resends it
     version: int = MUST_NOT_EXIST
@@ -374,7 +385,8 @@ class ProducerStates:
             changed = await self._resolve(key, state, own_only=not group)
             now_ms = int(time.time() * 1000)
             deadline = time.monotonic() + self.reservation_ttl_s  # taken before the CAS: on the safe side
-            decisions = [self._decide(key, state, item.summary, owner, leo, now_ms) for item in group]
+            decisions = ([self._decide(key, state, item.summary, owner, leo, now_ms) for item in group]
+                         if owner is not None else [])  # no owner: the sweep, without a group
             reserving = any(isinstance(d, _Reserve) for d in decisions)
             if reserving or changed:
                 if reserving:
@@ -391,7 +403,7 @@ class ProducerStates:
             self._touch(key)
         for item, decision in zip(group, decisions):
             if isinstance(decision, _Reserve):  # appended even if nobody waits for it any more: it is reserved
-                self._append(key, item, owner, deadline, decision.previous_first)
+                self._append(key, item, decision.owner, deadline, decision.previous_first)
             elif item.future.done():  # cancelled: its request went away with its connection
                 continue
             elif isinstance(decision, Duplicate):
@@ -457,8 +469,8 @@ class ProducerStates:
         now_ms = int(time.time() * 1000)
         if need:
             if not mine:
-                owner_key = keyspace.producer_owner_key(state.owner)
-                owner_gone = await self.store.get(owner_key, partition_key=OWNERS_PARTITION_KEY) is None
+                owner_gone = state.owner is None or await self.store.get(
+                    keyspace.producer_owner_key(state.owner), partition_key=OWNERS_PARTITION_KEY) is None
             found = await self._find_in_index(key, state.epoch, need)
         changed = False
         while state.pending:
@@ -483,7 +495,7 @@ class ProducerStates:
                 self._scanned.pop((key, state.epoch, n["first"]), None)
         return changed
 
-    async def _find_in_index(self, key: Key, epoch: int, wanted: list[dict]) -> dict[int, int]:
+    async def _find_in_index(self, key: Key, epoch: int, wanted: list[_Pending]) -> dict[int, int]:
         """first sequence -> base offset of the wanted batches found in the index (WAL entries)."""
         p, pid = key
         progress = [self._scanned.get((key, epoch, w["first"]), w["leo"]) for w in wanted]
@@ -504,7 +516,8 @@ class ProducerStates:
                 self._scanned[(key, epoch, w["first"])] = max(scanned_to, w["leo"])
         return found
 
-    def _decide(self, key: Key, state: _State, s: BatchSummary, owner: _Owner, leo: int, now_ms: int):
+    def _decide(self, key: Key, state: _State, s: BatchSummary, owner: _Owner, leo: int,
+                now_ms: int) -> ProduceRejected | Duplicate | _Reserve | asyncio.Future:
         """Step 2 for one group of batches; a reservation is made in `state` (written by the caller)."""
         pid, epoch, first, last = s.producer_id, s.producer_epoch, s.base_sequence, _last_seq(s)
         unresolved = bool(state.pending) and state.owner != owner.id  # another owner's batch may still land
@@ -562,7 +575,7 @@ class ProducerStates:
         state.owner = owner.id
         state.pending.append({"first": first, "last": last, "leo": leo,
                               "deadline_ms": now_ms + int(self.reservation_ttl_s * 1000)})
-        return _Reserve(previous)
+        return _Reserve(previous, owner)
 
     def _forget(self, key: Key, written: _State) -> None:
         """Drop finished appends the stored state no longer needs (they are committed or void in it)."""
@@ -587,8 +600,8 @@ def _chain(source: asyncio.Future, target: asyncio.Future) -> None:
             return
         if f.cancelled():
             target.cancel()
-        elif f.exception() is not None:
-            target.set_exception(f.exception())
+        elif (error := f.exception()) is not None:
+            target.set_exception(error)
         else:
             target.set_result(f.result())
 
@@ -598,6 +611,6 @@ def _chain(source: asyncio.Future, target: asyncio.Future) -> None:
         source.add_done_callback(copy)
 
 
-def batch_headers(data) -> list[tuple[int, int, int, int]]:
+def batch_headers(data: bytes | bytearray | memoryview) -> list[tuple[int, int, int, int]]:
     """(producer id, epoch, base sequence, offset) of each batch in patched chunk bytes."""
     return [(h.producer_id, h.producer_epoch, h.base_sequence, h.base_offset) for _, h in iter_batch_positions(data)]

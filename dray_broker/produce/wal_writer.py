@@ -33,8 +33,10 @@ from typing import Callable, Optional
 
 from ulid import ULID
 
+from dray_broker.faults import Faults
 from dray_broker.index.offsets import Append, IndexEntry, OffsetIndex, PartitionRef, WalLocation
 from dray_broker.objectstore import ObjectStore
+from dray_broker.observability.metrics import BrokerMetrics
 from dray_broker.records.batch import BatchSummary
 from dray_broker.wal import format as wal
 
@@ -75,7 +77,8 @@ CommitListener = Callable[[PartitionRef, IndexEntry, list], None]
 
 class WalWriter:
     def __init__(self, objects: ObjectStore, index: OffsetIndex, *, broker_id: int, flush_ms: float,
-                 flush_bytes: int, on_commit: CommitListener | None = None, metrics=None, faults=None):
+                 flush_bytes: int, on_commit: CommitListener | None = None, metrics: BrokerMetrics | None = None,
+                 faults: Faults | None = None):
         self.objects = objects
         self.index = index
         self.broker_id = broker_id
@@ -187,7 +190,8 @@ class WalWriter:
                     self.metrics.wal_flush_seconds.observe(done - f.started)
                     self.metrics.wal_flush_bytes.observe(sum(c.data_length for c in f.chunks.values()))
 
-    async def _write_object(self, batch: dict[PartitionRef, list[_Append]]):
+    async def _write_object(
+            self, batch: dict[PartitionRef, list[_Append]]) -> tuple[str | None, dict[PartitionRef, wal.Chunk]]:
         inputs = []
         for p, appends in batch.items():
             inputs.append(wal.ChunkInput(

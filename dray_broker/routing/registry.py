@@ -23,6 +23,7 @@ from dray_broker.metadata import (
     NotificationType,
     SessionExpiredError,
     VersionMismatchError,
+    Watch,
 )
 from dray_broker.server.listeners import DEFAULT_LISTENER
 
@@ -189,7 +190,7 @@ class BrokerRegistry:
                 self._live = live
                 return
 
-    async def _follow(self, watch) -> None:
+    async def _follow(self, watch: Watch) -> None:
         try:
             async for n in watch:
                 self._changes += 1
@@ -212,12 +213,12 @@ class BrokerRegistry:
     def live(self) -> list[BrokerInfo]:
         return sorted(self._live.values(), key=lambda b: b.id)
 
-    def leader(self, topic_id, partition: int, brokers: list[BrokerInfo] | None = None) -> BrokerInfo:
+    def leader(self, topic_id: uuid.UUID, partition: int, brokers: list[BrokerInfo] | None = None) -> BrokerInfo:
         """The partition's pseudo-leader: rendezvous hash over the given (default: all live) brokers, so a
         partition sticks to one broker while the set does not change."""
         candidates = brokers or self.live()
         return max(candidates, key=lambda b: _weight(topic_id, partition, b.id))
 
 
-def _weight(topic_id, partition: int, broker_id: int) -> bytes:
+def _weight(topic_id: uuid.UUID, partition: int, broker_id: int) -> bytes:
     return hashlib.blake2b(f"{topic_id}/{partition}/{broker_id}".encode(), digest_size=8).digest()

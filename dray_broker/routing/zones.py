@@ -3,9 +3,10 @@ is sent to brokers of its zone only, so that produce and fetch bytes stay in the
 
 from __future__ import annotations
 
+import uuid
 from functools import lru_cache
 
-from dray_broker.routing.registry import BrokerInfo
+from dray_broker.routing.registry import BrokerInfo, BrokerRegistry
 
 
 @lru_cache(maxsize=4096)
@@ -33,6 +34,7 @@ def brokers_for(live: list[BrokerInfo], client_id: str | None, listener: str | N
     return live
 
 
-def owner(registry, topic_id, partition: int, client_id: str | None, listener: str | None = None) -> BrokerInfo:
+def owner(registry: BrokerRegistry, topic_id: uuid.UUID, partition: int, client_id: str | None,
+          listener: str | None = None) -> BrokerInfo:
     """The broker a client should use for a partition: the rendezvous-hash pseudo-leader among its brokers."""
     return registry.leader(topic_id, partition, brokers_for(registry.live(), client_id, listener))

@@ -17,10 +17,11 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 from dray_broker.index.offsets import PartitionRef
 from dray_broker.keyspace import DELETED_TOPICS, TOPICS, deleted_topic_key, parse_topic_key, topic_key
-from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, NotificationType, VersionMismatchError
+from dray_broker.metadata import MUST_NOT_EXIST, MetadataStore, NotificationType, VersionMismatchError, Watch
 from dray_broker.records.recompress import PRODUCER, TOPIC_CODECS
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class TopicCatalog:
         if self._watch_task:
             self._watch_task.cancel()
 
-    async def _follow(self, watch) -> None:
+    async def _follow(self, watch: Watch) -> None:
         try:
             async for n in watch:
                 name = parse_topic_key(n.key)
@@ -281,7 +282,7 @@ class TopicCatalog:
     async def forget_deleted(self, topic_id: uuid.UUID) -> None:
         await self.store.delete(deleted_topic_key(topic_id))
 
-    async def _update(self, name: str, change) -> Topic:
+    async def _update(self, name: str, change: Callable[[Topic], Topic]) -> Topic:
         while True:
             topic = await self.refresh(name)
             if topic is None:

@@ -123,10 +123,15 @@ def decode(data: bytes | memoryview) -> tuple[WalObject, list[memoryview]]:
     return obj, out
 
 
-def verify_chunk(chunk: Chunk, data: bytes | memoryview) -> memoryview:
+def verify_chunk(chunk: Chunk, data: bytes | bytearray | memoryview) -> memoryview:
     """Check a chunk's bytes (e.g. from a range read) against its table entry."""
-    if len(data) != chunk.data_length:
-        raise CorruptWalError(f"chunk has {len(data)} bytes, expected {chunk.data_length}")
-    if crc32c(data) != chunk.data_crc:
+    return verify_chunk_bytes(data, chunk.data_length, chunk.data_crc)
+
+
+def verify_chunk_bytes(data: bytes | bytearray | memoryview, data_length: int, data_crc: int) -> memoryview:
+    """Check a chunk's bytes against the length and CRC32C of its table entry (as an index entry keeps them)."""
+    if len(data) != data_length:
+        raise CorruptWalError(f"chunk has {len(data)} bytes, expected {data_length}")
+    if crc32c(data) != data_crc:
         raise CorruptWalError("WAL chunk CRC mismatch")
     return memoryview(data)

@@ -1,7 +1,8 @@
-"""The request path type-checks: mypy over the server, the protocol codec, the request handlers and the services
-they are given (the files and flags are pyproject.toml's [tool.mypy]). It catches a handler that returns what its
-route does not allow (a Deferred from a route that is not deferred, a bare kio entity) and a handler that reaches
-for something its service does not hold."""
+"""The request path type-checks: mypy over the server, the protocol codec, every route's handler, the services they
+are given and the modules those call directly (the files and flags are pyproject.toml's [tool.mypy]). It catches a
+handler that returns what its route does not allow (a Deferred from a route that is not deferred, a bare kio
+entity), a handler that reaches for something its service does not hold, and a None or a wrong type passed down the
+produce, fetch and login paths."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ deadline.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 from collections import deque
 
@@ -58,7 +59,7 @@ class Reads:
 
         return await retries.retrying("list", once, timeout=self.op_timeout, check_open=self.router.check_open)
 
-    async def range_scan(self, shard: int, start: str, end: str) -> list[Entry]:
+    async def range_scan(self, shard: int, start: str, end: str) -> builtins.list[Entry]:  # `list`: the method above
         async def once() -> list[Entry]:
             entries: list[Entry] = []
             request = codec.encode_range_request(shard, start, end)

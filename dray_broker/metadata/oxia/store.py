@@ -21,6 +21,7 @@ remembers how many sums the prefix has. Always use the same number of deltas und
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 import os
 import socket
@@ -363,7 +364,9 @@ class OxiaMetadataStore(MetadataStore):
             keys.sort(key=hierarchical_sort_key)
         return keys
 
-    async def range_scan(self, start: str, end: str, *, partition_key: str | None = None) -> list[Entry]:
+    async def range_scan(
+        self, start: str, end: str, *, partition_key: str | None = None
+    ) -> builtins.list[Entry]:  # `list`: the method above
         ranges = own_keys.user_ranges(start, end)
         shards = self._targets(partition_key)
         parts = await asyncio.gather(*(self.reads.range_scan(sh, s, e) for sh in shards for s, e in ranges))

@@ -13,6 +13,7 @@ How the pieces fit:
 
 from __future__ import annotations
 
+import builtins
 import os
 import sqlite3
 import time
@@ -262,7 +263,9 @@ class SqliteMetadataStore(MetadataStore):
 
         return await self.thread.submit(op, write=False)
 
-    async def range_scan(self, start: str, end: str, *, partition_key: str | None = None) -> list[Entry]:
+    async def range_scan(
+        self, start: str, end: str, *, partition_key: str | None = None
+    ) -> builtins.list[Entry]:  # `list`: the method above
         lo, hi = hierarchical_sort_key(start), hierarchical_sort_key(end)
 
         def op(conn: sqlite3.Connection) -> list[Entry]:
