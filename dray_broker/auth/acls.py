@@ -372,6 +372,12 @@ class Authorizer:
             return True
         return self.allow_everyone_if_no_acl_found and not has_acls
 
+    def may_describe_topic(self, principal: str, client_host: str, topic: str) -> bool:
+        """The check a KIP-848 regex's matches go through (groups/consumer_state.py): principal as `Type:name`,
+        client_host as Kafka reports it (`/<ip>`)."""
+        return self.authorize(KafkaPrincipal.parse(principal), client_host.lstrip("/"), Operation.DESCRIBE,
+                              ResourceType.TOPIC, topic)
+
     def _applicable(self, resource_type: ResourceType, name: str) -> Iterator[_PatternAcls]:
         literal = self._literal.get((resource_type, name))
         if literal is not None:

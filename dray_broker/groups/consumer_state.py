@@ -27,13 +27,17 @@ Semantics follow Apache Kafka's group coordinator (ConsumerGroup, CurrentAssignm
   request path): that heartbeat's target holds the member's named topics only, and the matching topics come with
   a new group epoch, at the member's next heartbeat. A regex the group already uses counts at once; one that no
   member uses any more is forgotten. Resolved regexes follow topic changes at every heartbeat.
+- With an authorizer (ConsumerConfig.may_describe), a member's regex matches only the topics its principal may
+  DESCRIBE (as Kafka 4: a regex never reveals a topic the member could not see). The principal is part of the
+  member's stored state, so a new coordinator filters as the old one did; a member stored without one (state
+  written before) is not filtered until its next heartbeat records it. ACL changes count at every heartbeat.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import re2
 from kio.schema.errors import ErrorCode
@@ -57,6 +61,7 @@ RECORD_TYPE = "consumer"
 
 Topics = Mapping[str, tuple[str, int]]  # name -> (topic id as str, partition count)
 Parts = dict[str, set[int]]  # topic id -> partitions
+MayDescribe = Callable[[str, str, str], bool]  # (principal `Type:name`, client host, topic name) -> allowed
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class ConsumerConfig:
     # interval), so that it gets them shortly after their owners revoke (Kafka keeps the interval).
     waiting_heartbeat_interval_ms: int = 500
     assignors: tuple[str, ...] = assignors.ASSIGNORS  # the first is the default
+    may_describe: MayDescribe | None = None  # the authorizer's topic DESCRIBE check (--acls), else None
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class HeartbeatRequest:
     owned: Parts | None = None  # topic id -> partitions; None = unchanged since the last heartbeat
     client_id: str = ""
     client_host: str = ""
+    principal: str | None = None  # `Type:name`, given only when an authorizer filters regex matches
 
 
 @dataclass(frozen=True)
@@ -112,12 +119,13 @@ class ConsumerMember:
     pending_revocation: Parts = field(default_factory=dict)
     # (topic id, partition) -> the member epoch at which the member got it (KIP-1251); covers `assigned`.
     assigned_at: dict[tuple[str, int], int] = field(default_factory=dict)
+    principal: str | None = None  # who the member is, for the authorizer's regex filter (None: unfiltered)
     # Runtime only.
     session_deadline: int | None = None
     revocation_deadline: int | None = None
 
     def to_record(self) -> dict:
-        return {
+        record = {
             "id": self.member_id, "instance_id": self.instance_id, "rack_id": self.rack_id,
             "client_id": self.client_id, "client_host": self.client_host,
             "rebalance_timeout_ms": self.rebalance_timeout_ms, "names": list(self.subscribed_names),
@@ -126,6 +134,9 @@ class ConsumerMember:
             "revoking": _enc(self.pending_revocation),
             "assigned_at": [[t, p, e] for (t, p), e in sorted(self.assigned_at.items())],
         }
+        if self.principal is not None:
+            record["principal"] = self.principal
+        return record
 
     @classmethod
     def from_record(cls, d: dict) -> "ConsumerMember":
@@ -134,7 +145,7 @@ class ConsumerMember:
             int(d.get("rebalance_timeout_ms", 300_000)), tuple(d.get("names", ())), d.get("regex"),
             d.get("assignor"), int(d["epoch"]), int(d.get("previous_epoch", -1)), d.get("state", M_STABLE),
             _dec(d.get("assigned", {})), _dec(d.get("revoking", {})),
-            {(t, int(p)): int(e) for t, p, e in d.get("assigned_at", ())},
+            {(t, int(p)): int(e) for t, p, e in d.get("assigned_at", ())}, d.get("principal"),
         )
         m.track_assignment_epochs()
         return m
@@ -192,6 +203,9 @@ class ConsumerGroup:
         self._regex_cache: dict[str, object] = {}
         self.resolved_regexes: set[str] = set()  # regexes whose matching topics count for the assignment
         self.regex_resolution_due: int | None = None  # when the members' new regexes get resolved
+        # With an authorizer: member id -> the topics its regex gave it at the last metadata refresh (runtime only;
+        # a change, e.g. an ACL granted or removed, means a new target even when the group's topics stay the same).
+        self._regex_views: dict[str, frozenset[str]] | None = None
 
     # --- shared interface with ClassicGroup -------------------------------------------------------------------
 
@@ -231,11 +245,13 @@ class ConsumerGroup:
         names: set[str] = set()
         for m in self.members.values():
             names.update(m.subscribed_names)
-        if topics is not None:
+        if topics is None:
+            names.update(self.subscription_metadata)
+        elif self.config.may_describe is None:
             for regex in self._regexes_in_use() & self.resolved_regexes:
                 names.update(t for t in topics if self._matches(regex, t))
         else:
-            names.update(self.subscription_metadata)
+            names.update(*self._regex_views_of(topics).values())
         return names
 
     def is_subscribed_to(self, topic: str) -> bool:
@@ -452,6 +468,8 @@ class ConsumerGroup:
             m.client_id = req.client_id
         if req.client_host:
             m.client_host = req.client_host
+        if req.principal is not None:
+            m.principal = req.principal  # what its regex may match (a change shows in _refresh_metadata's views)
         if req.subscribed_topic_names is not None and tuple(sorted(req.subscribed_topic_names)) != m.subscribed_names:
             m.subscribed_names = tuple(sorted(req.subscribed_topic_names))
             changed = True
@@ -487,12 +505,19 @@ class ConsumerGroup:
     def _refresh_metadata(self, topics: Topics) -> bool:
         """Recompute the subscribed topics' metadata; True if it changed (then the group epoch must grow)."""
         self.resolved_regexes &= self._regexes_in_use()
-        meta = {name: [topics[name][0], topics[name][1]] for name in sorted(self.subscribed_topic_names(topics))
-                if name in topics}
+        views_changed = False
+        if self.config.may_describe is None:
+            names = self.subscribed_topic_names(topics)
+        else:
+            views = self._regex_views_of(topics)
+            views_changed = views != self._regex_views
+            self._regex_views = views
+            names = {n for m in self.members.values() for n in m.subscribed_names}.union(*views.values())
+        meta = {name: [topics[name][0], topics[name][1]] for name in sorted(names) if name in topics}
         if meta != self.subscription_metadata:
             self.subscription_metadata = meta
             return True
-        return False
+        return views_changed
 
     def refresh_topics(self, now: int, topics: Topics) -> None:
         """Topics changed (created, grown, deleted): bump the epoch if the group's subscribed metadata changed."""
@@ -502,10 +527,30 @@ class ConsumerGroup:
             self._take_snapshot_if_changed(force=True)
 
     def _member_topics(self, m: ConsumerMember, topics: Topics) -> frozenset[str]:
-        names = set(m.subscribed_names)
-        if m.subscribed_regex in self.resolved_regexes:
-            names.update(t for t in topics if self._matches(m.subscribed_regex, t))
+        names = set(m.subscribed_names) | self._regex_topics(m, topics)
         return frozenset(topics[n][0] for n in names if n in topics)
+
+    def _regex_views_of(self, topics: Topics) -> dict[str, frozenset[str]]:
+        """Member id -> the topics its regex gives it; members with the same regex, principal and host share one."""
+        views: dict[tuple, frozenset[str]] = {}
+        out = {}
+        for mid, m in self.members.items():
+            key = (m.subscribed_regex, m.principal, m.client_host)
+            if key not in views:
+                views[key] = frozenset(self._regex_topics(m, topics))
+            out[mid] = views[key]
+        return out
+
+    def _regex_topics(self, m: ConsumerMember, topics: Topics) -> set[str]:
+        """The topics the member's resolved regex matches and (with an authorizer) its principal may describe."""
+        regex = m.subscribed_regex
+        if regex is None or regex not in self.resolved_regexes:
+            return set()
+        matched = {t for t in topics if self._matches(regex, t)}
+        may_describe = self.config.may_describe
+        if may_describe is None or m.principal is None:
+            return matched
+        return {t for t in matched if may_describe(m.principal, m.client_host, t)}
 
     def _compute_target(self, topics: Topics) -> None:
         subs = {mid: self._member_topics(m, topics) for mid, m in self.members.items()}

@@ -45,6 +45,7 @@ from dray_broker.groups.consumer_state import (
     ConsumerConfig,
     ConsumerDescription,
     ConsumerGroup,
+    MayDescribe,
     HeartbeatRequest,
     HeartbeatResult,
     is_consumer_record,
@@ -101,11 +102,13 @@ def rendezvous(group_id: str, broker_ids: list[int]) -> int:
     return max(broker_ids, key=lambda b: hashlib.blake2b(f"group/{group_id}/{b}".encode(), digest_size=8).digest())
 
 
-def consumer_config_from_settings(settings: Settings) -> ConsumerConfig:
-    """KIP-848 group settings from the broker settings."""
+def consumer_config_from_settings(settings: Settings, may_describe: MayDescribe | None = None) -> ConsumerConfig:
+    """KIP-848 group settings from the broker settings; may_describe: the authorizer's check (--acls) that limits
+    each member's regex to the topics its principal may describe."""
     return ConsumerConfig(
         session_timeout_ms=settings.group_consumer_session_timeout_ms,
         heartbeat_interval_ms=settings.group_consumer_heartbeat_interval_ms,
+        may_describe=may_describe,
     )
 
 

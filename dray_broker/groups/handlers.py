@@ -467,6 +467,8 @@ async def handle_consumer_group_heartbeat(groups: GroupService, ctx: RequestCont
         subscribed_topic_names=None if body.subscribed_topic_names is None else tuple(body.subscribed_topic_names),
         subscribed_topic_regex=getattr(body, "subscribed_topic_regex", None), server_assignor=body.server_assignor,
         owned=_owned_parts(body.topic_partitions), client_id=ctx.client_id or "", client_host=ctx.client_host,
+        # Only an authorizer needs to know who the member is (its regex matches what it may describe).
+        principal=str(ctx.principal) if groups.coordinator.consumer_config.may_describe is not None else None,
     )
     if not body.group_id:
         return response(HeartbeatResult(ErrorCode.invalid_request, "GroupId can't be empty.", body.member_id,

@@ -151,16 +151,10 @@ class Broker:
         stack.push_async_callback(registry.stop)
         # Stopping drains before the registration goes: requests already read are answered (and acked) first.
         stack.push_async_callback(self._drain, wal_writer)
-        # After registering: the coordinator picks groups by the live brokers and takes over dead ones' leases.
-        coordinator = GroupCoordinator(metadata, topics, registry, self.broker_id, config_from_settings(s),
-                                       consumer_config_from_settings(s))
-        await coordinator.start()
-        # Parked JoinGroup/SyncGroup requests get NOT_COORDINATOR and the leases go, so another broker takes over.
-        stack.push_async_callback(coordinator.stop)
-
         # The cluster's ACLs, followed from the metadata store; enforced only with --acls.
         acl_store = None
         enforcer = None
+        authorizer = None
         if s.acls:
             authorizer = Authorizer(s.super_user_list, s.allow_everyone_if_no_acl_found)
             acl_store = AclStore(metadata, authorizer)
@@ -168,6 +162,15 @@ class Broker:
             stack.push_async_callback(acl_store.stop)
             enforcer = Enforcer(authorizer, topics, (r.key for r in ROUTES))
             log.info("authorizer on: %d ACLs, super users %s", len(authorizer), ", ".join(s.super_user_list) or "none")
+
+        # After registering: the coordinator picks groups by the live brokers and takes over dead ones' leases.
+        # With the authorizer, a KIP-848 member's regex matches only the topics it may describe.
+        coordinator = GroupCoordinator(
+            metadata, topics, registry, self.broker_id, config_from_settings(s),
+            consumer_config_from_settings(s, authorizer.may_describe_topic if authorizer is not None else None))
+        await coordinator.start()
+        # Parked JoinGroup/SyncGroup requests get NOT_COORDINATOR and the leases go, so another broker takes over.
+        stack.push_async_callback(coordinator.stop)
 
         cluster = ClusterView(self.cluster_id, self.broker_id, registry, topics, s.auto_create_topics,
                               s.default_partitions, s.enforce_owner)

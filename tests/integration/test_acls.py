@@ -53,18 +53,21 @@ def _seed_acls(metadata_url: str, bindings: list[AclBinding]) -> None:
     asyncio.run(run())
 
 
+def _stores(request, tmp):
+    """(metadata URL, object store URL, the Oxia process or None) for the fixture's backend."""
+    if request.param == "embedded":
+        return f"sqlite://{tmp}/meta.db", f"file://{tmp}/objects", None
+    request.getfixturevalue("oxia_service")
+    s3 = request.getfixturevalue("s3_service")
+    oxia = services.start_oxia()
+    return f"oxia://{oxia.address}", s3.url(f"acls-{uuid.uuid4().hex[:8]}"), oxia
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def secured(request, tmp_path_factory):
     """Two brokers with --acls on one metadata store and object store (each backend); ANONYMOUS may manage ACLs."""
     tmp = tmp_path_factory.mktemp(f"acls-{request.param}")
-    oxia = None
-    if request.param == "embedded":
-        metadata, objects = f"sqlite://{tmp}/meta.db", f"file://{tmp}/objects"
-    else:
-        request.getfixturevalue("oxia_service")
-        s3 = request.getfixturevalue("s3_service")
-        oxia = services.start_oxia()
-        metadata, objects = f"oxia://{oxia.address}", s3.url(f"acls-{uuid.uuid4().hex[:8]}")
+    metadata, objects, oxia = _stores(request, tmp)
     _seed_acls(metadata, [AclBinding(R.CLUSTER, CLUSTER_NAME, PatternType.LITERAL, ANON, "*", Operation.ALTER,
                                      Permission.ALLOW)])
     brokers = [BrokerProcess(tmp / name, metadata=metadata, object_store=objects, extra_args=["--acls"]).start()
@@ -544,3 +547,175 @@ def test_allow_everyone_if_no_acl_found(tmp_path, name):
         assert guarded not in admin(broker.bootstrap).list_topics(timeout=TIMEOUT).topics
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def scram_secured(request, tmp_path_factory):
+    """Two brokers with --acls and a SASL_PLAINTEXT (SCRAM-SHA-256) listener on one metadata store (each backend);
+    users admin (a super user), alice and bob, each with password `<name>-pw`. Yields the SASL bootstraps."""
+    from tests.integration.brokers import free_port
+
+    tmp = tmp_path_factory.mktemp(f"scram-acls-{request.param}")
+    metadata, objects, oxia = _stores(request, tmp)
+    for user in ("admin", "alice", "bob"):
+        done = subprocess.run([sys.executable, "-m", "dray_broker.cli", "users", "bootstrap", user, "--password-stdin",
+                               "--mechanism", "SCRAM-SHA-256", "--metadata", metadata],
+                              input=f"{user}-pw\n", capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    ports = [free_port(), free_port()]
+    brokers = [BrokerProcess(tmp / f"b{i}", metadata=metadata, object_store=objects,
+                             extra_args=["--listen", f"SASL_PLAINTEXT://127.0.0.1:{port}",
+                                         "--sasl-mechanisms", "SCRAM-SHA-256", "--acls",
+                                         "--super-users", "User:admin"]).start()
+               for i, port in enumerate(ports)]
+    yield [f"127.0.0.1:{port}" for port in ports]
+    for b in brokers:
+        b.stop()
+    if oxia is not None:
+        oxia.stop()
+
+
+def sasl_user(bootstrap: str, user: str) -> dict:
+    return {"bootstrap.servers": bootstrap, "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-256",
+            "sasl.username": user, "sasl.password": f"{user}-pw", "log_level": 3}
+
+
+def test_regex_subscription_gets_only_the_topics_the_member_may_describe(scram_secured, name):
+    """KIP-848 (group.protocol=consumer) regex subscriptions as Kafka 4 resolves them with an authorizer: alice,
+    who may read two of the three matching topics, is assigned and reads only those two; the super user with the
+    same regex gets all three. Each consumer bootstraps from a different broker than the ACLs were made through."""
+    a, b = scram_secured
+    topics = [f"{name}-{x}" for x in ("a", "b", "c")]
+    root = AdminClient(sasl_user(a, "admin"))
+    for f in root.create_topics([NewTopic(t, 2) for t in topics], request_timeout=TIMEOUT).values():
+        f.result(TIMEOUT)
+    p = Producer({**sasl_user(a, "admin"), "message.timeout.ms": 10_000})
+    for t in topics:
+        for partition in (0, 1):
+            p.produce(t, f"{t}/{partition}".encode(), partition=partition)
+    assert p.flush(TIMEOUT) == 0
+    for f in root.create_acls([allow(topics[0], AclOperation.READ, principal="User:alice"),
+                               allow(topics[1], AclOperation.READ, principal="User:alice"),
+                               allow(f"ga-{name}", AclOperation.READ, ResourceType.GROUP, principal="User:alice")],
+                              request_timeout=TIMEOUT).values():
+        f.result(TIMEOUT)
+
+    def group_assignment(group: str) -> set[str]:
+        """The topics the group's members are assigned, as the coordinator says (ConsumerGroupDescribe, as the
+        super user): librdkafka would also leave out of its own assignment a topic whose id it cannot name."""
+        (future,) = root.describe_consumer_groups([group], request_timeout=TIMEOUT).values()
+        return {tp.topic for m in future.result(TIMEOUT).members for tp in m.assignment.topic_partitions}
+
+    def regex_consumer(user: str, group: str, expected: set[str]) -> tuple[set[str], set[str]]:
+        """Consume with a regex subscription until `expected` topics' records are in: (records, assigned topics)."""
+        c = Consumer({**sasl_user(b, user), "group.id": group, "group.protocol": "consumer",
+                      "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 1_000})
+        c.subscribe([f"^{name}-.*"])
+        values: set[str] = set()
+        want = {f"{t}/{partition}" for t in expected for partition in (0, 1)}
+        try:
+            def done() -> bool:
+                for m in c.consume(10, 0.5):
+                    assert m.error() is None or m.error().code() == KafkaError._PARTITION_EOF, m.error()
+                    if m.error() is None:
+                        values.add(m.value().decode())
+                return want <= values
+            assert _await(done, timeout=30), (user, sorted(values))
+            assert {tp.topic for tp in c.assignment()} == expected
+            return values, group_assignment(group)
+        finally:
+            c.close()
+
+    values, assigned = regex_consumer("alice", f"ga-{name}", set(topics[:2]))
+    assert assigned == set(topics[:2]), assigned
+    assert values == {f"{t}/{partition}" for t in topics[:2] for partition in (0, 1)}
+    values, assigned = regex_consumer("admin", f"gb-{name}", set(topics))
+    assert assigned == set(topics), assigned
+    assert values == {f"{t}/{partition}" for t in topics for partition in (0, 1)}
+
+
+def test_acls_of_every_resource_type(secured, name):
+    """CreateAcls, DescribeAcls and DeleteAcls take every resource type Kafka 4 has (topic, group, cluster,
+    transactional id, delegation token, user), through either broker: created through one, described and deleted
+    through the other (kafka-python's requests: confluent-kafka has no delegation-token or user type)."""
+    from kafka.protocol.admin.acl import (
+        CreateAclsRequest,
+        CreateAclsResponse,
+        DeleteAclsRequest,
+        DeleteAclsResponse,
+        DescribeAclsRequest,
+        DescribeAclsResponse,
+    )
+
+    a, b = secured
+    principal = f"User:{name}"  # these ACLs' own principal: the cluster ACL here grants other tests nothing
+    # Kafka's codes: (resource type, name, operation); LITERAL = 3, ALLOW = 3, ANY = 1.
+    wanted = {(2, name, 3),  # TOPIC, READ
+              (3, f"g-{name}", 3),  # GROUP, READ
+              (4, "kafka-cluster", 8),  # CLUSTER, DESCRIBE
+              (5, f"tx-{name}", 4),  # TRANSACTIONAL_ID, WRITE
+              (6, f"token-{name}", 8),  # DELEGATION_TOKEN, DESCRIBE
+              (7, f"User:u-{name}", 13)}  # USER, CREATE_TOKENS
+    with RawClient(a.bootstrap) as c:
+        response = c.call(CreateAclsRequest(creations=[CreateAclsRequest.AclCreation(
+            resource_type=rt, resource_name=rn, resource_pattern_type=3, principal=principal, host="*", operation=op,
+            permission_type=3) for rt, rn, op in sorted(wanted)]), CreateAclsResponse, 3)
+    assert [(r.error_code, r.error_message) for r in response.results] == [(0, None)] * len(wanted)
+
+    def described(broker: BrokerProcess, resource_type: int = 1) -> set[tuple[int, str, int]]:
+        with RawClient(broker.bootstrap) as c:
+            response = c.call(DescribeAclsRequest(
+                resource_type_filter=resource_type, resource_name_filter=None, pattern_type_filter=1,
+                principal_filter=principal, host_filter=None, operation=1, permission_type=1),
+                DescribeAclsResponse, 3)
+        assert response.error_code == 0, response.error_message
+        return {(r.resource_type, r.resource_name, acl.operation) for r in response.resources for acl in r.acls
+                if r.pattern_type == 3 and acl.permission_type == 3 and acl.host == "*"}
+
+    assert _await(lambda: described(b) == wanted, timeout=10), described(b)
+    for rt, rn, op in wanted:
+        assert described(b, rt) == {(rt, rn, op)}
+    with RawClient(b.bootstrap) as c:
+        response = c.call(DeleteAclsRequest(filters=[DeleteAclsRequest.DeleteAclsFilter(
+            resource_type_filter=rt, resource_name_filter=None, pattern_type_filter=1, principal_filter=principal,
+            host_filter=None, operation=1, permission_type=1) for rt, _, _ in sorted(wanted)]), DeleteAclsResponse, 3)
+    assert [r.error_code for r in response.filter_results] == [0] * len(wanted)
+    assert [{(m.resource_type, m.resource_name, m.operation) for m in r.matching_acls}
+            for r in response.filter_results] == [{w} for w in sorted(wanted)]
+    assert _await(lambda: described(a) == set(), timeout=10), described(a)
+
+
+def test_delete_records_needs_delete_on_the_topic(secured, name):
+    """DeleteRecords is decided per topic: the partitions of a topic without DELETE answer
+    TOPIC_AUTHORIZATION_FAILED and keep their records; those of a topic with DELETE are truncated (one request)."""
+    from confluent_kafka.admin import OffsetSpec
+
+    a, b = secured
+    ad = admin(a.bootstrap)
+    kept, truncated = f"{name}-kept", f"{name}-cut"  # kept: no DELETE; cut: ALL
+    create_acls(secured, allow(kept, AclOperation.CREATE), allow(kept, AclOperation.WRITE),
+                allow(truncated, AclOperation.ALL))
+    for f in ad.create_topics([NewTopic(t, 2) for t in (kept, truncated)], request_timeout=TIMEOUT).values():
+        f.result(TIMEOUT)
+    p = Producer({"bootstrap.servers": b.bootstrap, "log_level": 3, "message.timeout.ms": 10_000})
+    for t in (kept, truncated):
+        for partition in (0, 1):
+            for i in range(3):
+                p.produce(t, f"v{i}".encode(), partition=partition)
+    assert p.flush(TIMEOUT) == 0
+
+    def outcome(future):
+        try:
+            return future.result(TIMEOUT).low_watermark
+        except KafkaException as e:
+            return e.args[0].code()
+
+    asked = [TopicPartition(t, partition, 2) for t in (kept, truncated) for partition in (0, 1)]
+    deleted = ad.delete_records(asked, request_timeout=TIMEOUT, operation_timeout=TIMEOUT)
+    assert sorted((tp.topic, tp.partition, outcome(f)) for tp, f in deleted.items()) == sorted(
+        [(kept, 0, KafkaError.TOPIC_AUTHORIZATION_FAILED), (kept, 1, KafkaError.TOPIC_AUTHORIZATION_FAILED),
+         (truncated, 0, 2), (truncated, 1, 2)])
+    earliest = ad.list_offsets({TopicPartition(t, partition): OffsetSpec.earliest()
+                                for t in (kept, truncated) for partition in (0, 1)}, request_timeout=TIMEOUT)
+    assert sorted((tp.topic, tp.partition, f.result(TIMEOUT).offset) for tp, f in earliest.items()) == sorted(
+        [(kept, 0, 0), (kept, 1, 0), (truncated, 0, 2), (truncated, 1, 2)])

@@ -323,3 +323,12 @@ def test_api_table_covers_what_dray_serves():
     idempotent = API_CHECKS[22].checks[2]
     assert (idempotent.operation, idempotent.resource_type, idempotent.unless[0].source) == (
         Op.IDEMPOTENT_WRITE, R.CLUSTER, ANY_RESOURCE)
+
+
+def test_may_describe_topic_reads_the_principal_and_host_as_a_group_member_stores_them():
+    """The check KIP-848 regex matches go through: `Type:name` and Kafka's `/<ip>` client host."""
+    a = authorizer(acl("t", Op.READ, host=HOST), acl("u", Op.DESCRIBE, perm=Permission.DENY))
+    assert a.may_describe_topic("User:alice", f"/{HOST}", "t")  # READ implies DESCRIBE, from that host only
+    assert not a.may_describe_topic("User:alice", "/10.0.0.2", "t")
+    assert not a.may_describe_topic("User:bob", f"/{HOST}", "t")
+    assert not a.may_describe_topic("User:alice", f"/{HOST}", "u")

@@ -6,13 +6,15 @@ from __future__ import annotations
 import pytest
 from kio.schema.errors import ErrorCode
 
+from dray_broker.config import Settings
 from dray_broker.groups.consumer_state import ConsumerGroup, HeartbeatRequest
-from tests.unit.test_groups_coordinator import _close, _coordinators, _join, _join_barrier, _owner
+from dray_broker.groups.coordinator import consumer_config_from_settings
+from tests.unit.test_groups_coordinator import _close, _coordinators, _join, _join_barrier, _owner, _until
 
 
-async def _with_topics(path, **counts):
+async def _with_topics(path, consumer_config=None, **counts):
     """Coordinators whose topic catalogs (over their shared store) hold these topics: name=partitions."""
-    cs = await _coordinators(path)
+    cs = await _coordinators(path, consumer_config=consumer_config)
     for name, partitions in counts.items():
         await cs[0].topics.create(name, partitions)
         for c in cs:
@@ -64,6 +66,40 @@ async def test_consumer_group_survives_failover(tmp_path):
         with pytest.raises(Exception):
             await other.fetch_offsets(group, [("t", 0)], "m1", 1, check_member=True)
         assert (await other.fetch_offsets(group, [("t", 0)], None, -1, check_member=True))[("t", 0)].offset == 5
+    finally:
+        await _close(*[c for c in (a, b) if not c._stopped])
+
+
+async def test_regex_filtered_by_the_stored_principal_after_failover(tmp_path):
+    """With an authorizer, alice's regex gives her only the topic she may describe; the coordinator that takes
+    over filters by the principal stored with her, before any heartbeat of hers says who she is again."""
+    allowed = {("User:alice", "ev-1")}
+    config = consumer_config_from_settings(Settings(), may_describe=lambda p, host, t: (p, t) in allowed)
+    a, b = await _with_topics(tmp_path / "m.db", config, **{"ev-1": 2, "ev-2": 2})
+    group = "cg-regex-acl"
+
+    def hb(epoch, owned=None, principal="User:alice"):
+        first = epoch == 0
+        return HeartbeatRequest(member_id="alice", member_epoch=epoch, rebalance_timeout_ms=30_000 if first else -1,
+                                subscribed_topic_names=() if first else None,
+                                subscribed_topic_regex="ev-.*" if first else None, owned={} if first else owned,
+                                client_host="/127.0.0.1", principal=principal)
+
+    try:
+        first = await _owner([a, b], group)
+        other = b if first is a else a
+        ev1 = first.topics_view()["ev-1"][0]
+        r = await first.consumer_heartbeat(group, hb(0))
+        assert r.error == ErrorCode.none and _count(r) == 0  # the regex is resolved after this heartbeat
+        first.clock.advance(1)
+        await _until(lambda: first._groups[group].group.regex_resolution_due is None, "the regex resolved")
+        r = await first.consumer_heartbeat(group, hb(r.member_epoch, {}))
+        assert r.assignment == {ev1: {0, 1}}
+        await _close(first, crash=True)
+        r = await other.consumer_heartbeat(group, hb(r.member_epoch, r.assignment, principal=None))
+        assert r.error == ErrorCode.none
+        g = other._groups[group].group
+        assert g.members["alice"].principal == "User:alice" and g.target["alice"] == {ev1: {0, 1}}
     finally:
         await _close(*[c for c in (a, b) if not c._stopped])
 

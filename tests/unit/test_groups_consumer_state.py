@@ -29,8 +29,8 @@ class Client:
     """A well-behaved consumer: it owns what the last assignment said, and sends what it owns."""
 
     def __init__(self, group: ConsumerGroup, member_id: str, *, names=("a",), regex=None, instance=None,
-                 assignor=None):
-        self.group, self.member_id = group, member_id
+                 assignor=None, principal=None):
+        self.group, self.member_id, self.principal = group, member_id, principal
         self.names, self.regex, self.instance, self.assignor = names, regex, instance, assignor
         self.epoch = 0
         self.owned: dict[str, set[int]] = {}
@@ -43,7 +43,7 @@ class Client:
             subscribed_topic_names=tuple(self.names) if join or full else None,
             subscribed_topic_regex=(self.regex or "") if join or full else None,
             server_assignor=self.assignor if join else None,
-            owned={t: set(p) for t, p in self.owned.items()},
+            owned={t: set(p) for t, p in self.owned.items()}, client_host="/127.0.0.1", principal=self.principal,
         ), topic_view)
         if r.error == ErrorCode.none:
             self.epoch = r.member_epoch
@@ -297,6 +297,72 @@ def test_a_new_regex_is_resolved_after_the_heartbeat_that_brought_it():
     # The resolved regexes survive a failover.
     g2 = ConsumerGroup.from_record("g", CFG, g.snapshot, 5_000)
     assert g2.resolved_regexes == {"ev-.*"} and g2.regex_resolution_due is None
+
+
+def test_regex_matches_only_topics_the_members_principal_may_describe():
+    """With an authorizer, each member's regex gives it only the topics its principal may describe (as Kafka 4); an
+    ACL granted or removed counts at the next heartbeat; the principal survives a failover; a member stored without
+    one (state written before) is unfiltered until its next heartbeat says who it is."""
+    allowed = {("User:alice", "ev-1")}
+    seen_hosts = set()
+
+    def may_describe(principal, host, topic):
+        seen_hosts.add(host)
+        return principal == "User:admin" or (principal, topic) in allowed
+
+    cfg = ConsumerConfig(session_timeout_ms=10_000, heartbeat_interval_ms=1_000, may_describe=may_describe)
+    g = ConsumerGroup("g", cfg, 0)
+    tv = topics(**{"ev-1": 2, "ev-2": 1, "ev-3": 1, "other": 1})
+    ids = {name: tid for name, (tid, _) in tv.items()}
+    alice = Client(g, "alice", names=(), regex="ev-.*", principal="User:alice")
+    alice.heartbeat(0, tv)
+    g.tick(0, tv)  # the regex is resolved
+    now = settle([alice], tv, 100)
+    assert alice.owned == {ids["ev-1"]: {0, 1}}
+    assert set(g.subscription_metadata) == {"ev-1"} and seen_hosts == {"/127.0.0.1"}
+
+    allowed.add(("User:alice", "ev-2"))  # an ACL granted: a new target at the next heartbeat
+    epoch = g.group_epoch
+    now = settle([alice], tv, now)
+    assert alice.owned == {ids["ev-1"]: {0, 1}, ids["ev-2"]: {0}} and g.group_epoch == epoch + 1
+
+    admin = Client(g, "admin", names=(), regex="ev-.*", principal="User:admin")
+    now = settle([alice, admin], tv, now)
+    assert set(alice.owned) <= {ids["ev-1"], ids["ev-2"]} and alice.count() > 0
+    assert alice.count() + admin.count() == 4 and ids["ev-3"] in admin.owned
+
+    allowed.clear()  # alice may describe none of them any more, though admin still subscribes to all
+    now = settle([alice, admin], tv, now)
+    assert alice.count() == 0 and admin.count() == 4
+
+    # A new coordinator filters as the old one did: the principal is stored with the member.
+    assert {m["id"]: m.get("principal") for m in g.snapshot["members"]} == {"alice": "User:alice",
+                                                                              "admin": "User:admin"}
+    g2 = ConsumerGroup.from_record("g", cfg, g.snapshot, now)
+    assert g2.members["alice"].principal == "User:alice"
+    alice.group = admin.group = g2
+    now = settle([alice, admin], tv, now)
+    assert alice.count() == 0 and admin.count() == 4
+
+    # State written before principals were stored: unfiltered until the member's next heartbeat.
+    old = dict(g2.snapshot, members=[{k: v for k, v in m.items() if k != "principal"}
+                                     for m in g2.snapshot["members"]])
+    g3 = ConsumerGroup.from_record("g", cfg, old, now)
+    assert g3.members["alice"].principal is None
+    assert g3._member_topics(g3.members["alice"], tv) == {ids["ev-1"], ids["ev-2"], ids["ev-3"]}
+    alice.group = admin.group = g3
+    settle([alice, admin], tv, now)
+    assert g3.members["alice"].principal == "User:alice" and alice.count() == 0 and admin.count() == 4
+
+
+def test_without_an_authorizer_regexes_are_not_filtered_nor_principals_stored():
+    g = ConsumerGroup("g", CFG, 0)
+    tv = topics(**{"ev-1": 2, "ev-2": 1})
+    c = Client(g, "m1", names=(), regex="ev-.*")
+    c.heartbeat(0, tv)
+    g.tick(0, tv)
+    settle([c], tv, 100)
+    assert c.count() == 3 and "principal" not in g.snapshot["members"][0]
 
 
 def test_resubscription_replaces_the_subscription_revoking_first():

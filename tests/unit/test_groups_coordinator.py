@@ -11,6 +11,7 @@ from kio.schema.errors import ErrorCode
 
 from dray_broker.config import Settings
 from dray_broker.groups.coordinator import CoordinatorError, GroupCoordinator, consumer_config_from_settings
+from dray_broker.groups.consumer_state import ConsumerConfig
 from dray_broker.groups.state import STABLE, GroupConfig, JoinRequest
 from dray_broker.groups.store import GroupStore
 from dray_broker.metadata.sqlite import SqliteMetadataStore
@@ -35,7 +36,8 @@ class LiveSet:
         return sorted(self.brokers.values(), key=lambda b: b.id)
 
 
-async def _coordinators(path, n=2, config=CONFIG, clock: ManualClock | None = None) -> list[GroupCoordinator]:
+async def _coordinators(path, n=2, config=CONFIG, clock: ManualClock | None = None,
+                        consumer_config: ConsumerConfig | None = None) -> list[GroupCoordinator]:
     """n coordinators over one SQLite file (a store, a topic catalog and a broker id each), on one clock."""
     clock = clock or ManualClock()
     live: dict[int, BrokerInfo] = {}
@@ -46,8 +48,8 @@ async def _coordinators(path, n=2, config=CONFIG, clock: ManualClock | None = No
         await topics.start()
         info = BrokerInfo(i, "127.0.0.1", 9000 + i, None)
         live[i] = info
-        c = GroupCoordinator(store, topics, LiveSet(live, info), i, config, consumer_config_from_settings(Settings()),
-                             clock)
+        c = GroupCoordinator(store, topics, LiveSet(live, info), i, config,
+                             consumer_config or consumer_config_from_settings(Settings()), clock)
         await c.start()
         out.append(c)
     return out
