@@ -230,8 +230,9 @@ def test_prefixed_acl_created_through_one_broker_is_enforced_by_the_other(secure
 def test_describe_and_delete_acls_filters(secured, name):
     a, _ = secured
     ad = admin(a.bootstrap)
+    # The prefixed ACL stays in the module's cluster: its prefix is long enough to match no other test's names.
     create_acls(secured, allow(name, AclOperation.READ), allow(name, AclOperation.WRITE),
-                allow(name[:6], AclOperation.DESCRIBE, pattern=ResourcePatternType.PREFIXED),
+                allow(name[:-2], AclOperation.DESCRIBE, pattern=ResourcePatternType.PREFIXED),
                 allow(f"g-{name}", AclOperation.READ, ResourceType.GROUP))
     def described(pattern: ResourcePatternType, rt: ResourceType = ResourceType.TOPIC, resource: str | None = name):
         f = CkAclBindingFilter(rt, resource, pattern, None, None, AclOperation.ANY, AclPermissionType.ANY)
@@ -240,7 +241,7 @@ def test_describe_and_delete_acls_filters(secured, name):
 
     assert described(ResourcePatternType.LITERAL) == [(name, "LITERAL", "READ"), (name, "LITERAL", "WRITE")]
     # MATCH: every ACL that applies to the topic, the prefixed one included.
-    assert (name[:6], "PREFIXED", "DESCRIBE") in described(ResourcePatternType.MATCH)
+    assert (name[:-2], "PREFIXED", "DESCRIBE") in described(ResourcePatternType.MATCH)
     assert described(ResourcePatternType.ANY, ResourceType.GROUP, f"g-{name}") == [(f"g-{name}", "LITERAL", "READ")]
 
     (future,) = ad.delete_acls([CkAclBindingFilter(ResourceType.TOPIC, name, ResourcePatternType.LITERAL, ANON, None,

@@ -17,6 +17,7 @@ from dray_broker.records.encode import encode_batch, varint
 from dray_pipelines import compaction, sql
 from dray_pipelines.convert import RowGroupBuilder
 from dray_pipelines.lake import open_lake
+from tests import services
 from tests.pipelines.conftest import lake_settings
 from tests.pipelines.helpers import assert_agree, read_log, write_log
 
@@ -129,14 +130,19 @@ def test_reader_codec_option(settings):
 @pytest.mark.s3
 @pytest.mark.oxia
 def test_on_s3_and_oxia(tmp_path, s3_service, oxia_service):
-    settings = lake_settings(tmp_path / "data", object_store=s3_service.url(f"lake-{uuid.uuid4().hex[:8]}"),
-                             metadata=f"oxia://{oxia_service.address}/default")
-    topic = f"s3-{uuid.uuid4().hex[:8]}"
-    expected = _roundtrip(settings, topic)
-    con = sql.connect(settings)
-    got = con.execute(f'SELECT partition, count(*) FROM {sql.quote(topic)} GROUP BY ALL ORDER BY 1').fetchall()
-    assert got == [(p, len(expected[p])) for p in (0, 1)]
-    con.close()
+    # An Oxia of its own: the session's server holds other tests' clusters, whose topics dray sql would also read.
+    oxia = services.start_oxia()
+    try:
+        settings = lake_settings(tmp_path / "data", object_store=s3_service.url(f"lake-{uuid.uuid4().hex[:8]}"),
+                                 metadata=f"oxia://{oxia.address}")
+        topic = f"s3-{uuid.uuid4().hex[:8]}"
+        expected = _roundtrip(settings, topic)
+        con = sql.connect(settings)
+        got = con.execute(f'SELECT partition, count(*) FROM {sql.quote(topic)} GROUP BY ALL ORDER BY 1').fetchall()
+        assert got == [(p, len(expected[p])) for p in (0, 1)]
+        con.close()
+    finally:
+        oxia.stop()
 
 
 def test_arrow_schema_matches_the_table(settings):
