@@ -600,6 +600,12 @@ def test_regex_subscription_gets_only_the_topics_the_member_may_describe(scram_s
                                allow(f"ga-{name}", AclOperation.READ, ResourceType.GROUP, principal="User:alice")],
                               request_timeout=TIMEOUT).values():
         f.result(TIMEOUT)
+    # Made through a; the consumers talk to b: wait until b's authorizer has all three (DescribeAcls answers from it).
+    via_b = AdminClient(sasl_user(b, "admin"))
+    alices = CkAclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, "User:alice", None, AclOperation.ANY,
+                                AclPermissionType.ANY)
+    assert _await(lambda: len(via_b.describe_acls(alices, request_timeout=TIMEOUT).result(TIMEOUT)) == 3,
+                  timeout=10)
 
     def group_assignment(group: str) -> set[str]:
         """The topics the group's members are assigned, as the coordinator says (ConsumerGroupDescribe, as the
