@@ -208,12 +208,19 @@ async def _done(lake: Lake, topic: Topic, p: int, end: int, at_ms: int) -> bool:
 # --- 1. stage -------------------------------------------------------------------------------------------------------
 
 
-async def stage(lake: Lake, topic_name: str, p: int, end: int, at_ms: int) -> CleanResult:
-    started = time.perf_counter()
+async def _begin(lake: Lake, topic_name: str, p: int, end: int, at_ms: int) -> tuple[Topic, CleanResult]:
+    """Each step's start: the topic, and its result, already 'already cleaned' when the pass is done."""
     topic = await _topic(lake, topic_name)
     result = CleanResult(topic_name, p, end, "")
     if await _done(lake, topic, p, end, at_ms):
         result.action = "already cleaned"
+    return topic, result
+
+
+async def stage(lake: Lake, topic_name: str, p: int, end: int, at_ms: int) -> CleanResult:
+    started = time.perf_counter()
+    topic, result = await _begin(lake, topic_name, p, end, at_ms)
+    if result.action:
         return result
     table = lake.table(topic)
     manifest_path = _manifest_path(table, p, end, at_ms)
@@ -332,10 +339,8 @@ async def _manifest(lake: Lake, table: TopicTable, topic: Topic, p: int, end: in
 
 async def commit(lake: Lake, topic_name: str, p: int, end: int, at_ms: int) -> CleanResult:
     started = time.perf_counter()
-    topic = await _topic(lake, topic_name)
-    result = CleanResult(topic_name, p, end, "")
-    if await _done(lake, topic, p, end, at_ms):
-        result.action = "already cleaned"
+    topic, result = await _begin(lake, topic_name, p, end, at_ms)
+    if result.action:
         return result
     table = lake.table(topic)
     manifest = await _manifest(lake, table, topic, p, end, at_ms)
@@ -365,10 +370,8 @@ def _has_records(table: TopicTable, path: str) -> bool:
 
 async def publish(lake: Lake, topic_name: str, p: int, end: int, at_ms: int) -> CleanResult:
     started = time.perf_counter()
-    topic = await _topic(lake, topic_name)
-    result = CleanResult(topic_name, p, end, "")
-    if await _done(lake, topic, p, end, at_ms):
-        result.action = "already cleaned"
+    topic, result = await _begin(lake, topic_name, p, end, at_ms)
+    if result.action:
         return result
     table = lake.table(topic)
     manifest = await _manifest(lake, table, topic, p, end, at_ms)
