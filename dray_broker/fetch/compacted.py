@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dray_broker.fetch.reader import LoadedRange
+from dray_broker.fetch.cache import LoadedRange
 from dray_broker.index.offsets import IndexEntry, ParquetLocation
 from dray_broker.lake_schema import (
     ATTRIBUTES,

@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from bisect import bisect_right
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Awaitable, Callable
 
-from dray_broker.fetch.cache import ChunkCache, EntryCache
+from dray_broker.fetch.cache import ChunkCache, EntryCache, LoadedRange
 from dray_broker.index.offsets import IndexEntry, OffsetIndex, PartitionRef, WalLocation
 from dray_broker.objectstore import ObjectNotFoundError, ObjectStore
 from dray_broker.records.batch import patch_base_offsets
@@ -26,35 +24,6 @@ LOG_START_TTL_S = 2.0
 
 class OffsetOutOfRange(Exception):
     pass
-
-
-class LoadedRange:
-    """The batches of one index entry, with their offsets patched in, ready to return to consumers. Fetches return
-    slices of `view` (made once): the bytes are never copied again while the range is cached."""
-
-    __slots__ = ("data", "view", "batch_records", "batch_sizes", "_record_ends", "_positions")
-
-    def __init__(self, data: bytearray, batch_records: tuple[int, ...], batch_sizes: tuple[int, ...]):
-        self.data = data
-        self.view = memoryview(data)
-        self.batch_records = batch_records
-        self.batch_sizes = batch_sizes
-        self._record_ends = tuple(accumulate(batch_records))  # offsets from the entry's start past each batch
-        self._positions = (0, *accumulate(batch_sizes))  # where each batch starts, and the end
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def slice_from(self, first_offset: int, offset: int, budget: int, first: bool) -> tuple[memoryview, bool]:
-        """The whole batches from the one holding offset (the range starts at first_offset), within budget bytes
-        (one batch at least if first), and whether they reach the end of the range."""
-        positions = self._positions
-        i = bisect_right(self._record_ends, offset - first_offset)
-        begin = positions[i]
-        j = max(bisect_right(positions, begin + budget, i) - 1, i)  # batches i..j-1 fit in the budget
-        if j == i and first and i < len(self.batch_sizes):
-            j = i + 1
-        return self.view[begin:positions[j]], j == len(self.batch_sizes)
 
 
 # Rebuilds record batches for an entry that is not in a WAL object (compacted to Parquet).
@@ -98,7 +67,7 @@ class PartitionReader:
         self.objects = objects
         self.load_compacted = load_compacted
         self.index = index
-        self.chunks: ChunkCache[LoadedRange] = ChunkCache(cache_bytes)
+        self.chunks = ChunkCache(cache_bytes)
         self.entries = EntryCache()
         self.signals = PartitionSignals()
         self._log_end: dict[PartitionRef, int] = {}

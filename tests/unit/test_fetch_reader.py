@@ -4,7 +4,8 @@ import uuid
 
 import pytest
 
-from dray_broker.fetch.reader import LoadedRange, OffsetOutOfRange, PartitionReader
+from dray_broker.fetch.cache import LoadedRange
+from dray_broker.fetch.reader import OffsetOutOfRange, PartitionReader
 from dray_broker.index.offsets import OffsetIndex, PartitionRef
 from dray_broker.metadata import open_metadata_store
 from dray_broker.objectstore import open_object_store
