@@ -5,7 +5,11 @@ of the process or of the machine.
 
 A create-only put (the WAL writer's) costs one journal commit:
 1. the bytes go into an anonymous file in the key's directory (O_TMPFILE; a named temp file where the file system
-   has none), and are written back to the disk without a commit (sync_file_range: data only);
+   has none) with O_DIRECT: from a reused page-aligned buffer straight to the disk, padded to a block and cut to
+   size after. Not through the page cache: the broker caches recent chunks itself, and on the VMs measured the
+   kernel's copy into new page-cache pages was half of the broker's CPU per produced MB (2.5 ms/MB buffered, 0.25
+   ms/MB direct, writing new files without deleting any). Where O_DIRECT is refused, the bytes are written to the
+   page cache and back to the disk without a commit (sync_file_range: data only);
 2. link(2) gives the file its name: it fails if the key exists, so the existence check and the write are one
    atomic step, and the name appears with every byte written (concurrent readers see all or nothing);
 3. fsync of the file makes the name durable with its size and blocks.
@@ -34,7 +38,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import mmap
 import os
+import threading
 import stat
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +58,11 @@ from dray_broker.objectstore.base import (
 T = TypeVar("T")
 
 TMP_PREFIX = ".tmp-"
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+# O_DIRECT wants offsets, lengths and buffer addresses in multiples of the device's logical block: 4 KiB covers
+# 512-byte and 4 KiB devices.
+_DIRECT_ALIGN = 4096
+_POOLED_BYTES = 64 * 1024 * 1024  # aligned buffers kept for the next direct writes
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)
 _IOV_MAX = 1024
 try:
@@ -105,6 +116,55 @@ def _write_all(fd: int, bufs: list[memoryview]) -> None:
                 n = 0
 
 
+class _AlignedBuffers:
+    """Page-aligned buffers (anonymous mmaps) for direct writes, reused: new memory costs a page fault per page."""
+
+    def __init__(self, keep_bytes: int) -> None:
+        self._keep_bytes = keep_bytes
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> mmap.mmap:
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) >= size:
+                    return self._free.pop(i)
+        return mmap.mmap(-1, max(size, 1024 * 1024))
+
+    def give(self, buf: mmap.mmap) -> None:
+        with self._lock:
+            if sum(map(len, self._free)) + len(buf) <= self._keep_bytes:
+                self._free.append(buf)
+                return
+        try:
+            buf.close()
+        except BufferError:  # a view of it is still alive somewhere: it goes when that does
+            pass
+
+
+def _write_direct(fd: int, bufs: list[memoryview], aligned: _AlignedBuffers) -> None:
+    """Copy the buffers into an aligned one and write it with one pwrite, padded to the block size; then cut the
+    file to the real size."""
+    size = sum(b.nbytes for b in bufs)
+    padded = -(-size // _DIRECT_ALIGN) * _DIRECT_ALIGN
+    buf = aligned.take(padded)
+    try:
+        pos = 0
+        for b in bufs:
+            buf[pos : pos + b.nbytes] = b
+            pos += b.nbytes
+        written = 0
+        while written < padded:
+            n = os.pwrite(fd, memoryview(buf)[written:padded], written)
+            if n <= 0:
+                raise OSError(errno.EIO, "direct write made no progress")
+            written += n
+    finally:
+        aligned.give(buf)
+    if padded != size:
+        os.ftruncate(fd, size)
+
+
 _SYNC_FILE_RANGE_WRITE_AND_WAIT = 1 | 2 | 4  # WAIT_BEFORE | WRITE | WAIT_AFTER
 try:
     _sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
@@ -149,6 +209,8 @@ class LocalObjectStore(ObjectStore):
         self._max_workers = max_workers
         self._executor: ThreadPoolExecutor | None = None
         self._tmpfile = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+        self._direct = bool(_O_DIRECT) and fsync  # without fsync nothing waits for the disk: the page cache is quicker
+        self._aligned = _AlignedBuffers(_POOLED_BYTES)
         os.makedirs(self.root, exist_ok=True)
 
     def __repr__(self) -> str:
@@ -203,11 +265,14 @@ class LocalObjectStore(ObjectStore):
 
     def _create_sync(self, key: str, path: str, directory: str, bufs: list[memoryview]) -> None:
         """Write, link into place (atomic create-only), one fsync: see the module's docstring."""
-        fd, tmp = self._open_temp(directory)
+        fd, tmp, direct = self._open_temp(directory)
         try:
-            _write_all(fd, bufs)
-            if self._fsync:
-                _write_back(fd)
+            if direct:
+                _write_direct(fd, bufs, self._aligned)
+            else:
+                _write_all(fd, bufs)
+                if self._fsync:
+                    _write_back(fd)
             try:
                 if tmp is None:  # an anonymous file gets its first name through its /proc/self/fd link
                     # A src_dir_fd (ignored: the path is absolute) makes Python call linkat(2) with
@@ -225,17 +290,28 @@ class LocalObjectStore(ObjectStore):
         finally:
             os.close(fd)
 
-    def _open_temp(self, directory: str) -> tuple[int, str | None]:
-        """An anonymous file (O_TMPFILE) in directory, or a named temp file where that is not supported."""
+    def _open_temp(self, directory: str) -> tuple[int, str | None, bool]:
+        """An anonymous file (O_TMPFILE) in directory, or a named temp file where that is not supported; opened
+        for direct writes where the file system allows (the third value says whether)."""
+        while True:
+            direct = _O_DIRECT if self._direct else 0
+            try:
+                return self._open_temp_with(directory, direct) + (bool(direct),)
+            except OSError as e:
+                if not direct or e.errno != errno.EINVAL:
+                    raise
+                self._direct = False  # a file system without O_DIRECT (EINVAL): write through the page cache
+
+    def _open_temp_with(self, directory: str, flags: int) -> tuple[int, str | None]:
         if self._tmpfile:
             try:
-                return os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644), None
+                return os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC | flags, 0o644), None
             except OSError as e:
-                if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL) or (flags and e.errno == errno.EINVAL):
                     raise
                 self._tmpfile = False
         tmp = os.path.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}")
-        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), tmp
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | flags, 0o644), tmp
 
     def _replace_sync(self, key: str, path: str, directory: str, bufs: list[memoryview]) -> None:
         tmp = os.path.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}")

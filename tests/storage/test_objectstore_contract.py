@@ -291,6 +291,51 @@ async def test_local_writable_gets_without_nowait_reads(tmp_path, monkeypatch) -
     await store.close()
 
 
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 3 * 1024 * 1024 + 7])
+async def test_local_create_only_puts_bypass_the_page_cache(tmp_path, size) -> None:
+    """WAL objects go to the disk with direct writes, padded to a block and cut to size: the page cache does not
+    hold them (a read that must not wait for the disk fails) and they read back whole."""
+    import dray_broker.objectstore.local as local
+
+    store = LocalObjectStore(tmp_path)
+    data = os.urandom(size)
+    pieces = [memoryview(data)[i : i + 1000] for i in range(0, size, 1000)]  # unaligned views, as the WAL writer's
+    await store.put("wal/x", pieces)
+    fd = os.open(tmp_path / "wal" / "x", os.O_RDONLY)
+    try:
+        assert os.fstat(fd).st_size == size
+        with pytest.raises(BlockingIOError):
+            os.preadv(fd, [bytearray(size)], 0, local._RWF_NOWAIT)
+    finally:
+        os.close(fd)
+    assert await store.get("wal/x") == data
+    assert await store.get_writable("wal/x", size // 2, size) == data[size // 2 :]
+    await store.put("wal/y", data)  # the aligned buffer is reused
+    assert (tmp_path / "wal" / "y").read_bytes() == data
+    await store.close()
+
+
+async def test_local_puts_where_direct_writes_are_refused(tmp_path, monkeypatch) -> None:
+    """A file system that refuses O_DIRECT (EINVAL) gets the same objects through the page cache."""
+    import dray_broker.objectstore.local as local
+
+    real_open = os.open
+
+    def no_direct(path, flags, *args, **kwargs):
+        if flags & local._O_DIRECT:
+            raise OSError(22, "Invalid argument")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(local.os, "open", no_direct)
+    store = LocalObjectStore(tmp_path)
+    data = os.urandom(10_000)
+    await store.put("wal/x", [data[:3], data[3:]])
+    assert await store.get("wal/x") == data and not store._direct
+    with pytest.raises(ObjectExistsError):
+        await store.put("wal/x", b"2")
+    await store.close()
+
+
 @pytest.mark.s3
 async def test_s3_ambiguous_create_only_retry_is_success(s3_service) -> None:
     """A create-only put whose first attempt was applied but whose answer was lost (a timeout) is retried, meets
