@@ -63,14 +63,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_busy_seconds() -> float:
-    """CPU time all cores spent busy so far (Linux /proc/stat: user, nice, system, irq and softirq): with the
-    client's and idle processes' own time taken out, what a broker costs including the kernel's work for it
-    (writeback of its page cache, network softirqs), which /proc/<pid>/stat does not show."""
-    user, nice, system, _idle, _iowait, irq, softirq = map(int, Path("/proc/stat").read_text().split()[1:8])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
 def create_topic(bootstrap: str, topic: str, partitions: int, config: dict[str, str] | None = None) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
     futures = admin.create_topics([NewTopic(topic, partitions, 1, config=config or {})], operation_timeout=30)
