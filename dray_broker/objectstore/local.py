@@ -265,7 +265,18 @@ class LocalObjectStore(ObjectStore):
 
     def _create_sync(self, key: str, path: str, directory: str, bufs: list[memoryview]) -> None:
         """Write, link into place (atomic create-only), one fsync: see the module's docstring."""
-        fd, tmp, direct = self._open_temp(directory)
+        if self._direct:
+            try:
+                return self._create(key, path, directory, bufs, direct=True)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                # The file system refuses O_DIRECT, or its alignment: through the page cache from now on.
+                self._direct = False
+        self._create(key, path, directory, bufs, direct=False)
+
+    def _create(self, key: str, path: str, directory: str, bufs: list[memoryview], *, direct: bool) -> None:
+        fd, tmp = self._open_temp(directory, _O_DIRECT if direct else 0)
         try:
             if direct:
                 _write_direct(fd, bufs, self._aligned)
@@ -290,23 +301,13 @@ class LocalObjectStore(ObjectStore):
         finally:
             os.close(fd)
 
-    def _open_temp(self, directory: str) -> tuple[int, str | None, bool]:
-        """An anonymous file (O_TMPFILE) in directory, or a named temp file where that is not supported; opened
-        for direct writes where the file system allows (the third value says whether)."""
-        while True:
-            direct = _O_DIRECT if self._direct else 0
-            try:
-                return self._open_temp_with(directory, direct) + (bool(direct),)
-            except OSError as e:
-                if not direct or e.errno != errno.EINVAL:
-                    raise
-                self._direct = False  # a file system without O_DIRECT (EINVAL): write through the page cache
-
-    def _open_temp_with(self, directory: str, flags: int) -> tuple[int, str | None]:
+    def _open_temp(self, directory: str, flags: int) -> tuple[int, str | None]:
+        """An anonymous file (O_TMPFILE) in directory, or a named temp file where that is not supported."""
         if self._tmpfile:
             try:
                 return os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC | flags, 0o644), None
             except OSError as e:
+                # With O_DIRECT, EINVAL may be O_DIRECT's refusal: the caller retries without it.
                 if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL) or (flags and e.errno == errno.EINVAL):
                     raise
                 self._tmpfile = False

@@ -315,24 +315,37 @@ async def test_local_create_only_puts_bypass_the_page_cache(tmp_path, size) -> N
     await store.close()
 
 
-async def test_local_puts_where_direct_writes_are_refused(tmp_path, monkeypatch) -> None:
-    """A file system that refuses O_DIRECT (EINVAL) gets the same objects through the page cache."""
+@pytest.mark.parametrize("refused_by", ["open", "pwrite"])
+async def test_local_puts_where_direct_writes_are_refused(tmp_path, monkeypatch, refused_by) -> None:
+    """A file system that refuses O_DIRECT (EINVAL when opening, or when writing for an alignment it does not
+    take) gets the same objects through the page cache."""
     import dray_broker.objectstore.local as local
 
-    real_open = os.open
+    real_open, real_pwrite = os.open, os.pwrite
+    direct_fds: set[int] = set()
 
-    def no_direct(path, flags, *args, **kwargs):
-        if flags & local._O_DIRECT:
+    def open_(path, flags, *args, **kwargs):
+        if flags & local._O_DIRECT and refused_by == "open":
             raise OSError(22, "Invalid argument")
-        return real_open(path, flags, *args, **kwargs)
+        fd = real_open(path, flags, *args, **kwargs)
+        if flags & local._O_DIRECT:
+            direct_fds.add(fd)
+        return fd
 
-    monkeypatch.setattr(local.os, "open", no_direct)
+    def pwrite(fd, data, offset):
+        if fd in direct_fds:
+            raise OSError(22, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(local.os, "open", open_)
+    monkeypatch.setattr(local.os, "pwrite", pwrite)
     store = LocalObjectStore(tmp_path)
     data = os.urandom(10_000)
     await store.put("wal/x", [data[:3], data[3:]])
     assert await store.get("wal/x") == data and not store._direct
     with pytest.raises(ObjectExistsError):
         await store.put("wal/x", b"2")
+    assert sorted(os.listdir(tmp_path / "wal")) == ["x"]  # no temp file left by the refused attempt
     await store.close()
 
 
