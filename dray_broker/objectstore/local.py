@@ -40,8 +40,8 @@ import ctypes
 import errno
 import mmap
 import os
-import threading
 import stat
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
