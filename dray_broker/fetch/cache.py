@@ -86,7 +86,8 @@ class ChunkCache:
 
 def _stored_entry(entry: IndexEntry) -> tuple:
     loc = entry.location
-    assert isinstance(loc, WalLocation)
+    if not isinstance(loc, WalLocation):  # only WAL entries are cached: they never change once committed
+        raise TypeError(f"{entry.key} is not a WAL entry")
     return (entry.key, entry.start, entry.end, entry.cum_bytes, loc.object_key, loc.data_offset, loc.data_length,
             loc.data_crc, loc.min_timestamp, loc.max_timestamp, loc.batch_records, loc.batch_sizes)
 

@@ -267,7 +267,8 @@ class LocalObjectStore(ObjectStore):
         """Write, link into place (atomic create-only), one fsync: see the module's docstring."""
         if self._direct:
             try:
-                return self._create(key, path, directory, bufs, direct=True)
+                self._create(key, path, directory, bufs, direct=True)
+                return
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
