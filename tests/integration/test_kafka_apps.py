@@ -183,14 +183,22 @@ class ConnectWorker:
             [t["state"] for t in status.get("tasks", [])] == ["RUNNING"]
 
     def stop(self) -> None:
-        """A clean stop (SIGTERM): tasks commit their offsets, the worker leaves its group."""
+        """A clean stop (SIGTERM): tasks commit their offsets, the worker leaves its group. Connect's own bounds
+        allow more than a minute: its REST server waits up to 60 s for requests in flight before the herder
+        stops, and the herder up to 23 s for its connectors and tasks."""
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(60)
+            self.proc.wait(120)
         except subprocess.TimeoutExpired:
+            # A thread dump (SIGQUIT goes to the worker's stdout, its log) says where it hangs.
+            self.proc.send_signal(signal.SIGQUIT)
+            deadline = time.monotonic() + 5
+            while "JNI global refs" not in self.log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"the Connect worker did not stop\n{self.log.read_text()[-5000:]}")
+            dump = self.log.read_text()
+            raise AssertionError(f"the Connect worker did not stop\n{dump[dump.find('Full thread dump'):][:20000]}")
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int:
