@@ -13,6 +13,7 @@ import asyncio
 import subprocess
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -387,8 +388,7 @@ def test_scram_users_get_their_own_acls(tmp_path, name):
         return {"bootstrap.servers": sasl, "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-256",
                 "sasl.username": user, "sasl.password": f"{user}-pw", "log_level": 3}
 
-    def produce_as(config: dict) -> list:
-        """The delivery error codes, or the fatal error an idempotent producer raises."""
+    def produce(config: dict) -> list:
         p = Producer({**config, "message.timeout.ms": 10_000})
         errors: list = []
         p.produce(name, b"x", partition=0, on_delivery=lambda err, msg: errors.append(err))
@@ -397,7 +397,18 @@ def test_scram_users_get_their_own_acls(tmp_path, name):
         except SystemError as e:  # confluent-kafka raises a fatal error from within the delivery callback
             assert isinstance(e.__cause__, KafkaException), e
             return [e.__cause__.args[0].code()]
+        finally:
+            del p  # see produce_as
         return [error_code(e) for e in errors]
+
+    def produce_as(config: dict) -> list:
+        """The delivery error codes, or the fatal error an idempotent producer raises.
+
+        That SystemError stays referenced inside confluent-kafka, and its traceback holds the frames that called
+        flush(): the producer in produce's frame (hence the del), and, on the test's own thread, the test's frame
+        with its admin clients. Kept alive, they went on retrying the stopped broker until the session ended."""
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(produce, config).result()
 
     try:
         root = AdminClient(as_user("admin"))
