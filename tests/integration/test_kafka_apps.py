@@ -197,8 +197,10 @@ class ConnectWorker:
                 time.sleep(0.1)
             self.proc.kill()
             self.proc.wait()
-            dump = self.log.read_text()
-            raise AssertionError(f"the Connect worker did not stop\n{dump[dump.find('Full thread dump'):][:20000]}")
+            log = self.log.read_text()
+            start = log.find("Full thread dump")
+            shown = log[start:][:20000] if start >= 0 else log[-5000:]
+            raise AssertionError(f"the Connect worker did not stop\n{shown}")
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int:
