@@ -44,6 +44,7 @@ import functools
 import re
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from dray_broker.metadata import parse_sequence_key, sequence_key
@@ -180,11 +181,15 @@ def parse_broker_key(key: str) -> int | None:
 # --- per partition: producers, offset index, lake ------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def partition_key(topic_id: uuid.UUID, partition: int) -> str:
-    """The partition key of every key of one topic-partition: one partition lives on one Oxia shard."""
+    """The partition key of every key of one topic-partition: one partition lives on one Oxia shard. Cached, as are
+    the partitions' directories: every index append and notification needs them, and formatting a UUID costs more
+    than the rest of a key."""
     return f"{topic_id}-{partition}"
 
 
+@functools.lru_cache(maxsize=16384)
 def _partition_dir(root: str, topic_id: uuid.UUID, partition: int) -> Directory:
     if partition < 0:
         raise ValueError(f"partition {partition} is negative")
@@ -254,7 +259,6 @@ class IndexFamily(enum.Enum):
     PARQUET = "pq"  # pq-<end>: written by compaction
 
 
-_WAL = IndexFamily.WAL.value
 _LOG_START = "start"
 _WATERMARK = "watermark"
 
@@ -276,7 +280,7 @@ def wal_key(topic_id: uuid.UUID, partition: int, end: int, cum_bytes: int) -> st
 
 def parse_wal_key(topic_id: uuid.UUID, partition: int, key: str) -> tuple[int, int] | None:
     """(end offset, cumulative bytes) of a WAL entry key of this partition."""
-    sums = parse_sequence_key(f"{INDEX_ROOT}{topic_id}/{partition}/{_WAL}", key)  # wal_sequence, on the fetch path
+    sums = parse_sequence_key(wal_sequence(topic_id, partition), key)
     return (sums[0], sums[1]) if sums is not None and len(sums) == 2 else None
 
 
@@ -315,17 +319,28 @@ def watermark_key(topic_id: uuid.UUID, partition: int) -> str:
 def parse_index_key(key: str) -> tuple[uuid.UUID, int] | None:
     """Which partition a key under INDEX_ROOT belongs to, None for any other key."""
     found = parse_index_change(key)
-    return None if found is None else (found[0], found[1])
+    return None if found is None else (found.topic_id, found.partition)
 
 
-def parse_index_change(key: str) -> tuple[uuid.UUID, int, int | None] | None:
-    """(topic id, partition, the end offset if it is a WAL entry key, else None) of a key under INDEX_ROOT, None for
-    any other key: what the index watch needs from a notification, in one pass."""
+class IndexKeyChange(NamedTuple):
+    """What the index watch needs from the key of a notification under INDEX_ROOT."""
+
+    topic_id: uuid.UUID
+    partition: int
+    wal_end: int | None  # the end offset if it is a WAL entry key
+    log_start: bool  # the log start key
+    watermark: bool  # the compacted watermark key
+
+
+def parse_index_change(key: str) -> IndexKeyChange | None:
+    """The partition of a key under INDEX_ROOT and which key of it this is, in one pass; None for any other key."""
     found = _which_partition(INDEX_ROOT, key)
     if found is None:
         return None
-    sums = parse_sequence_key(IndexFamily.WAL.value, found[2])
-    return found[0], found[1], sums[0] if sums is not None and len(sums) == 2 else None
+    topic_id, partition, rest = found
+    sums = parse_sequence_key(IndexFamily.WAL.value, rest)
+    return IndexKeyChange(topic_id, partition, sums[0] if sums is not None and len(sums) == 2 else None,
+                          rest == _LOG_START, rest == _WATERMARK)
 
 
 LAKE_ROOT = ROOT + "lake/"

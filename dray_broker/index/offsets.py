@@ -174,10 +174,8 @@ class IndexWatch:
             if found is None:
                 continue
             written = n.type in (NotificationType.CREATED, NotificationType.MODIFIED)
-            p = PartitionRef(found[0], found[1])
-            return IndexChange(p, found[2] if written else None,
-                               log_start=n.key == keyspace.log_start_key(p.topic_id, p.partition),
-                               watermark=n.key == keyspace.watermark_key(p.topic_id, p.partition))
+            return IndexChange(PartitionRef(found.topic_id, found.partition), found.wal_end if written else None,
+                               log_start=found.log_start, watermark=found.watermark)
 
     async def aclose(self) -> None:
         await self._watch.aclose()

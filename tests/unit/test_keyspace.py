@@ -130,10 +130,12 @@ def test_index_keys_round_trip(end, cum, partition):
     pq = K.parquet_key(t, partition, end)
     assert K.parse_parquet_key(t, partition, pq) == end
     assert K.index_entry_end(t, partition, IndexFamily.PARQUET, pq) == end
-    assert K.parse_index_change(wal) == (t, partition, end)
-    for key in (wal, pq, K.log_start_key(t, partition), K.watermark_key(t, partition)):
+    start, watermark = K.log_start_key(t, partition), K.watermark_key(t, partition)
+    assert K.parse_index_change(wal) == (t, partition, end, False, False)
+    for key in (wal, pq, start, watermark):
         assert K.parse_index_key(key) == (t, partition)
-        assert K.parse_index_change(key) == (t, partition, end if key == wal else None)
+        assert K.parse_index_change(key) == (t, partition, end if key == wal else None, key == start,
+                                             key == watermark)
         assert in_directory(key, K.index_dir(t, partition))
         assert K.parse_wal_key(t, partition + 1, key) is None and K.parse_wal_key(OTHER_ID, partition, key) is None
         assert K.parse_parquet_key(t, partition + 1, key) is None
