@@ -1,6 +1,7 @@
 """What only the embedded (SQLite) metadata store does: its session's keepalive has a thread and a connection of its
 own, so nothing queued on the store's thread delays it; a write lock held past the session timeout (another process
-holding the file) ends the session, and the next one begins once the lock is released."""
+holding the file) ends the session, and the next one begins once the lock is released; a write's notifications reach
+the watches of its event loop in the same wake-up as its result."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sqlite3
 import time
 
 from dray_broker.metadata.sqlite import SqliteMetadataStore
+from dray_broker.metadata.watch import WatchQueue
 from tests.storage.test_metadata_contract import wait_until
 
 
@@ -55,3 +57,41 @@ async def test_a_write_lock_held_past_the_timeout_ends_the_session_and_it_renews
     finally:
         await s.close()
         await observer.close()
+
+
+async def test_a_write_wakes_its_loop_once_for_its_result_and_its_notifications(tmp_path, monkeypatch):
+    s = await SqliteMetadataStore.open(str(tmp_path / "meta.db"))
+    try:
+        watches = [await s.watch("/a/"), await s.watch("/a/b")]
+        loop = asyncio.get_running_loop()
+        handed: list = []
+        original = loop.call_soon_threadsafe
+
+        def counted(callback, *args, **kwargs):
+            handed.append(callback)
+            return original(callback, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+        entry = await s.put("/a/b", b"v")
+        monkeypatch.undo()
+        assert len(handed) == 1  # one hand-over for the result and both watches' notifications
+        for w in watches:  # already queued when the put returned
+            n = await asyncio.wait_for(w.__anext__(), 0.1)
+            assert (n.key, n.version) == ("/a/b", entry.version)
+    finally:
+        await s.close()
+
+
+async def test_a_failing_watch_does_not_keep_a_write_from_its_caller(tmp_path, monkeypatch):
+    s = await SqliteMetadataStore.open(str(tmp_path / "meta.db"))
+    try:
+        await s.watch("/a/")
+
+        def broken(self, notifications):
+            raise RuntimeError("a bug in a watch")
+
+        monkeypatch.setattr(WatchQueue, "push_many", broken)
+        entry = await asyncio.wait_for(s.put("/a/b", b"v"), 5)
+        assert (await s.get("/a/b")).version == entry.version
+    finally:
+        await s.close()

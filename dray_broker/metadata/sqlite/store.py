@@ -14,6 +14,7 @@ How the pieces fit:
 from __future__ import annotations
 
 import builtins
+import functools
 import os
 import sqlite3
 import time
@@ -209,8 +210,7 @@ class SqliteMetadataStore(MetadataStore):
     def _append_sequential(self, conn: sqlite3.Connection, prefix: str, value: bytes, deltas: list[int]) -> Entry:
         """Raises MetadataError before it writes anything."""
         row = conn.execute(
-            "SELECT key FROM kv WHERE sk >= ? AND sk < ? ORDER BY sk DESC LIMIT 1",
-            (hierarchical_sort_key(prefix + "-"), hierarchical_sort_key(newest_key_bound(prefix))),
+            "SELECT key FROM kv WHERE sk >= ? AND sk < ? ORDER BY sk DESC LIMIT 1", _sequence_range(prefix)
         ).fetchone()
         last = sums_of_newest(prefix, row[0] if row else None)
         check_sums_covered(prefix, len(last), deltas)
@@ -280,3 +280,10 @@ class SqliteMetadataStore(MetadataStore):
 
     async def watch(self, prefix: str) -> Watch:
         return await self.watches.watch(prefix)
+
+
+@functools.lru_cache(maxsize=16384)
+def _sequence_range(prefix: str) -> tuple[bytes, bytes]:
+    """The sort keys between which the newest key of a sequence is searched: the same few partitions' prefixes
+    come back at every index append."""
+    return hierarchical_sort_key(prefix + "-"), hierarchical_sort_key(newest_key_bound(prefix))

@@ -9,7 +9,8 @@ the others. Results are delivered only once the transaction is committed.
 Two hooks let the other parts of the store run on this thread: `periodic(conn)` between batches (the reaper, the
 change log pruner, the watch poller; it returns how long the thread may wait for the next op) and
 `after_batch(conn, wrote, poked)` after each batch, before its results are delivered (watches see a change before
-its writer's await returns).
+its writer's await returns). What the hooks hand to an event loop (`call_on_loop`) goes with the batch's results,
+in one wake-up of that loop: a hand-over between threads costs more than the callbacks it runs.
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ class _QueuedOp:
         self.loop = loop
 
 
-def _deliver(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+def _deliver(calls: list[tuple[Callable, Any]], results: list[tuple[asyncio.Future, Any, BaseException | None]]) \
+        -> None:
+    """On the event loop: the hooks' calls first, then the results."""
+    for fn, arg in calls:
+        try:
+            fn(arg)
+        except Exception:  # noqa: BLE001 - a bug in one watch must not keep results from their callers
+            log.exception("metadata store: a call handed to the event loop failed")
     for fut, result, exc in results:
         if fut.done():
             continue
@@ -78,6 +86,7 @@ class StoreThread:
         self._after_batch = after_batch
         self._refusing = False
         self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._calls: dict[asyncio.AbstractEventLoop, list[tuple[Callable, Any]]] = {}  # call_on_loop's, not sent yet
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
         self._exited: asyncio.Future | None = None
@@ -121,6 +130,11 @@ class StoreThread:
         """On the thread: run fn(conn) in a write transaction of its own (its failure is dropped)."""
         self._run_writes([_QueuedOp(fn, True, None, None)], {})
 
+    def call_on_loop(self, loop: asyncio.AbstractEventLoop, fn: Callable[[Any], None], arg: Any) -> None:
+        """On the thread: have loop run fn(arg), before the results of the batch under way (or at once, from the
+        periodic work)."""
+        self._calls.setdefault(loop, []).append((fn, arg))
+
     async def stop(self) -> None:
         """Stop the thread once it has run what is queued; ops queued later fail."""
         self._q.put(_STOP)
@@ -159,6 +173,7 @@ class StoreThread:
             except Exception:  # noqa: BLE001 - keep serving
                 log.exception("metadata store thread: periodic work failed")
                 timeout = self.RETRY_S
+            self._send({})
             try:
                 item = self._q.get(timeout=timeout)
             except queue.Empty:
@@ -179,11 +194,7 @@ class StoreThread:
                 for it in batch:
                     if isinstance(it, _QueuedOp):
                         _add_result(pending, it, None, err)
-                for loop, results in pending.items():
-                    try:
-                        loop.call_soon_threadsafe(_deliver, results)
-                    except RuntimeError:
-                        pass
+                self._send(pending)
                 if any(it is _STOP for it in batch):
                     return
 
@@ -228,12 +239,17 @@ class StoreThread:
                 i += 1
         # Notifications first, then results: when `await put()` returns, local watches already hold it.
         self._after_batch(self._conn, wrote, poked)
-        for loop, results in pending.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, results)
-            except RuntimeError:
-                pass
+        self._send(pending)
         return stop
+
+    def _send(self, pending: dict[asyncio.AbstractEventLoop, list]) -> None:
+        """Hand each event loop its calls and results, in one wake-up."""
+        calls, self._calls = self._calls, {}
+        for loop in calls.keys() | pending.keys():
+            try:
+                loop.call_soon_threadsafe(_deliver, calls.get(loop, ()), pending.get(loop, ()))
+            except RuntimeError:  # the loop is closed
+                pass
 
     def _run_writes(self, ops: list[_QueuedOp], pending: dict) -> bool:
         """Run ops in one transaction, each in a savepoint; deliver results only once committed."""

@@ -4,8 +4,8 @@ Every modification appends a row to the `changes` table (schema.py), whose id is
 starts at the newest change id when it is registered, and the store thread reads the rows after it: after each
 batch of ops that wrote (so a local watch holds a change before its writer's await returns), when another store
 of this process on the same file wrote (it pokes this one), and every POLL_S otherwise (other processes' changes).
-The matching changes go to the watches' queues (WatchQueue) on their event loops. The log keeps about an hour
-(RETENTION_S), as Oxia keeps its notifications.
+The matching changes go to the watches' queues (WatchQueue) on their event loops, with the results of the
+store thread's batch. The log keeps about an hour (RETENTION_S), as Oxia keeps its notifications.
 """
 
 from __future__ import annotations
@@ -182,9 +182,6 @@ class Watches:
             self._cursor = rows[-1][0]
             for wid, notes in out.items():
                 _flt, loop, w = self._filters[wid]
-                try:
-                    loop.call_soon_threadsafe(w.push_many, notes)
-                except RuntimeError:
-                    pass
+                self.thread.call_on_loop(loop, w.push_many, notes)
             if len(rows) < _POLL_ROWS:
                 return
