@@ -244,6 +244,8 @@ class StoreThread:
 
     def _send(self, pending: dict[asyncio.AbstractEventLoop, list]) -> None:
         """Hand each event loop its calls and results, in one wake-up."""
+        if not self._calls and not pending:
+            return  # the common case after the periodic work
         calls, self._calls = self._calls, {}
         for loop in calls.keys() | pending.keys():
             try:
